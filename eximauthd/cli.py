@@ -1,0 +1,342 @@
+"""The ``eximauthd`` command.
+
+Exit codes (also in ``docs/cli.md``):
+
+==  =====================================================================================
+0   success; for ``check``: the credentials are accepted (yes)
+1   ``check`` only: the credentials are refused (no)
+2   bad usage or input: unknown option, invalid configuration, malformed address,
+    duplicate or missing user, no password given
+3   the database could not answer (unreachable, locked, schema missing): nothing was changed
+==  =====================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, NoReturn
+
+import click
+
+from . import dbschema
+from .addresses import Address, parse_address
+from .authn import Authenticator
+from .config import Config, load_config
+from .errors import (
+    AddressError,
+    ConfigError,
+    EximauthdError,
+    HashingError,
+    StorageError,
+    UserExistsError,
+    UserNotFoundError,
+)
+from .hashing import Hasher, calibrate, identify_scheme
+from .store import AccountStore, Database, Grant, GrantStore, make_account_store
+
+__all__ = ["EXIT_DB", "EXIT_NO", "EXIT_OK", "EXIT_USAGE", "cli", "main"]
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_USAGE = 2
+EXIT_DB = 3
+
+_INPUT_ERRORS = (ConfigError, AddressError, UserExistsError, UserNotFoundError)
+
+
+@dataclass
+class _State:
+    """What a command needs, built on first use so ``--help`` never touches a database."""
+
+    config_path: str | None
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.config.database)
+
+    @cached_property
+    def hasher(self) -> Hasher:
+        return Hasher(self.config.hashing)
+
+    @cached_property
+    def accounts(self) -> AccountStore:
+        return make_account_store(self.config, self.db)
+
+
+class _Group(click.Group):
+    """Turns eximauthd's errors into one line on stderr and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _INPUT_ERRORS as exc:
+            _fail(str(exc), EXIT_USAGE)
+        except (StorageError, HashingError) as exc:
+            _fail(str(exc), EXIT_DB)
+        except EximauthdError as exc:
+            _fail(str(exc), EXIT_USAGE)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"eximauthd: error: {message}", err=True)
+    sys.exit(code)
+
+
+pass_state = click.make_pass_decorator(_State)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", envvar="EXIMAUTHD_CONFIG", metavar="FILE",
+              type=click.Path(dir_okay=False), help="TOML configuration (default: built-in).")
+@click.option("-v", "--verbose", is_flag=True, help="Log informational events to stderr.")
+@click.version_option(package_name="eximauthd")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
+    """SMTP AUTH and relay decisions for Exim, fail-closed."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="eximauthd: %(levelname)s %(name)s: %(message)s")
+    ctx.obj = _State(config_path)
+
+
+def _read_password(from_stdin: bool, *, confirm: bool, prompt: str = "Password",
+                   allow_empty: bool = False) -> str:
+    """One password: a line of stdin (without its newline) or a hidden prompt on a terminal."""
+    if from_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+    elif sys.stdin.isatty():
+        password = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm,
+                                default="", show_default=False)
+    else:
+        raise ConfigError("standard input is not a terminal: pass --password-stdin")
+    if not password and not allow_empty:
+        # The empty password is the hole this project exists to close.
+        raise ConfigError("empty password refused")
+    return password
+
+
+def _address(text: str) -> Address:
+    return parse_address(text)
+
+
+# --- db ----------------------------------------------------------------------------------------
+
+@cli.group()
+def db() -> None:
+    """Manage eximauthd's own database schema."""
+
+
+@db.command("upgrade")
+@pass_state
+def db_upgrade(state: _State) -> None:
+    """Create or upgrade eximauthd's tables to the current revision."""
+    before, after = dbschema.upgrade(state.db)
+    if before == after:
+        click.echo(f"schema already at revision {after}")
+    else:
+        click.echo(f"schema upgraded from {before or 'empty'} to revision {after}")
+
+
+# --- user --------------------------------------------------------------------------------------
+
+@cli.group()
+def user() -> None:
+    """Add, change and list accounts."""
+
+
+_stdin_option = click.option("--password-stdin", is_flag=True,
+                             help="Read the password as one line from standard input.")
+
+
+@user.command("add")
+@click.argument("address")
+@_stdin_option
+@pass_state
+def user_add(state: _State, address: str, password_stdin: bool) -> None:
+    """Create an account with an argon2id password."""
+    parsed = _address(address)
+    password = _read_password(password_stdin, confirm=True)
+    state.accounts.add(parsed, state.hasher.hash(password))
+    click.echo(f"added {parsed}")
+
+
+@user.command("passwd")
+@click.argument("address")
+@_stdin_option
+@pass_state
+def user_passwd(state: _State, address: str, password_stdin: bool) -> None:
+    """Set a new password for an account."""
+    parsed = _address(address)
+    password = _read_password(password_stdin, confirm=True, prompt="New password")
+    state.accounts.set_password(parsed, state.hasher.hash(password))
+    click.echo(f"password changed for {parsed}")
+
+
+@user.command("disable")
+@click.argument("address")
+@pass_state
+def user_disable(state: _State, address: str) -> None:
+    """Refuse logins for an account (its password is kept)."""
+    parsed = _address(address)
+    state.accounts.set_enabled(parsed, False)
+    click.echo(f"disabled {parsed}")
+
+
+@user.command("enable")
+@click.argument("address")
+@pass_state
+def user_enable(state: _State, address: str) -> None:
+    """Allow logins for a disabled account again."""
+    parsed = _address(address)
+    state.accounts.set_enabled(parsed, True)
+    click.echo(f"enabled {parsed}")
+
+
+@user.command("delete")
+@click.argument("address")
+@pass_state
+def user_delete(state: _State, address: str) -> None:
+    """Delete an account."""
+    parsed = _address(address)
+    state.accounts.delete(parsed)
+    click.echo(f"deleted {parsed}")
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
+@pass_state
+def user_list(state: _State, as_json: bool) -> None:
+    """List accounts with their state and password scheme (never the hash)."""
+    rows = [
+        {"address": r.address, "enabled": r.enabled, "scheme": _scheme_name(r.password)}
+        for r in state.accounts.list()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _print_table(["ADDRESS", "ENABLED", "SCHEME"],
+                 [[r["address"], "yes" if r["enabled"] else "no", r["scheme"]] for r in rows])
+
+
+def _scheme_name(stored: str | None) -> str:
+    if not stored:
+        return "none"
+    return identify_scheme(stored)[0].value
+
+
+def _print_table(header: list[str], rows: list[list[Any]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --- grant -------------------------------------------------------------------------------------
+
+@cli.group()
+def grant() -> None:
+    """Send-as grants: let an account use another sender address or a whole domain."""
+
+
+def _grant(user_id: str, sender: str) -> Grant:
+    owner = _address(user_id)
+    if sender.startswith("@"):
+        domain = parse_address("postmaster" + sender).domain
+        return Grant(str(owner), "@" + domain)
+    return Grant(str(owner), str(_address(sender)))
+
+
+@grant.command("add")
+@click.argument("user_id", metavar="ID")
+@click.argument("sender", metavar="SENDER-OR-@DOMAIN")
+@pass_state
+def grant_add(state: _State, user_id: str, sender: str) -> None:
+    """Allow ID to send as SENDER (an address) or as any address @DOMAIN."""
+    g = _grant(user_id, sender)
+    added = GrantStore(state.db).add(g)
+    click.echo(f"{'granted' if added else 'already granted'}: {g.user} may send as {g.sender}")
+
+
+@grant.command("remove")
+@click.argument("user_id", metavar="ID")
+@click.argument("sender", metavar="SENDER-OR-@DOMAIN")
+@pass_state
+def grant_remove(state: _State, user_id: str, sender: str) -> None:
+    """Withdraw a send-as grant."""
+    g = _grant(user_id, sender)
+    if not GrantStore(state.db).remove(g):
+        raise UserNotFoundError(f"no such grant: {g.user} -> {g.sender}")
+    click.echo(f"removed: {g.user} may no longer send as {g.sender}")
+
+
+@grant.command("list")
+@click.argument("user_id", metavar="[ID]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
+@pass_state
+def grant_list(state: _State, user_id: str | None, as_json: bool) -> None:
+    """List send-as grants, of one account or of all."""
+    owner = str(_address(user_id)) if user_id else None
+    grants = GrantStore(state.db).list(owner)
+    if as_json:
+        click.echo(json.dumps([{"id": g.user, "sender": g.sender} for g in grants], indent=2))
+        return
+    _print_table(["ID", "SENDER"], [[g.user, g.sender] for g in grants])
+
+
+# --- hash, check -------------------------------------------------------------------------------
+
+@cli.command("hash")
+@_stdin_option
+@click.option("--calibrate", "do_calibrate", is_flag=True,
+              help="Measure argon2id here and suggest parameters instead of hashing.")
+@click.option("--target-ms", type=click.IntRange(5, 5000), default=100, show_default=True,
+              help="With --calibrate: the longest acceptable verification time.")
+@pass_state
+def hash_command(state: _State, password_stdin: bool, do_calibrate: bool, target_ms: int) -> None:
+    """Print an argon2id hash of a password, with the configured parameters."""
+    if do_calibrate:
+        _calibrate(state.config, target_ms)
+        return
+    password = _read_password(password_stdin, confirm=True)
+    click.echo(state.hasher.hash(password))
+
+
+def _calibrate(config: Config, target_ms: int) -> None:
+    fits = calibrate(target_ms / 1000, max_memory_cost=config.hashing.max_memory_cost,
+                     parallelism=config.hashing.parallelism)
+    if not fits:
+        raise ConfigError(f"even m=19456 KiB, t=1 takes longer than {target_ms} ms on this host")
+    _print_table(["MEMORY_KIB", "TIME_COST", "PARALLELISM", "VERIFY_MS"],
+                 [[f.memory_cost, f.time_cost, f.parallelism, f"{f.seconds * 1000:.1f}"]
+                  for f in fits])
+    best = fits[-1]
+    click.echo(f"\n# strongest fit for {target_ms} ms per verification; each concurrent AUTH "
+               f"needs {best.memory_cost // 1024} MiB\n[hashing]\nmemory_cost = {best.memory_cost}"
+               f"\ntime_cost = {best.time_cost}\nparallelism = {best.parallelism}")
+
+
+@cli.command("check")
+@click.argument("address")
+@_stdin_option
+@click.option("--client-ip", default="", help="Client address to record, as Exim would pass it.")
+@pass_state
+def check(state: _State, address: str, password_stdin: bool, client_ip: str) -> None:
+    """Check a password as an SMTP AUTH would: prints yes/no and why; exit 0 yes, 1 no."""
+    # An empty password is passed on, so `check` shows the refusal Exim would get.
+    password = _read_password(password_stdin, confirm=False, allow_empty=True)
+    decision = Authenticator(state.accounts, state.hasher).verify(address, password, client_ip)
+    click.echo(f"{decision.result.value} {decision.reason}")
+    sys.exit(EXIT_OK if decision.allowed else EXIT_NO)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="eximauthd")
+

@@ -1,0 +1,429 @@
+"""Settings: a TOML file plus ``EXIMAUTHD_<SECTION>_<KEY>`` environment overrides.
+
+Everything is parsed into frozen dataclasses and validated up front, so a typo stops the program
+with one line naming the key instead of surfacing later as a wrong decision.  With no file at all
+the embedded default applies: a SQLite file and a socket in the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DatabaseConfig",
+    "EnabledRule",
+    "HashingConfig",
+    "HttpConfig",
+    "LegacyConfig",
+    "SocketConfig",
+    "load_config",
+]
+
+ENV_PREFIX = "EXIMAUTHD_"
+# Variables with the prefix that are not settings.
+_ENV_NOT_SETTINGS = frozenset({"EXIMAUTHD_CONFIG"})
+
+_SUPPORTED_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "mysql+pymysql", "mariadb+pymysql"})
+_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_ENABLED_RE = re.compile(r"\s*(=|!=|<>|>=|<=|>|<)\s*(-?\d+|'[^']*')\s*")
+
+
+def _mask_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid url>"
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    """Where accounts live.  ``replica_url``, when set, serves reads; writes use ``url``."""
+
+    url: str = "sqlite:///eximauthd.sqlite3"
+    replica_url: str = ""
+    connect_timeout: int = 3
+
+    def __repr__(self) -> str:
+        # The URL may hold the database password: never print it.
+        return (
+            f"DatabaseConfig(url={_mask_url(self.url)!r}, "
+            f"replica_url={_mask_url(self.replica_url) if self.replica_url else ''!r}, "
+            f"connect_timeout={self.connect_timeout})"
+        )
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class SocketConfig:
+    """The Unix socket Exim's ``${readsocket}`` talks to."""
+
+    path: str = "eximauthd.sock"
+    group: str = ""
+    mode: str = "0660"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The local HTTP API (health, readiness, metrics, verify)."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:8726"
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HashingConfig:
+    """argon2id parameters for new hashes and the ceiling for stored ones.
+
+    Pinned here rather than taken from argon2-cffi, whose defaults change between releases.  The
+    default is OWASP's minimum (19 MiB, t=2, p=1): SMTP clients authenticate on every connection,
+    so the cost multiplies with the connection rate.  Costs are in KiB and iterations, as argon2.
+    """
+
+    memory_cost: int = 19456
+    time_cost: int = 2
+    parallelism: int = 1
+    hash_len: int = 32
+    salt_len: int = 16
+    # A stored hash asking for more than this is refused unverified: a hostile or corrupt row
+    # with m=4 GiB must not be able to take the host down.
+    max_memory_cost: int = 262144
+    max_time_cost: int = 16
+    max_parallelism: int = 8
+    # Write new hashes as "{ARGON2ID}$argon2id$..." so one column can serve Dovecot too.
+    dovecot_prefix: bool = False
+    # Accept stored plaintext (bare or {PLAIN}/{CLEARTEXT}) until it is migrated.
+    allow_plaintext: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class EnabledRule:
+    """``enabled_when = "> 0"``: the comparison that makes an account enabled."""
+
+    operator: str
+    value: int | str
+
+    def matches(self, stored: object) -> bool:
+        """Apply the rule to a value read from the database (``None`` is never enabled)."""
+        if stored is None:
+            return False
+        if isinstance(self.value, int):
+            try:
+                left: int | str = int(str(stored))
+            except ValueError:
+                return False
+        else:
+            left = str(stored)
+        right = self.value
+        if isinstance(left, int) and isinstance(right, int):
+            return _compare(left, right, self.operator)
+        if isinstance(left, str) and isinstance(right, str):
+            return _compare(left, right, self.operator)
+        return False
+
+
+def _compare(left: Any, right: Any, operator: str) -> bool:
+    result: bool
+    match operator:
+        case "=":
+            result = left == right
+        case "!=" | "<>":
+            result = left != right
+        case ">":
+            result = left > right
+        case ">=":
+            result = left >= right
+        case "<":
+            result = left < right
+        case _:
+            result = left <= right
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyConfig:
+    """Map eximauthd onto an existing table instead of its own ``eximauthd_users``.
+
+    Name either ``address_column`` or both ``local_part_column`` and ``domain_column``.
+    """
+
+    table: str = ""
+    address_column: str = ""
+    local_part_column: str = ""
+    domain_column: str = ""
+    password_column: str = "password"  # noqa: S105 -- a column name, not a secret
+    enabled_column: str = ""
+    enabled_when: str = "> 0"
+    # What `user add`/`user enable` and `user disable` write into enabled_column.
+    enabled_value: str = "1"
+    disabled_value: str = "0"
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.table)
+
+    @property
+    def enabled_rule(self) -> EnabledRule:
+        return _parse_enabled_rule(self.enabled_when)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration."""
+
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    socket: SocketConfig = field(default_factory=SocketConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    hashing: HashingConfig = field(default_factory=HashingConfig)
+    legacy: LegacyConfig = field(default_factory=LegacyConfig)
+    source: str = "built-in defaults"
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "database": DatabaseConfig,
+    "socket": SocketConfig,
+    "http": HttpConfig,
+    "hashing": HashingConfig,
+    "legacy": LegacyConfig,
+}
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
+    """Read *path* (or ``$EXIMAUTHD_CONFIG``, or nothing) and apply environment overrides.
+
+    :raises ConfigError: unreadable file, TOML syntax error, unknown section or key, wrong type or
+        an invalid value; the message names the key.
+    """
+    env = os.environ if environ is None else environ
+    if path is None and env.get("EXIMAUTHD_CONFIG"):
+        path = env["EXIMAUTHD_CONFIG"]
+    raw: dict[str, Any] = {}
+    source = "built-in defaults"
+    if path is not None:
+        raw = _read_toml(Path(path))
+        source = str(path)
+    for section in raw:
+        if section not in _SECTIONS:
+            raise ConfigError(f"{section}: unknown section (known: {', '.join(_SECTIONS)})")
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{section}: must be a table ([{section}])")
+    _merge_environment(raw, env)
+    built = {name: _build_section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    config = Config(**built, source=source)
+    _validate(config)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _merge_environment(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_SETTINGS:
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section not in _SECTIONS or not key:
+            raise ConfigError(f"{name}: unknown setting (expected EXIMAUTHD_<SECTION>_<KEY>)")
+        raw.setdefault(section, {})[key] = _EnvString(value, name)
+
+
+class _EnvString(str):
+    """A value from the environment: coerced to the field's type, errors name the variable."""
+
+    variable: str
+
+    def __new__(cls, value: str, variable: str) -> _EnvString:
+        obj = super().__new__(cls, value)
+        obj.variable = variable
+        return obj
+
+
+def _build_section(name: str, cls: type[Any], values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        where = value.variable if isinstance(value, _EnvString) else f"{name}.{key}"
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
+        kwargs[key] = _coerce(where, value, hints[key])
+    return cls(**kwargs)
+
+
+def _coerce(where: str, value: Any, expected: Any) -> Any:
+    if isinstance(expected, types.UnionType):
+        expected = next(t for t in typing.get_args(expected) if t is not type(None))
+    if isinstance(value, _EnvString):
+        return _coerce_env(where, str(value), expected)
+    # bool is an int in Python; a TOML `true` for an integer is still a mistake.
+    if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}: expected an integer, got {type(value).__name__}")
+    if expected is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {type(value).__name__}")
+    if expected is str:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__}")
+        return str(value)
+    return value
+
+
+def _coerce_env(where: str, value: str, expected: Any) -> Any:
+    if expected is bool:
+        lowered = value.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value[:32]!r}")
+    if expected is int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value[:32]!r}") from None
+    return value
+
+
+def _parse_enabled_rule(text: str) -> EnabledRule:
+    match = _ENABLED_RE.fullmatch(text)
+    if match is None:
+        raise ConfigError(
+            f"legacy.enabled_when: expected an operator and a value such as \"> 0\" or "
+            f"\"= 'y'\", got {text[:40]!r}"
+        )
+    operator, literal = match.groups()
+    value: int | str = literal[1:-1] if literal.startswith("'") else int(literal)
+    return EnabledRule(operator, value)
+
+
+def _validate(config: Config) -> None:
+    _validate_database(config.database)
+    _validate_socket(config.socket)
+    _validate_http(config.http)
+    _validate_hashing(config.hashing)
+    if config.legacy.configured or any(
+        getattr(config.legacy, f.name) != f.default for f in dataclasses.fields(LegacyConfig)
+    ):
+        _validate_legacy(config.legacy)
+
+
+def _validate_url(key: str, url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"{key}: not a valid database URL") from None
+    if parsed.drivername not in _SUPPORTED_DRIVERS:
+        raise ConfigError(
+            f"{key}: unsupported driver {parsed.drivername!r} "
+            f"(use sqlite:///PATH or mysql+pymysql://USER:PASSWORD@HOST/DB)"
+        )
+    if parsed.drivername.startswith("sqlite") and not parsed.database:
+        raise ConfigError(f"{key}: an in-memory SQLite database would lose every account")
+    if not parsed.drivername.startswith("sqlite") and not parsed.database:
+        raise ConfigError(f"{key}: the URL names no database")
+    return parsed
+
+
+def _validate_database(db: DatabaseConfig) -> None:
+    _validate_url("database.url", db.url)
+    if db.replica_url:
+        _validate_url("database.replica_url", db.replica_url)
+    if not 1 <= db.connect_timeout <= 60:
+        raise ConfigError("database.connect_timeout: must be between 1 and 60 seconds")
+
+
+def _validate_socket(sock: SocketConfig) -> None:
+    if not sock.path:
+        raise ConfigError("socket.path: must not be empty")
+    # sun_path holds 108 bytes including the terminating NUL on Linux.
+    if len(os.fsencode(sock.path)) > 107:
+        raise ConfigError("socket.path: longer than a Unix socket path may be (107 bytes)")
+    if not re.fullmatch(r"0?[0-7]{3}", sock.mode):
+        raise ConfigError(f"socket.mode: expected an octal mode like '0660', got {sock.mode!r}")
+    if int(sock.mode, 8) & 0o007:
+        raise ConfigError("socket.mode: must not grant access to other users (last digit 0)")
+
+
+def _validate_http(http: HttpConfig) -> None:
+    host, sep, port = http.listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"http.listen: expected HOST:PORT, got {http.listen!r}")
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ConfigError(f"http.listen: host must be an IP address, got {host!r}") from None
+    if not address.is_loopback and not http.token:
+        raise ConfigError("http.listen: a non-loopback address needs http.token to be set")
+
+
+def _validate_hashing(h: HashingConfig) -> None:
+    checks = [
+        ("hashing.time_cost", h.time_cost, 1, h.max_time_cost),
+        ("hashing.parallelism", h.parallelism, 1, h.max_parallelism),
+        ("hashing.memory_cost", h.memory_cost, 8 * h.parallelism, h.max_memory_cost),
+        ("hashing.hash_len", h.hash_len, 16, 64),
+        ("hashing.salt_len", h.salt_len, 16, 64),
+        ("hashing.max_memory_cost", h.max_memory_cost, 8, 4 * 1024 * 1024),
+        ("hashing.max_time_cost", h.max_time_cost, 1, 1000),
+        ("hashing.max_parallelism", h.max_parallelism, 1, 255),
+    ]
+    for key, value, low, high in checks:
+        if not low <= value <= high:
+            raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+
+
+def _validate_legacy(legacy: LegacyConfig) -> None:
+    if not legacy.table:
+        raise ConfigError("legacy.table: required when any legacy.* key is set")
+    if legacy.address_column and (legacy.local_part_column or legacy.domain_column):
+        raise ConfigError(
+            "legacy.address_column: set either address_column or local_part_column + "
+            "domain_column, not both"
+        )
+    if not legacy.address_column and not (legacy.local_part_column and legacy.domain_column):
+        raise ConfigError(
+            "legacy.address_column: set address_column, or both local_part_column and "
+            "domain_column"
+        )
+    for key in ("table", "address_column", "local_part_column", "domain_column",
+                "password_column", "enabled_column"):
+        value = getattr(legacy, key)
+        if value and not _IDENTIFIER_RE.fullmatch(value):
+            raise ConfigError(f"legacy.{key}: {value[:40]!r} is not a plain SQL identifier")
+    if legacy.enabled_column:
+        rule = legacy.enabled_rule
+        for key in ("enabled_value", "disabled_value"):
+            raw = getattr(legacy, key)
+            if isinstance(rule.value, int) and not re.fullmatch(r"-?\d+", raw):
+                raise ConfigError(f"legacy.{key}: must be an integer like enabled_when")
+            expected = key == "enabled_value"
+            if rule.matches(raw) is not expected:
+                raise ConfigError(
+                    f"legacy.{key}: {raw!r} does not satisfy enabled_when "
+                    f"{'' if expected else 'negated '}{legacy.enabled_when!r}"
+                )

@@ -1,0 +1,50 @@
+"""``eximauthd db upgrade``: bring eximauthd's own tables to the current revision (Alembic)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from .errors import StorageError
+from .store import Database, translate_errors
+
+__all__ = ["current_revision", "head_revision", "upgrade"]
+
+VERSION_TABLE = "eximauthd_alembic_version"
+
+
+def _alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    # The environment ships inside the package, so this works from a wheel as well as a checkout.
+    cfg.set_main_option("script_location", str(resources.files("eximauthd.migrations")))
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest revision this version of eximauthd knows."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if head is None:
+        raise StorageError("no schema revisions found in the installed package")
+    return head
+
+
+def current_revision(db: Database) -> str | None:
+    """The revision the database is at, or None when eximauthd's tables were never created."""
+    with translate_errors("read schema revision"), db.primary.connect() as conn:
+        return MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
+
+
+def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str]:
+    """Upgrade the primary database to *revision*; return (before, after)."""
+    before = current_revision(db)
+    cfg = _alembic_config()
+    with translate_errors("upgrade schema"), db.primary.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    return before, current_revision(db) or ""

@@ -1,0 +1,60 @@
+"""The exception hierarchy.
+
+Every exception eximauthd raises on purpose derives from :class:`EximauthdError`, so a caller can
+catch the root for "something broke" and a narrow class for an expected condition.  A *decision*
+(yes/no) is never an exception: see :class:`eximauthd.decision.Decision`.
+
+No message built here ever contains a password, a hash or a database URL with its password.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AddressError",
+    "ConfigError",
+    "EximauthdError",
+    "HashingError",
+    "SchemaMissingError",
+    "StorageError",
+    "UserExistsError",
+    "UserNotFoundError",
+]
+
+
+class EximauthdError(Exception):
+    """Root of every error eximauthd raises on purpose."""
+
+
+class ConfigError(EximauthdError, ValueError):
+    """The configuration file or an ``EXIMAUTHD_*`` variable is invalid.
+
+    The message names the offending key, e.g. ``database.url: not a valid SQLAlchemy URL``.
+    """
+
+
+class AddressError(EximauthdError, ValueError):
+    """A string is not a mail address eximauthd accepts (``local@domain``)."""
+
+
+class HashingError(EximauthdError):
+    """Producing a new hash failed (not raised for a mismatch or a malformed stored hash)."""
+
+
+class StorageError(EximauthdError):
+    """The database could not answer.
+
+    Raised instead of SQLAlchemy's exceptions, whose text may carry bound parameters (hashes)
+    and whose URL may carry a password.
+    """
+
+
+class SchemaMissingError(StorageError):
+    """eximauthd's tables (or the configured legacy table) do not exist."""
+
+
+class UserExistsError(EximauthdError, ValueError):
+    """``user add`` for an address that already has an account."""
+
+
+class UserNotFoundError(EximauthdError, LookupError):
+    """An account operation named an address that has no account."""

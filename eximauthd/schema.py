@@ -1,0 +1,73 @@
+"""eximauthd's own tables (SQLAlchemy Core), the single source Alembic's first revision mirrors.
+
+Every name carries the ``eximauthd_`` prefix: the tables often share a database with a mail
+system's own ``users`` table (the seed's), and must never collide with it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects import mysql
+
+__all__ = ["ADDRESS_LENGTH", "HASH_LENGTH", "auth_failures", "grants", "metadata", "users"]
+
+ADDRESS_LENGTH = 320  # 64 + 1 + 255
+HASH_LENGTH = 255
+
+metadata = MetaData()
+
+# Hashes are ASCII; a binary collation makes the compare-and-swap on them exact on MySQL.
+_Hash = String(HASH_LENGTH).with_variant(
+    mysql.VARCHAR(HASH_LENGTH, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"
+)
+
+users = Table(
+    "eximauthd_users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # Canonical (lower-case) local@domain, see eximauthd.addresses.
+    Column("address", String(ADDRESS_LENGTH), nullable=False, unique=True),
+    Column("domain", String(255), nullable=False, index=True),
+    Column("password_hash", _Hash, nullable=False),
+    Column("enabled", Boolean, nullable=False, server_default="1"),
+    Column("created_at", DateTime, nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime, nullable=False, server_default=func.now()),
+)
+
+# Send-as grants: `user_address` may use envelope sender `sender`, which is either an address
+# or "@domain" for every address of that domain.
+grants = Table(
+    "eximauthd_grants",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_address", String(ADDRESS_LENGTH), nullable=False, index=True),
+    Column("sender", String(ADDRESS_LENGTH), nullable=False),
+    Column("created_at", DateTime, nullable=False, server_default=func.now()),
+    UniqueConstraint("user_address", "sender", name="uq_eximauthd_grants_user_sender"),
+)
+
+# Authentication failures per client IP (or network) and per user, shared by every instance on
+# the same database so that brute force is slow on every MX at once.
+auth_failures = Table(
+    "eximauthd_auth_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("scope", String(8), nullable=False),  # "ip" or "user"
+    Column("subject", String(ADDRESS_LENGTH), nullable=False),
+    Column("failures", Integer, nullable=False, server_default="0"),
+    Column("window_start", DateTime, nullable=False),
+    Column("last_failure_at", DateTime, nullable=False),
+    # Keyed digest of the last wrong password, so a client retrying one stale password counts once.
+    Column("last_password_tag", String(64), nullable=True),
+    UniqueConstraint("scope", "subject", name="uq_eximauthd_auth_failures_scope_subject"),
+)
