@@ -26,9 +26,10 @@ HASH_LENGTH = 255
 
 metadata = MetaData()
 
-# Hashes are ASCII; a binary collation makes the compare-and-swap on them exact on MySQL.
+# A binary collation makes the compare-and-swap exact on MySQL (imported rows may hold
+# plaintext or legacy values until they are upgraded, so not ASCII-only).
 _Hash = String(HASH_LENGTH).with_variant(
-    mysql.VARCHAR(HASH_LENGTH, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"
+    mysql.VARCHAR(HASH_LENGTH, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
 )
 
 users = Table(

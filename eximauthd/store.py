@@ -175,11 +175,15 @@ class Database:
             self.replica.dispose()
 
 
-def _exact(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
-    """Compare byte for byte: MySQL's default collations ignore case and trailing spaces."""
+def _exactly(column: sa.ColumnElement[Any], value: str, dialect: str) -> sa.ColumnElement[bool]:
+    """Compare byte for byte: MySQL's default collations ignore case and trailing spaces.
+
+    (A legacy column in a charset other than utf8 only matches ASCII values this way, so a
+    non-ASCII old value is never swapped there: safe, the upgrade is just skipped.)
+    """
     if dialect in {"mysql", "mariadb"}:
-        return sa.cast(column, sa.LargeBinary)
-    return column
+        return sa.cast(column, sa.LargeBinary) == value.encode("utf-8")
+    return column == value
 
 
 def _caseless(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
@@ -240,7 +244,7 @@ class OwnAccountStore:
         t = self._t
         query = (sa.update(t)
                  .where(t.c.address == str(address),
-                        _exact(t.c.password_hash, self.db.dialect) == old)
+                        _exactly(t.c.password_hash, old, self.db.dialect))
                  .values(password_hash=new, updated_at=sa.func.now()))
         with self.db.write("rehash password") as conn:
             return conn.execute(query).rowcount == 1
@@ -357,7 +361,7 @@ class LegacyAccountStore:
 
     def replace_password(self, address: Address, old: str, new: str) -> bool:
         query = (sa.update(self._t)
-                 .where(self._match(address), _exact(self._password, self.db.dialect) == old)
+                 .where(self._match(address), _exactly(self._password, old, self.db.dialect))
                  .values({self.legacy.password_column: new}))
         with self.db.write("rehash password") as conn:
             result = conn.execute(query)

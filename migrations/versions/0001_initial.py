@@ -17,7 +17,7 @@ branch_labels = None
 depends_on = None
 
 _HASH = sa.String(255).with_variant(
-    mysql.VARCHAR(255, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"
+    mysql.VARCHAR(255, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
 )
 
 

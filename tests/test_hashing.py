@@ -1,0 +1,245 @@
+"""Hashing: argon2id for new passwords, legacy schemes verified against other tools' output."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import argon2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eximauthd.config import HashingConfig
+from eximauthd.hashing import Hasher, Scheme, calibrate, identify_scheme
+
+from .conftest import FAST_HASHING
+
+VECTORS: list[dict[str, Any]] = json.loads(
+    (Path(__file__).parent / "fixtures" / "legacy_vectors.json").read_text("utf-8")
+)
+
+
+def _vector_id(vector: dict[str, Any]) -> str:
+    return str(vector["id"])
+
+
+class TestKnownVectors:
+    """Every scheme verifies hashes made by doveadm, openssl and mkpasswd."""
+
+    @pytest.mark.parametrize("vector", VECTORS, ids=_vector_id)
+    def test_right_password_matches(self, hasher: Hasher, vector: dict[str, Any]) -> None:
+        """The password the tool hashed is accepted and flagged for an argon2id upgrade."""
+        result = hasher.verify(vector["stored"], vector["password"])
+        assert result.matched, result
+        assert result.reason == "ok"
+        assert result.needs_rehash  # none of them is argon2id with our parameters
+
+    @pytest.mark.parametrize("vector", VECTORS, ids=_vector_id)
+    def test_wrong_password_is_refused(self, hasher: Hasher, vector: dict[str, Any]) -> None:
+        """A different password never matches (past 72 bytes bcrypt cannot tell, see below)."""
+        password = vector["password"]
+        candidates = ["X" + password[1:], "secret2", "x"]
+        if len(password.encode()) <= 72:
+            candidates += [password + "x", password[:-1]]
+        for wrong in candidates:
+            result = hasher.verify(vector["stored"], wrong)
+            assert not result.matched
+            assert result.reason == "mismatch"
+
+    @pytest.mark.parametrize("vector", [v for v in VECTORS if v["id"].endswith("long80")],
+                             ids=_vector_id)
+    def test_bcrypt_uses_first_72_bytes_like_crypt_blowfish(
+            self, hasher: Hasher, vector: dict[str, Any]) -> None:
+        """bcrypt >= 5 raises past 72 bytes; we verify what crypt_blowfish hashed instead."""
+        password = vector["password"]
+        assert len(password.encode()) == 80
+        assert hasher.verify(vector["stored"], password).matched
+        assert hasher.verify(vector["stored"], password[:72]).matched
+        assert not hasher.verify(vector["stored"], password[:71]).matched
+
+    def test_vectors_cover_every_scheme_the_issue_lists(self) -> None:
+        """The fixture file holds each scheme required, from at least two tools overall."""
+        found = {identify_scheme(v["stored"])[0] for v in VECTORS}
+        assert found >= {Scheme.PLAIN, Scheme.MD5_CRYPT, Scheme.SHA256_CRYPT,
+                         Scheme.SHA512_CRYPT, Scheme.BCRYPT, Scheme.SSHA, Scheme.SSHA256,
+                         Scheme.SSHA512, Scheme.ARGON2ID, Scheme.ARGON2I}
+        prefixes = {v["stored"].split("}")[0] + "}" for v in VECTORS if v["stored"][0] == "{"}
+        assert {"{PLAIN}", "{SHA512-CRYPT}", "{BLF-CRYPT}", "{SSHA}", "{SSHA512}",
+                "{ARGON2ID}"} <= prefixes
+        bare = {v["stored"][:4] for v in VECTORS if v["stored"][0] == "$"}
+        assert {"$1$", "$5$", "$6$", "$2y$", "$2b$"} <= {b[:3] if b[2] == "$" else b
+                                                        for b in bare}
+
+
+class TestArgon2id:
+    """New hashes are argon2id with the configured parameters."""
+
+    def test_hash_uses_pinned_parameters(self) -> None:
+        """The default config yields OWASP's m=19 MiB, t=2, p=1, not the library's default."""
+        encoded = Hasher().hash("correct horse")
+        params = argon2.extract_parameters(encoded)
+        assert (params.type, params.memory_cost, params.time_cost, params.parallelism) == (
+            argon2.Type.ID, 19456, 2, 1)
+
+    def test_round_trip_and_no_rehash(self, hasher: Hasher) -> None:
+        """A fresh hash verifies and needs no rehash."""
+        encoded = hasher.hash("pässwörd ✓")
+        assert encoded.startswith("$argon2id$v=19$m=8,t=1,p=1$")
+        result = hasher.verify(encoded, "pässwörd ✓")
+        assert result.matched
+        assert not result.needs_rehash
+        assert not hasher.verify(encoded, "passwörd ✓").matched
+
+    def test_dovecot_prefix_is_written_and_read(self) -> None:
+        """With dovecot_prefix the output carries {ARGON2ID}, which Dovecot and we both read."""
+        prefixed = Hasher(replace(FAST_HASHING, dovecot_prefix=True))
+        encoded = prefixed.hash("secret")
+        assert encoded.startswith("{ARGON2ID}$argon2id$")
+        assert prefixed.verify(encoded, "secret").matched
+        assert not prefixed.needs_rehash(encoded)
+
+    def test_other_parameters_need_rehash(self, hasher: Hasher) -> None:
+        """A hash made with other parameters verifies but asks to be upgraded."""
+        other = Hasher(replace(FAST_HASHING, time_cost=2)).hash("secret")
+        result = hasher.verify(other, "secret")
+        assert result.matched
+        assert result.needs_rehash
+
+    @pytest.mark.parametrize(("field", "value"), [
+        ("m", "4194304"),   # 4 GiB: must never be allocated
+        ("t", "100000"),
+        ("p", "64"),
+    ])
+    def test_hash_over_ceiling_is_refused_unverified(
+            self, hasher: Hasher, field: str, value: str,
+            caplog: pytest.LogCaptureFixture) -> None:
+        """A stored hash asking for more than the ceiling is refused, and said so in the log."""
+        encoded = hasher.hash("secret")
+        head, params, tail = encoded.split("$", 4)[1:4], encoded.split("$")[3], encoded
+        assert head
+        assert tail
+        patched = params.replace(
+            {"m": "m=8", "t": "t=1", "p": "p=1"}[field], f"{field}={value}")
+        hostile = encoded.replace(params, patched)
+        with caplog.at_level(logging.ERROR, "eximauthd.hashing"):
+            result = hasher.verify(hostile, "secret")
+        assert (result.matched, result.reason) == (False, "cost-over-ceiling")
+        assert "ceiling" in caplog.text
+
+    def test_dovecot_high_cost_vector_obeys_a_lower_ceiling(self) -> None:
+        """doveadm -r 3 makes m=256 MiB: refused when the ceiling is 64 MiB."""
+        vector = next(v for v in VECTORS if v["id"] == "dove-argon2id-r3-secret")
+        low = Hasher(replace(FAST_HASHING, max_memory_cost=65536))
+        assert low.verify(vector["stored"], vector["password"]).reason == "cost-over-ceiling"
+
+
+class TestRefusals:
+    """Unknown and malformed stored values are refused, logged, and never raise."""
+
+    @pytest.mark.parametrize("stored", [
+        "{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=",       # unsalted SHA1: not supported
+        "{MD5}Xr4ilOzQ4PCOq3aQ0qbuaQ==",
+        "{PLAIN-MD5}5ebe2294ecd0e0f08eab7690d2a6ee69",
+        "{CRYPT}abJnggxhB/yWI",                     # DES crypt
+        "{NOPE}secret",
+        "$y$j9T$salt$hash",                         # yescrypt
+        "$argon2d$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        "{SHA512-CRYPT}$1$abc$def",                 # prefix and body disagree
+    ])
+    def test_unknown_scheme_is_refused_loudly(self, hasher: Hasher, stored: str,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+        """Never guessed to be plaintext: typing the stored string itself must not work."""
+        with caplog.at_level(logging.ERROR, "eximauthd.hashing"):
+            result = hasher.verify(stored, stored)
+        assert (result.matched, result.reason) == (False, "unknown-scheme")
+        assert "unsupported scheme" in caplog.text
+        assert not hasher.verify(stored, stored.rsplit("}", maxsplit=1)[-1]).matched
+
+    @pytest.mark.parametrize("stored", [
+        "$argon2id$v=19$m=8,t=1,p=1$!!!$???",
+        "$argon2id$garbage",
+        "{ARGON2ID}$argon2id$v=19$m=8,t=1,p=1$c2FsdA",
+        "$6$salt",
+        "$6$rounds=abc$salt$hash",
+        "$1$",
+        "$2y$05$short",
+        "$2b$99$" + "a" * 53,
+        "{SSHA}not base64!",
+        "{SSHA}AAAA",                               # shorter than a SHA-1 digest
+        "{SSHA512}" + "A" * 86 + "==",              # a bare digest, no salt
+        "{BLF-CRYPT}$2y$05$" + "/" * 52,
+    ])
+    def test_malformed_hash_is_no_with_reason(self, hasher: Hasher, stored: str) -> None:
+        """A corrupt row is a refusal with a reason, not an exception."""
+        result = hasher.verify(stored, "secret")
+        assert not result.matched
+        assert result.reason in {"malformed-hash", "cost-over-ceiling", "unknown-scheme"}
+
+    def test_sha_crypt_rounds_over_ceiling_are_refused(self, hasher: Hasher) -> None:
+        """$6$rounds=999999999$ would cost minutes: refused before any work."""
+        result = hasher.verify("$6$rounds=999999999$salt$" + "a" * 86, "secret")
+        assert result.reason == "cost-over-ceiling"
+
+    @pytest.mark.parametrize("stored", ["", None])
+    def test_no_stored_password_is_no(self, hasher: Hasher, stored: str | None) -> None:
+        """An empty or NULL column never matches, not even an empty password."""
+        assert hasher.verify(stored, "").reason == "no-password-set"
+        assert not hasher.verify(stored, "x").matched
+
+    def test_plaintext_can_be_disabled(self) -> None:
+        """allow_plaintext = false refuses bare and {PLAIN} values."""
+        strict = Hasher(replace(FAST_HASHING, allow_plaintext=False))
+        assert strict.verify("secret", "secret").reason == "plaintext-disabled"
+        assert strict.verify("{PLAIN}secret", "secret").reason == "plaintext-disabled"
+
+    def test_nul_in_password_never_matches_crypt_hashes(self, hasher: Hasher) -> None:
+        """crypt(3) stops at NUL; a password with NUL cannot be what a crypt hash holds."""
+        vector = next(v for v in VECTORS if v["id"] == "openssl-sha512crypt-secret")
+        assert hasher.verify(vector["stored"], "secret\x00tail").reason == "unusable-password"
+        bcrypt_vector = next(v for v in VECTORS if v["id"] == "mkpasswd-bcrypt-secret")
+        assert not hasher.verify(bcrypt_vector["stored"], "secret\x00").matched
+
+
+@settings(max_examples=300, deadline=None)
+@given(stored=st.one_of(st.text(max_size=300), st.sampled_from([v["stored"] for v in VECTORS])),
+       password=st.text(max_size=200))
+def test_verify_never_raises_on_any_input(stored: str, password: str) -> None:
+    """Whatever a row holds and whatever a client sends, verify answers instead of raising."""
+    hasher = Hasher(FAST_HASHING)
+    result = hasher.verify(stored, password)
+    if result.matched:
+        # Only plaintext can match an arbitrary stored text, and then only itself.
+        assert identify_scheme(stored)[0] is Scheme.PLAIN or stored in {
+            v["stored"] for v in VECTORS}
+
+
+def test_verify_result_holds_no_secret(hasher: Hasher) -> None:
+    """The result object carries no password or hash, so logging it is safe."""
+    encoded = hasher.hash("hunter2-secret")
+    text = repr(hasher.verify(encoded, "hunter2-secret")) + repr(hasher)
+    assert "hunter2" not in text
+    assert encoded not in text
+    assert encoded.split("$")[-1] not in text
+
+
+def test_calibrate_returns_measured_fits() -> None:
+    """Calibration keeps only parameter sets whose measured time is under the target."""
+    ticks = iter(range(10_000))
+
+    def clock() -> float:
+        return next(ticks) * 0.001  # every verification "takes" 1 ms
+
+    fits = calibrate(0.5, max_memory_cost=19456 * 2, samples=1, clock=clock)
+    assert [f.memory_cost for f in fits] == [19456, 38912]
+    assert all(f.time_cost == 10 and f.seconds < 0.5 for f in fits)
+    assert calibrate(0.0005, max_memory_cost=19456, samples=1, clock=clock) == []
+
+
+def test_default_config_is_owasp_minimum() -> None:
+    """Defaults are pinned, independent of the argon2-cffi release."""
+    config = HashingConfig()
+    assert (config.memory_cost, config.time_cost, config.parallelism) == (19456, 2, 1)
