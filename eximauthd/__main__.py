@@ -1,0 +1,5 @@
+"""``python -m eximauthd`` is the ``eximauthd`` command."""
+
+from eximauthd.cli import main
+
+main()

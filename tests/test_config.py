@@ -1,0 +1,144 @@
+"""Configuration: TOML + environment, validated with one clear line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eximauthd.config import Config, DatabaseConfig, load_config
+from eximauthd.errors import ConfigError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "eximauthd.toml"
+    path.write_text(text, "utf-8")
+    return path
+
+
+class TestDefaults:
+    """No file at all is the embedded default."""
+
+    def test_embedded_default_is_sqlite_in_working_directory(self) -> None:
+        """Nothing needs a server for a first try."""
+        config = load_config(None, environ={})
+        assert config.database.url == "sqlite:///eximauthd.sqlite3"
+        assert config.socket.path == "eximauthd.sock"
+        assert config.http.listen.startswith("127.0.0.1:")
+        assert not config.legacy.configured
+
+    def test_design_example_file_loads(self, tmp_path: Path) -> None:
+        """The file shown in DESIGN.md is valid as written."""
+        path = _write(tmp_path, """
+[database]
+url = "mysql+pymysql://eximauthd:secret@127.0.0.1/mail"
+[socket]
+path = "/run/eximauthd/eximauthd.sock"
+group = "Debian-exim"
+[http]
+enabled = true
+listen = "127.0.0.1:8726"
+[legacy]
+table = "users"
+local_part_column = "username"
+domain_column = "domain"
+password_column = "password"
+enabled_column = "smtp"
+""")
+        config = load_config(path, environ={})
+        assert config.legacy.table == "users"
+        assert config.legacy.enabled_rule.matches(1)
+        assert not config.legacy.enabled_rule.matches(0)
+        assert config.socket.group == "Debian-exim"
+        assert config.source == str(path)
+
+
+class TestEnvironment:
+    """EXIMAUTHD_<SECTION>_<KEY> overrides the file."""
+
+    def test_env_overrides_file_and_is_coerced(self, tmp_path: Path) -> None:
+        """Strings from the environment become the field's type."""
+        path = _write(tmp_path, "[hashing]\ntime_cost = 3\n")
+        config = load_config(path, environ={
+            "EXIMAUTHD_HASHING_TIME_COST": "4",
+            "EXIMAUTHD_HASHING_DOVECOT_PREFIX": "yes",
+            "EXIMAUTHD_DATABASE_URL": "sqlite:////tmp/x.sqlite3",
+        })
+        assert config.hashing.time_cost == 4
+        assert config.hashing.dovecot_prefix is True
+        assert config.database.url == "sqlite:////tmp/x.sqlite3"
+
+    def test_config_path_from_environment(self, tmp_path: Path) -> None:
+        """EXIMAUTHD_CONFIG names the file and is not itself a setting."""
+        path = _write(tmp_path, "[socket]\npath = \"/tmp/e.sock\"\n")
+        assert load_config(None, environ={"EXIMAUTHD_CONFIG": str(path)}).socket.path == \
+            "/tmp/e.sock"
+
+
+@pytest.mark.parametrize(("text", "env", "message"), [
+    ("[databse]\nurl = 'x'\n", {}, "databse: unknown section"),
+    ("[database]\nuri = 'sqlite:///x'\n", {}, "database.uri: unknown key"),
+    ("[hashing]\ntime_cost = '2'\n", {}, "hashing.time_cost: expected an integer"),
+    ("[hashing]\ntime_cost = true\n", {}, "hashing.time_cost: expected an integer"),
+    ("[http]\nenabled = 'yes'\n", {}, "http.enabled: expected true or false"),
+    ("[database]\nurl = 'not a url'\n", {}, "database.url: not a valid database URL"),
+    ("[database]\nurl = 'postgresql://x/y'\n", {}, "database.url: unsupported driver"),
+    ("[database]\nurl = 'sqlite://'\n", {}, "database.url: an in-memory SQLite"),
+    ("[database]\nurl = 'mysql+pymysql://u:p@h/'\n", {}, "database.url: the URL names no"),
+    ("[socket]\nmode = '0666'\n", {}, "socket.mode: must not grant access to other users"),
+    ("[socket]\nmode = 'rw'\n", {}, "socket.mode: expected an octal mode"),
+    ("[http]\nlisten = '0.0.0.0:80'\n", {}, "http.listen: a non-loopback address needs"),
+    ("[http]\nlisten = 'localhost'\n", {}, "http.listen: expected HOST:PORT"),
+    ("[hashing]\nmemory_cost = 1000000\n", {}, "hashing.memory_cost: 1000000 is outside"),
+    ("[hashing]\ntime_cost = 0\n", {}, "hashing.time_cost: 0 is outside"),
+    ("[legacy]\nlocal_part_column = 'u'\n", {}, "legacy.table: required"),
+    ("[legacy]\ntable = 'users'\n", {}, "legacy.address_column: set address_column"),
+    ("[legacy]\ntable = 'users; drop'\naddress_column = 'a'\n", {},
+     "legacy.table: 'users; drop' is not a plain SQL identifier"),
+    ("[legacy]\ntable = 'u'\naddress_column = 'a'\nenabled_column = 'e'\n"
+     "enabled_when = 'DROP'\n", {}, "legacy.enabled_when: expected an operator"),
+    ("[legacy]\ntable = 'u'\naddress_column = 'a'\nenabled_column = 'e'\n"
+     "enabled_when = '> 0'\nenabled_value = '0'\n", {},
+     "legacy.enabled_value: '0' does not satisfy enabled_when"),
+    ("", {"EXIMAUTHD_HASHING_TIME_COST": "two"},
+     "EXIMAUTHD_HASHING_TIME_COST: expected an integer"),
+    ("", {"EXIMAUTHD_DATABSE_URL": "x"}, "EXIMAUTHD_DATABSE_URL: unknown setting"),
+    ("", {"EXIMAUTHD_DATABASE_URI": "x"}, "EXIMAUTHD_DATABASE_URI: unknown key"),
+    ("[database\n", {}, "invalid TOML"),
+])
+def test_invalid_configuration_names_the_key(tmp_path: Path, text: str, env: dict[str, str],
+                                             message: str) -> None:
+    """Every mistake is one ConfigError whose message starts with the key or variable."""
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text), environ=env)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    """A wrong --config path is reported, not silently replaced by defaults."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_database_password_never_in_repr() -> None:
+    """The URL's password is masked wherever the config is printed."""
+    db = DatabaseConfig(url="mysql+pymysql://eximauthd:hunter2@db/mail",
+                        replica_url="mysql+pymysql://ro:hunter3@replica/mail")
+    text = repr(db) + str(db) + repr(Config(database=db))
+    assert "hunter2" not in text
+    assert "hunter3" not in text
+    assert "eximauthd:***@db/mail" in text
+
+
+def test_http_token_never_in_repr(tmp_path: Path) -> None:
+    """The bearer token is a secret too."""
+    path = _write(tmp_path, "[http]\ntoken = 'tok-abcdef'\n")
+    assert "tok-abcdef" not in repr(load_config(path, environ={}))
+
+
+def test_config_is_frozen() -> None:
+    """Settings cannot change under a running service."""
+    config = load_config(None, environ={})
+    with pytest.raises(AttributeError):
+        config.database.url = "sqlite:///other"  # type: ignore[misc]
