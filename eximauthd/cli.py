@@ -13,8 +13,10 @@ Exit codes (also in ``docs/cli.md``):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -334,6 +336,43 @@ def check(state: _State, address: str, password_stdin: bool, client_ip: str) -> 
     decision = Authenticator(state.accounts, state.hasher).verify(address, password, client_ip)
     click.echo(f"{decision.result.value} {decision.reason}")
     sys.exit(EXIT_OK if decision.allowed else EXIT_NO)
+
+
+# --- serve -------------------------------------------------------------------------------------
+
+@cli.command("serve")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="Log lines as key=value text or JSON (default: service.log_format).")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Append logs to FILE instead of stderr; reopened on SIGHUP.")
+@pass_state
+def serve(state: _State, log_format: str | None, log_file: str | None) -> None:
+    """Answer Exim on the Unix socket and serve the HTTP API until SIGTERM."""
+    from .decider import Decider  # noqa: PLC0415 -- keep other commands' start-up light
+    from .logs import configure_logging  # noqa: PLC0415
+    from .service import Service  # noqa: PLC0415
+
+    config = state.config
+    fmt = log_format or config.service.log_format
+    configure_logging(fmt, log_file)
+    log = logging.getLogger("eximauthd.serve")
+    if state.db.dialect == "sqlite":
+        # The embedded default must work from an empty directory; a shared MySQL schema is
+        # upgraded deliberately, with `eximauthd db upgrade`, by someone allowed to run DDL.
+        dbschema.upgrade(state.db)
+    service = Service(config, Decider(config, db=state.db))
+
+    def ready() -> None:
+        http = f"http://{config.http.listen}" if config.http.enabled else "disabled"
+        log.info("serving socket=%s http=%s database=%s workers=%d config=%s",
+                 os.path.abspath(config.socket.path), http,
+                 repr(config.database).split("'")[1], service.workers, config.source)
+
+    def reopen_logs() -> None:
+        configure_logging(fmt, log_file)
+
+    asyncio.run(service.run(ready, on_hangup=reopen_logs))
+    log.info("stopped")
 
 
 def main() -> None:

@@ -31,6 +31,8 @@ __all__ = [
     "HashingConfig",
     "HttpConfig",
     "LegacyConfig",
+    "PolicyConfig",
+    "ServiceConfig",
     "SocketConfig",
     "load_config",
 ]
@@ -41,6 +43,8 @@ _ENV_NOT_SETTINGS = frozenset({"EXIMAUTHD_CONFIG"})
 
 _SUPPORTED_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "mysql+pymysql", "mariadb+pymysql"})
 _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _ENABLED_RE = re.compile(r"\s*(=|!=|<>|>=|<=|>|<)\s*(-?\d+|'[^']*')\s*")
 
 
@@ -185,6 +189,31 @@ class LegacyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Relay policy.  By default a sender in the login's own domain may relay."""
+
+    # Domains whose users may relay only with their own address as envelope sender (as
+    # Postfix's reject_authenticated_sender_login_mismatch); send-as grants still apply.
+    strict_domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """Limits of ``eximauthd serve``."""
+
+    # Threads for argon2 and database work; 0 means one per CPU.  argon2-cffi releases the GIL.
+    workers: int = 0
+    # Answer "defer" after this long: below Exim's readsocket timeout (EXIMAUTHD_TIMEOUT, 5s),
+    # so Exim gets a clean temporary failure instead of a timeout.
+    request_timeout_ms: int = 3000
+    # Time a client has to send its request line.
+    read_timeout_ms: int = 1000
+    # Requests waiting for or holding a worker; beyond this, answer "defer overloaded" at once.
+    max_pending: int = 64
+    log_format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
 
@@ -193,6 +222,8 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     hashing: HashingConfig = field(default_factory=HashingConfig)
     legacy: LegacyConfig = field(default_factory=LegacyConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     source: str = "built-in defaults"
 
 
@@ -202,6 +233,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "http": HttpConfig,
     "hashing": HashingConfig,
     "legacy": LegacyConfig,
+    "policy": PolicyConfig,
+    "service": ServiceConfig,
 }
 
 
@@ -279,6 +312,12 @@ def _build_section(name: str, cls: type[Any], values: dict[str, Any]) -> Any:
 def _coerce(where: str, value: Any, expected: Any) -> Any:
     if isinstance(expected, types.UnionType):
         expected = next(t for t in typing.get_args(expected) if t is not type(None))
+    if typing.get_origin(expected) is tuple:
+        if isinstance(value, _EnvString):
+            value = [item.strip() for item in str(value).split(",") if item.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings")
+        return tuple(value)
     if isinstance(value, _EnvString):
         return _coerce_env(where, str(value), expected)
     # bool is an int in Python; a TOML `true` for an integer is still a mistake.
@@ -326,6 +365,8 @@ def _validate(config: Config) -> None:
     _validate_socket(config.socket)
     _validate_http(config.http)
     _validate_hashing(config.hashing)
+    _validate_policy(config.policy)
+    _validate_service(config.service)
     if config.legacy.configured or any(
         getattr(config.legacy, f.name) != f.default for f in dataclasses.fields(LegacyConfig)
     ):
@@ -395,6 +436,29 @@ def _validate_hashing(h: HashingConfig) -> None:
     for key, value, low, high in checks:
         if not low <= value <= high:
             raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+
+
+def _validate_policy(policy: PolicyConfig) -> None:
+    for domain in policy.strict_domains:
+        if not _DOMAIN_RE.fullmatch(domain) or domain != domain.lower():
+            raise ConfigError(
+                f"policy.strict_domains: {domain[:40]!r} is not a lower-case domain name"
+            )
+
+
+def _validate_service(service: ServiceConfig) -> None:
+    checks = [
+        ("service.workers", service.workers, 0, 256),
+        ("service.request_timeout_ms", service.request_timeout_ms, 50, 60000),
+        ("service.read_timeout_ms", service.read_timeout_ms, 50, 60000),
+        ("service.max_pending", service.max_pending, 1, 100000),
+    ]
+    for key, value, low, high in checks:
+        if not low <= value <= high:
+            raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+    if service.log_format not in {"text", "json"}:
+        raise ConfigError(f"service.log_format: expected 'text' or 'json', got "
+                          f"{service.log_format[:20]!r}")
 
 
 def _validate_legacy(legacy: LegacyConfig) -> None:

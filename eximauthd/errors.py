@@ -58,3 +58,15 @@ class UserExistsError(EximauthdError, ValueError):
 
 class UserNotFoundError(EximauthdError, LookupError):
     """An account operation named an address that has no account."""
+
+
+class ProtocolError(EximauthdError, ValueError):
+    """A socket request that is not one of the documented lines.
+
+    ``reason`` is a short token (``bad-base64``, ``unknown-verb``...) that is safe to log and to
+    send back in ``defer <reason>``; the message never quotes the request.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

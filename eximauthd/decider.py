@@ -1,0 +1,88 @@
+"""The decisions the service makes, as plain synchronous calls.
+
+:class:`Decider` joins the pure parts (:mod:`~eximauthd.policy`) to storage (accounts, grants)
+and turns every storage failure into ``defer``: this is the one place where an exception from
+the database becomes an answer, and that answer is never ``yes``.  The service runs these calls
+in its worker threads; the HTTP API and the socket share them, so both give the same answers.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .addresses import Address, parse_address
+from .authn import Authenticator
+from .config import Config
+from .decision import Decision, Result
+from .errors import AddressError, StorageError
+from .hashing import Hasher
+from .policy import RelayPolicy, may_relay
+from .protocol import AuthRequest, RelayRequest
+from .store import Database, GrantStore, make_account_store
+
+__all__ = ["Decider"]
+
+_log = logging.getLogger("eximauthd.decider")
+
+# Looked up by ping(): a query on the real tables proves the schema is there, not just a socket.
+_PROBE = Address("eximauthd-readiness-probe", "invalid")
+
+
+class Decider:
+    """Answer AUTH, RELAY and PING from a configuration."""
+
+    def __init__(self, config: Config, db: Database | None = None) -> None:
+        self.config = config
+        self.db = db or Database(config.database)
+        self.hasher = Hasher(config.hashing)
+        self.accounts = make_account_store(config, self.db)
+        self.grants = GrantStore(self.db)
+        self.authn = Authenticator(self.accounts, self.hasher)
+        self.policy = RelayPolicy(frozenset(config.policy.strict_domains))
+
+    def __repr__(self) -> str:
+        return f"Decider({self.db!r})"
+
+    def auth(self, request: AuthRequest) -> Decision:
+        """Verify credentials; a database failure is ``defer``, never ``yes`` or ``no``."""
+        try:
+            return self.authn.verify(request.username, request.password, request.client_ip)
+        except StorageError as exc:
+            _log.error("AUTH deferred: %s", exc)
+            return Decision.defer("database-unavailable")
+
+    def relay(self, request: RelayRequest) -> Decision:
+        """May the authenticated id relay with this envelope sender?
+
+        The pure policy answers first without grants; only a sender outside the login's own
+        address and domain costs a database read of its send-as grants.
+        """
+        first = may_relay(request.authenticated_id, request.sender, request.recipient, (),
+                          self.policy)
+        if first.result is not Result.NO or first.reason != "sender-mismatch":
+            return first
+        try:
+            owner = str(parse_address(request.authenticated_id))
+            grants = [g.sender for g in self.grants.list(owner)]
+        except AddressError:  # pragma: no cover - may_relay already refused malformed ids
+            return Decision.no("malformed-id")
+        except StorageError as exc:
+            _log.error("RELAY deferred: %s", exc)
+            return Decision.defer("database-unavailable")
+        if not grants:
+            return first
+        return may_relay(request.authenticated_id, request.sender, request.recipient, grants,
+                         self.policy)
+
+    def ping(self) -> Decision:
+        """``yes`` when the account and grant tables answer, else ``defer``."""
+        try:
+            self.accounts.find(_PROBE, limit=1)
+            self.grants.list(str(_PROBE))
+        except StorageError as exc:
+            _log.warning("not ready: %s", exc)
+            return Decision.defer("database-unavailable")
+        return Decision.yes("ready")
+
+    def close(self) -> None:
+        self.db.dispose()

@@ -1,0 +1,164 @@
+"""The HTTP API (Falcon ASGI): health, readiness, metrics, and the same decisions as the socket.
+
+Explicit resources, one per path.  JSON in and out; ``200`` carries a decision (``yes``/``no``),
+``503`` carries ``defer`` (the service cannot decide now), ``4xx`` a malformed request.  The
+documented contract is ``docs/openapi.yaml``; the tests check the app against it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from typing import TYPE_CHECKING, Any
+
+import falcon
+import falcon.asgi
+
+from .decision import Decision, Result
+from .protocol import AuthRequest, RelayRequest, Request
+
+if TYPE_CHECKING:
+    from .service import Service
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+MAX_BODY_BYTES = 16384
+_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
+
+
+def _answer(resp: falcon.asgi.Response, decision: Decision) -> None:
+    resp.status = falcon.HTTP_503 if decision.result is Result.DEFER else falcon.HTTP_200
+    resp.media = {"result": decision.result.value, "reason": decision.reason}
+
+
+async def _read_json(req: falcon.asgi.Request) -> dict[str, Any]:
+    if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
+        raise falcon.HTTPContentTooLarge(description=f"at most {MAX_BODY_BYTES} bytes")
+    body = await req.bounded_stream.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        raise falcon.HTTPContentTooLarge(description=f"at most {MAX_BODY_BYTES} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise falcon.HTTPBadRequest(title="invalid JSON") from None
+    if not isinstance(data, dict):
+        raise falcon.HTTPBadRequest(title="expected a JSON object")
+    return data
+
+
+def _fields(data: dict[str, Any], required: tuple[str, ...],
+            optional: tuple[str, ...]) -> dict[str, str]:
+    unknown = set(data) - set(required) - set(optional)
+    if unknown:
+        raise falcon.HTTPBadRequest(title="unknown field", description=sorted(unknown)[0][:64])
+    out: dict[str, str] = {}
+    for name in (*required, *optional):
+        if name not in data:
+            if name in required:
+                raise falcon.HTTPBadRequest(title="missing field", description=name)
+            continue
+        if not isinstance(data[name], str):
+            raise falcon.HTTPBadRequest(title="field must be a string", description=name)
+        out[name] = data[name]
+    client_ip = out.get("client_ip", "")
+    if client_ip:
+        try:
+            ipaddress.ip_address(client_ip)
+        except ValueError:
+            raise falcon.HTTPBadRequest(title="invalid client_ip") from None
+    return out
+
+
+class Health:
+    """``GET /healthz``: the process is alive."""
+
+    async def on_get(self, _req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.media = {"status": "ok"}
+
+
+class Ready:
+    """``GET /readyz``: the database answers (the same check as ``PING``)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def on_get(self, _req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        from .protocol import PingRequest  # noqa: PLC0415
+
+        decision = await self.service.decide(PingRequest(), transport="http")
+        ready = decision.allowed
+        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
+        resp.media = {"status": "ready" if ready else "unavailable", "reason": decision.reason}
+
+
+class MetricsResource:
+    """``GET /metrics``: Prometheus text format."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def on_get(self, _req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.content_type = "text/plain; version=0.0.4; charset=utf-8"
+        resp.data = self.service.metrics.render()
+
+
+class Auth:
+    """``POST /v1/auth``: ``{"username", "password", "mechanism"?, "client_ip"?}``."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        data = _fields(await _read_json(req), ("username", "password"),
+                       ("mechanism", "client_ip"))
+        mechanism = data.get("mechanism", "PLAIN")
+        if mechanism not in _MECHANISMS:
+            raise falcon.HTTPBadRequest(title="unsupported mechanism")
+        request: Request = AuthRequest(mechanism, data["username"], data["password"],
+                                       data.get("client_ip", ""))
+        _answer(resp, await self.service.decide(request, transport="http"))
+
+
+class Relay:
+    """``POST /v1/relay``: ``{"authenticated_id", "sender", "recipient", "client_ip"?}``."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        data = _fields(await _read_json(req), ("authenticated_id", "sender", "recipient"),
+                       ("client_ip",))
+        request: Request = RelayRequest(data["authenticated_id"], data["sender"],
+                                        data["recipient"], data.get("client_ip", ""))
+        _answer(resp, await self.service.decide(request, transport="http"))
+
+
+class BearerToken:
+    """Require ``Authorization: Bearer TOKEN`` on the decision endpoints when a token is set."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    def __repr__(self) -> str:
+        return "BearerToken('***')"
+
+    async def process_request(self, req: falcon.asgi.Request,
+                              _resp: falcon.asgi.Response) -> None:
+        if not self._token or not req.path.startswith("/v1/"):
+            return
+        scheme, _, given = (req.get_header("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self._token):
+            raise falcon.HTTPUnauthorized(title="bearer token required",
+                                          challenges=["Bearer"])
+
+
+def create_app(service: Service) -> falcon.asgi.App[Any, Any]:
+    """The ASGI application for *service*."""
+    app = falcon.asgi.App(middleware=[BearerToken(service.config.http.token)])
+    app.add_route("/healthz", Health())
+    app.add_route("/readyz", Ready(service))
+    app.add_route("/metrics", MetricsResource(service))
+    app.add_route("/v1/auth", Auth(service))
+    app.add_route("/v1/relay", Relay(service))
+    return app

@@ -1,0 +1,41 @@
+"""Prometheus metrics of one service instance (a registry of its own, so tests can run many)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass
+class Metrics:
+    """Requests by verb/transport/result, latency, pool queue depth, database errors."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter("eximauthd_requests", "Decisions made.",
+                                ["verb", "transport", "result"], registry=r)
+        self.latency = Histogram("eximauthd_request_duration_seconds",
+                                 "Time from request received to answer.", ["verb"],
+                                 buckets=_LATENCY_BUCKETS, registry=r)
+        self.protocol_errors = Counter("eximauthd_protocol_errors",
+                                       "Malformed requests, by reason.", ["reason"], registry=r)
+        self.pending = Gauge("eximauthd_pending_requests",
+                             "Requests waiting for or holding a worker.", registry=r)
+        self.workers = Gauge("eximauthd_workers", "Size of the worker pool.", registry=r)
+        self.db_errors = Counter("eximauthd_db_errors",
+                                 "Decisions deferred because the database failed.", registry=r)
+        self.overloaded = Counter("eximauthd_overloaded",
+                                  "Requests deferred at once because the pool was full.",
+                                  registry=r)
+        self.timeouts = Counter("eximauthd_timeouts",
+                                "Requests deferred because the deadline passed.", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

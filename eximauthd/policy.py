@@ -1,0 +1,82 @@
+"""The relay decision: may authenticated id X use envelope sender S?  Pure: values in, value out.
+
+The product's promise, in order:
+
+1. An empty authenticated id is ``no``.  Exim's ``authenticated = *`` matches a session whose id
+   is empty; such a session is exactly the seed's spammer.
+2. The null sender (bounces) is ``no``: an authenticated client has no business sending them.
+3. Ids, senders and recipients that are not plain ``dot-atom@domain`` are ``no``: quoted local
+   parts, source routes (``@a:b@c``) and address literals never match anything by accident.
+4. ``S == X`` (case-insensitive, as Exim compares) is ``yes``; so is a send-as grant for ``S``
+   or for ``@S.domain``.
+5. In a strict domain nothing else is allowed (Postfix's
+   ``reject_authenticated_sender_login_mismatch``); elsewhere ``S.domain == X.domain`` is
+   ``yes``.  Domains are compared whole: ``example.test.evil`` or ``sub.example.test`` are
+   other domains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .addresses import Address, parse_address
+from .decision import Decision
+from .errors import AddressError
+
+__all__ = ["RelayPolicy", "may_relay"]
+
+
+@dataclass(frozen=True, slots=True)
+class RelayPolicy:
+    """Settings of the relay decision (``[policy]``)."""
+
+    strict_domains: frozenset[str] = frozenset()
+
+
+def _parse(text: str) -> Address | None:
+    try:
+        return parse_address(text)
+    except AddressError:
+        return None
+
+
+def _grant_matches(grant: str, sender: Address) -> str | None:
+    if grant.startswith("@"):
+        return "grant-domain" if grant[1:].lower() == sender.domain else None
+    granted = _parse(grant)
+    return "grant-address" if granted == sender else None
+
+
+def may_relay(authenticated_id: str, sender: str, recipient: str, grants: Iterable[str],
+              policy: RelayPolicy) -> Decision:
+    """Decide whether *authenticated_id* may relay with envelope *sender* to *recipient*.
+
+    *grants* are the id's send-as grants as stored: addresses or ``@domain``.  Malformed
+    grants never match.  Reasons: ``same-address``, ``grant-address``, ``grant-domain``,
+    ``same-domain`` (yes); ``empty-id``, ``malformed-id``, ``null-sender``, ``malformed-sender``,
+    ``malformed-recipient``, ``sender-mismatch`` (no).
+    """
+    if not authenticated_id:
+        return Decision.no("empty-id")
+    login = _parse(authenticated_id)
+    if login is None:
+        return Decision.no("malformed-id")
+    if not sender:
+        return Decision.no("null-sender")
+    envelope = _parse(sender)
+    if envelope is None:
+        return Decision.no("malformed-sender")
+    if not recipient or not recipient.isprintable() or any(c.isspace() for c in recipient):
+        return Decision.no("malformed-recipient")
+    if envelope == login:
+        return Decision.yes("same-address")
+    for grant in grants:
+        reason = _grant_matches(grant, envelope)
+        if reason is not None:
+            return Decision.yes(reason)
+    if login.domain in policy.strict_domains:
+        return Decision.no("sender-mismatch")
+    if envelope.domain == login.domain:
+        return Decision.yes("same-domain")
+    return Decision.no("sender-mismatch")

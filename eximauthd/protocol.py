@@ -1,0 +1,164 @@
+"""The line protocol between Exim's ``${readsocket}`` and eximauthd.  Pure: bytes in, values out.
+
+One request line per connection, one answer line, then the server closes::
+
+    AUTH <PLAIN|LOGIN> <b64 user> <b64 password> <client ip>
+    RELAY <b64 authenticated id> <b64 envelope sender> <b64 recipient> <client ip>
+    PING
+
+Fields are separated by exactly one space.  Every value that comes from the SMTP client is
+base64 (Exim's ``${str2b64:...}``), so spaces, NULs, newlines and quotes cannot change the shape
+of the line.  Empty fields are legal: an empty authenticated id or the null sender arrive as an
+empty base64 field (two spaces in a row), and the client ip is empty for local submissions.
+
+Answers are ``yes``, ``no`` or ``defer <reason>``, each ending in a newline.  A malformed
+request raises :class:`~eximauthd.errors.ProtocolError`; the service answers ``defer <reason>``
+so that Exim fails temporarily: a request the service cannot read means the snippets and the
+service disagree, which an admin must fix, and no mail is lost meanwhile.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from .decision import Decision, Result
+from .errors import ProtocolError
+
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "MECHANISMS",
+    "AuthRequest",
+    "PingRequest",
+    "RelayRequest",
+    "Request",
+    "format_reply",
+    "is_valid_reply",
+    "parse_request",
+]
+
+# Four base64 fields of 320-byte addresses or 1 KiB passwords fit with room to spare.
+MAX_REQUEST_BYTES = 4096
+MECHANISMS = frozenset({"PLAIN", "LOGIN"})
+
+_PRINTABLE_LINE = re.compile(rb"[\x20-\x7e]*")
+_REASON_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_REPLY_RE = re.compile(rb"(?:yes|no|defer [A-Za-z0-9._-]{1,64})\n")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """``AUTH``: check a username and password.  ``repr`` never shows the password."""
+
+    mechanism: str
+    username: str
+    password: str
+    client_ip: str
+
+    def __repr__(self) -> str:
+        return (f"AuthRequest(mechanism={self.mechanism!r}, username={self.username!r}, "
+                f"password={'***' if self.password else ''!r}, client_ip={self.client_ip!r})")
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRequest:
+    """``RELAY``: may *authenticated_id* send with envelope *sender* to *recipient*?"""
+
+    authenticated_id: str
+    sender: str
+    recipient: str
+    client_ip: str
+
+
+@dataclass(frozen=True, slots=True)
+class PingRequest:
+    """``PING``: can the service decide (is the database reachable)?"""
+
+
+Request = AuthRequest | RelayRequest | PingRequest
+
+
+def _decode(field: str) -> str:
+    if not field:
+        return ""
+    try:
+        raw = base64.b64decode(field, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("bad-base64") from None
+    # Invalid UTF-8 is not a protocol error: it is passed on (surrogate-escaped) and the
+    # credential or policy check refuses it, as it refuses any other wrong value.
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _client_ip(field: str) -> str:
+    if field:
+        try:
+            ipaddress.ip_address(field)
+        except ValueError:
+            raise ProtocolError("bad-client-ip") from None
+    return field
+
+
+def _line(data: bytes) -> str:
+    if not data:
+        raise ProtocolError("empty")
+    if len(data) > MAX_REQUEST_BYTES:
+        raise ProtocolError("too-long")
+    if not data.endswith(b"\n"):
+        raise ProtocolError("missing-newline")
+    body = data[:-1]
+    if b"\n" in body or b"\r" in body:
+        raise ProtocolError("several-lines")
+    if not _PRINTABLE_LINE.fullmatch(body):
+        raise ProtocolError("not-ascii")
+    return body.decode("ascii")
+
+
+def parse_request(data: bytes) -> Request:
+    """Parse one request (the bytes up to and including its newline).
+
+    :raises ProtocolError: with ``reason`` one of ``empty``, ``too-long``, ``missing-newline``,
+        ``several-lines``, ``not-ascii``, ``unknown-verb``, ``wrong-field-count``,
+        ``bad-base64``, ``unsupported-mechanism``, ``bad-client-ip``.
+    """
+    fields = _line(data).split(" ")
+    verb = fields[0]
+    if verb == "PING":
+        if len(fields) != 1:
+            raise ProtocolError("wrong-field-count")
+        return PingRequest()
+    if verb not in {"AUTH", "RELAY"}:
+        raise ProtocolError("unknown-verb")
+    if len(fields) != 5:
+        raise ProtocolError("wrong-field-count")
+    if verb == "AUTH":
+        if fields[1] not in MECHANISMS:
+            raise ProtocolError("unsupported-mechanism")
+        return AuthRequest(fields[1], _decode(fields[2]), _decode(fields[3]),
+                           _client_ip(fields[4]))
+    return RelayRequest(_decode(fields[1]), _decode(fields[2]), _decode(fields[3]),
+                        _client_ip(fields[4]))
+
+
+def format_reply(decision: Decision) -> bytes:
+    """The answer line for *decision*: ``yes``, ``no`` or ``defer <reason>``, with newline.
+
+    ``no`` carries no reason on the wire: Exim's snippets match ``^(yes|no)\\n?$`` exactly.
+    A defer reason is cut to 64 characters from ``[A-Za-z0-9._-]``.
+    """
+    if decision.result is Result.YES:
+        return b"yes\n"
+    if decision.result is Result.NO:
+        return b"no\n"
+    reason = _REASON_UNSAFE.sub("-", decision.reason)[:64] or "unavailable"
+    return b"defer " + reason.encode("ascii") + b"\n"
+
+
+def is_valid_reply(data: bytes) -> bool:
+    """True when *data* is exactly one documented answer line."""
+    return _REPLY_RE.fullmatch(data) is not None

@@ -1,0 +1,309 @@
+"""``eximauthd serve``: one asyncio process with the Unix socket for Exim and the HTTP API.
+
+The event loop only moves bytes.  argon2 and database work run in a bounded thread pool
+(argon2-cffi releases the GIL), each request under a deadline shorter than Exim's readsocket
+timeout.  When the pool is saturated the answer is ``defer overloaded`` at once rather than a
+queue without bound; when anything goes wrong the answer is ``defer``: never ``yes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import grp
+import logging
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import uvicorn
+
+from .config import Config
+from .decider import Decider
+from .decision import Decision
+from .errors import ConfigError, ProtocolError
+from .logs import decision_fields
+from .metrics import Metrics
+from .protocol import (
+    MAX_REQUEST_BYTES,
+    AuthRequest,
+    PingRequest,
+    RelayRequest,
+    Request,
+    format_reply,
+    parse_request,
+)
+
+__all__ = ["Service", "prepare_socket_path"]
+
+_log = logging.getLogger("eximauthd.service")
+_decisions = logging.getLogger("eximauthd.decision")
+
+# A burst of Exim processes connects at once; a short backlog turns the burst into refused
+# connections, which Exim reports as temporary failures.  The kernel caps it at somaxconn.
+_BACKLOG = 1024
+
+
+def prepare_socket_path(path: str) -> None:
+    """Remove a stale socket at *path*; refuse to steal a live one or replace another file.
+
+    :raises ConfigError: another process answers on *path*, or *path* is not a socket.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"socket.path: {path} exists and is not a socket; not replacing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # nobody listens: a leftover from a killed process
+        return
+    except OSError as exc:
+        if exc.errno not in {errno.ECONNREFUSED, errno.ENOENT}:
+            raise ConfigError(f"socket.path: cannot probe {path}: {exc.strerror}") from None
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"socket.path: another process is serving {path}; not stealing it")
+
+
+def _bind_unix_socket(path: str, mode: int, group: str) -> socket.socket:
+    prepare_socket_path(path)
+    gid = -1
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"socket.group: no such group {group!r}") from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Bind under a umask that leaves the owner alone, then widen to the configured mode: the
+    # socket is never reachable by others, not even between bind() and chmod().
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    if gid != -1:
+        os.chown(path, -1, gid)
+    os.chmod(path, mode)
+    sock.listen(_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+class Service:
+    """The running service: decisions through a bounded pool, served on socket and HTTP."""
+
+    def __init__(self, config: Config, decider: Decider | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.decider = decider or Decider(config)
+        self.metrics = metrics or Metrics()
+        limits = config.service
+        self.workers = limits.workers or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="eximauthd-worker")
+        self._pending = 0
+        self._timeout = limits.request_timeout_ms / 1000
+        self._read_timeout = limits.read_timeout_ms / 1000
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._stopping: asyncio.Event | None = None
+        self.metrics.workers.set(self.workers)
+
+    # --- decisions -----------------------------------------------------------------------
+
+    async def decide(self, request: Request, transport: str = "socket") -> Decision:
+        """Answer *request*, logging one line; never raises."""
+        started = time.perf_counter()
+        verb = _verb(request)
+        try:
+            decision = await self._decide(request)
+        except Exception:
+            _log.exception("internal error while deciding %s", verb)
+            decision = Decision.defer("internal-error")
+        elapsed = time.perf_counter() - started
+        self._account(request, decision, transport, elapsed)
+        return decision
+
+    async def _decide(self, request: Request) -> Decision:
+        call: Callable[[], Decision]
+        match request:
+            case AuthRequest():
+                call = lambda: self.decider.auth(request)  # noqa: E731
+            case RelayRequest():
+                call = lambda: self.decider.relay(request)  # noqa: E731
+            case PingRequest():
+                call = self.decider.ping
+        if self._pending >= self.config.service.max_pending:
+            self.metrics.overloaded.inc()
+            return Decision.defer("overloaded")
+        self._pending += 1
+        self.metrics.pending.set(self._pending)
+        future = asyncio.get_running_loop().run_in_executor(self._pool, call)
+        # The slot is held until the worker really finishes, even after a timeout, so the
+        # bound counts work actually queued or running.
+        future.add_done_callback(self._release)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._timeout)
+        except TimeoutError:
+            self.metrics.timeouts.inc()
+            return Decision.defer("timeout")
+
+    def _release(self, _future: asyncio.Future[Decision]) -> None:
+        self._pending -= 1
+        self.metrics.pending.set(self._pending)
+
+    def _account(self, request: Request, decision: Decision, transport: str,
+                 elapsed: float) -> None:
+        verb = _verb(request)
+        self.metrics.requests.labels(verb, transport, decision.result.value).inc()
+        self.metrics.latency.labels(verb).observe(elapsed)
+        if decision.reason == "database-unavailable":
+            self.metrics.db_errors.inc()
+        fields: dict[str, Any] = {"verb": verb}
+        match request:
+            case AuthRequest():
+                fields |= {"user": request.username, "mech": request.mechanism,
+                           "client": request.client_ip}
+            case RelayRequest():
+                fields |= {"user": request.authenticated_id, "sender": request.sender,
+                           "rcpt": request.recipient, "client": request.client_ip}
+        fields |= {"result": decision.result.value, "reason": decision.reason,
+                   "ms": round(elapsed * 1000, 1), "via": transport}
+        _decisions.info("decision", extra=decision_fields(**fields))
+
+    # --- the Unix socket -----------------------------------------------------------------
+
+    async def handle_connection(self, reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+        """One request line in, one answer line out, close."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            reply = await self._answer(reader)
+            writer.write(reply)
+            await asyncio.wait_for(writer.drain(), self._read_timeout)
+        except Exception as exc:
+            _log.debug("connection ended early: %s", type(exc).__name__)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            if task is not None:
+                self._connections.discard(task)
+
+    async def _answer(self, reader: asyncio.StreamReader) -> bytes:
+        try:
+            data = await asyncio.wait_for(_read_request(reader), self._read_timeout)
+        except TimeoutError:
+            data = b""
+            error: ProtocolError | None = ProtocolError("read-timeout")
+        else:
+            error = None
+        if error is None:
+            try:
+                request = parse_request(data)
+            except ProtocolError as exc:
+                error = exc
+        if error is not None:
+            self.metrics.protocol_errors.labels(error.reason).inc()
+            _decisions.warning("bad request", extra=decision_fields(
+                verb="BAD", result="defer", reason=error.reason, bytes=len(data), via="socket"))
+            return format_reply(Decision.defer(error.reason))
+        return format_reply(await self.decide(request))
+
+    # --- running -------------------------------------------------------------------------
+
+    async def run(self, ready: Callable[[], None] | None = None,
+                  on_hangup: Callable[[], None] | None = None) -> None:
+        """Serve until SIGTERM/SIGINT, then finish in-flight requests and clean up.
+
+        *ready* is called once both listeners accept; *on_hangup* on every SIGHUP (the CLI
+        reopens its log file there, for logrotate).
+        """
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        if on_hangup is not None:
+            loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        sock_path = self.config.socket.path
+        sock = _bind_unix_socket(sock_path, int(self.config.socket.mode, 8),
+                                 self.config.socket.group)
+        unix_server = await asyncio.start_unix_server(self.handle_connection, sock=sock,
+                                                      limit=MAX_REQUEST_BYTES * 2,
+                                                      backlog=_BACKLOG)
+        http = await self._start_http() if self.config.http.enabled else None
+        try:
+            if ready is not None:
+                ready()
+            await self._stopping.wait()
+            _log.info("stopping: finishing %d in-flight request(s)", len(self._connections))
+        finally:
+            unix_server.close()
+            if self._connections:
+                await asyncio.wait(list(self._connections), timeout=self._timeout + 1)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sock_path)
+            if http is not None:
+                server, task = http
+                server.should_exit = True
+                await task
+            self._pool.shutdown(wait=True)
+            self.decider.close()
+
+    async def _start_http(self) -> tuple[Any, asyncio.Task[None]]:
+        from .http import create_app  # noqa: PLC0415 -- http imports this module
+
+        host, _, port = self.config.http.listen.rpartition(":")
+        server = _QuietServer(uvicorn.Config(
+            create_app(self), host=host.strip("[]"), port=int(port), lifespan="off",
+            access_log=False, log_config=None, log_level="warning",
+        ))
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()  # raises the bind error
+                raise ConfigError(f"http.listen: could not listen on {self.config.http.listen}")
+            await asyncio.sleep(0.01)
+        return server, task
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the service owns SIGTERM and SIGHUP."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _verb(request: Request) -> str:
+    match request:
+        case AuthRequest():
+            return "AUTH"
+        case RelayRequest():
+            return "RELAY"
+        case PingRequest():
+            return "PING"
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    """Read up to the first newline or EOF, at most one byte past the protocol's limit."""
+    data = b""
+    while b"\n" not in data and len(data) <= MAX_REQUEST_BYTES:
+        chunk = await reader.read(MAX_REQUEST_BYTES + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data

@@ -1,0 +1,194 @@
+"""Start a real ``eximauthd serve`` subprocess and talk to it as Exim does."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .conftest import FAST_HASHING_ENV
+
+
+def b64(value: str) -> str:
+    return base64.b64encode(value.encode("utf-8", "surrogateescape")).decode("ascii")
+
+
+def auth_line(user: str, password: str, ip: str = "192.0.2.10", mech: str = "PLAIN") -> bytes:
+    return f"AUTH {mech} {b64(user)} {b64(password)} {ip}\n".encode()
+
+
+def relay_line(user: str, sender: str, rcpt: str, ip: str = "192.0.2.10") -> bytes:
+    return f"RELAY {b64(user)} {b64(sender)} {b64(rcpt)} {ip}\n".encode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def ask(path: str, data: bytes, *, shutdown: bool = True, timeout: float = 10.0) -> bytes:
+    """One request the way ${readsocket} makes it: connect, write, shut down, read to EOF."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(data)
+        if shutdown:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(4096):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@dataclass
+class Served:
+    """A running service: its socket, HTTP base URL, log file and process."""
+
+    process: subprocess.Popen[bytes]
+    socket_path: str
+    http_url: str
+    log_path: Path
+    env: dict[str, str] = field(repr=False)
+
+    def ask(self, data: bytes, **kwargs: object) -> bytes:
+        return ask(self.socket_path, data, **kwargs)  # type: ignore[arg-type]
+
+    def log(self) -> str:
+        return self.log_path.read_text("utf-8", "replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+                raise
+        return self.process.returncode
+
+
+def start_service(db_url: str, *, extra_env: dict[str, str] | None = None,
+                  workdir: Path | None = None, wait: bool = True) -> Served:
+    """Start ``eximauthd serve`` on *db_url* with a socket in a short temporary directory."""
+    # sun_path is 108 bytes: pytest's tmp_path can be longer than that.
+    base = Path(tempfile.mkdtemp(prefix="ead-", dir="/tmp"))
+    socket_path = (extra_env or {}).get("EXIMAUTHD_SOCKET_PATH", str(base / "eximauthd.sock"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXIMAUTHD_")}
+    env |= FAST_HASHING_ENV | {
+        "EXIMAUTHD_DATABASE_URL": db_url,
+        "EXIMAUTHD_DATABASE_CONNECT_TIMEOUT": "1",
+        "EXIMAUTHD_SOCKET_PATH": socket_path,
+        "EXIMAUTHD_HTTP_LISTEN": f"127.0.0.1:{port}",
+    } | (extra_env or {})
+    log_path = base / "service.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "eximauthd", "serve"], env=env, stdout=log, stderr=log,
+            cwd=workdir or base,
+        )
+    served = Served(process, socket_path, f"http://127.0.0.1:{port}", log_path, env)
+    if wait:
+        wait_ready(served)
+    return served
+
+
+def wait_ready(served: Served, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if served.process.poll() is not None:
+            raise RuntimeError(f"eximauthd serve exited {served.process.returncode}:\n"
+                               + served.log())
+        with contextlib.suppress(OSError):
+            if served.ask(b"PING\n", timeout=2) in {b"yes\n", b"defer database-unavailable\n"} \
+                    and "serving socket=" in served.log():
+                return
+        time.sleep(0.05)
+    served.stop()
+    raise RuntimeError("eximauthd serve did not become ready:\n" + served.log())
+
+
+@contextlib.contextmanager
+def running(db_url: str, **kwargs: object) -> Iterator[Served]:
+    served = start_service(db_url, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield served
+    finally:
+        served.stop()
+        shutil.rmtree(Path(served.socket_path).parent, ignore_errors=True)
+
+
+class TcpProxy:
+    """A loopback TCP forwarder we can cut and restore: a database that 'goes away'."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        """Refuse new connections and cut every open one."""
+        with self._lock:
+            if self._listener is not None:
+                # close() alone does not wake a thread blocked in accept(); shutdown() does.
+                with contextlib.suppress(OSError):
+                    self._listener.shutdown(socket.SHUT_RDWR)
+                self._listener.close()
+                self._listener = None
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

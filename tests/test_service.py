@@ -1,0 +1,375 @@
+"""``eximauthd serve`` as a real subprocess, on SQLite and MariaDB, spoken to as Exim does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import stat
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eximauthd.addresses import parse_address
+from eximauthd.config import DatabaseConfig
+from eximauthd.hashing import Hasher
+from eximauthd.protocol import is_valid_reply
+from eximauthd.store import Database, Grant, GrantStore, OwnAccountStore
+
+from . import servicekit as kit
+from .conftest import FAST_HASHING, MARIADB_HOST, MARIADB_PORT
+
+PASSWORD = "s3cret pass ✓"
+
+
+def _populate(db_url: str) -> None:
+    """alice and bob in example.test, carol disabled, alice may send as @partner.test."""
+    from eximauthd import dbschema  # noqa: PLC0415
+
+    db = Database(DatabaseConfig(url=db_url))
+    dbschema.upgrade(db)
+    hasher = Hasher(FAST_HASHING)
+    store = OwnAccountStore(db)
+    for name in ("alice", "bob", "carol"):
+        store.add(parse_address(f"{name}@example.test"), hasher.hash(PASSWORD))
+    store.set_enabled(parse_address("carol@example.test"), False)
+    GrantStore(db).add(Grant("alice@example.test", "@partner.test"))
+    db.dispose()
+
+
+@pytest.fixture
+def served(db_url: str) -> Iterator[kit.Served]:
+    """A running service on a populated database (SQLite or MariaDB)."""
+    _populate(db_url)
+    with kit.running(db_url) as s:
+        yield s
+
+
+def _http(served: kit.Served, method: str, path: str, body: Any = None,
+          headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    data = None if body is None else (body if isinstance(body, bytes)
+                                      else json.dumps(body).encode())
+    request = urllib.request.Request(served.http_url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json",
+                                              **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        raw, status = exc.read(), exc.code
+    if path == "/metrics":
+        return status, raw.decode()
+    return status, json.loads(raw) if raw else None
+
+
+AUTH_CASES = [
+    ("alice@example.test", PASSWORD, b"yes\n"),
+    ("ALICE@Example.Test", PASSWORD, b"yes\n"),
+    ("alice@example.test", "wrong", b"no\n"),
+    ("alice@example.test", "", b"no\n"),
+    ("", "", b"no\n"),
+    ("", PASSWORD, b"no\n"),
+    ("nobody@example.test", "", b"no\n"),
+    ("nobody@example.test", PASSWORD, b"no\n"),
+    ("carol@example.test", PASSWORD, b"no\n"),
+    ("alice@example.test' OR '1'='1", PASSWORD, b"no\n"),
+    ("alice@example.test\x00", PASSWORD, b"no\n"),
+]
+
+RELAY_CASES = [
+    ("alice@example.test", "alice@example.test", b"yes\n"),
+    ("alice@example.test", "bob@example.test", b"yes\n"),       # same domain
+    ("alice@example.test", "anyone@partner.test", b"yes\n"),    # grant @partner.test
+    ("bob@example.test", "anyone@partner.test", b"no\n"),       # nobody granted bob
+    ("alice@example.test", "spam@elsewhere.test", b"no\n"),
+    ("alice@example.test", "alice@example.test.evil", b"no\n"),
+    ("alice@example.test", "", b"no\n"),                        # null sender
+    ("", "alice@example.test", b"no\n"),                        # empty id
+    ("", "", b"no\n"),
+]
+
+
+class TestVerbs:
+    """Every verb and every documented answer over the socket."""
+
+    @pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
+    def test_auth(self, served: kit.Served, mech: str) -> None:
+        """AUTH answers yes only for the right password of an enabled account."""
+        for user, password, expected in AUTH_CASES:
+            assert served.ask(kit.auth_line(user, password, mech=mech)) == expected, user
+
+    def test_relay(self, served: kit.Served) -> None:
+        """RELAY ties the envelope sender to the login: own domain or a grant."""
+        for user, sender, expected in RELAY_CASES:
+            reply = served.ask(kit.relay_line(user, sender, "someone@remote.test"))
+            assert reply == expected, (user, sender)
+
+    def test_empty_fields_as_exim_sends_them(self, served: kit.Served) -> None:
+        """Two spaces in a row (empty id or null sender) and an empty client ip parse to no."""
+        sender, rcpt = kit.b64("alice@example.test"), kit.b64("a@remote.test")
+        assert served.ask(f"RELAY  {sender} {rcpt} \n".encode()) == b"no\n"      # empty id
+        assert served.ask(f"RELAY {sender}  {rcpt} \n".encode()) == b"no\n"      # null sender
+        assert served.ask(b"AUTH PLAIN   \n") == b"no\n"
+
+    def test_ping(self, served: kit.Served) -> None:
+        """PING is yes while the database answers."""
+        assert served.ask(b"PING\n") == b"yes\n"
+
+    def test_request_without_shutdown_is_answered(self, served: kit.Served) -> None:
+        """With {5s:shutdown=no} Exim keeps its side open: the newline ends the request."""
+        line = kit.auth_line("alice@example.test", PASSWORD)
+        assert served.ask(line, shutdown=False) == b"yes\n"
+
+
+class TestMalformed:
+    """Bad requests get a defined defer answer and a log line, and the service stays up."""
+
+    @pytest.mark.parametrize(("data", "reason"), [
+        (b"", "empty"),
+        (b"HELLO\n", "unknown-verb"),
+        (b"ping\n", "unknown-verb"),
+        (b"AUTH PLAIN !!! ZQ== 1.2.3.4\n", "bad-base64"),
+        (b"AUTH PLAIN YQ== 1.2.3.4\n", "wrong-field-count"),
+        (b"AUTH CRAM-MD5 YQ== YQ== 1.2.3.4\n", "unsupported-mechanism"),
+        (b"AUTH PLAIN YQ== YQ== not-an-ip\n", "bad-client-ip"),
+        (b"PING", "missing-newline"),
+        (b"PING\nPING\n", "several-lines"),
+        ("AUTH PLAIN YQ== YQ== 1.2.3.4 ä\n".encode(), "not-ascii"),
+        (b"\xff\xfe\n", "not-ascii"),
+        (b"RELAY " + b"A" * 5000 + b"\n", "too-long"),
+    ])
+    def test_defined_reply(self, served: kit.Served, data: bytes, reason: str) -> None:
+        """Each malformation has its reason, Exim sees a temporary failure."""
+        assert served.ask(data) == f"defer {reason}\n".encode()
+        assert served.ask(b"PING\n") == b"yes\n"
+        assert f"reason={reason}" in served.log()
+
+    def test_silent_client_times_out(self, served: kit.Served) -> None:
+        """A client that connects and sends nothing is answered and closed, not kept."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(served.socket_path)
+            assert sock.recv(100) == b"defer read-timeout\n"
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.one_of(
+    st.binary(max_size=600),
+    st.builds(lambda verb, rest: verb + rest,
+              st.sampled_from([b"AUTH ", b"RELAY ", b"PING", b"AUTH PLAIN ", b"AUTH LOGIN "]),
+              st.binary(max_size=200)),
+    st.lists(st.text(alphabet="AQZaz09+/= .:", max_size=12), max_size=6).map(
+        lambda fields: ("AUTH PLAIN " + " ".join(fields) + "\n").encode()),
+))
+def test_fuzzed_requests_get_documented_replies(fuzz_service: kit.Served, data: bytes) -> None:
+    """Random bytes and near-valid lines: every reply is yes, no or defer REASON."""
+    reply = fuzz_service.ask(data)
+    assert is_valid_reply(reply), reply
+    assert fuzz_service.process.poll() is None
+
+
+@pytest.fixture(scope="module")
+def fuzz_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kit.Served]:
+    """One SQLite-backed service for the fuzzers (hypothesis reuses it)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'f.sqlite3'}"
+    _populate(url)
+    with kit.running(url) as s:
+        yield s
+
+
+def test_random_bytes_never_crash_the_service(fuzz_service: kit.Served) -> None:
+    """500 connections of seeded random garbage; the service answers each and stays up."""
+    rng = random.Random(20261128)
+    for _ in range(500):
+        data = rng.randbytes(rng.randrange(0, 300))
+        if rng.random() < 0.5:
+            data += b"\n"
+        assert is_valid_reply(fuzz_service.ask(data))
+    assert fuzz_service.ask(b"PING\n") == b"yes\n"
+
+
+def test_concurrent_clients_get_right_answers(db_url: str) -> None:
+    """500 concurrent clients x 6 requests: no errors, no wrong answers."""
+    _populate(db_url)
+    cases = [(kit.auth_line(u, p), e) for u, p, e in AUTH_CASES[:4]] + [
+        (kit.relay_line(u, s, "x@remote.test"), e) for u, s, e in RELAY_CASES[:5]]
+    extra = {"EXIMAUTHD_SERVICE_MAX_PENDING": "5000",
+             "EXIMAUTHD_SERVICE_REQUEST_TIMEOUT_MS": "60000",
+             "EXIMAUTHD_SERVICE_READ_TIMEOUT_MS": "60000"}
+    with kit.running(db_url, extra_env=extra) as served:
+        async def client(seed: int) -> list[tuple[bytes, bytes]]:
+            rng = random.Random(seed)
+            out = []
+            for _ in range(6):
+                line, expected = rng.choice(cases)
+                reader, writer = await asyncio.open_unix_connection(served.socket_path)
+                writer.write(line)
+                writer.write_eof()
+                reply = await asyncio.wait_for(reader.read(), 60)
+                writer.close()
+                out.append((reply, expected))
+            return out
+
+        async def main() -> list[list[tuple[bytes, bytes]]]:
+            return await asyncio.gather(*(client(i) for i in range(500)))
+
+        results = [pair for per_client in asyncio.run(main()) for pair in per_client]
+    assert len(results) == 3000
+    wrong = [(got, want) for got, want in results if got != want]
+    assert wrong == []
+
+
+class TestDatabaseOutage:
+    """The database goes away mid-run: defer, never yes; back again: answers resume."""
+
+    def test_mariadb_cut_and_restored(self, mariadb_url: str) -> None:
+        """Through a TCP proxy we cut: AUTH, RELAY needing grants and PING defer."""
+        _populate(mariadb_url)
+        proxy = kit.TcpProxy(MARIADB_HOST, MARIADB_PORT)
+        proxy.start()
+        proxied = mariadb_url.replace(f":{MARIADB_PORT}/", f":{proxy.port}/")
+        try:
+            with kit.running(proxied) as served:
+                good = kit.auth_line("alice@example.test", PASSWORD)
+                granted = kit.relay_line("alice@example.test", "x@partner.test", "r@remote.test")
+                assert served.ask(good) == b"yes\n"
+                proxy.stop()
+                for _ in range(3):
+                    assert served.ask(good) == b"defer database-unavailable\n"
+                    assert served.ask(granted) == b"defer database-unavailable\n"
+                    assert served.ask(b"PING\n") == b"defer database-unavailable\n"
+                status, body = _http(served, "GET", "/readyz")
+                assert (status, body["status"]) == (503, "unavailable")
+                # Needs no database: decided by the pure policy alone.
+                same_domain = kit.relay_line("alice@example.test", "bob@example.test", "r@x.test")
+                assert served.ask(same_domain) == b"yes\n"
+                proxy.start()
+                assert served.ask(good) == b"yes\n"
+                assert served.ask(granted) == b"yes\n"
+                assert served.ask(b"PING\n") == b"yes\n"
+                assert "eximauthd_db_errors_total" in _http(served, "GET", "/metrics")[1]
+        finally:
+            proxy.stop()
+
+
+class TestLifecycle:
+    """Socket ownership, stale sockets, SIGTERM."""
+
+    def test_socket_mode_is_0660(self, served: kit.Served) -> None:
+        """Only owner and group may connect."""
+        assert stat.S_IMODE(os.stat(served.socket_path).st_mode) == 0o660
+
+    def test_sigterm_exits_zero_and_removes_socket(self, served: kit.Served) -> None:
+        """A clean stop: exit 0, no socket left behind."""
+        assert served.stop() == 0
+        assert not os.path.exists(served.socket_path)
+        assert "stopped" in served.log()
+
+    def test_stale_socket_is_replaced_live_one_is_not_stolen(self, db_url: str) -> None:
+        """A leftover socket file is removed; a second instance refuses a live socket."""
+        _populate(db_url)
+        first = kit.start_service(db_url)
+        try:
+            second = kit.start_service(
+                db_url, extra_env={"EXIMAUTHD_SOCKET_PATH": first.socket_path}, wait=False)
+            assert second.process.wait(30) == 2
+            assert "another process is serving" in second.log()
+            assert first.ask(b"PING\n") == b"yes\n"
+            first.process.kill()  # leaves the socket file behind, like a crash
+            first.process.wait(10)
+            assert os.path.exists(first.socket_path)
+            third = kit.start_service(
+                db_url, extra_env={"EXIMAUTHD_SOCKET_PATH": first.socket_path})
+            assert third.ask(b"PING\n") == b"yes\n"
+            assert third.stop() == 0
+        finally:
+            first.stop()
+
+
+class TestHttp:
+    """The HTTP API gives the same decisions as the socket."""
+
+    def test_health_ready_metrics(self, served: kit.Served) -> None:
+        """healthz, readyz and Prometheus metrics."""
+        assert _http(served, "GET", "/healthz") == (200, {"status": "ok"})
+        assert _http(served, "GET", "/readyz") == (200, {"status": "ready", "reason": "ready"})
+        served.ask(kit.auth_line("alice@example.test", "wrong"))
+        status, text = _http(served, "GET", "/metrics")
+        assert status == 200
+        assert 'eximauthd_requests_total{result="no",transport="socket",verb="AUTH"}' in text
+        assert "eximauthd_request_duration_seconds_bucket" in text
+        assert "eximauthd_pending_requests" in text
+
+    def test_auth_and_relay(self, served: kit.Served) -> None:
+        """POST /v1/auth and /v1/relay answer like the socket."""
+        for user, password, expected in AUTH_CASES:
+            status, body = _http(served, "POST", "/v1/auth",
+                                 {"username": user, "password": password})
+            assert (status, body["result"]) == (200, expected.decode().strip())
+        for user, sender, expected in RELAY_CASES:
+            status, body = _http(served, "POST", "/v1/relay", {
+                "authenticated_id": user, "sender": sender, "recipient": "r@remote.test",
+                "client_ip": "2001:db8::1"})
+            assert (status, body["result"]) == (200, expected.decode().strip())
+
+    @pytest.mark.parametrize("body", [
+        b"not json", b"[]", {"username": "a@b.test"}, {"username": 1, "password": "x"},
+        {"username": "a@b.test", "password": "x", "mechanism": "CRAM-MD5"},
+        {"username": "a@b.test", "password": "x", "client_ip": "nope"},
+        {"username": "a@b.test", "password": "x", "extra": 1},
+    ])
+    def test_malformed_json_is_400(self, served: kit.Served, body: Any) -> None:
+        """A malformed request is a 4xx, never a decision."""
+        status, _ = _http(served, "POST", "/v1/auth", body)
+        assert status == 400
+
+    def test_bearer_token(self, db_url: str) -> None:
+        """With http.token set, /v1/* needs it; health endpoints do not."""
+        _populate(db_url)
+        with kit.running(db_url, extra_env={"EXIMAUTHD_HTTP_TOKEN": "t0ken"}) as served:
+            body = {"username": "alice@example.test", "password": PASSWORD}
+            assert _http(served, "POST", "/v1/auth", body)[0] == 401
+            assert _http(served, "POST", "/v1/auth", body,
+                         {"Authorization": "Bearer wrong"})[0] == 401
+            assert _http(served, "POST", "/v1/auth", body,
+                         {"Authorization": "Bearer t0ken"}) == (200, {"result": "yes",
+                                                                      "reason": "ok"})
+            assert _http(served, "GET", "/healthz")[0] == 200
+
+
+def test_log_has_one_line_per_decision_and_no_secret(served: kit.Served) -> None:
+    """Decision lines carry verb, user, client, result, reason, ms; never the password."""
+    served.ask(kit.auth_line("alice@example.test", PASSWORD, ip="192.0.2.77"))
+    served.ask(kit.auth_line("alice@example.test", "hunter2-wrong", ip="192.0.2.77"))
+    served.ask(kit.auth_line("evil\nuser=forged@example.test", "x", ip="192.0.2.77"))
+    log = served.log()
+    lines = [line for line in log.splitlines() if "client=192.0.2.77" in line]
+    assert len(lines) == 3
+    assert lines[0].startswith("verb=AUTH user=alice@example.test mech=PLAIN client=192.0.2.77 "
+                               "result=yes reason=ok ms=")
+    assert "result=no reason=bad-password" in lines[1]
+    assert '"evil\\nuser=forged@example.test"' in lines[2]
+    assert PASSWORD not in log
+    assert "hunter2" not in log
+    assert "$argon2" not in log
+
+
+def test_json_log_format(db_url: str) -> None:
+    """--log-format json (here via config) writes one JSON object per line."""
+    _populate(db_url)
+    with kit.running(db_url, extra_env={"EXIMAUTHD_SERVICE_LOG_FORMAT": "json"}) as served:
+        served.ask(kit.auth_line("alice@example.test", "wrong", ip="192.0.2.99"))
+        records = [json.loads(line) for line in served.log().splitlines() if line.strip()]
+    decision = next(r for r in records if r.get("client") == "192.0.2.99")
+    assert decision["verb"] == "AUTH"
+    assert decision["result"] == "no"
+    assert decision["reason"] == "bad-password"
