@@ -27,7 +27,7 @@ import click
 from . import dbschema
 from .addresses import Address, parse_address
 from .authn import Authenticator
-from .config import Config, load_config
+from .config import Config, load_config, mask_url
 from .errors import (
     AddressError,
     ConfigError,
@@ -366,7 +366,7 @@ def serve(state: _State, log_format: str | None, log_file: str | None) -> None:
         http = f"http://{config.http.listen}" if config.http.enabled else "disabled"
         log.info("serving socket=%s http=%s database=%s workers=%d config=%s",
                  os.path.abspath(config.socket.path), http,
-                 repr(config.database).split("'")[1], service.workers, config.source)
+                 mask_url(config.database.url), service.workers, config.source)
 
     def reopen_logs() -> None:
         configure_logging(fmt, log_file)

@@ -35,6 +35,7 @@ __all__ = [
     "ServiceConfig",
     "SocketConfig",
     "load_config",
+    "mask_url",
 ]
 
 ENV_PREFIX = "EXIMAUTHD_"
@@ -48,7 +49,8 @@ _DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _ENABLED_RE = re.compile(r"\s*(=|!=|<>|>=|<=|>|<)\s*(-?\d+|'[^']*')\s*")
 
 
-def _mask_url(url: str) -> str:
+def mask_url(url: str) -> str:
+    """*url* with its password replaced by ``***``, for logs and reprs."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -66,8 +68,8 @@ class DatabaseConfig:
     def __repr__(self) -> str:
         # The URL may hold the database password: never print it.
         return (
-            f"DatabaseConfig(url={_mask_url(self.url)!r}, "
-            f"replica_url={_mask_url(self.replica_url) if self.replica_url else ''!r}, "
+            f"DatabaseConfig(url={mask_url(self.url)!r}, "
+            f"replica_url={mask_url(self.replica_url) if self.replica_url else ''!r}, "
             f"connect_timeout={self.connect_timeout})"
         )
 

@@ -67,4 +67,6 @@ def configure_logging(fmt: str = "text", path: str | None = None) -> logging.Han
     root.setLevel(logging.INFO)
     # Our own access log is the decision line; uvicorn's would only repeat it.
     logging.getLogger("uvicorn.access").disabled = True
+    # Alembic narrates every schema check at INFO; only its warnings matter to an operator.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     return handler

@@ -82,7 +82,8 @@ class Served:
 
 
 def start_service(db_url: str, *, extra_env: dict[str, str] | None = None,
-                  workdir: Path | None = None, wait: bool = True) -> Served:
+                  workdir: Path | None = None, wait: bool = True,
+                  log_file: Path | None = None) -> Served:
     """Start ``eximauthd serve`` on *db_url* with a socket in a short temporary directory."""
     # sun_path is 108 bytes: pytest's tmp_path can be longer than that.
     base = Path(tempfile.mkdtemp(prefix="ead-", dir="/tmp"))
@@ -95,10 +96,12 @@ def start_service(db_url: str, *, extra_env: dict[str, str] | None = None,
         "EXIMAUTHD_SOCKET_PATH": socket_path,
         "EXIMAUTHD_HTTP_LISTEN": f"127.0.0.1:{port}",
     } | (extra_env or {})
-    log_path = base / "service.log"
-    with log_path.open("wb") as log:
+    log_path = log_file or base / "service.log"
+    args = ["--log-file", str(log_file)] if log_file else []
+    with (base / "stderr.log").open("wb") as stderr, log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "eximauthd", "serve"], env=env, stdout=log, stderr=log,
+            [sys.executable, "-m", "eximauthd", "serve", *args], env=env,
+            stdout=log if not log_file else stderr, stderr=log if not log_file else stderr,
             cwd=workdir or base,
         )
     served = Served(process, socket_path, f"http://127.0.0.1:{port}", log_path, env)

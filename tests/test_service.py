@@ -6,11 +6,14 @@ import asyncio
 import json
 import os
 import random
+import signal
 import socket
 import stat
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -373,3 +376,26 @@ def test_json_log_format(db_url: str) -> None:
     assert decision["verb"] == "AUTH"
     assert decision["result"] == "no"
     assert decision["reason"] == "bad-password"
+
+
+def test_sighup_reopens_the_log_file(tmp_path: Path) -> None:
+    """After logrotate moves the file, SIGHUP makes the service write to a new one."""
+    url = f"sqlite:///{tmp_path / 'h.sqlite3'}"
+    _populate(url)
+    log_file = tmp_path / "eximauthd.log"
+    rotated = tmp_path / "eximauthd.log.1"
+    served = kit.start_service(url, log_file=log_file)
+    try:
+        served.ask(kit.auth_line("alice@example.test", "wrong", ip="192.0.2.1"))
+        log_file.rename(rotated)
+        served.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not log_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        served.ask(kit.auth_line("alice@example.test", "wrong", ip="192.0.2.2"))
+        assert served.stop() == 0
+        assert "client=192.0.2.1 " in rotated.read_text()
+        assert "client=192.0.2.2 " in log_file.read_text()
+        assert "client=192.0.2.2 " not in rotated.read_text()
+    finally:
+        served.stop()
