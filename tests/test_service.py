@@ -399,3 +399,50 @@ def test_sighup_reopens_the_log_file(tmp_path: Path) -> None:
         assert "client=192.0.2.2 " not in rotated.read_text()
     finally:
         served.stop()
+
+
+class TestLimits:
+    """A saturated pool or a slow check answers defer quickly, never queues without bound."""
+
+    @pytest.fixture
+    def slow_db(self, sqlite_url: str) -> str:
+        """An account whose stored hash costs ~0.1-0.3 s to verify (64 MiB, t=4)."""
+        from dataclasses import replace  # noqa: PLC0415
+
+        from eximauthd import dbschema  # noqa: PLC0415
+
+        db = Database(DatabaseConfig(url=sqlite_url))
+        dbschema.upgrade(db)
+        slow = Hasher(replace(FAST_HASHING, memory_cost=65536, time_cost=4))
+        OwnAccountStore(db).add(parse_address("slow@example.test"), slow.hash(PASSWORD))
+        db.dispose()
+        return sqlite_url
+
+    def test_deadline_answers_defer_timeout(self, slow_db: str) -> None:
+        """A check slower than request_timeout_ms is answered 'defer timeout'."""
+        with kit.running(slow_db, extra_env={
+                "EXIMAUTHD_SERVICE_REQUEST_TIMEOUT_MS": "50"}) as served:
+            reply = served.ask(kit.auth_line("slow@example.test", PASSWORD))
+            assert reply == b"defer timeout\n"
+            assert "eximauthd_timeouts_total 1.0" in _http(served, "GET", "/metrics")[1]
+
+    def test_saturated_pool_answers_defer_overloaded(self, slow_db: str) -> None:
+        """With max_pending=1, concurrent AUTHs beyond the first are refused at once."""
+        with kit.running(slow_db, extra_env={"EXIMAUTHD_SERVICE_MAX_PENDING": "1",
+                                             "EXIMAUTHD_SERVICE_WORKERS": "1"}) as served:
+            async def burst() -> list[bytes]:
+                async def one() -> bytes:
+                    reader, writer = await asyncio.open_unix_connection(served.socket_path)
+                    writer.write(kit.auth_line("slow@example.test", PASSWORD))
+                    writer.write_eof()
+                    reply = await reader.read()
+                    writer.close()
+                    return reply
+                return await asyncio.gather(*(one() for _ in range(8)))
+
+            replies = asyncio.run(burst())
+            assert set(replies) <= {b"yes\n", b"defer overloaded\n"}
+            assert replies.count(b"yes\n") >= 1
+            assert replies.count(b"defer overloaded\n") >= 1
+            # Once the burst is over the service answers normally again.
+            assert served.ask(kit.auth_line("slow@example.test", PASSWORD)) == b"yes\n"
