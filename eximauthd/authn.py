@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 
-from .addresses import parse_address
+from .addresses import Address, parse_address
 from .decision import Decision
 from .errors import AddressError, HashingError, StorageError
 from .hashing import Hasher, Scheme
@@ -85,16 +85,17 @@ class Authenticator:
         if not record.enabled:
             return Decision.no("disabled")
         if result.needs_rehash and record.password is not None:
-            return self._rehash(address_text=str(address), old=record.password,
-                                password=password, scheme=result.scheme, client_ip=client_ip)
+            return self._rehash(address, old=record.password, password=password,
+                                scheme=result.scheme, client_ip=client_ip)
         return Decision.yes()
 
-    def _rehash(self, *, address_text: str, old: str, password: str, scheme: Scheme,
+    def _rehash(self, address: Address, *, old: str, password: str, scheme: Scheme,
                 client_ip: str) -> Decision:
         # The password is right whatever happens here: a failed upgrade is logged, not refused.
+        address_text = str(address)
         try:
             new = self.hasher.hash(password)
-            changed = self.store.replace_password(parse_address(address_text), old, new)
+            changed = self.store.replace_password(address, old, new)
         except (StorageError, HashingError) as exc:
             _log.warning("could not upgrade %s password of %s to argon2id: %s", scheme.value,
                          address_text, exc)
