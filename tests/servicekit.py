@@ -87,6 +87,7 @@ def start_service(db_url: str, *, extra_env: dict[str, str] | None = None,
     """Start ``eximauthd serve`` on *db_url* with a socket in a short temporary directory."""
     # sun_path is 108 bytes: pytest's tmp_path can be longer than that.
     base = Path(tempfile.mkdtemp(prefix="ead-", dir="/tmp"))
+    base.chmod(0o755)  # Exim (as Debian-exim) must reach the socket; the socket itself is 0660
     socket_path = (extra_env or {}).get("EXIMAUTHD_SOCKET_PATH", str(base / "eximauthd.sock"))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXIMAUTHD_")}

@@ -1,0 +1,273 @@
+"""A private Exim 4.96 daemon and an SMTP sink, on free loopback ports, for end-to-end tests.
+
+The Exim configuration is a minimal main section plus the shipped snippets, included exactly as
+an admin would.  Everything Exim routes to a non-local domain goes to an aiosmtpd sink, so an
+accepted relay is observable.  Exim runs as root with -C (it then keeps the caller's uid), with
+spool, logs and pid file in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import smtplib
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope, Session
+
+from .servicekit import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SNIPPETS = ROOT / "exim-snippets"
+EXIM = shutil.which("exim4") or "/usr/sbin/exim4"
+
+MAIN_TEMPLATE = """\
+primary_hostname = mx.example.test
+domainlist local_domains = example.test : strict.test
+qualify_domain = example.test
+spool_directory = {tmp}/spool
+log_file_path = {tmp}/log/%slog
+pid_file_path = {tmp}/exim.pid
+daemon_smtp_ports = {port}
+local_interfaces = 127.0.0.1
+tls_certificate = {tmp}/cert.pem
+tls_privatekey = {tmp}/key.pem
+tls_advertise_hosts = *
+host_lookup =
+rfc1413_hosts =
+acl_smtp_rcpt = acl_check_rcpt
+{macros}
+.include {snippets}/eximauthd-main.conf
+
+begin acl
+
+acl_check_rcpt:
+  .include {snippets}/eximauthd-rcpt-acl.conf
+  accept  authenticated = *
+  accept  domains = +local_domains
+  deny    message = relay not permitted
+
+begin routers
+
+to_sink:
+  driver = manualroute
+  domains = ! +local_domains
+  transport = to_sink
+  route_list = * 127.0.0.1
+  self = send
+
+local_mailbox:
+  driver = accept
+  domains = +local_domains
+  transport = local_mailbox
+
+begin transports
+
+to_sink:
+  driver = smtp
+  port = {sink_port}
+  allow_localhost
+  hosts_avoid_tls = *
+
+local_mailbox:
+  driver = appendfile
+  # One file for all local mail: a path built from $local_part would be tainted.
+  file = {tmp}/mail/local
+  envelope_to_add
+  user = Debian-exim
+
+begin retry
+*   *   F,1m,10s
+
+begin authenticators
+.include {snippets}/eximauthd-auth.conf
+"""
+
+
+class Sink:
+    """An aiosmtpd handler that keeps every envelope it receives."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Envelope] = []
+
+    async def handle_DATA(self, _server: object, _session: Session,
+                          envelope: Envelope) -> str:
+        self.envelopes.append(envelope)
+        return "250 OK"
+
+    def recipients(self) -> list[str]:
+        return [r for e in self.envelopes for r in e.rcpt_tos]
+
+
+@dataclass
+class Exim:
+    """A running private Exim daemon."""
+
+    tmp: Path
+    port: int
+    config: Path
+    process: subprocess.Popen[bytes]
+    sink: Sink = field(repr=False)
+
+    def mainlog(self) -> str:
+        path = self.tmp / "log" / "mainlog"
+        return path.read_text("utf-8", "replace") if path.exists() else ""
+
+    def wait_for_sink(self, count: int, timeout: float = 15.0) -> bool:
+        """Wait until the sink has *count* envelopes (delivery is asynchronous)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.sink.envelopes) >= count:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def local_mail(self) -> str:
+        """Everything delivered to local mailboxes (with Envelope-to: headers)."""
+        path = self.tmp / "mail" / "local"
+        return path.read_text() if path.exists() else ""
+
+
+def _make_certificate(tmp: Path) -> None:
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=mx.example.test", "-keyout", str(tmp / "key.pem"),
+         "-out", str(tmp / "cert.pem")],
+        check=True, capture_output=True, timeout=60,
+    )
+
+
+def write_config(tmp: Path, port: int, sink_port: int, socket_path: str,
+                 extra_macros: str = "") -> Path:
+    macros = f"EXIMAUTHD_SOCKET = {socket_path}\nEXIMAUTHD_TIMEOUT = 5s\n{extra_macros}"
+    config = tmp / "exim.conf"
+    config.write_text(MAIN_TEMPLATE.format(tmp=tmp, port=port, sink_port=sink_port,
+                                           snippets=SNIPPETS, macros=macros))
+    return config
+
+
+@contextlib.contextmanager
+def running_exim(socket_path: str, extra_macros: str = "") -> Iterator[Exim]:
+    """Start the SMTP sink and an Exim daemon that asks eximauthd at *socket_path*."""
+    tmp = Path(tempfile.mkdtemp(prefix="exim-", dir="/tmp"))
+    # Exim writes its spool and logs as its own user (Debian-exim) even when started by root,
+    # and reads included files unprivileged in some phases.
+    tmp.chmod(0o755)
+    exim_user = pwd.getpwnam("Debian-exim")
+    for sub in ("spool", "log", "mail"):
+        (tmp / sub).mkdir()
+        os.chown(tmp / sub, exim_user.pw_uid, exim_user.pw_gid)
+    _make_certificate(tmp)
+    for name in ("cert.pem", "key.pem"):  # Exim reads them as Debian-exim
+        os.chown(tmp / name, exim_user.pw_uid, exim_user.pw_gid)
+    sink = Sink()
+    sink_port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=sink_port)
+    controller.start()
+    port = free_port()
+    config = write_config(tmp, port, sink_port, socket_path, extra_macros)
+    check = subprocess.run([EXIM, "-C", str(config), "-bV"], capture_output=True, text=True,
+                           timeout=30, check=False)
+    if check.returncode != 0:
+        controller.stop()
+        raise RuntimeError(f"exim rejects the config:\n{check.stdout}{check.stderr}")
+    process = subprocess.Popen([EXIM, "-C", str(config), "-bdf", "-q30s"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    exim = Exim(tmp, port, config, process, sink)
+    try:
+        _wait_listening(exim)
+        yield exim
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        controller.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _wait_listening(exim: Exim, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if exim.process.poll() is not None:
+            err = exim.process.stderr.read().decode() if exim.process.stderr else ""
+            raise RuntimeError(f"exim exited {exim.process.returncode}: {err}\n{exim.mainlog()}")
+        with contextlib.suppress(OSError), smtplib.SMTP("127.0.0.1", exim.port,
+                                                        timeout=5) as smtp:
+            smtp.noop()
+            return
+        time.sleep(0.1)
+    raise RuntimeError("exim did not start listening:\n" + exim.mainlog())
+
+
+# --- SMTP probes ---------------------------------------------------------------------------
+
+@dataclass
+class Transcript:
+    """What a session got: the AUTH reply and each RCPT reply, and DATA's."""
+
+    auth: tuple[int, bytes] | None = None
+    mail: tuple[int, bytes] | None = None
+    rcpts: list[tuple[int, bytes]] = field(default_factory=list)
+    data: tuple[int, bytes] | None = None
+
+
+def _tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # a self-signed test certificate
+    return context
+
+
+def session(exim: Exim, *, plain: tuple[str, str, str] | None = None,
+            login: tuple[str, str] | None = None, sender: str = "",
+            rcpts: tuple[str, ...] = (), tls: bool = True,
+            before_rcpt: object = None) -> Transcript:
+    """One SMTP session: EHLO, STARTTLS, optional AUTH (raw, so empty fields are possible),
+    MAIL, RCPTs and DATA when any RCPT was accepted."""
+    out = Transcript()
+    with smtplib.SMTP("127.0.0.1", exim.port, timeout=30) as smtp:
+        smtp.ehlo("client.test")
+        if tls:
+            smtp.starttls(context=_tls_context())
+            smtp.ehlo("client.test")
+        if plain is not None:
+            authzid, user, password = plain
+            token = base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
+            out.auth = smtp.docmd("AUTH", f"PLAIN {token}")
+        elif login is not None:
+            code, _ = smtp.docmd("AUTH", "LOGIN")
+            if code == 334:
+                smtp.docmd(base64.b64encode(login[0].encode()).decode())
+                out.auth = smtp.docmd(base64.b64encode(login[1].encode()).decode())
+            else:
+                out.auth = (code, _)
+        if callable(before_rcpt):
+            before_rcpt()
+        out.mail = smtp.docmd("MAIL", f"FROM:<{sender}>")
+        if out.mail[0] != 250:
+            return out
+        for rcpt in rcpts:
+            out.rcpts.append(smtp.docmd("RCPT", f"TO:<{rcpt}>"))
+        if any(code == 250 for code, _ in out.rcpts):
+            out.data = smtp.data(b"Subject: test\r\n\r\nhello\r\n")
+        else:
+            smtp.rset()
+    return out
+
+
+def exim_available() -> bool:
+    return os.access(EXIM, os.X_OK)
