@@ -12,6 +12,7 @@ import base64
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import smtplib
@@ -19,7 +20,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,17 +149,91 @@ def _make_certificate(tmp: Path) -> None:
     )
 
 
-def write_config(tmp: Path, port: int, sink_port: int, socket_path: str,
-                 extra_macros: str = "") -> Path:
-    macros = f"EXIMAUTHD_SOCKET = {socket_path}\nEXIMAUTHD_TIMEOUT = 5s\n{extra_macros}"
+def build_handwritten(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+    """A hand-written config: minimal main section + the three generic snippets."""
+    macros = f"EXIMAUTHD_SOCKET = {socket_path}\nEXIMAUTHD_TIMEOUT = 5s\n"
     config = tmp / "exim.conf"
     config.write_text(MAIN_TEMPLATE.format(tmp=tmp, port=port, sink_port=sink_port,
                                            snippets=SNIPPETS, macros=macros))
     return config
 
 
+DEBIAN_TEST_MAIN = """\
+# test rig only: a private daemon on a free port, spool and logs in a temp dir
+EXIMAUTHD_SOCKET = {socket_path}
+SPOOLDIR = {tmp}/spool
+MAIN_TLS_ENABLE = yes
+MAIN_TLS_CERTIFICATE = {tmp}/cert.pem
+MAIN_TLS_PRIVATEKEY = {tmp}/key.pem
+MAIN_LOCAL_INTERFACES = 127.0.0.1
+log_file_path = {tmp}/log/%slog
+pid_file_path = {tmp}/exim.pid
+daemon_smtp_ports = {port}
+"""
+
+DEBIAN_TEST_ROUTERS = """\
+# test rig only: remote domains go to the SMTP sink, bob@ local domains to a file
+test_sink:
+  driver = manualroute
+  domains = ! +local_domains
+  transport = test_sink
+  route_list = * 127.0.0.1
+  self = send
+
+test_local:
+  driver = accept
+  domains = +local_domains
+  local_parts = bob
+  transport = test_local
+"""
+
+DEBIAN_TEST_TRANSPORTS = """\
+test_sink:
+  driver = smtp
+  port = {sink_port}
+  allow_localhost
+  hosts_avoid_tls = *
+
+test_local:
+  driver = appendfile
+  file = {tmp}/mail/local
+  envelope_to_add
+  user = Debian-exim
+"""
+
+
+def build_debian_split(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+    """Debian's stock /etc/exim4 (split mode) + exim-snippets/debian, through update-exim4.conf.
+
+    Test-only files configure a private daemon and the sink; they sort before and apart from the
+    drop-ins, which are copied exactly as shipped.
+    """
+    etc = tmp / "etc-exim4"
+    shutil.copytree("/etc/exim4", etc)
+    shutil.copytree(SNIPPETS / "debian" / "conf.d", etc / "conf.d", dirs_exist_ok=True)
+    settings = etc / "update-exim4.conf.conf"
+    text = settings.read_text()
+    for key, value in (("dc_use_split_config", "true"), ("dc_eximconfig_configtype", "internet"),
+                       ("dc_other_hostnames", "example.test : strict.test"),
+                       ("dc_local_interfaces", "127.0.0.1"), ("dc_relay_nets", "")):
+        text = re.sub(rf"^{key}=.*$", f"{key}='{value}'", text, flags=re.MULTILINE)
+    settings.write_text(text)
+    fmt = {"tmp": tmp, "port": port, "sink_port": sink_port, "socket_path": socket_path}
+    (etc / "conf.d/main/000_a_test_rig").write_text(DEBIAN_TEST_MAIN.format(**fmt))
+    (etc / "conf.d/router/050_test_rig").write_text(DEBIAN_TEST_ROUTERS)
+    (etc / "conf.d/transport/05_test_rig").write_text(DEBIAN_TEST_TRANSPORTS.format(**fmt))
+    config = tmp / "exim4.conf"
+    subprocess.run(["update-exim4.conf", "-d", str(etc), "-o", str(config)], check=True,
+                   capture_output=True, timeout=60)
+    config.chmod(0o644)
+    return config
+
+
+Builder = Callable[[Path, int, int, str], Path]
+
+
 @contextlib.contextmanager
-def running_exim(socket_path: str, extra_macros: str = "") -> Iterator[Exim]:
+def running_exim(socket_path: str, build: Builder = build_handwritten) -> Iterator[Exim]:
     """Start the SMTP sink and an Exim daemon that asks eximauthd at *socket_path*."""
     tmp = Path(tempfile.mkdtemp(prefix="exim-", dir="/tmp"))
     # Exim writes its spool and logs as its own user (Debian-exim) even when started by root,
@@ -176,7 +251,7 @@ def running_exim(socket_path: str, extra_macros: str = "") -> Iterator[Exim]:
     controller = Controller(sink, hostname="127.0.0.1", port=sink_port)
     controller.start()
     port = free_port()
-    config = write_config(tmp, port, sink_port, socket_path, extra_macros)
+    config = build(tmp, port, sink_port, socket_path)
     check = subprocess.run([EXIM, "-C", str(config), "-bV"], capture_output=True, text=True,
                            timeout=30, check=False)
     if check.returncode != 0:
@@ -235,11 +310,14 @@ def _tls_context() -> ssl.SSLContext:
 def session(exim: Exim, *, plain: tuple[str, str, str] | None = None,
             login: tuple[str, str] | None = None, sender: str = "",
             rcpts: tuple[str, ...] = (), tls: bool = True,
-            before_rcpt: object = None) -> Transcript:
+            before_rcpt: object = None, source_ip: str = "127.0.0.2") -> Transcript:
     """One SMTP session: EHLO, STARTTLS, optional AUTH (raw, so empty fields are possible),
     MAIL, RCPTs and DATA when any RCPT was accepted."""
     out = Transcript()
-    with smtplib.SMTP("127.0.0.1", exim.port, timeout=30) as smtp:
+    # Debian's stock config lets 127.0.0.1 relay unauthenticated: tests of it connect from
+    # another loopback address.
+    with smtplib.SMTP("127.0.0.1", exim.port, timeout=30,
+                      source_address=(source_ip, 0)) as smtp:
         smtp.ehlo("client.test")
         if tls:
             smtp.starttls(context=_tls_context())
