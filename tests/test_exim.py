@@ -373,3 +373,23 @@ class TestFailClosed:
         t = eximkit.session(exim, plain=GOOD, sender="alice@example.test", rcpts=REMOTE)
         assert t.auth == (235, b"Authentication succeeded")
         assert exim.wait_for_sink(1)
+
+
+def _debian_stock_acl(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+    """Debian + the eximauthd authenticators, but the stock rcpt ACL (no wrapper)."""
+    config = eximkit.build_debian_split(tmp, port, sink_port, socket_path)
+    text = config.read_text().replace("MAIN_ACL_CHECK_RCPT = acl_eximauthd_rcpt",
+                                      "MAIN_ACL_CHECK_RCPT = acl_check_rcpt")
+    config.write_text(text)
+    return config
+
+
+def test_control_debian_stock_acl_alone_relays_foreign_senders(rig: Rig) -> None:
+    """Why the wrapper ACL exists: without it, Debian accepts any sender once authenticated."""
+    if rig.ex.config.name != "exim4.conf":
+        pytest.skip("the control runs once, with the Debian rig")
+    with eximkit.running_exim(rig.socket_path, _debian_stock_acl) as stock:
+        t = eximkit.session(stock, plain=GOOD, sender="spam@elsewhere.test", rcpts=REMOTE)
+        assert t.auth == (235, b"Authentication succeeded")
+        assert [c for c, _ in t.rcpts] == [250]
+        assert stock.wait_for_sink(1)
