@@ -229,6 +229,50 @@ def build_debian_split(tmp: Path, port: int, sink_port: int, socket_path: str) -
     return config
 
 
+def build_debian_monolithic(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+    """Debian's stock template + exim-snippets/debian/monolithic, through update-exim4.conf.
+
+    update-exim4.conf tests for /etc/exim4/exim4.conf.localmacros by its hard-coded path even
+    with -d, so it runs in a private mount namespace with the copy bound over /etc/exim4.  The
+    generated config then names /etc/exim4/eximauthd-*, which the rig points at the copy, and
+    gets the sink routers (the template has no place for site routers).
+    """
+    etc = tmp / "etc-exim4"
+    shutil.copytree("/etc/exim4", etc)
+    mono = SNIPPETS / "debian" / "monolithic"
+    subprocess.run(["patch", "-p1", "-d", str(etc), "-i", str(mono / "exim4.conf.template.patch")],
+                   check=True, capture_output=True, timeout=30)
+    shutil.copy(SNIPPETS / "debian" / "conf.d" / "auth" / "20_eximauthd",
+                etc / "eximauthd-auth.conf")
+    acl = (mono / "eximauthd-rcpt-acl").read_text()
+    (etc / "eximauthd-rcpt-acl").write_text(
+        acl.replace("{/run/eximauthd/eximauthd.sock}", "{" + socket_path + "}"))
+    settings = etc / "update-exim4.conf.conf"
+    text = settings.read_text()
+    for key, value in (("dc_use_split_config", "false"),
+                       ("dc_eximconfig_configtype", "internet"),
+                       ("dc_other_hostnames", "example.test : strict.test"),
+                       ("dc_local_interfaces", "127.0.0.1"), ("dc_relay_nets", "")):
+        text = re.sub(rf"^{key}=.*$", f"{key}='{value}'", text, flags=re.MULTILINE)
+    settings.write_text(text)
+    fmt = {"tmp": tmp, "port": port, "sink_port": sink_port, "socket_path": socket_path}
+    (etc / "exim4.conf.localmacros").write_text(
+        DEBIAN_TEST_MAIN.format(**fmt) + (mono / "exim4.conf.localmacros").read_text())
+    config = tmp / "exim4.conf"
+    subprocess.run(["unshare", "-m", "sh", "-c",
+                    'mount --bind "$1" /etc/exim4 && update-exim4.conf -o "$2"', "sh",
+                    str(etc), str(config)], check=True, capture_output=True, timeout=60)
+    text = config.read_text().replace("/etc/exim4/eximauthd-", f"{etc}/eximauthd-")
+    text = text.replace("\nbegin routers\n", "\nbegin routers\n" + DEBIAN_TEST_ROUTERS, 1)
+    text = text.replace("\nbegin transports\n",
+                        "\nbegin transports\n" + DEBIAN_TEST_TRANSPORTS.format(**fmt), 1)
+    config.write_text(text)
+    config.chmod(0o644)
+    for path in (etc, etc / "eximauthd-auth.conf", etc / "eximauthd-rcpt-acl"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return config
+
+
 Builder = Callable[[Path, int, int, str], Path]
 
 

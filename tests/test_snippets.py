@@ -1,0 +1,64 @@
+"""The shipped Exim files say the same thing in every variant, so they cannot drift apart."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+SNIPPETS = Path(__file__).resolve().parent.parent / "exim-snippets"
+
+
+def _statements(text: str) -> list[str]:
+    """Non-comment lines, whitespace-normalised."""
+    return [" ".join(line.split()) for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _block(text: str, start: str) -> list[str]:
+    lines = _statements(text)
+    first = lines.index(start)
+    end = next((i for i in range(first + 1, len(lines)) if lines[i].endswith(":")
+                and " " not in lines[i]), len(lines))
+    return lines[first:end]
+
+
+def test_debian_authenticators_match_the_generic_ones() -> None:
+    """conf.d/auth/20_eximauthd defines the same two authenticators as eximauthd-auth.conf."""
+    generic = (SNIPPETS / "eximauthd-auth.conf").read_text()
+    debian = (SNIPPETS / "debian/conf.d/auth/20_eximauthd").read_text()
+    for name in ("eximauthd_plain:", "eximauthd_login:"):
+        assert _block(generic, name) == _block(debian, name)
+
+
+def test_acl_statements_match_in_every_variant() -> None:
+    """The hand-written, split and monolithic ACLs run the same three statements."""
+    generic = _statements((SNIPPETS / "eximauthd-rcpt-acl.conf").read_text())
+    split = _statements((SNIPPETS / "debian/conf.d/acl/35_eximauthd_rcpt").read_text())
+    mono = _statements((SNIPPETS / "debian/monolithic/eximauthd-rcpt-acl").read_text())
+    assert split == ["acl_eximauthd_rcpt:", *generic, "require acl = acl_check_rcpt", "accept"]
+    literal = [line.replace("EXIMAUTHD_SOCKET", "/run/eximauthd/eximauthd.sock")
+               .replace("{EXIMAUTHD_TIMEOUT}", "{5s}") for line in generic]
+    assert mono == [*literal, "require acl = acl_check_rcpt", "accept"]
+
+
+def test_every_client_value_is_base64_encoded() -> None:
+    """No $auth, $sender_address, $local_part or $domain reaches a request line raw."""
+    seen = 0
+    for path in SNIPPETS.rglob("*"):
+        if not path.is_file() or path.suffix == ".patch":
+            continue
+        for request in re.findall(r"readsocket\{[^}]*\}\{((?:AUTH|RELAY)[^\n]*?)\\n\}",
+                                  path.read_text()):
+            seen += 1
+            bare = re.sub(r"\$\{str2b64:[^}]*\}", "", request)
+            assert not re.search(r"\$(auth\d|sender_address|local_part|domain|authenticated_id)",
+                                 bare), (path, request)
+    # 2 AUTH + 1 RELAY in each of the generic and split files, 1 RELAY in the monolithic ACL
+    assert seen == 7
+
+
+def test_debian_file_names_are_ones_update_exim4_conf_reads() -> None:
+    """update-exim4.conf silently ignores names outside [[:alnum:]_-]+."""
+    for path in (SNIPPETS / "debian/conf.d").rglob("*"):
+        if path.is_file():
+            assert re.fullmatch(r"[A-Za-z0-9_-]+", path.name), path
