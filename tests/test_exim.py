@@ -396,3 +396,75 @@ def test_control_debian_stock_acl_alone_relays_foreign_senders(rig: Rig) -> None
         assert t.auth == (235, b"Authentication succeeded")
         assert [c for c, _ in t.rcpts] == [250]
         assert stock.wait_for_sink(1)
+
+
+def _seed_vulnerable(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+    """The seed's mistake on a real Exim: a lookup compared with eq, set_id the raw user."""
+    config = eximkit.build_handwritten(tmp, port, sink_port, socket_path)
+    (tmp / "passwd").write_text("alice@example.test: secret\n")
+    text = config.read_text()
+    text = text[:text.index("begin authenticators")] + (
+        "begin authenticators\n"
+        "seed_plain:\n"
+        "  driver = plaintext\n  public_name = PLAIN\n  server_prompts = :\n"
+        "  server_advertise_condition = yes\n"
+        f"  server_condition = ${{if eq{{$auth3}}{{${{lookup{{$auth2}}lsearch{{{tmp}/passwd}}}}}}"
+        "{yes}{no}}\n"
+        "  server_set_id = $auth2\n")
+    text = text.replace(f"  .include {eximkit.SNIPPETS}/eximauthd-rcpt-acl.conf\n", "")
+    config.write_text(text)
+    return config
+
+
+def test_seed_hole_reproduced_then_found_by_audit_and_lint(rig: Rig) -> None:
+    """Without eximauthd, AUTH PLAIN AAA= authenticates and relays; both tools catch it."""
+    if rig.kind != "handwritten":
+        pytest.skip("runs once")
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    with eximkit.running_exim(rig.socket_path, _seed_vulnerable) as seed:
+        t = eximkit.session(seed, plain=("", "", ""), sender="anyone@spam.test",
+                            rcpts=("kamikaze@remote.test",))
+        assert t.auth == (235, b"Authentication succeeded")  # the open relay, for real
+        assert [c for c, _ in t.rcpts] == [250]
+        assert seed.wait_for_sink(1)
+        deadline = time.monotonic() + 10
+        while "=> kamikaze@remote.test" not in seed.mainlog() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "A=seed_plain: " in seed.mainlog()
+        log = seed.tmp / "log" / "mainlog"
+        audit = subprocess.run([sys.executable, "-m", "eximauthd", "audit-log", "--json",
+                                str(log)], capture_output=True, text=True, timeout=60,
+                               check=False)
+        assert audit.returncode == 1
+        report = json.loads(audit.stdout)
+        assert report["findings"][0]["kind"] == "empty-auth-id"
+        assert report["remote_deliveries"] == 1
+        lint = subprocess.run([sys.executable, "-m", "eximauthd", "lint-exim-config",
+                               str(seed.config)], capture_output=True, text=True, timeout=60,
+                              check=False)
+        assert lint.returncode == 1
+        assert "lookup-compared-with-password" in lint.stdout
+        assert "authenticated-relay-without-sender-check" in lint.stdout
+
+
+def test_audit_of_the_protected_rig_finds_no_empty_id(rig: Rig) -> None:
+    """After the seed's attack and a legitimate message, the protected Exim's log is clean."""
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    if rig.service is None:
+        rig.start_service()
+    eximkit.session(rig.ex, plain=("", "", ""), sender="anyone@spam.test", rcpts=REMOTE)
+    good = eximkit.session(rig.ex, plain=GOOD, sender="alice@example.test", rcpts=REMOTE)
+    assert [c for c, _ in good.rcpts] == [250]
+    log = rig.ex.tmp / "log" / "mainlog"
+    audit = subprocess.run([sys.executable, "-m", "eximauthd", "audit-log", "--json", str(log)],
+                           capture_output=True, text=True, timeout=60, check=False)
+    report = json.loads(audit.stdout)
+    assert report["arrivals"] > 0
+    assert report["authenticated"] > 0
+    assert [f for f in report["findings"] if f["kind"] == "empty-auth-id"] == []

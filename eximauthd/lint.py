@@ -1,0 +1,388 @@
+"""``eximauthd lint-exim-config``: find the configuration mistakes that make Exim an open relay.
+
+:func:`read_config` turns Exim configuration files into logical lines the way Exim reads them:
+comments dropped, continuation lines joined, ``.include``/``.include_if_exists`` followed,
+macros defined and substituted, ``.ifdef``/``.ifndef``/``.else``/``.endif`` applied.  Each line
+keeps the file and line number it came from.  :func:`lint` applies the rules to them.  Only file
+reading is I/O; the rules are pure.
+
+Rules (each finding names file:line and the fix):
+
+``lookup-compared-with-password`` (critical)
+    ``server_condition`` compares a lookup result with the client's password using ``eq``: an
+    unknown user's lookup is empty, so an empty password matches (the seed's open relay).
+``plaintext-password-lookup`` (warning)
+    a lookup reads a password column and no ``crypteq`` is used: passwords stored in clear.
+``set-id-may-be-empty`` (critical)
+    ``server_set_id`` is a bare variable and nothing guarantees it is non-empty on success.
+``auth-without-tls`` (warning)
+    a password authenticator is advertised without requiring TLS.
+``untrusted-set-sender`` (warning)
+    ``untrusted_set_sender = *`` on a server with a critical authentication finding: any user may
+    set any envelope sender.
+``authenticated-relay-without-sender-check`` (critical)
+    the rcpt ACL accepts ``authenticated = *`` with no check that the sender belongs to the login.
+``no-local-from-check`` (warning)
+    ``no_local_from_check`` together with one of the two previous findings.
+
+The rules that concern authentication only apply when the config has *server* authenticators:
+Debian's stock configuration (client authenticators only, server examples commented out) has
+nothing to flag.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["ConfigLine", "LintFinding", "lint", "read_config"]
+
+_MACRO_DEF = re.compile(r"([A-Z][A-Za-z0-9_]*)\s*(==?)\s*(.*)")
+_MACRO_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*")
+_OPTION = re.compile(r"(?:no_|not_)?([a-z][a-z0-9_]*)(?:\s*=\s*(.*))?$")
+_ACL_VERBS = frozenset({"accept", "deny", "defer", "require", "warn", "drop", "discard"})
+_PASSWORD_VAR = re.compile(r"\$(?:auth[1-3]|[1-3])\b|\$\{auth[1-3]\}")
+_EMPTY_CHECK = re.compile(r"eq\s*\{\s*\$\{?(auth[1-3]|[1-3])\}?\s*\}\s*\{\s*\}")
+_MAX_INCLUDE_DEPTH = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigLine:
+    """One logical line of configuration with its origin."""
+
+    path: str
+    lineno: int
+    text: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:{self.lineno}"
+
+
+@dataclass(frozen=True, slots=True)
+class LintFinding:
+    """A rule that fired."""
+
+    rule: str
+    severity: str
+    where: str
+    message: str
+    fix: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"rule": self.rule, "severity": self.severity, "where": self.where,
+                "message": self.message, "fix": self.fix}
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+@dataclass
+class _Reader:
+    macros: dict[str, str] = field(default_factory=dict)
+    lines: list[ConfigLine] = field(default_factory=list)
+    section: str = "main"
+
+    def read(self, path: Path, depth: int = 0) -> None:
+        if depth > _MAX_INCLUDE_DEPTH:
+            raise OSError(f"{path}: .include nested too deeply")
+        stack: list[bool] = []  # for each open .if: is this branch active?
+        physical = path.read_text("utf-8", "replace").splitlines()
+        index = 0
+        while index < len(physical):
+            start = index + 1
+            text = physical[index].strip()
+            index += 1
+            if text.startswith("#"):
+                continue
+            while text.endswith("\\") and index < len(physical):
+                text = text[:-1] + physical[index].strip()
+                index += 1
+            if not text:
+                continue
+            if text.startswith("."):
+                self._directive(text, stack, path, start, depth)
+                continue
+            if not all(stack):
+                continue
+            self._logical(text, path, start)
+
+    def _directive(self, text: str, stack: list[bool], path: Path, lineno: int,
+                   depth: int) -> None:
+        word, _, arg = text.partition(" ")
+        arg = arg.strip()
+        match word:
+            case ".ifdef" | ".ifndef":
+                defined = arg in self.macros
+                stack.append(defined if word == ".ifdef" else not defined)
+            case ".elifdef" | ".elifndef":
+                if stack:
+                    defined = arg in self.macros
+                    stack[-1] = (not stack[-1]) and (defined if word == ".elifdef"
+                                                     else not defined)
+            case ".else":
+                if stack:
+                    stack[-1] = not stack[-1]
+            case ".endif":
+                if stack:
+                    stack.pop()
+            case ".include" | ".include_if_exists":
+                if all(stack):
+                    self._include(word, arg, path, lineno, depth)
+            case _:
+                pass
+
+    def _include(self, word: str, arg: str, path: Path, lineno: int, depth: int) -> None:
+        target = Path(self._expand(arg))
+        if not target.is_absolute():
+            target = path.parent / target
+        if target.exists():
+            self.read(target, depth + 1)
+        elif word == ".include":
+            raise OSError(f"{path}:{lineno}: included file {target} does not exist")
+
+    def _logical(self, text: str, path: Path, lineno: int) -> None:
+        definition = _MACRO_DEF.fullmatch(text)
+        if definition is not None and not text.startswith("begin "):
+            name, op, value = definition.groups()
+            if op == "==" or name not in self.macros:
+                self.macros[name] = self._expand(value)
+            return
+        expanded = self._expand(text)
+        if expanded.startswith("begin "):
+            self.section = expanded.split()[1]
+        self.lines.append(ConfigLine(str(path), lineno, expanded))
+
+    def _expand(self, text: str) -> str:
+        if not self.macros:
+            return text
+        for _ in range(10):  # macros may use macros
+            new = _MACRO_NAME.sub(lambda m: self.macros.get(m.group(0), m.group(0)), text)
+            if new == text:
+                break
+            text = new
+        return text
+
+
+def read_config(paths: Iterable[Path]) -> list[ConfigLine]:
+    """Read configuration files as Exim would, into logical lines.
+
+    :raises OSError: a file or a non-optional ``.include`` cannot be read.
+    """
+    reader = _Reader()
+    for path in paths:
+        reader.read(path)
+    return reader.lines
+
+
+# --- structure ---------------------------------------------------------------------------------
+
+@dataclass
+class _Block:
+    name: str
+    line: ConfigLine
+    options: dict[str, ConfigLine] = field(default_factory=dict)
+
+
+@dataclass
+class _Statement:
+    verb: str
+    lines: list[ConfigLine]
+
+    @property
+    def text(self) -> str:
+        return " ".join(line.text for line in self.lines)
+
+
+@dataclass
+class _Config:
+    main: dict[str, ConfigLine] = field(default_factory=dict)
+    authenticators: list[_Block] = field(default_factory=list)
+    acls: dict[str, list[_Statement]] = field(default_factory=dict)
+
+
+def _option(text: str) -> tuple[str, str] | None:
+    match = _OPTION.match(text)
+    if match is None:
+        return None
+    name = text.split("=", 1)[0].strip()
+    return name, (match.group(2) or "").strip()
+
+
+def _structure(lines: list[ConfigLine]) -> _Config:
+    config = _Config()
+    section = "main"
+    block: _Block | None = None
+    acl: list[_Statement] | None = None
+    for line in lines:
+        text = line.text
+        if text.startswith("begin "):
+            section, block, acl = text.split()[1], None, None
+            continue
+        if section == "main":
+            parsed = _option(text)
+            if parsed is not None:
+                config.main[parsed[0]] = line
+        elif section == "authenticators":
+            if re.fullmatch(r"[A-Za-z0-9_-]+:", text):
+                block = _Block(text[:-1], line)
+                config.authenticators.append(block)
+            elif block is not None and (parsed := _option(text)) is not None:
+                block.options[parsed[0]] = line
+        elif section == "acl":
+            if re.fullmatch(r"[A-Za-z0-9_-]+:", text):
+                acl = config.acls.setdefault(text[:-1], [])
+                continue
+            if acl is None:
+                continue
+            _add_acl_line(acl, line)
+    return config
+
+
+def _add_acl_line(acl: list[_Statement], line: ConfigLine) -> None:
+    word = line.text.split(None, 1)[0]
+    if word in _ACL_VERBS:
+        acl.append(_Statement(word, [line]))
+    elif acl:
+        acl[-1].lines.append(line)
+
+
+def _acl_from_file(path: str) -> list[_Statement]:
+    statements: list[_Statement] = []
+    for line in read_config([Path(path)]):
+        _add_acl_line(statements, line)
+    return statements
+
+
+def _value(line: ConfigLine | None) -> str:
+    if line is None:
+        return ""
+    return line.text.split("=", 1)[1].strip() if "=" in line.text else ""
+
+
+# --- rules -------------------------------------------------------------------------------------
+
+def lint(lines: list[ConfigLine]) -> list[LintFinding]:
+    """Apply every rule to the logical lines of one configuration."""
+    config = _structure(lines)
+    findings: list[LintFinding] = []
+    servers = [b for b in config.authenticators
+               if any(name.startswith("server_") for name in b.options)]
+    for block in servers:
+        findings += _authenticator_rules(block, config)
+    if servers:
+        findings += _rcpt_acl_rules(config)
+    untrusted = config.main.get("untrusted_set_sender")
+    # Debian ships untrusted_set_sender = * for its local users; it is part of the problem only
+    # where authentication itself is broken, so it is flagged together with such a finding.
+    if untrusted is not None and _value(untrusted) == "*" \
+            and any(f.severity == "critical" for f in findings):
+        findings.append(LintFinding(
+            "untrusted-set-sender", "warning", untrusted.where,
+            "untrusted_set_sender = * lets any user set any envelope sender, on a server whose "
+            "authentication is broken (see the critical findings)",
+            "remove it, or list only the patterns those users need"))
+    risky = {"untrusted-set-sender", "authenticated-relay-without-sender-check"}
+    no_local = config.main.get("no_local_from_check")
+    local_check = config.main.get("local_from_check")
+    if local_check is not None and _value(local_check).lower() in {"false", "no"}:
+        no_local = local_check
+    if no_local is not None and any(f.rule in risky for f in findings):
+        findings.append(LintFinding(
+            "no-local-from-check", "warning", no_local.where,
+            "no_local_from_check lets local submissions use any From: header, on top of the "
+            "sender freedom flagged above",
+            "remove no_local_from_check unless a specific program needs it"))
+    return findings
+
+
+def _authenticator_rules(block: _Block, config: _Config) -> list[LintFinding]:
+    out: list[LintFinding] = []
+    condition = block.options.get("server_condition")
+    cond_text = _value(condition)
+    driver = _value(block.options.get("driver"))
+    seed_hole = bool(condition is not None and re.search(r"\beqi?\s*\{", cond_text)
+                     and "lookup" in cond_text and _PASSWORD_VAR.search(cond_text))
+    if seed_hole and condition is not None:
+        out.append(LintFinding(
+            "lookup-compared-with-password", "critical", condition.where,
+            f"authenticator {block.name}: server_condition compares a lookup result with the "
+            "client's password; for an unknown user the lookup is empty, so an empty password "
+            "matches and the client is authenticated",
+            "query eximauthd instead (exim-snippets/eximauthd-auth.conf); never compare a "
+            "lookup result with eq"))
+    if condition is not None and "lookup" in cond_text and "crypteq" not in cond_text \
+            and re.search(r"(?i)select\s+[^}]*pass", cond_text):
+        out.append(LintFinding(
+            "plaintext-password-lookup", "warning", condition.where,
+            f"authenticator {block.name}: the password is read from the database and compared "
+            "in clear: passwords are stored in plaintext",
+            "migrate the column to argon2id: eximauthd migrate-passwords"))
+    set_id = block.options.get("server_set_id")
+    bare = set_id is not None and re.fullmatch(r"\$\{?(auth[1-3]|[1-3])\}?", _value(set_id))
+    guarded = "readsocket" in cond_text or _EMPTY_CHECK.search(cond_text)
+    if set_id is not None and bare and driver == "plaintext" and (seed_hole or not guarded):
+        out.append(LintFinding(
+            "set-id-may-be-empty", "critical", set_id.where,
+            f"authenticator {block.name}: server_set_id is {_value(set_id)}, which is empty when "
+            "the client sends an empty user name that the condition accepts (A=plain: in the log)",
+            "make server_condition refuse empty values (eximauthd does) and keep server_set_id "
+            "the user name"))
+    out += _tls_rule(block, config, driver)
+    return out
+
+
+def _tls_rule(block: _Block, config: _Config, driver: str) -> list[LintFinding]:
+    if driver not in {"plaintext", "dovecot", "cyrus_sasl", "heimdal_gssapi"}:
+        return []
+    advertise = block.options.get("server_advertise_condition")
+    hosts = _value(config.main.get("auth_advertise_hosts")) or "*"
+    if "tls" in _value(advertise) or "tls" in hosts:
+        return []
+    where = advertise.where if advertise is not None else block.line.where
+    return [LintFinding(
+        "auth-without-tls", "warning", where,
+        f"authenticator {block.name} is advertised without TLS: passwords cross the network in "
+        "clear",
+        "server_advertise_condition = ${if def:tls_in_cipher} (the eximauthd snippets do this)")]
+
+
+def _is_sender_check(statement: _Statement) -> bool:
+    text = statement.text
+    return ("$sender_address" in text or "RELAY " in text) and (
+        "authenticated" in text or "$authenticated_id" in text)
+
+
+def _rcpt_acl_rules(config: _Config) -> list[LintFinding]:
+    name = _value(config.main.get("acl_smtp_rcpt"))
+    if not name:
+        return []
+    statements = _acl_from_file(name) if name.startswith("/") and Path(name).exists() \
+        else config.acls.get(name)
+    if statements is None:
+        return []
+    return _walk_acl(statements, config, checked=False, seen=set())
+
+
+def _walk_acl(statements: list[_Statement], config: _Config, *, checked: bool,
+              seen: set[str]) -> list[LintFinding]:
+    out: list[LintFinding] = []
+    for statement in statements:
+        if _is_sender_check(statement):
+            checked = True
+        text = statement.text
+        if statement.verb == "accept" and re.search(r"authenticated\s*=\s*\*", text) \
+                and not checked:
+            out.append(LintFinding(
+                "authenticated-relay-without-sender-check", "critical",
+                statement.lines[0].where,
+                "the rcpt ACL accepts any authenticated client for any sender: one guessed or "
+                "empty login relays anything",
+                "put exim-snippets/eximauthd-rcpt-acl.conf at the top of the rcpt ACL (Debian: "
+                "the conf.d drop-ins)"))
+        for called in re.findall(r"\bacl\s*=\s*([A-Za-z0-9_-]+)", text):
+            if called not in seen and called in config.acls:
+                out += _walk_acl(config.acls[called], config, checked=checked,
+                                 seen=seen | {called})
+    return out
