@@ -196,6 +196,7 @@ class Auditor:
         # (subject, hour) -> remote deliveries, for bursts; pruned as hours pass.
         self._hourly: Counter[tuple[str, datetime]] = Counter()
         self._burst_seen: set[tuple[str, datetime]] = set()
+        self._pruned_hour: datetime | None = None
 
     def feed(self, lines: Iterable[str]) -> None:
         for line in lines:
@@ -270,11 +271,14 @@ class Auditor:
         self._prune_hours(hour)
 
     def _prune_hours(self, now: datetime) -> None:
-        if len(self._hourly) < 10_000:
+        # Only when the hour moves on: counters older than two hours can no longer burst.
+        if self._pruned_hour is not None and now <= self._pruned_hour:
             return
+        self._pruned_hour = now
         cutoff = now - timedelta(hours=2)
         for key in [k for k in self._hourly if k[1] < cutoff]:
             del self._hourly[key]
+        self._burst_seen = {k for k in self._burst_seen if k[1] >= cutoff}
 
     def report(self) -> AuditReport:
         report = self._report
