@@ -42,8 +42,12 @@ def parse_address(text: str) -> Address:
     :raises AddressError: *text* is not ``dot-atom@domain`` within RFC 5321's length limits.
         The message quotes at most the first 64 characters of the input.
     """
-    local, sep, domain = text.rpartition("@")
     shown = text[:64]
+    if not text.isascii():
+        # Also covers lone surrogates (undecodable bytes from the socket), which would make
+        # the length check below raise UnicodeEncodeError instead of AddressError.
+        raise AddressError(f"not an ASCII address: {shown!r}")
+    local, sep, domain = text.rpartition("@")
     if not sep or not local or not domain:
         raise AddressError(f"not an address (expected local@domain): {shown!r}")
     if len(local.encode()) > _MAX_LOCAL or len(domain.encode()) > _MAX_DOMAIN:

@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "EximauthdError",
     "HashingError",
+    "ProtocolError",
     "SchemaMissingError",
     "StorageError",
     "UserExistsError",

@@ -29,12 +29,17 @@ __all__ = ["RelayPolicy", "may_relay"]
 
 @dataclass(frozen=True, slots=True)
 class RelayPolicy:
-    """Settings of the relay decision (``[policy]``)."""
+    """Settings of the relay decision (``[policy]``).
+
+    ``strict_domains`` are lower-case domains whose logins may send only as their own address
+    (or as a send-as grant), never as another address of the same domain.
+    """
 
     strict_domains: frozenset[str] = frozenset()
 
 
 def _parse(text: str) -> Address | None:
+    """The canonical address of *text*, or None when it is not a plain address."""
     try:
         return parse_address(text)
     except AddressError:
@@ -42,6 +47,7 @@ def _parse(text: str) -> Address | None:
 
 
 def _grant_matches(grant: str, sender: Address) -> str | None:
+    """The yes-reason if *grant* (``user@domain`` or ``@domain``) covers *sender*, else None."""
     if grant.startswith("@"):
         return "grant-domain" if grant[1:].lower() == sender.domain else None
     granted = _parse(grant)

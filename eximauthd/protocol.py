@@ -84,6 +84,7 @@ Request = AuthRequest | RelayRequest | PingRequest
 
 
 def _decode(field: str) -> str:
+    """Decode one strict base64 field (padding required); empty stays empty."""
     if not field:
         return ""
     try:
@@ -96,7 +97,15 @@ def _decode(field: str) -> str:
 
 
 def _client_ip(field: str) -> str:
+    """Return *field* unchanged if it is empty or a bare IPv4/IPv6 literal.
+
+    A scope id (``fe80::1%eth0``) is refused although :mod:`ipaddress` accepts one: Exim's
+    ``$sender_host_address`` never carries it, and its free text would reach logs and the
+    per-IP throttling key.
+    """
     if field:
+        if "%" in field:
+            raise ProtocolError("bad-client-ip")
         try:
             ipaddress.ip_address(field)
         except ValueError:
@@ -105,6 +114,7 @@ def _client_ip(field: str) -> str:
 
 
 def _line(data: bytes) -> str:
+    """Check the framing of *data* and return its single line, without the newline."""
     if not data:
         raise ProtocolError("empty")
     if len(data) > MAX_REQUEST_BYTES:

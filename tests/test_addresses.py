@@ -46,3 +46,10 @@ def test_parse_never_raises_anything_else(text: str) -> None:
         assert str(exc)
     else:
         assert str(address) == text.lower()
+
+
+@pytest.mark.parametrize("text", ["\udcffalice@example.test", "alice@example.test\udc80"])
+def test_undecodable_bytes_are_an_address_error(text: str) -> None:
+    """Surrogate-escaped bytes from the socket are refused like any other bad address."""
+    with pytest.raises(AddressError):
+        parse_address(text)
