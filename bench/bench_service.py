@@ -25,6 +25,7 @@ import base64
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import datetime
 import math
 import multiprocessing as mp
@@ -126,9 +127,11 @@ class Settings:
     users_fast: int
 
 
-FULL = Settings(rounds=7, window_prod=3.0, window_cffi=5.0, window_fast=2.0,
+# Many short rounds rather than a few long ones: the noise of a shared machine comes and goes
+# within seconds, and a ratio is only as good as the two windows it compares being adjacent.
+FULL = Settings(rounds=11, window_prod=2.0, window_cffi=3.0, window_fast=1.5,
                 users_slow=16, users_fast=64)
-QUICK = Settings(rounds=3, window_prod=1.5, window_cffi=2.5, window_fast=1.0,
+QUICK = Settings(rounds=4, window_prod=1.0, window_cffi=1.5, window_fast=0.7,
                  users_slow=6, users_fast=32)
 
 
@@ -403,6 +406,43 @@ def cffi_verifier(profile: Profile) -> Callable[[tuple[str, str]], bool]:
     return call
 
 
+def _b64decode(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def cffi_single_thread_verifier() -> Callable[[tuple[str, str]], bool]:
+    """argon2-cffi's own libargon2, but one thread per verification however many lanes.
+
+    ``PasswordHasher.verify`` runs libargon2 with threads = lanes (p), so with p=4 every
+    verification starts its own threads for every segment.  This calls the same library through
+    the documented low-level ``argon2_ctx`` binding with threads=1 (lanes computed one after the
+    other, as libsodium does) and compares the tag: it isolates the cost of that threading.
+    """
+    from argon2.low_level import ARGON2_VERSION, Type, core, ffi  # noqa: PLC0415
+
+    def call(item: tuple[str, str]) -> bool:
+        encoded, password = item
+        params = argon2.extract_parameters(encoded)
+        salt_b64, tag_b64 = encoded.split("$")[-2:]
+        salt, tag = _b64decode(salt_b64), _b64decode(tag_b64)
+        secret = password.encode()
+        out = ffi.new("uint8_t[]", len(tag))
+        c_pwd, c_salt = ffi.new("uint8_t[]", secret), ffi.new("uint8_t[]", salt)
+        ctx = ffi.new("argon2_context *", {
+            "out": out, "outlen": len(tag), "pwd": c_pwd, "pwdlen": len(secret),
+            "salt": c_salt, "saltlen": len(salt), "secret": ffi.NULL, "secretlen": 0,
+            "ad": ffi.NULL, "adlen": 0, "t_cost": params.time_cost,
+            "m_cost": params.memory_cost, "lanes": params.parallelism, "threads": 1,
+            "version": ARGON2_VERSION, "allocate_cbk": ffi.NULL, "free_cbk": ffi.NULL,
+            "flags": 0,
+        })
+        if core(ctx, Type.ID.value) != 0:
+            return False
+        return secrets.compare_digest(bytes(ffi.buffer(out, len(tag))), tag)
+
+    return call
+
+
 # --- processes we start ------------------------------------------------------------------------
 
 
@@ -424,17 +464,21 @@ def _stop(proc: subprocess.Popen[bytes], name: str) -> None:
         proc.wait(5)
 
 
-def proc_cpu_seconds(pid: int, children: bool = False) -> float:
-    """utime+stime of *pid* (all its threads), plus reaped children's with *children*."""
+Cpu = tuple[float, float]  # (user, system) seconds
+
+
+def proc_cpu(pid: int, children: bool = False) -> Cpu:
+    """utime, stime of *pid* (all its threads), plus reaped children's with *children*."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])
+        return (0.0, 0.0)
+    user, system = int(fields[11]), int(fields[12])
     if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        user, system = user + int(fields[13]), system + int(fields[14])
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user / tick, system / tick)
 
 
 def descendants(pid: int) -> list[int]:
@@ -457,10 +501,10 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def tree_cpu_seconds(pid: int) -> float:
+def tree_cpu(pid: int) -> Cpu:
     """CPU of a process tree: the root with its reaped children, plus live descendants."""
-    return proc_cpu_seconds(pid, children=True) + sum(proc_cpu_seconds(p)
-                                                      for p in descendants(pid))
+    parts = [proc_cpu(pid, children=True), *(proc_cpu(p) for p in descendants(pid))]
+    return (sum(p[0] for p in parts), sum(p[1] for p in parts))
 
 
 def find_pid(comm_names: set[str]) -> int | None:
@@ -523,7 +567,7 @@ def start_eximauthd(name: str, workdir: Path, db_url: str, profile: Profile) -> 
         proc = subprocess.Popen(
             [sys.executable, "-m", "eximauthd", "serve", "--log-file", str(logfile)],
             env=env, cwd=workdir, stdout=err, stderr=err, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent, start_new_session=True)  # noqa: PLW1509
+            preexec_fn=_die_with_parent)  # noqa: PLW1509
     server = Server(name, proc, sock, workdir / f"{name}.stderr")
     wait_for(lambda: ask_line(sock, b"PING\n", b"yes\n"), f"eximauthd serve ({name})", proc,
              server.logfile)
@@ -562,8 +606,7 @@ def start_yes_server(workdir: Path) -> Server:
     with logfile.open("wb") as err:
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--yes-server", sock],
                                 stdout=err, stderr=err, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent,  # noqa: PLW1509
-                                start_new_session=True)
+                                preexec_fn=_die_with_parent)  # noqa: PLW1509
     wait_for(lambda: ask_line(sock, b"x\n", b"yes\n"), "yes server", proc, logfile)
     return Server("yes", proc, sock, logfile)
 
@@ -600,7 +643,8 @@ state_dir = {base}/state
 log_path = {base}/dovecot.log
 instance_name = eximauthd-bench
 protocols = none
-listen =
+# Dovecot 2.3 refuses an empty listen; with no protocols nothing binds it anyway.
+listen = 127.0.0.1
 ssl = no
 auth_mechanisms = plain
 # Exim connects from a TCP client address over no TLS: allow PLAIN there, as such setups do.
@@ -649,8 +693,8 @@ def start_dovecot(workdir: Path, db_name: str) -> Server:
     logfile = base / "dovecot.log"
     with (base / "stderr.log").open("wb") as err:
         proc = subprocess.Popen(["dovecot", "-F", "-c", str(conf)], stdout=err, stderr=err,
-                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,  # noqa: PLW1509
-                                start_new_session=True)
+                                stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent)  # noqa: PLW1509
     sock = str(base / "run" / "auth-client")
 
     def handshake() -> bool:
@@ -758,6 +802,51 @@ def make_accounts(domain: str, count: int, stored: Callable[[str], str]) -> list
 # --- measuring -----------------------------------------------------------------------------------
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (steal included: the hypervisor's noise)."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at: float
+    server: Cpu
+    clients: float
+    bench: float
+    db_cpu: float
+    db_queries: int
+    machine: float
+
+
+class Meter:
+    """Where the CPU goes during a window: the server, the load generators, mariadbd, others.
+
+    mariadbd's CPU and its count of statements + pings (``Questions`` + ``Com_admin_commands``,
+    COM_PING being an admin command) are shared with whatever else runs on the machine, so
+    both are upper bounds.  ``machine`` less everything measured here is the background load.
+    """
+
+    def __init__(self, admin: pymysql.connections.Connection, client_pids: list[int]) -> None:
+        self.admin = admin
+        self.client_pids = client_pids
+        self.db_pid = find_pid({"mariadbd", "mysqld"})
+
+    def snapshot(self, server: Callable[[], Cpu]) -> Snapshot:
+        with self.admin.cursor() as cur:
+            cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN "
+                        "('Questions', 'Com_admin_commands')")
+            queries = sum(int(value) for _, value in cur.fetchall()) - 1  # minus this SHOW
+        return Snapshot(
+            at=time.perf_counter(), server=server(),
+            clients=sum(sum(proc_cpu(pid)) for pid in self.client_pids),
+            bench=sum(proc_cpu(os.getpid())),
+            db_cpu=sum(proc_cpu(self.db_pid)) if self.db_pid else 0.0,
+            db_queries=queries, machine=machine_busy_seconds())
+
+
 @dataclass
 class Variant:
     """One thing to measure: how to drive it and whose CPU it spends."""
@@ -766,11 +855,38 @@ class Variant:
     label: str
     run: Callable[[float], list[Sample]]
     warm: Callable[[float], None]
-    server_cpu: Callable[[], float]
-    server_label: str
+    server_cpu: Callable[[], Cpu]
+    in_process: bool = False
+    own_queries: float = 0.0  # statements + pings per request, measured by calibrate()
     samples: list[list[Sample]] = field(default_factory=list)
-    cpu_ms_per_req: list[float] = field(default_factory=list)
-    db_ms_per_req: list[float] = field(default_factory=list)
+    # Per request, one value per round:
+    cpu_ms: list[float] = field(default_factory=list)      # the server
+    sys_ms: list[float] = field(default_factory=list)      # ... of which kernel
+    client_ms: list[float] = field(default_factory=list)   # the client processes
+    db_ms: list[float] = field(default_factory=list)       # mariadbd
+    db_queries: list[float] = field(default_factory=list)
+    total_ms: list[float] = field(default_factory=list)    # server + clients + mariadbd
+    background: list[float] = field(default_factory=list)  # CPUs busy with anything else
+
+    def account(self, before: Snapshot, after: Snapshot, done: int) -> None:
+        server = sum(after.server) - sum(before.server)
+        clients = after.clients - before.clients
+        # mariadbd is shared: charge this variant only its share of the statements counted.
+        counted = after.db_queries - before.db_queries
+        share = min(1.0, self.own_queries * done / counted) if counted > 0 else 0.0
+        db = (after.db_cpu - before.db_cpu) * share
+        ours = server + clients + db
+        if not self.in_process:  # the bench's own main thread just waits, but count it
+            ours += after.bench - before.bench
+        elapsed = after.at - before.at
+        self.background.append(max(0.0, (after.machine - before.machine - ours) / elapsed))
+        if done:
+            self.cpu_ms.append(server * 1000 / done)
+            self.sys_ms.append((after.server[1] - before.server[1]) * 1000 / done)
+            self.client_ms.append(clients * 1000 / done)
+            self.db_ms.append(db * 1000 / done)
+            self.db_queries.append(counted / done)
+            self.total_ms.append((server + clients + db) * 1000 / done)
 
     def rates(self) -> list[float]:
         return [sum(s.rate for s in window) for window in self.samples]
@@ -787,6 +903,7 @@ class Variant:
 
 @dataclass
 class RatioSpec:
+    order: str      # sorts the summary: "1", "1b", "2", ...
     label: str
     numerator: str
     denominator: str
@@ -801,22 +918,17 @@ class Group:
     ratios: list[RatioSpec]
 
 
-def measure_group(group: Group, rounds: int, db_pid: int | None) -> None:
+def measure_group(group: Group, rounds: int, meter: Meter) -> None:
+    """Every variant once per round, the order rotating, each after a short warm-up."""
     k = len(group.variants)
     for r in range(rounds):
-        order = group.variants[r % k:] + group.variants[:r % k]
-        for variant in order:
+        for variant in group.variants[r % k:] + group.variants[:r % k]:
             variant.warm(min(0.3, group.window / 5))
-            cpu0 = variant.server_cpu()
-            db0 = proc_cpu_seconds(db_pid) if db_pid else 0.0
+            before = meter.snapshot(variant.server_cpu)
             window = variant.run(group.window)
-            cpu1 = variant.server_cpu()
-            db1 = proc_cpu_seconds(db_pid) if db_pid else 0.0
-            done = sum(len(s.latencies) for s in window)
+            after = meter.snapshot(variant.server_cpu)
             variant.samples.append(window)
-            if done:
-                variant.cpu_ms_per_req.append((cpu1 - cpu0) * 1000 / done)
-                variant.db_ms_per_req.append((db1 - db0) * 1000 / done)
+            variant.account(before, after, sum(len(s.latencies) for s in window))
         rates = ", ".join(f"{v.key}={v.rates()[-1]:.1f}/s" for v in group.variants)
         log(f"  round {r + 1}/{rounds}: {rates}")
 
@@ -833,20 +945,29 @@ def fmt_ms(seconds: float) -> str:
     return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.1f}"
 
 
-def report_group(group: Group, rounds: int, out: list[str],
-                 summary: list[tuple[str, float, float, float, float | None]]) -> None:
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+Summary = list[tuple[RatioSpec, float, float, float, float]]
+
+
+def report_group(group: Group, rounds: int, out: list[str], summary: Summary) -> None:
     out.append("")
-    out.append(f"{group.title}  [{rounds} rounds x {group.window:g} s per variant, "
-               f"{CONCURRENCY} concurrent clients]")
-    out.append(f"  {'variant':<50} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-               f"{'srvCPU':>8} {'dbCPU':>7} {'n':>6} {'err':>4}")
+    out.append(f"{group.title}")
+    out.append(f"    {rounds} rounds x {group.window:g} s per variant, {CONCURRENCY} concurrent "
+               "clients")
+    out.append(f"  {'variant':<44} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'srvCPU':>7} "
+               f"{'(sys)':>6} {'cliCPU':>6} {'dbCPU':>6} {'dbQ':>4} {'totCPU':>7} {'bg':>4} "
+               f"{'n':>6} {'err':>3}")
     for v in group.variants:
         lat = v.latencies()
-        cpu = statistics.median(v.cpu_ms_per_req) if v.cpu_ms_per_req else math.nan
-        dbc = statistics.median(v.db_ms_per_req) if v.db_ms_per_req else math.nan
-        out.append(f"  {v.label:<50} {statistics.median(v.rates()):>8.1f} "
-                   f"{fmt_ms(percentile(lat, 0.50)):>8} {fmt_ms(percentile(lat, 0.99)):>8} "
-                   f"{cpu:>8.3f} {dbc:>7.3f} {len(lat):>6} {v.errors():>4}")
+        out.append(f"  {v.label:<44} {_median(v.rates()):>7.1f} "
+                   f"{fmt_ms(percentile(lat, 0.50)):>7} {fmt_ms(percentile(lat, 0.99)):>7} "
+                   f"{_median(v.cpu_ms):>7.3f} {_median(v.sys_ms):>6.2f} "
+                   f"{_median(v.client_ms):>6.3f} {_median(v.db_ms):>6.3f} "
+                   f"{v.own_queries:>4.1f} {_median(v.total_ms):>7.3f} "
+                   f"{_median(v.background):>4.2f} {len(lat):>6} {v.errors():>3}")
         if v.errors():
             out.append(f"      first error: {v.error_text() or 'wrong answer'}")
     by_key = {v.key: v for v in group.variants}
@@ -855,22 +976,25 @@ def report_group(group: Group, rounds: int, out: list[str],
         if num is None or den is None:
             continue
         per_round = [a / b for a, b in zip(num.rates(), den.rates(), strict=True) if b > 0]
-        if not per_round:
-            continue
-        med = statistics.median(per_round)
-        summary.append((spec.label, med, min(per_round), max(per_round), spec.target))
+        # The same comparison from CPU cost alone: what the throughput ratio would be on a
+        # CPU-bound machine with nobody else on it.  Much less sensitive to background load.
+        cost = [b / a for a, b in zip(num.total_ms, den.total_ms, strict=False) if a > 0]
+        if per_round:
+            summary.append((spec, statistics.median(per_round), min(per_round),
+                            max(per_round), _median(cost)))
 
 
-def print_summary(summary: list[tuple[str, float, float, float, float | None]],
-                  out: list[str]) -> None:
+def report_summary(summary: Summary, out: list[str]) -> None:
     out.append("")
-    out.append("RATIOS (throughput, median of per-round ratios; [min..max] over rounds)")
-    for label, med, low, high, target in summary:
-        if target is None:
-            verdict = "(evidence)"
+    out.append("RATIOS: throughput, median of the per-round ratios [min..max over rounds];")
+    out.append("        cost = the same from CPU alone: median per-round totCPU(B)/totCPU(A)")
+    for spec, med, low, high, cost in sorted(summary, key=lambda row: row[0].order):
+        if spec.target is None:
+            verdict = "evidence"
         else:
-            verdict = f"target >= {target:.2f}: {'MET' if med >= target else 'MISSED'}"
-        out.append(f"  {label:<58} {med:6.3f}  [{low:.3f}..{high:.3f}]  {verdict}")
+            verdict = f">= {spec.target:.2f} {'MET' if med >= spec.target else 'MISSED'}"
+        out.append(f"  {spec.order:<5} {spec.label:<60} {med:6.3f} [{low:.3f}..{high:.3f}]"
+                   f"  cost {cost:5.3f}  {verdict}")
 
 
 # --- putting it together ------------------------------------------------------------------------
@@ -887,193 +1011,253 @@ def dovecot_payloads(accounts: Sequence[Account]) -> list[str]:
     return [b64(b"\0" + a.address.encode() + b"\0" + a.password.encode()) for a in accounts]
 
 
-def socket_variant(key: str, label: str, clients: Clients, server: Server, kind: str,
-                   payloads: Sequence[Any], expect: bytes,
-                   cpu: Callable[[], float] | None = None) -> Variant:
-    return Variant(
-        key, label,
-        run=lambda d: clients.run(kind, server.socket_path, payloads, expect, d),
-        warm=lambda s: clients.warm(kind, server.socket_path, payloads, expect, s),
-        server_cpu=cpu or (lambda: proc_cpu_seconds(server.pid)),
-        server_label=server.name,
-    )
+def relay_payloads(domain: str, count: int) -> list[bytes]:
+    """Same-domain relays: decided by the pure policy, no database read."""
+    return [f"RELAY {b64(f'user{i}@{domain}')} {b64(f'other{i}@{domain}')} "
+            f"{b64(f'rcpt{i}@remote.test')} {CLIENT_IP}\n".encode() for i in range(count)]
 
 
-def inproc_variant(key: str, label: str, inproc: InProcess, call: Callable[[Any], bool],
-                   payloads: Sequence[Any]) -> Variant:
-    me = os.getpid()
-    return Variant(key, label, run=lambda d: inproc.run(call, payloads, d),
-                   warm=lambda s: inproc.warm(call, payloads, s),
-                   server_cpu=lambda: proc_cpu_seconds(me), server_label="bench process")
+@dataclass
+class Setup:
+    """Everything started for the run."""
+
+    clients: Clients
+    inproc: InProcess
+    db: BenchDatabase
+    servers: dict[str, Server]
+    dovecot: Server | None
+    dovecot_problem: str
+    sodium: Any
+    sodium_text: str
+    accounts: dict[str, list[Account]]
+
+    def socket_variant(self, key: str, label: str, server: Server, payloads: Sequence[Any],
+                       expect: bytes = b"yes\n") -> Variant:
+        kind = "dovecot" if server is self.dovecot else "line"
+        clients = self.clients
+        cpu: Callable[[], Cpu]
+        if server is self.dovecot:
+            cpu = lambda: tree_cpu(server.pid)  # noqa: E731 -- auth, auth-worker, master...
+        else:
+            cpu = lambda: proc_cpu(server.pid)  # noqa: E731
+        return Variant(
+            key, label,
+            run=lambda d: clients.run(kind, server.socket_path, payloads, expect, d),
+            warm=lambda s: clients.warm(kind, server.socket_path, payloads, expect, s),
+            server_cpu=cpu)
+
+    def inproc_variant(self, key: str, label: str, call: Callable[[Any], bool],
+                       payloads: Sequence[Any]) -> Variant:
+        inproc, me = self.inproc, os.getpid()
+        return Variant(key, label, run=lambda d: inproc.run(call, payloads, d),
+                       warm=lambda s: inproc.warm(call, payloads, s),
+                       server_cpu=lambda: proc_cpu(me), in_process=True)
 
 
-def run(settings: Settings, with_dovecot: bool, mode: str) -> str:  # noqa: PLR0912, PLR0915
+def start_everything(settings: Settings, with_dovecot: bool,
+                     stack: contextlib.ExitStack) -> Setup:
+    # Fork the clients first: before any thread, server or database connection exists.
+    clients = Clients(CONCURRENCY)
+    stack.callback(clients.close)
+    workdir = Path(tempfile.mkdtemp(prefix="eab-", dir="/tmp"))  # short: sun_path
+    stack.callback(shutil.rmtree, workdir, True)
+
+    dovecot_problem = ensure_dovecot() if with_dovecot else "disabled with --no-dovecot"
+    try:
+        sodium, sodium_text = load_libsodium()
+    except (ImportError, OSError) as exc:
+        sodium, sodium_text = None, f"libsodium not loadable ({exc})"
+
+    log("creating the bench database and accounts")
+    db = BenchDatabase()
+    stack.callback(db.drop)
+    db.create()
+    accounts = {
+        "prod": make_accounts("prod.bench.test", settings.users_slow, PROD.hasher().hash),
+        "cffi": make_accounts("cffi.bench.test", settings.users_slow, CFFI.hasher().hash),
+        "min": make_accounts("min.bench.test", settings.users_fast, MINIMAL.hasher().hash),
+        "plain": make_accounts("plain.bench.test", settings.users_fast,
+                               lambda p: "{PLAIN}" + p),
+    }
+    db.insert([a for group in accounts.values() for a in group])
+
+    log("starting eximauthd serve (x4), the yes server and dovecot")
+    # {PLAIN} rows are upgraded to argon2id on the first good login, by design.  To keep
+    # measuring {PLAIN}, that instance reads through a SELECT-only user: the upgrade is
+    # attempted (cheapest argon2id hash + one refused UPDATE) and fails, the row stays.
+    servers: dict[str, Server] = {}
+    for key, url, profile in (("prod", db.url, PROD), ("cffi", db.url, CFFI),
+                              ("min", db.url, MINIMAL), ("plain", db.ro_url, MINIMAL)):
+        servers[key] = start_eximauthd(f"ead-{key}", workdir, url, profile)
+        stack.callback(_stop, servers[key].proc, f"ead-{key}")
+    servers["yes"] = start_yes_server(workdir)
+    stack.callback(_stop, servers["yes"].proc, "yes")
+    dovecot: Server | None = None
+    if not dovecot_problem:
+        try:
+            dovecot = start_dovecot(workdir, db.name)
+            stack.callback(_stop, dovecot.proc, "dovecot")
+        except (RuntimeError, OSError) as exc:
+            dovecot_problem = f"dovecot did not start: {exc}"
+    if dovecot_problem:
+        log(f"NOTE: no Dovecot comparison: {dovecot_problem}")
+
+    inproc = InProcess(CONCURRENCY)
+    stack.callback(inproc.close)
+    return Setup(clients, inproc, db, servers, dovecot, dovecot_problem, sodium, sodium_text,
+                 accounts)
+
+
+def auth_group(setup: Setup, profile: Profile, window: float, n: str, m: str) -> Group:
+    accounts = setup.accounts[profile.key]
+    pairs = [(a.stored, a.password) for a in accounts]
+    variants = [
+        setup.socket_variant("ead", f"eximauthd AUTH, socket ({profile.params})",
+                             setup.servers[profile.key], auth_payloads(accounts)),
+        setup.inproc_variant("cffi", f"argon2-cffi verify, {CONCURRENCY} threads",
+                             cffi_verifier(profile), pairs),
+    ]
+    if setup.dovecot:
+        variants.append(setup.socket_variant(
+            "dovecot", "dovecot auth-client, sql, {ARGON2ID}", setup.dovecot,
+            dovecot_payloads(accounts), b"OK"))
+    if setup.sodium is not None:
+        variants.append(setup.inproc_variant(
+            "sodium", f"libsodium str_verify, {CONCURRENCY} threads",
+            sodium_verifier(setup.sodium),
+            [(a.stored.encode(), a.password.encode()) for a in accounts]))
+    if profile.parallelism > 1:
+        variants.append(setup.inproc_variant(
+            "cffi1", f"argon2-cffi argon2_ctx threads=1, {CONCURRENCY} thr",
+            cffi_single_thread_verifier(), pairs))
+    p = profile.params
+    return Group(f"[{n}/{m}] AUTH, argon2id {p} ({profile.label})", window, variants, [
+        RatioSpec(n, f"AUTH eximauthd / argon2-cffi raw, {p}", "ead", "cffi", 0.90),
+        RatioSpec(m, f"AUTH eximauthd / dovecot, {p}", "ead", "dovecot", 1.0),
+        RatioSpec(m + ".1", f"  libsodium raw / argon2-cffi raw, {p}", "sodium", "cffi", None),
+        RatioSpec(m + ".2", f"  dovecot / libsodium raw, {p}", "dovecot", "sodium", None),
+        RatioSpec(m + ".3", f"  argon2-cffi threads=1 / argon2-cffi verify, {p}", "cffi1",
+                  "cffi", None),
+    ])
+
+
+def build_groups(setup: Setup, settings: Settings) -> list[Group]:
+    groups = [auth_group(setup, PROD, settings.window_prod, "1", "3"),
+              auth_group(setup, CFFI, settings.window_cffi, "1b", "3b")]
+    relay = relay_payloads("prod.bench.test", 64)
+    groups.append(Group("[2] RELAY, same domain (no DB) vs a bare asyncio 'yes' server",
+                        settings.window_fast, [
+        setup.socket_variant("ead", "eximauthd RELAY, socket", setup.servers["prod"], relay),
+        setup.socket_variant("yes", "asyncio Unix server answering yes", setup.servers["yes"],
+                             relay),
+    ], [RatioSpec("2", "RELAY eximauthd / bare asyncio yes server", "ead", "yes", 0.50)]))
+    if setup.dovecot is None:
+        return groups
+    for key, title, target in (("4", "{PLAIN}", 0.5),
+                               ("4b", f"argon2id {MINIMAL.params}", None)):
+        accounts = setup.accounts["plain" if key == "4" else "min"]
+        server = setup.servers["plain" if key == "4" else "min"]
+        groups.append(Group(f"[{key}] AUTH per-request overhead, stored {title}",
+                            settings.window_fast, [
+            setup.socket_variant("ead", "eximauthd AUTH, socket", server, auth_payloads(accounts)),
+            setup.socket_variant("dovecot", "dovecot auth-client, sql", setup.dovecot,
+                                 dovecot_payloads(accounts), b"OK"),
+        ], [RatioSpec(key, f"AUTH eximauthd / dovecot, {title}", "ead", "dovecot",
+                      target)]))
+    return groups
+
+
+def check_answers(groups: Sequence[Group]) -> None:
+    """Every variant must answer right before anything is timed."""
+    for group in groups:
+        for variant in group.variants:
+            window = variant.run(0.01)
+            if any(s.errors for s in window) or not any(s.latencies for s in window):
+                text = next((s.error_text for s in window if s.error_text), "wrong answer")
+                raise RuntimeError(f"{group.title}: {variant.label} fails: {text}")
+
+
+def calibrate(groups: Sequence[Group], meter: Meter) -> None:
+    """Statements + pings each variant sends to MariaDB per request.
+
+    Other clients of the shared server only ever add to the count, so the smallest of a few
+    short runs is the variant's own.
+    """
+    for group in groups:
+        for variant in group.variants:
+            if variant.in_process:
+                continue
+            counts = []
+            for _ in range(3):
+                before = meter.snapshot(variant.server_cpu)
+                done = sum(len(s.latencies) for s in variant.run(0.15))
+                after = meter.snapshot(variant.server_cpu)
+                if done:
+                    counts.append((after.db_queries - before.db_queries) / done)
+            variant.own_queries = round(min(counts), 1) if counts else 0.0
+
+
+def report_header(setup: Setup, mode: str, out: list[str]) -> None:
+    now = datetime.datetime.now().astimezone()
+    out.append(f"eximauthd service benchmark ({mode}), {now:%Y-%m-%d %H:%M %Z}")
+    out.append(f"  nproc={NCPU}  clients={CONCURRENCY}  python {platform.python_version()}  "
+               f"argon2-cffi {metadata.version('argon2-cffi')} "
+               f"(bindings {metadata.version('argon2-cffi-bindings')})")
+    out.append(f"  {setup.sodium_text}")
+    version = dovecot_version() if setup.dovecot else "-- " + setup.dovecot_problem
+    out.append(f"  dovecot {version}; MariaDB {setup.db.admin.get_server_info()}")
+    out.append("  req/s: median over rounds.  p50/p99: over every request of the variant.")
+    out.append("  Per request (medians over rounds): srvCPU (sys) = CPU ms of the server (the")
+    out.append("  eximauthd process; dovecot's process tree; this process for in-process")
+    out.append("  variants), of which kernel; cliCPU = the client processes; dbQ = statements")
+    out.append("  + pings sent to MariaDB (least of 3 short runs: the server is shared); dbCPU =")
+    out.append("  mariadbd CPU ms, scaled to our share of the statements it counted; totCPU =")
+    out.append("  srv+cli+db.  bg: CPUs busy with other work on the machine during the windows.")
+    out.append("  n: requests measured.  err: wrong or failed answers.")
+
+
+def report_memory(setup: Setup, out: list[str]) -> None:
+    out.append("")
+    out.append("PEAK RSS (VmHWM) at the end of the run")
+    what = {"prod": f"AUTH {PROD.params}, RELAY", "cffi": f"AUTH {CFFI.params}",
+            "min": f"AUTH {MINIMAL.params}", "plain": "AUTH {PLAIN}", "yes": "bare asyncio"}
+    for key, server in setup.servers.items():
+        hwm = status_kib(server.pid, "VmHWM") or 0
+        out.append(f"  {server.name:<10} {what[key]:<34} {hwm / 1024:8.1f} MiB")
+    if setup.dovecot:
+        for pid in [setup.dovecot.pid, *descendants(setup.dovecot.pid)]:
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            hwm = status_kib(pid, "VmHWM") or 0
+            name = cmd.strip().replace("dovecot-eximauthd-bench/", "")[:34]
+            out.append(f"  {'dovecot':<10} {name:<34} {hwm / 1024:8.1f} MiB")
+
+
+def run(settings: Settings, with_dovecot: bool, mode: str) -> str:
     started = time.monotonic()
     out: list[str] = []
     with contextlib.ExitStack() as stack:
-        # Fork the clients first: before any thread, server or database connection exists.
-        clients = Clients(CONCURRENCY)
-        stack.callback(clients.close)
-        workdir = Path(tempfile.mkdtemp(prefix="eab-", dir="/tmp"))  # short: sun_path
-        stack.callback(shutil.rmtree, workdir, True)
-
-        dovecot_problem = ensure_dovecot() if with_dovecot else "disabled with --no-dovecot"
-        try:
-            sodium, sodium_text = load_libsodium()
-        except (ImportError, OSError) as exc:
-            sodium, sodium_text = None, f"libsodium not loadable ({exc})"
-
-        log("creating the bench database and accounts")
-        db = BenchDatabase()
-        stack.callback(db.drop)
-        db.create()
-        prod_ph, cffi_ph, min_ph = PROD.hasher(), CFFI.hasher(), MINIMAL.hasher()
-        acc_prod = make_accounts("prod.bench.test", settings.users_slow, prod_ph.hash)
-        acc_cffi = make_accounts("cffi.bench.test", settings.users_slow, cffi_ph.hash)
-        acc_min = make_accounts("min.bench.test", settings.users_fast, min_ph.hash)
-        acc_plain = make_accounts("plain.bench.test", settings.users_fast,
-                                  lambda p: "{PLAIN}" + p)
-        everyone = acc_prod + acc_cffi + acc_min + acc_plain
-        db.insert(everyone)
-
-        log("starting eximauthd serve (x4), the yes server and dovecot")
-        # {PLAIN} rows are upgraded to argon2id on the first good login, by design.  To keep
-        # measuring {PLAIN}, that instance reads through a SELECT-only user: the upgrade is
-        # attempted (cheapest argon2id hash + one refused UPDATE) and fails, the row stays.
-        servers = {
-            "prod": start_eximauthd("ead-prod", workdir, db.url, PROD),
-            "cffi": start_eximauthd("ead-cffi", workdir, db.url, CFFI),
-            "min": start_eximauthd("ead-min", workdir, db.url, MINIMAL),
-            "plain": start_eximauthd("ead-plain", workdir, db.ro_url, MINIMAL),
-            "yes": start_yes_server(workdir),
-        }
-        for name, server in servers.items():
-            stack.callback(_stop, server.proc, name)
-        dovecot: Server | None = None
-        if not dovecot_problem:
-            try:
-                dovecot = start_dovecot(workdir, db.name)
-                stack.callback(_stop, dovecot.proc, "dovecot")
-            except (RuntimeError, OSError) as exc:
-                dovecot_problem = f"dovecot did not start: {exc}"
-        if dovecot_problem:
-            log(f"NOTE: no Dovecot comparison: {dovecot_problem}")
-
-        inproc = InProcess(CONCURRENCY)
-        stack.callback(inproc.close)
-        db_pid = find_pid({"mariadbd", "mysqld"})
-
-        def dovecot_cpu() -> float:
-            return tree_cpu_seconds(dovecot.pid) if dovecot else 0.0
-
-        groups: list[Group] = []
-        for profile, accounts, server, window in (
-            (PROD, acc_prod, servers["prod"], settings.window_prod),
-            (CFFI, acc_cffi, servers["cffi"], settings.window_cffi),
-        ):
-            variants = [
-                socket_variant("ead", f"eximauthd AUTH over socket ({profile.params})", clients,
-                               server, "line", auth_payloads(accounts), b"yes\n"),
-                inproc_variant("cffi", f"argon2-cffi verify, {CONCURRENCY} threads", inproc,
-                               cffi_verifier(profile),
-                               [(a.stored, a.password) for a in accounts]),
-            ]
-            if dovecot:
-                variants.append(socket_variant(
-                    "dovecot", "dovecot auth-client, sql + ARGON2ID", clients, dovecot,
-                    "dovecot", dovecot_payloads(accounts), b"OK", dovecot_cpu))
-            if sodium is not None:
-                variants.append(inproc_variant(
-                    "sodium", f"libsodium verify, {CONCURRENCY} threads", inproc,
-                    sodium_verifier(sodium),
-                    [(a.stored.encode(), a.password.encode()) for a in accounts]))
-            n = "1" if profile is PROD else "1b"
-            m = "3" if profile is PROD else "3b"
-            groups.append(Group(
-                f"[{n}] AUTH, argon2id {profile.params} ({profile.label})", window, variants, [
-                    RatioSpec(f"{n} eximauthd / argon2-cffi raw  ({profile.params})",
-                              "ead", "cffi", 0.90),
-                    RatioSpec(f"{m} eximauthd / dovecot          ({profile.params})",
-                              "ead", "dovecot", 1.0),
-                    RatioSpec(f"{m}. libsodium raw / argon2-cffi raw ({profile.params})",
-                              "sodium", "cffi", None),
-                    RatioSpec(f"{m}. dovecot / libsodium raw     ({profile.params})",
-                              "dovecot", "sodium", None),
-                ]))
-
-        domain = "prod.bench.test"
-        relay = [f"RELAY {b64(f'user{i}@{domain}')} {b64(f'other{i}@{domain}')} "
-                 f"{b64(f'rcpt{i}@remote.test')} {CLIENT_IP}\n".encode() for i in range(64)]
-        groups.append(Group("[2] RELAY same-domain (no DB) vs bare asyncio 'yes' server",
-                            settings.window_fast, [
-            socket_variant("ead", "eximauthd RELAY over socket", clients, servers["prod"],
-                           "line", relay, b"yes\n"),
-            socket_variant("yes", "asyncio Unix server answering yes", clients, servers["yes"],
-                           "line", relay, b"yes\n"),
-        ], [RatioSpec("2 eximauthd RELAY / bare asyncio yes", "ead", "yes", 0.50)]))
-
-        if dovecot:
-            for key, title, accounts, server, target in (
-                ("4", "{PLAIN} stored passwords", acc_plain, servers["plain"], 0.5),
-                ("4b", f"argon2id at minimum cost ({MINIMAL.params})", acc_min, servers["min"],
-                 None),
-            ):
-                groups.append(Group(f"[{key}] AUTH, {title}: per-request overhead",
-                                    settings.window_fast, [
-                    socket_variant("ead", "eximauthd AUTH over socket", clients, server, "line",
-                                   auth_payloads(accounts), b"yes\n"),
-                    socket_variant("dovecot", "dovecot auth-client, sql", clients, dovecot,
-                                   "dovecot", dovecot_payloads(accounts), b"OK",
-                                   dovecot_cpu),
-                ], [RatioSpec(f"{key} eximauthd / dovecot, {title}", "ead", "dovecot",
-                              target)]))
-
-        # Every variant must answer right before anything is timed.
-        for group in groups:
-            for variant in group.variants:
-                check = variant.run(0.01)
-                if any(s.errors for s in check) or not any(s.latencies for s in check):
-                    text = next((s.error_text for s in check if s.error_text), "wrong answer")
-                    raise RuntimeError(f"{group.title}: {variant.label} fails: {text}")
-
+        setup = start_everything(settings, with_dovecot, stack)
+        groups = build_groups(setup, settings)
+        check_answers(groups)
+        meter = Meter(setup.db.admin, setup.clients.pids)
+        calibrate(groups, meter)
         for group in groups:
             log(f"measuring {group.title}")
-            measure_group(group, settings.rounds, db_pid)
+            measure_group(group, settings.rounds, meter)
 
-        summary: list[tuple[str, float, float, float, float | None]] = []
-        now = datetime.datetime.now().astimezone()
-        out.append(f"eximauthd service benchmark ({mode}), {now:%Y-%m-%d %H:%M %Z}")
-        out.append(f"  nproc={NCPU}  concurrency={CONCURRENCY}  python {platform.python_version()}"
-                   f"  argon2-cffi {metadata.version('argon2-cffi')}"
-                   f" (bindings {metadata.version('argon2-cffi-bindings')})")
-        out.append(f"  {sodium_text}")
-        out.append(f"  dovecot {dovecot_version() if dovecot else '-- ' + dovecot_problem}")
-        out.append("  columns: req/s = median over rounds; p50/p99 over all requests;"
-                   " srvCPU/dbCPU = CPU ms per request")
-        out.append("  of the server process tree / mariadbd (medians over rounds)")
+        report_header(setup, mode, out)
+        summary: Summary = []
         for group in groups:
             report_group(group, settings.rounds, out, summary)
-        print_summary(summary, out)
-
+        report_summary(summary, out)
+        report_memory(setup, out)
+        everyone = [a for group in setup.accounts.values() for a in group]
         out.append("")
-        out.append("PEAK RSS (VmHWM) after the run")
-        for key, server in servers.items():
-            hwm = status_kib(server.pid, "VmHWM")
-            what = {"prod": f"AUTH {PROD.params} + RELAY", "cffi": f"AUTH {CFFI.params}",
-                    "min": f"AUTH {MINIMAL.params}", "plain": "AUTH {PLAIN}",
-                    "yes": "bare asyncio"}[key]
-            out.append(f"  {server.name:<10} pid {server.pid:<8} {what:<32} "
-                       f"{(hwm or 0) / 1024:8.1f} MiB")
-        if dovecot:
-            workers = [p for p in descendants(dovecot.pid)
-                       if "auth" in Path(f"/proc/{p}/comm").read_text().strip()]
-            for pid in workers:
-                comm = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                out.append(f"  dovecot    pid {pid:<8} {comm.strip()[:32]:<32} "
-                           f"{(status_kib(pid, 'VmHWM') or 0) / 1024:8.1f} MiB")
-        changed = db.changed_rows(everyone)
-        out.append("")
-        out.append(f"rows changed by the run: {changed} (must be 0: no rehash happened)")
+        out.append(f"stored rows changed by the run: {setup.db.changed_rows(everyone)} "
+                   "(0 expected: nothing was rehashed)")
         out.append(f"wall time {time.monotonic() - started:.0f} s")
     return "\n".join(out)
 
@@ -1090,13 +1274,15 @@ def main() -> int:
         return 0
     settings = QUICK if args.quick else FULL
     if args.rounds:
-        settings = Settings(args.rounds, *(getattr(settings, f) for f in (
-            "window_prod", "window_cffi", "window_fast", "users_slow", "users_fast")))
+        settings = dataclasses.replace(settings, rounds=args.rounds)
 
     def terminate(signum: int, _frame: object) -> None:
+        log(f"{signal.Signals(signum).name}: stopping everything the bench started")
         raise SystemExit(128 + signum)
 
+    # Explicitly for SIGINT too: a shell's background job inherits it ignored.
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
     print(run(settings, not args.no_dovecot, "quick" if args.quick else "full"), flush=True)
     return 0
 
