@@ -51,16 +51,27 @@ class Decider:
             _log.error("AUTH deferred: %s", exc)
             return Decision.defer("database-unavailable")
 
+    def relay_without_storage(self, request: RelayRequest) -> Decision | None:
+        """The relay decision when the pure policy settles it, else None (grants needed).
+
+        Cheap and free of I/O, so the service may call it on its event loop.
+        """
+        first = may_relay(request.authenticated_id, request.sender, request.recipient, (),
+                          self.policy)
+        if first.result is not Result.NO or first.reason != "sender-mismatch":
+            return first
+        return None
+
     def relay(self, request: RelayRequest) -> Decision:
         """May the authenticated id relay with this envelope sender?
 
         The pure policy answers first without grants; only a sender outside the login's own
         address and domain costs a database read of its send-as grants.
         """
-        first = may_relay(request.authenticated_id, request.sender, request.recipient, (),
-                          self.policy)
-        if first.result is not Result.NO or first.reason != "sender-mismatch":
-            return first
+        settled = self.relay_without_storage(request)
+        if settled is not None:
+            return settled
+        first = Decision.no("sender-mismatch")
         try:
             owner = str(parse_address(request.authenticated_id))
             grants = [g.sender for g in self.grants.list(owner)]

@@ -141,6 +141,11 @@ class Service:
             case AuthRequest():
                 call = lambda: self.decider.auth(request)  # noqa: E731
             case RelayRequest():
+                # Most RELAYs (own address or domain) need no database: answer them here
+                # rather than paying a thread hand-off and a deadline for a pure function.
+                settled = self.decider.relay_without_storage(request)
+                if settled is not None:
+                    return settled
                 call = lambda: self.decider.relay(request)  # noqa: E731
             case PingRequest():
                 call = self.decider.ping
