@@ -272,7 +272,7 @@ class Auditor:
 
     def _prune_hours(self, now: datetime) -> None:
         # Only when the hour moves on: counters older than two hours can no longer burst.
-        if self._pruned_hour is not None and now <= self._pruned_hour:
+        if now == self._pruned_hour:
             return
         self._pruned_hour = now
         cutoff = now - timedelta(hours=2)
