@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 import tempfile
+from datetime import datetime, timedelta
 from pathlib import Path
 
 CHILD = """
@@ -28,19 +29,21 @@ print(report.lines, len(report.findings), time.perf_counter() - start,
 
 
 def generate(path: Path, messages: int, seed: int = 1) -> None:
+    """One message a second from 500 users on random IPs, each relayed and completed."""
     rng = random.Random(seed)
+    start = datetime(2026, 11, 1)  # Exim logs naive local time
     with path.open("w") as out:
         for n in range(messages):
+            ts = (start + timedelta(seconds=n)).strftime("%Y-%m-%d %H:%M:%S")
             mid = f"1x{n:04X}"[-6:].rjust(6, "0") + f"-{n % 999999:06d}-{n % 99:02d}"
             user = f"user{rng.randrange(500)}@example.test"
             ip = f"198.51.{rng.randrange(256)}.{rng.randrange(256)}"
-            out.write(f"2026-11-28 {n // 3600 % 24:02d}:{n // 60 % 60:02d}:{n % 60:02d} {mid} <= "
+            out.write(f"{ts} {mid} <= "
                       f"{user} H=(client) [{ip}] P=esmtpsa A=eximauthd_plain:{user} S=1234\n")
-            out.write(f"2026-11-28 {n // 3600 % 24:02d}:{n // 60 % 60:02d}:{n % 60:02d} {mid} => "
+            out.write(f"{ts} {mid} => "
                       f"r{n}@remote.test R=dnslookup T=remote_smtp H=mx.remote.test "
                       "[203.0.113.5]\n")
-            out.write(f"2026-11-28 {n // 3600 % 24:02d}:{n // 60 % 60:02d}:{n % 60:02d} {mid} "
-                      "Completed\n")
+            out.write(f"{ts} {mid} Completed\n")
 
 
 def measure(path: Path) -> tuple[int, float, int]:
