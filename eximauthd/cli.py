@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import click
 
 from . import dbschema
-from .addresses import Address, parse_address
+from .addresses import parse_address
 from .authn import Authenticator
 from .config import Config, load_config, mask_url
 from .errors import (
@@ -125,10 +125,6 @@ def _read_password(from_stdin: bool, *, confirm: bool, prompt: str = "Password",
     return password
 
 
-def _address(text: str) -> Address:
-    return parse_address(text)
-
-
 # --- db ----------------------------------------------------------------------------------------
 
 @cli.group()
@@ -164,7 +160,7 @@ _stdin_option = click.option("--password-stdin", is_flag=True,
 @pass_state
 def user_add(state: _State, address: str, password_stdin: bool) -> None:
     """Create an account with an argon2id password."""
-    parsed = _address(address)
+    parsed = parse_address(address)
     password = _read_password(password_stdin, confirm=True)
     state.accounts.add(parsed, state.hasher.hash(password))
     click.echo(f"added {parsed}")
@@ -176,7 +172,7 @@ def user_add(state: _State, address: str, password_stdin: bool) -> None:
 @pass_state
 def user_passwd(state: _State, address: str, password_stdin: bool) -> None:
     """Set a new password for an account."""
-    parsed = _address(address)
+    parsed = parse_address(address)
     password = _read_password(password_stdin, confirm=True, prompt="New password")
     state.accounts.set_password(parsed, state.hasher.hash(password))
     click.echo(f"password changed for {parsed}")
@@ -187,7 +183,7 @@ def user_passwd(state: _State, address: str, password_stdin: bool) -> None:
 @pass_state
 def user_disable(state: _State, address: str) -> None:
     """Refuse logins for an account (its password is kept)."""
-    parsed = _address(address)
+    parsed = parse_address(address)
     state.accounts.set_enabled(parsed, False)
     click.echo(f"disabled {parsed}")
 
@@ -197,7 +193,7 @@ def user_disable(state: _State, address: str) -> None:
 @pass_state
 def user_enable(state: _State, address: str) -> None:
     """Allow logins for a disabled account again."""
-    parsed = _address(address)
+    parsed = parse_address(address)
     state.accounts.set_enabled(parsed, True)
     click.echo(f"enabled {parsed}")
 
@@ -207,7 +203,7 @@ def user_enable(state: _State, address: str) -> None:
 @pass_state
 def user_delete(state: _State, address: str) -> None:
     """Delete an account."""
-    parsed = _address(address)
+    parsed = parse_address(address)
     state.accounts.delete(parsed)
     click.echo(f"deleted {parsed}")
 
@@ -248,11 +244,11 @@ def grant() -> None:
 
 
 def _grant(user_id: str, sender: str) -> Grant:
-    owner = _address(user_id)
+    owner = parse_address(user_id)
     if sender.startswith("@"):
         domain = parse_address("postmaster" + sender).domain
         return Grant(str(owner), "@" + domain)
-    return Grant(str(owner), str(_address(sender)))
+    return Grant(str(owner), str(parse_address(sender)))
 
 
 @grant.command("add")
@@ -284,7 +280,7 @@ def grant_remove(state: _State, user_id: str, sender: str) -> None:
 @pass_state
 def grant_list(state: _State, user_id: str | None, as_json: bool) -> None:
     """List send-as grants, of one account or of all."""
-    owner = str(_address(user_id)) if user_id else None
+    owner = str(parse_address(user_id)) if user_id else None
     grants = GrantStore(state.db).list(owner)
     if as_json:
         click.echo(json.dumps([{"id": g.user, "sender": g.sender} for g in grants], indent=2))

@@ -69,9 +69,13 @@ class Decider:
         address and domain costs a database read of its send-as grants.
         """
         settled = self.relay_without_storage(request)
-        if settled is not None:
-            return settled
-        first = Decision.no("sender-mismatch")
+        return settled if settled is not None else self.relay_with_grants(request)
+
+    def relay_with_grants(self, request: RelayRequest) -> Decision:
+        """The relay decision for a sender the policy alone refused: read the id's grants.
+
+        Call it only after :meth:`relay_without_storage` returned None.
+        """
         try:
             owner = str(parse_address(request.authenticated_id))
             grants = [g.sender for g in self.grants.list(owner)]
@@ -80,8 +84,6 @@ class Decider:
         except StorageError as exc:
             _log.error("RELAY deferred: %s", exc)
             return Decision.defer("database-unavailable")
-        if not grants:
-            return first
         return may_relay(request.authenticated_id, request.sender, request.recipient, grants,
                          self.policy)
 

@@ -132,7 +132,7 @@ class Service:
             _log.exception("internal error while deciding %s", verb)
             decision = Decision.defer("internal-error")
         elapsed = time.perf_counter() - started
-        self._account(request, decision, transport, elapsed)
+        self._account(request, verb, decision, transport, elapsed)
         return decision
 
     async def _decide(self, request: Request) -> Decision:
@@ -146,7 +146,7 @@ class Service:
                 settled = self.decider.relay_without_storage(request)
                 if settled is not None:
                     return settled
-                call = lambda: self.decider.relay(request)  # noqa: E731
+                call = lambda: self.decider.relay_with_grants(request)  # noqa: E731
             case PingRequest():
                 call = self.decider.ping
         if self._pending >= self.config.service.max_pending:
@@ -168,9 +168,8 @@ class Service:
         self._pending -= 1
         self.metrics.pending.set(self._pending)
 
-    def _account(self, request: Request, decision: Decision, transport: str,
+    def _account(self, request: Request, verb: str, decision: Decision, transport: str,
                  elapsed: float) -> None:
-        verb = _verb(request)
         self.metrics.requests.labels(verb, transport, decision.result.value).inc()
         self.metrics.latency.labels(verb).observe(elapsed)
         if decision.reason == "database-unavailable":

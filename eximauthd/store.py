@@ -20,7 +20,6 @@ from . import schema
 from .addresses import Address
 from .config import Config, DatabaseConfig, LegacyConfig
 from .errors import (
-    EximauthdError,
     SchemaMissingError,
     StorageError,
     UserExistsError,
@@ -257,7 +256,9 @@ class OwnAccountStore:
             with self.db.write("add user") as conn:
                 conn.execute(query)
         except StorageError as exc:
-            raise _exists_or(exc, address) from None
+            if _is_duplicate(exc):
+                raise UserExistsError(f"user already exists: {address}") from None
+            raise
 
     def set_password(self, address: Address, password_hash: str) -> None:
         self._update_one(address, "change password",
@@ -287,11 +288,9 @@ class OwnAccountStore:
                 raise UserNotFoundError(f"no such user: {address}")
 
 
-def _exists_or(exc: StorageError, address: Address) -> EximauthdError:
-    cause = exc.__context__
-    if isinstance(cause, IntegrityError):
-        return UserExistsError(f"user already exists: {address}")
-    return exc
+def _is_duplicate(exc: StorageError) -> bool:
+    """Was *exc* made from a uniqueness violation (IntegrityError) by translate_errors?"""
+    return isinstance(exc.__context__, IntegrityError)
 
 
 class LegacyAccountStore:
@@ -438,7 +437,7 @@ class GrantStore:
                 conn.execute(sa.insert(self._t).values(user_address=grant.user,
                                                       sender=grant.sender))
         except StorageError as exc:
-            if isinstance(exc.__context__, IntegrityError):
+            if _is_duplicate(exc):
                 return False
             raise
         return True
