@@ -8,10 +8,13 @@ asserts SMTP codes *and* what reached the sink.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -398,6 +401,12 @@ def test_control_debian_stock_acl_alone_relays_foreign_senders(rig: Rig) -> None
         assert stock.wait_for_sink(1)
 
 
+def _eximauthd(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the eximauthd command as an admin would, without raising on exit 1."""
+    return subprocess.run([sys.executable, "-m", "eximauthd", *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
 def _seed_vulnerable(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
     """The seed's mistake on a real Exim: a lookup compared with eq, set_id the raw user."""
     config = eximkit.build_handwritten(tmp, port, sink_port, socket_path)
@@ -420,10 +429,6 @@ def test_seed_hole_reproduced_then_found_by_audit_and_lint(rig: Rig) -> None:
     """Without eximauthd, AUTH PLAIN AAA= authenticates and relays; both tools catch it."""
     if rig.kind != "handwritten":
         pytest.skip("runs once")
-    import json  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
     with eximkit.running_exim(rig.socket_path, _seed_vulnerable) as seed:
         t = eximkit.session(seed, plain=("", "", ""), sender="anyone@spam.test",
                             rcpts=("kamikaze@remote.test",))
@@ -435,16 +440,12 @@ def test_seed_hole_reproduced_then_found_by_audit_and_lint(rig: Rig) -> None:
             time.sleep(0.1)
         assert "A=seed_plain: " in seed.mainlog()
         log = seed.tmp / "log" / "mainlog"
-        audit = subprocess.run([sys.executable, "-m", "eximauthd", "audit-log", "--json",
-                                str(log)], capture_output=True, text=True, timeout=60,
-                               check=False)
+        audit = _eximauthd("audit-log", "--json", str(log))
         assert audit.returncode == 1
         report = json.loads(audit.stdout)
         assert report["findings"][0]["kind"] == "empty-auth-id"
         assert report["remote_deliveries"] == 1
-        lint = subprocess.run([sys.executable, "-m", "eximauthd", "lint-exim-config",
-                               str(seed.config)], capture_output=True, text=True, timeout=60,
-                              check=False)
+        lint = _eximauthd("lint-exim-config", str(seed.config))
         assert lint.returncode == 1
         assert "lookup-compared-with-password" in lint.stdout
         assert "authenticated-relay-without-sender-check" in lint.stdout
@@ -452,18 +453,13 @@ def test_seed_hole_reproduced_then_found_by_audit_and_lint(rig: Rig) -> None:
 
 def test_audit_of_the_protected_rig_finds_no_empty_id(rig: Rig) -> None:
     """After the seed's attack and a legitimate message, the protected Exim's log is clean."""
-    import json  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
     if rig.service is None:
         rig.start_service()
     eximkit.session(rig.ex, plain=("", "", ""), sender="anyone@spam.test", rcpts=REMOTE)
     good = eximkit.session(rig.ex, plain=GOOD, sender="alice@example.test", rcpts=REMOTE)
     assert [c for c, _ in good.rcpts] == [250]
     log = rig.ex.tmp / "log" / "mainlog"
-    audit = subprocess.run([sys.executable, "-m", "eximauthd", "audit-log", "--json", str(log)],
-                           capture_output=True, text=True, timeout=60, check=False)
+    audit = _eximauthd("audit-log", "--json", str(log))
     report = json.loads(audit.stdout)
     assert report["arrivals"] > 0
     assert report["authenticated"] > 0
