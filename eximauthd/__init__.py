@@ -11,6 +11,7 @@ from .config import Config, load_config
 from .decision import Decision, Result
 from .errors import (
     AddressError,
+    ColumnTooNarrowError,
     ConfigError,
     EximauthdError,
     HashingError,
@@ -25,6 +26,7 @@ __all__ = [
     "Address",
     "AddressError",
     "Authenticator",
+    "ColumnTooNarrowError",
     "Config",
     "ConfigError",
     "Decision",

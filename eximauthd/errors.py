@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "AddressError",
+    "ColumnTooNarrowError",
     "ConfigError",
     "EximauthdError",
     "HashingError",
@@ -51,6 +52,10 @@ class StorageError(EximauthdError):
 
 class SchemaMissingError(StorageError):
     """eximauthd's tables (or the configured legacy table) do not exist."""
+
+
+class ColumnTooNarrowError(EximauthdError):
+    """``migrate-passwords``: the password column cannot hold an argon2id hash; nothing written."""
 
 
 class UserExistsError(EximauthdError, ValueError):
