@@ -16,7 +16,7 @@ import falcon
 import falcon.asgi
 
 from .decision import Decision, Result
-from .protocol import AuthRequest, RelayRequest, Request
+from .protocol import AuthRequest, RelayRequest, Request, is_valid_transaction
 
 if TYPE_CHECKING:
     from .service import Service
@@ -64,9 +64,14 @@ def _fields(data: dict[str, Any], required: tuple[str, ...],
     client_ip = out.get("client_ip", "")
     if client_ip:
         try:
+            # As on the socket: no IPv6 scope id (free text that would reach logs and keys).
+            if "%" in client_ip:
+                raise ValueError(client_ip)
             ipaddress.ip_address(client_ip)
         except ValueError:
             raise falcon.HTTPBadRequest(title="invalid client_ip") from None
+    if "transaction" in out and not is_valid_transaction(out["transaction"]):
+        raise falcon.HTTPBadRequest(title="invalid transaction")
     return out
 
 
@@ -121,16 +126,18 @@ class Auth:
 
 
 class Relay:
-    """``POST /v1/relay``: ``{"authenticated_id", "sender", "recipient", "client_ip"?}``."""
+    """``POST /v1/relay``: ``{"authenticated_id", "sender", "recipient", "client_ip"?,
+    "transaction"?}``."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         data = _fields(await _read_json(req), ("authenticated_id", "sender", "recipient"),
-                       ("client_ip",))
+                       ("client_ip", "transaction"))
         request: Request = RelayRequest(data["authenticated_id"], data["sender"],
-                                        data["recipient"], data.get("client_ip", ""))
+                                        data["recipient"], data.get("client_ip", ""),
+                                        data.get("transaction", ""))
         _answer(resp, await self.service.decide(request, transport="http"))
 
 

@@ -3,13 +3,16 @@
 One request line per connection, one answer line, then the server closes::
 
     AUTH <PLAIN|LOGIN> <b64 user> <b64 password> <client ip>
-    RELAY <b64 authenticated id> <b64 envelope sender> <b64 recipient> <client ip>
+    RELAY <b64 authenticated id> <b64 envelope sender> <b64 recipient> <client ip> [<txn>]
     PING
 
 Fields are separated by exactly one space.  Every value that comes from the SMTP client is
 base64 (Exim's ``${str2b64:...}``), so spaces, NULs, newlines and quotes cannot change the shape
 of the line.  Empty fields are legal: an empty authenticated id or the null sender arrive as an
 empty base64 field (two spaces in a row), and the client ip is empty for local submissions.
+The optional last RELAY field names the SMTP transaction (``[A-Za-z0-9._-]{1,64}``, made by
+Exim, not the client: the snippets use ``$pid.$tod_epoch_l`` kept in an ``acl_m`` variable), so
+that a message is counted once however many recipients it has; requests without it still parse.
 
 Answers are ``yes``, ``no`` or ``defer <reason>``, each ending in a newline.  A malformed
 request raises :class:`~eximauthd.errors.ProtocolError`; the service answers ``defer <reason>``
@@ -37,6 +40,7 @@ __all__ = [
     "Request",
     "format_reply",
     "is_valid_reply",
+    "is_valid_transaction",
     "parse_request",
 ]
 
@@ -47,6 +51,7 @@ MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 _PRINTABLE_LINE = re.compile(rb"[\x20-\x7e]*")
 _REASON_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _REPLY_RE = re.compile(rb"(?:yes|no|defer [A-Za-z0-9._-]{1,64})\n")
+_TRANSACTION_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,7 @@ class RelayRequest:
     sender: str
     recipient: str
     client_ip: str
+    transaction: str = ""  # the SMTP transaction, for counting messages; "" when not sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +140,7 @@ def parse_request(data: bytes) -> Request:
 
     :raises ProtocolError: with ``reason`` one of ``empty``, ``too-long``, ``missing-newline``,
         ``several-lines``, ``not-ascii``, ``unknown-verb``, ``wrong-field-count``,
-        ``bad-base64``, ``unsupported-mechanism``, ``bad-client-ip``.
+        ``bad-base64``, ``unsupported-mechanism``, ``bad-client-ip``, ``bad-transaction``.
     """
     fields = _line(data).split(" ")
     verb = fields[0]
@@ -144,15 +150,23 @@ def parse_request(data: bytes) -> Request:
         return PingRequest()
     if verb not in {"AUTH", "RELAY"}:
         raise ProtocolError("unknown-verb")
-    if len(fields) != 5:
+    if len(fields) != 5 and not (verb == "RELAY" and len(fields) == 6):
         raise ProtocolError("wrong-field-count")
     if verb == "AUTH":
         if fields[1] not in MECHANISMS:
             raise ProtocolError("unsupported-mechanism")
         return AuthRequest(fields[1], _decode(fields[2]), _decode(fields[3]),
                            _client_ip(fields[4]))
+    transaction = fields[5] if len(fields) == 6 else ""
+    if len(fields) == 6 and not is_valid_transaction(transaction):
+        raise ProtocolError("bad-transaction")
     return RelayRequest(_decode(fields[1]), _decode(fields[2]), _decode(fields[3]),
-                        _client_ip(fields[4]))
+                        _client_ip(fields[4]), transaction)
+
+
+def is_valid_transaction(text: str) -> bool:
+    """True for a transaction id the protocol accepts: ``[A-Za-z0-9._-]{1,64}``."""
+    return _TRANSACTION_RE.fullmatch(text) is not None
 
 
 def format_reply(decision: Decision) -> bytes:

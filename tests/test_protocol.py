@@ -27,6 +27,7 @@ from eximauthd.protocol import (
 REASONS = frozenset({
     "empty", "too-long", "missing-newline", "several-lines", "not-ascii", "unknown-verb",
     "wrong-field-count", "bad-base64", "unsupported-mechanism", "bad-client-ip",
+    "bad-transaction",
 })
 
 
@@ -62,6 +63,14 @@ class TestParseRequest:
         """RELAY carries id, sender, recipient and the ip text unchanged (IPv4, IPv6, none)."""
         line = relay_line("a@x.test", "b@x.test", "c@y.test", ip)
         assert parse_request(line) == RelayRequest("a@x.test", "b@x.test", "c@y.test", ip)
+
+    @pytest.mark.parametrize("txn", ["4242.1795903812187101", "a", "A-z_0.9", "x" * 64])
+    def test_relay_line_carries_the_transaction_id(self, txn: str) -> None:
+        """An optional sixth RELAY field names the SMTP transaction; five fields still parse."""
+        line = relay_line("a@x.test", "b@x.test", "c@y.test", "192.0.2.1")
+        assert parse_request(line[:-1] + f" {txn}\n".encode()) == RelayRequest(
+            "a@x.test", "b@x.test", "c@y.test", "192.0.2.1", txn)
+        assert parse_request(line).transaction == ""
 
     def test_ping_line_parses_to_ping_request(self) -> None:
         """PING has no fields."""
@@ -115,7 +124,13 @@ class TestParseRequest:
     pytest.param(b"AUTH PLAIN YQ== YQ== 1.2.3.4 x\n", "wrong-field-count", id="auth-long"),
     pytest.param(b"RELAY YQ== YQ== YQ==\n", "wrong-field-count", id="relay-short"),
     pytest.param(b"RELAY   \n", "wrong-field-count", id="relay-three-spaces"),
-    pytest.param(b"RELAY YQ== YQ== YQ== 1.2.3.4 \n", "wrong-field-count", id="relay-long"),
+    pytest.param(b"RELAY YQ== YQ== YQ== 1.2.3.4 \n", "bad-transaction", id="relay-empty-txn"),
+    pytest.param(b"RELAY YQ== YQ== YQ== 1.2.3.4 a b\n", "wrong-field-count", id="relay-long"),
+    pytest.param(b"RELAY YQ== YQ== YQ== 1.2.3.4 a/b\n", "bad-transaction", id="txn-slash"),
+    pytest.param(b"RELAY YQ== YQ== YQ== 1.2.3.4 " + b"a" * 65 + b"\n", "bad-transaction",
+                 id="txn-too-long"),
+    pytest.param(b"AUTH PLAIN YQ== YQ== 1.2.3.4 txn\n", "wrong-field-count",
+                 id="auth-with-txn"),
     pytest.param(b"AUTH PLAIN YQ==  YQ== 1.2.3.4\n", "wrong-field-count", id="double-space"),
     pytest.param(b"AUTH plain YQ== YQ== 1.2.3.4\n", "unsupported-mechanism", id="lower-mech"),
     pytest.param(b"AUTH CRAM-MD5 YQ== YQ== 1.2.3.4\n", "unsupported-mechanism", id="cram-md5"),
