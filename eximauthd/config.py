@@ -23,8 +23,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigError
+from .limits import KINDS, parse_limits
 
 __all__ = [
+    "CacheConfig",
     "Config",
     "DatabaseConfig",
     "EnabledRule",
@@ -32,8 +34,10 @@ __all__ = [
     "HttpConfig",
     "LegacyConfig",
     "PolicyConfig",
+    "RateLimitConfig",
     "ServiceConfig",
     "SocketConfig",
+    "ThrottleConfig",
     "load_config",
     "mask_url",
 ]
@@ -216,6 +220,51 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ThrottleConfig:
+    """Brute-force throttling of AUTH, counted in the shared database (docs/security.md)."""
+
+    enabled: bool = True
+    # Fixed window in which failures are counted; a subject over its limit gets "no" without
+    # a password check until its window ends.
+    window_seconds: int = 900
+    max_failures_per_ip: int = 10
+    max_failures_per_user: int = 10
+    # Failures from one client are counted per network: a /64 is one IPv6 host in practice.
+    ipv4_prefix: int = 32
+    ipv6_prefix: int = 64
+    # Wait this long before answering a failed AUTH (slows one connection's guessing).
+    failure_delay_ms: int = 0
+    # A network a user logged in from successfully within this time is not locked out by
+    # failures counted against that user elsewhere (0: no such exemption).
+    trusted_network_seconds: int = 604800
+    # File holding the key for the digest of wrong passwords ("the same wrong password counts
+    # once"); give every instance the same file.  Empty: a random key per process.
+    secret_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """Per-user outbound limits on RELAY, shared across instances (docs/security.md)."""
+
+    enabled: bool = True
+    # "COUNT/WINDOW" with WINDOW in s, m, h or d: every window applies at once.
+    recipients: tuple[str, ...] = ("1000/1h", "5000/1d")
+    messages: tuple[str, ...] = ("300/1h", "2000/1d")
+    # How often an instance adds its counts to the database and reads the others' back.
+    sync_interval_ms: int = 1000
+    # Counts not synchronised for this long: RELAY answers "defer" (the database is gone).
+    max_staleness_seconds: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """Positive AUTH cache (off when ttl_seconds = 0).  Keys are HMACs, never passwords."""
+
+    ttl_seconds: int = 0
+    max_entries: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration."""
 
@@ -226,6 +275,9 @@ class Config:
     legacy: LegacyConfig = field(default_factory=LegacyConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     source: str = "built-in defaults"
 
 
@@ -237,6 +289,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "legacy": LegacyConfig,
     "policy": PolicyConfig,
     "service": ServiceConfig,
+    "throttle": ThrottleConfig,
+    "ratelimit": RateLimitConfig,
+    "cache": CacheConfig,
 }
 
 
@@ -369,6 +424,7 @@ def _validate(config: Config) -> None:
     _validate_hashing(config.hashing)
     _validate_policy(config.policy)
     _validate_service(config.service)
+    _validate_abuse(config)
     if config.legacy.configured or any(
         getattr(config.legacy, f.name) != f.default for f in dataclasses.fields(LegacyConfig)
     ):
@@ -461,6 +517,35 @@ def _validate_service(service: ServiceConfig) -> None:
     if service.log_format not in {"text", "json"}:
         raise ConfigError(f"service.log_format: expected 'text' or 'json', got "
                           f"{service.log_format[:20]!r}")
+
+
+def _validate_abuse(config: Config) -> None:
+    t, r, c = config.throttle, config.ratelimit, config.cache
+    checks = [
+        ("throttle.window_seconds", t.window_seconds, 1, 86400),
+        ("throttle.max_failures_per_ip", t.max_failures_per_ip, 1, 1_000_000),
+        ("throttle.max_failures_per_user", t.max_failures_per_user, 1, 1_000_000),
+        ("throttle.ipv4_prefix", t.ipv4_prefix, 8, 32),
+        ("throttle.ipv6_prefix", t.ipv6_prefix, 16, 128),
+        # The delay is spent inside Exim's readsocket timeout: keep it well below 5 s.
+        ("throttle.failure_delay_ms", t.failure_delay_ms, 0, 2000),
+        ("throttle.trusted_network_seconds", t.trusted_network_seconds, 0, 90 * 86400),
+        ("ratelimit.sync_interval_ms", r.sync_interval_ms, 50, 60_000),
+        ("ratelimit.max_staleness_seconds", r.max_staleness_seconds, 1, 3600),
+        ("cache.ttl_seconds", c.ttl_seconds, 0, 86400),
+        ("cache.max_entries", c.max_entries, 1, 10_000_000),
+    ]
+    for key, value, low, high in checks:
+        if not low <= value <= high:
+            raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+    if r.max_staleness_seconds * 1000 < 2 * r.sync_interval_ms:
+        raise ConfigError("ratelimit.max_staleness_seconds: must cover at least two "
+                          "sync_interval_ms")
+    for kind in KINDS:
+        try:
+            parse_limits(getattr(r, kind))
+        except ConfigError as exc:
+            raise ConfigError(f"ratelimit.{kind}: {exc}") from None
 
 
 def _validate_legacy(legacy: LegacyConfig) -> None:

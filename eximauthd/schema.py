@@ -7,6 +7,7 @@ system's own ``users`` table (the seed's), and must never collide with it.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -19,7 +20,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-__all__ = ["ADDRESS_LENGTH", "HASH_LENGTH", "auth_failures", "grants", "metadata", "users"]
+__all__ = [
+    "ADDRESS_LENGTH",
+    "HASH_LENGTH",
+    "auth_failures",
+    "grants",
+    "known_clients",
+    "metadata",
+    "rate_counters",
+    "user_limits",
+    "users",
+]
 
 ADDRESS_LENGTH = 320  # 64 + 1 + 255
 HASH_LENGTH = 255
@@ -71,4 +82,47 @@ auth_failures = Table(
     # Keyed digest of the last wrong password, so a client retrying one stale password counts once.
     Column("last_password_tag", String(64), nullable=True),
     UniqueConstraint("scope", "subject", name="uq_eximauthd_auth_failures_scope_subject"),
+)
+
+# Networks (client IP /32, IPv6 /64) a user logged in from successfully: a user locked out by
+# failures elsewhere still gets in from them (an attacker must not lock the owner out).
+known_clients = Table(
+    "eximauthd_known_clients",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(ADDRESS_LENGTH), nullable=False),
+    Column("network", String(64), nullable=False),
+    Column("last_success_at", DateTime, nullable=False),
+    UniqueConstraint("address", "network", name="uq_eximauthd_known_clients_address_network"),
+)
+
+# Outbound counts per user, kind ("recipients" or "messages") and fixed window: `bucket` is
+# floor(epoch seconds / window_seconds).  Each instance adds its counts in batches; a row can be
+# deleted once `expires_at` (epoch seconds) has passed, i.e. once it is no longer the previous
+# window either.
+rate_counters = Table(
+    "eximauthd_rate_counters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(ADDRESS_LENGTH), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("window_seconds", Integer, nullable=False),
+    Column("bucket", BigInteger, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+    UniqueConstraint("address", "kind", "window_seconds", "bucket",
+                     name="uq_eximauthd_rate_counters_key"),
+)
+
+# Per-user outbound limits that replace the configured ones of the same kind.  A row with
+# window_seconds = 0 means "no limit of this kind" for that user.
+user_limits = Table(
+    "eximauthd_user_limits",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(ADDRESS_LENGTH), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("window_seconds", Integer, nullable=False),
+    Column("maximum", Integer, nullable=False),
+    UniqueConstraint("address", "kind", "window_seconds", name="uq_eximauthd_user_limits_key"),
 )

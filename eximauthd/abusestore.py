@@ -1,0 +1,259 @@
+"""Storage for the abuse defenses: failure counters, known networks, rate counters, user limits.
+
+Each counter update is one atomic statement (``INSERT ... ON DUPLICATE KEY UPDATE`` on
+MySQL/MariaDB, ``INSERT ... ON CONFLICT DO UPDATE`` on SQLite), so instances sharing the
+database never lose each other's counts and never race on a first insert.  Everything goes to
+the primary: a replica's lag would let a locked-out client through.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, sqlite
+
+from . import schema
+from .limits import Limit
+from .store import Database
+
+__all__ = [
+    "FailureRow",
+    "FailureStore",
+    "KnownNetworkStore",
+    "LimitStore",
+    "RateKey",
+    "RateStore",
+    "utcnow",
+]
+
+Subject = tuple[str, str]  # (scope, subject): ("ip", "192.0.2.1/32") or ("user", "a@b.example")
+RateKey = tuple[str, str, int, int]  # (address, kind, window_seconds, bucket)
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC, second precision: what a DATETIME column stores on both backends."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+def _upsert(db: Database, table: sa.Table, keys: Sequence[str],
+            update: Any) -> Any:
+    """An INSERT that updates the row with the same *keys* instead; *update* maps
+    (table, inserted-values) to the ordered ``(column, expression)`` assignments."""
+    if db.dialect in {"mysql", "mariadb"}:
+        stmt = mysql.insert(table)
+        # A list keeps the order: MySQL evaluates the assignments left to right, each one
+        # seeing the columns already assigned.
+        return stmt.on_duplicate_key_update(
+            [(column.name, value) for column, value in update(table, stmt.inserted)])
+    stmt_lite = sqlite.insert(table)
+    return stmt_lite.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={column.name: value for column, value in update(table, stmt_lite.excluded)})
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRow:
+    scope: str
+    subject: str
+    failures: int
+    window_start: dt.datetime
+    last_failure_at: dt.datetime
+
+
+class FailureStore:
+    """``eximauthd_auth_failures``: failed AUTHs per client network and per user, per window."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._t = schema.auth_failures
+
+    def counts(self, subjects: Sequence[Subject], since: dt.datetime) -> dict[Subject, int]:
+        """Failures of each subject in a window that started at or after *since*."""
+        if not subjects:
+            return {}
+        t = self._t
+        match = sa.or_(*(sa.and_(t.c.scope == scope, t.c.subject == subject)
+                         for scope, subject in subjects))
+        query = sa.select(t.c.scope, t.c.subject, t.c.failures).where(
+            match, t.c.window_start >= since)
+        with self.db.write("read auth failures") as conn:
+            return {(r.scope, r.subject): int(r.failures) for r in conn.execute(query)}
+
+    def record(self, subjects: Sequence[Subject], tag: str, now: dt.datetime,
+               since: dt.datetime) -> None:
+        """Count one failure for each subject.
+
+        A window that started before *since* is over: it restarts at *now* with 1.  The same
+        *tag* (digest of user and wrong password) as the subject's last failure adds nothing.
+        """
+        if not subjects:
+            return
+
+        def update(t: sa.Table, new: Any) -> list[tuple[Any, Any]]:
+            expired = t.c.window_start < since
+            return [
+                (t.c.failures, sa.case((expired, 1),
+                                       (t.c.last_password_tag == new.last_password_tag,
+                                        t.c.failures),
+                                       else_=t.c.failures + 1)),
+                (t.c.window_start, sa.case((expired, new.window_start), else_=t.c.window_start)),
+                (t.c.last_failure_at, new.last_failure_at),
+                (t.c.last_password_tag, new.last_password_tag),
+            ]
+
+        stmt = _upsert(self.db, self._t, ("scope", "subject"), update)
+        rows = [{"scope": scope, "subject": subject, "failures": 1, "window_start": now,
+                 "last_failure_at": now, "last_password_tag": tag}
+                for scope, subject in subjects]
+        with self.db.write("record auth failure") as conn:
+            # One statement per subject, in a fixed order, so two instances never deadlock.
+            for row in sorted(rows, key=lambda r: (r["scope"], r["subject"])):
+                conn.execute(stmt, row)
+
+    def list(self, since: dt.datetime) -> list[FailureRow]:
+        t = self._t
+        query = (sa.select(t.c.scope, t.c.subject, t.c.failures, t.c.window_start,
+                           t.c.last_failure_at)
+                 .where(t.c.window_start >= since)
+                 .order_by(t.c.failures.desc(), t.c.scope, t.c.subject))
+        with self.db.read("list auth failures") as conn:
+            return [FailureRow(r.scope, r.subject, int(r.failures), r.window_start,
+                               r.last_failure_at) for r in conn.execute(query)]
+
+    def reset(self, scope: str | None = None, subject: str | None = None) -> int:
+        """Delete counters (all, one scope, or one subject); return how many."""
+        t = self._t
+        query = sa.delete(t)
+        if scope is not None:
+            query = query.where(t.c.scope == scope)
+        if subject is not None:
+            query = query.where(t.c.subject == subject)
+        with self.db.write("reset auth failures") as conn:
+            return int(conn.execute(query).rowcount)
+
+    def prune(self, before: dt.datetime) -> int:
+        """Delete counters whose window started before *before* (they count for nothing)."""
+        t = self._t
+        with self.db.write("prune auth failures") as conn:
+            return int(conn.execute(sa.delete(t).where(t.c.window_start < before)).rowcount)
+
+
+class KnownNetworkStore:
+    """``eximauthd_known_clients``: networks each user recently logged in from."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._t = schema.known_clients
+
+    def is_known(self, address: str, network: str, since: dt.datetime) -> bool:
+        t = self._t
+        query = sa.select(t.c.id).where(t.c.address == address, t.c.network == network,
+                                        t.c.last_success_at >= since).limit(1)
+        with self.db.write("read known networks") as conn:
+            return conn.execute(query).first() is not None
+
+    def touch(self, address: str, network: str, now: dt.datetime) -> None:
+        stmt = _upsert(self.db, self._t, ("address", "network"),
+                       lambda t, new: [(t.c.last_success_at, new.last_success_at)])
+        with self.db.write("record known network") as conn:
+            conn.execute(stmt, {"address": address, "network": network,
+                                "last_success_at": now})
+
+    def prune(self, before: dt.datetime) -> int:
+        t = self._t
+        with self.db.write("prune known networks") as conn:
+            return int(conn.execute(sa.delete(t).where(t.c.last_success_at < before)).rowcount)
+
+
+class RateStore:
+    """``eximauthd_rate_counters``: outbound counts per user, kind and fixed window."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._t = schema.rate_counters
+
+    def add_and_read(self, deltas: dict[RateKey, int], addresses: Iterable[str],
+                     now: int) -> dict[RateKey, int]:
+        """Add *deltas* in one transaction, then read every live counter of *addresses*.
+
+        *now* is epoch seconds; a counter is live until its ``expires_at``.
+        """
+        t = self._t
+        wanted = sorted(set(addresses))
+        with self.db.write("update rate counters") as conn:
+            if deltas:
+                stmt = _upsert(self.db, t, ("address", "kind", "window_seconds", "bucket"),
+                               lambda t, new: [(t.c.count, t.c.count + new.count)])
+                conn.execute(stmt, [
+                    {"address": a, "kind": k, "window_seconds": w, "bucket": b, "count": n,
+                     "expires_at": (b + 2) * w}
+                    for (a, k, w, b), n in sorted(deltas.items())])
+            found: dict[RateKey, int] = {}
+            # IN lists stay short: a few hundred addresses per statement.
+            for i in range(0, len(wanted), 500):
+                query = sa.select(t.c.address, t.c.kind, t.c.window_seconds, t.c.bucket,
+                                  t.c.count.label("n")).where(t.c.address.in_(wanted[i:i + 500]),
+                                                   t.c.expires_at > now)
+                for r in conn.execute(query):
+                    found[(r.address, r.kind, int(r.window_seconds), int(r.bucket))] = int(r.n)
+            return found
+
+    def live(self, now: int) -> dict[RateKey, int]:
+        t = self._t
+        query = sa.select(t.c.address, t.c.kind, t.c.window_seconds, t.c.bucket,
+                          t.c.count.label("n")).where(t.c.expires_at > now)
+        with self.db.read("list rate counters") as conn:
+            return {(r.address, r.kind, int(r.window_seconds), int(r.bucket)): int(r.n)
+                    for r in conn.execute(query)}
+
+    def reset(self, address: str | None = None) -> int:
+        t = self._t
+        query = sa.delete(t) if address is None else sa.delete(t).where(t.c.address == address)
+        with self.db.write("reset rate counters") as conn:
+            return int(conn.execute(query).rowcount)
+
+    def prune(self, now: int) -> int:
+        t = self._t
+        with self.db.write("prune rate counters") as conn:
+            return int(conn.execute(sa.delete(t).where(t.c.expires_at <= now)).rowcount)
+
+
+class LimitStore:
+    """``eximauthd_user_limits``: per-user limits replacing the configured ones of a kind.
+
+    For a kind, a user has no rows (the configured limits apply), one row with window 0 (no
+    limit of that kind), or its own limits.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._t = schema.user_limits
+
+    def all(self) -> dict[str, dict[str, tuple[Limit, ...]]]:
+        """Every override: address → kind → limits (empty tuple: unlimited)."""
+        t = self._t
+        query = sa.select(t.c.address, t.c.kind, t.c.window_seconds, t.c.maximum).order_by(
+            t.c.address, t.c.kind, t.c.window_seconds)
+        found: dict[str, dict[str, list[Limit]]] = {}
+        with self.db.write("read user limits") as conn:
+            for r in conn.execute(query):
+                limits = found.setdefault(r.address, {}).setdefault(r.kind, [])
+                if r.window_seconds > 0:
+                    limits.append(Limit(int(r.window_seconds), int(r.maximum)))
+        return {a: {k: tuple(v) for k, v in kinds.items()} for a, kinds in found.items()}
+
+    def set(self, address: str, kind: str, limits: Sequence[Limit] | None) -> None:
+        """Replace *address*'s limits of *kind*: *limits*, () for unlimited, None for default."""
+        t = self._t
+        with self.db.write("set user limits") as conn:
+            conn.execute(sa.delete(t).where(t.c.address == address, t.c.kind == kind))
+            if limits is None:
+                return
+            rows = [{"address": address, "kind": kind, "window_seconds": limit.window_seconds,
+                     "maximum": limit.maximum} for limit in limits]
+            conn.execute(sa.insert(t), rows or [{"address": address, "kind": kind,
+                                                 "window_seconds": 0, "maximum": 0}])
