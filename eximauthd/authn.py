@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 
 from .addresses import Address, parse_address
+from .authcache import AuthCache
 from .decision import Decision
 from .errors import AddressError, HashingError, StorageError
 from .hashing import Hasher, Scheme
 from .store import AccountStore
 
-__all__ = ["MAX_PASSWORD_BYTES", "Authenticator"]
+__all__ = ["MAX_PASSWORD_BYTES", "Authenticator", "precheck"]
 
 _log = logging.getLogger("eximauthd.authn")
 
@@ -38,9 +39,10 @@ _ARGON2 = frozenset({Scheme.ARGON2ID, Scheme.ARGON2I})
 class Authenticator:
     """Verify credentials against an :class:`~eximauthd.store.AccountStore`."""
 
-    def __init__(self, store: AccountStore, hasher: Hasher) -> None:
+    def __init__(self, store: AccountStore, hasher: Hasher, cache: AuthCache | None = None) -> None:
         self.store = store
         self.hasher = hasher
+        self.cache = cache
 
     def __repr__(self) -> str:
         return f"Authenticator({self.store!r}, {self.hasher!r})"
@@ -53,20 +55,10 @@ class Authenticator:
 
         :raises StorageError: the database could not answer; never turned into ``yes``.
         """
-        if not username:
-            return Decision.no("empty-username")
-        if not password:
-            return Decision.no("empty-password")
-        if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
-            return Decision.no("password-too-long")
-        try:
-            address = parse_address(username)
-        except AddressError:
-            return Decision.no("malformed-username")
-        if _has_surrogates(password):
-            # Undecodable bytes smuggled in as surrogates cannot be a stored password.
-            return Decision.no("malformed-password")
-
+        refused = precheck(username, password)
+        if refused is not None:
+            return refused
+        address = parse_address(username)
         records = self.store.find(address)
         if len(records) != 1:
             self.hasher.verify_dummy(password)
@@ -75,6 +67,10 @@ class Authenticator:
                 return Decision.no("ambiguous-user")
             return Decision.no("unknown-user")
         record = records[0]
+        address_text = str(address)
+        if (self.cache is not None and record.enabled and record.password is not None
+                and self.cache.hit(address_text, password, record.password)):
+            return Decision.yes("ok-cached")
 
         result = self.hasher.verify(record.password, password)
         if not result.matched:
@@ -87,6 +83,8 @@ class Authenticator:
         if result.needs_rehash and record.password is not None:
             return self._rehash(address, old=record.password, password=password,
                                 scheme=result.scheme, client_ip=client_ip)
+        if self.cache is not None and record.password is not None:
+            self.cache.put(address_text, password, record.password)
         return Decision.yes()
 
     def _rehash(self, address: Address, *, old: str, password: str, scheme: Scheme,
@@ -106,6 +104,27 @@ class Authenticator:
             return Decision.yes("ok-rehashed")
         _log.info("password of %s changed meanwhile; not upgraded", address_text)
         return Decision.yes()
+
+
+def precheck(username: str, password: str) -> Decision | None:
+    """The refusals that need no lookup (empty, oversized or malformed credentials), else None.
+
+    Pure: an empty password is refused even when the database is down.
+    """
+    if not username:
+        return Decision.no("empty-username")
+    if not password:
+        return Decision.no("empty-password")
+    if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
+        return Decision.no("password-too-long")
+    try:
+        parse_address(username)
+    except AddressError:
+        return Decision.no("malformed-username")
+    if _has_surrogates(password):
+        # Undecodable bytes smuggled in as surrogates cannot be a stored password.
+        return Decision.no("malformed-password")
+    return None
 
 
 def _has_surrogates(text: str) -> bool:

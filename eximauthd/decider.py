@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 
 from .addresses import Address, parse_address
-from .authn import Authenticator
+from .authcache import AuthCache
+from .authn import Authenticator, precheck
 from .config import Config
 from .decision import Decision, Result
 from .errors import AddressError, StorageError
@@ -19,6 +20,7 @@ from .hashing import Hasher
 from .policy import RelayPolicy, may_relay
 from .protocol import AuthRequest, RelayRequest
 from .store import Database, GrantStore, make_account_store
+from .throttle import Throttle, load_secret
 
 __all__ = ["Decider"]
 
@@ -37,19 +39,41 @@ class Decider:
         self.hasher = Hasher(config.hashing)
         self.accounts = make_account_store(config, self.db)
         self.grants = GrantStore(self.db)
-        self.authn = Authenticator(self.accounts, self.hasher)
+        cache = config.cache
+        self.authn = Authenticator(self.accounts, self.hasher,
+                                   AuthCache(cache.ttl_seconds, cache.max_entries)
+                                   if cache.ttl_seconds else None)
+        self.throttle = (Throttle(config.throttle, self.db,
+                                  load_secret(config.throttle.secret_file))
+                         if config.throttle.enabled else None)
         self.policy = RelayPolicy(frozenset(config.policy.strict_domains))
 
     def __repr__(self) -> str:
         return f"Decider({self.db!r})"
 
     def auth(self, request: AuthRequest) -> Decision:
-        """Verify credentials; a database failure is ``defer``, never ``yes`` or ``no``."""
+        """Verify credentials; a database failure is ``defer``, never ``yes`` or ``no``.
+
+        Empty or malformed credentials are ``no`` before anything else, the database
+        included.  Then the throttle may refuse without a password check; afterwards a failure
+        is counted and a success remembers the client's network.
+        """
+        refused = precheck(request.username, request.password)
+        if refused is not None:
+            return refused
+        user, password, ip = request.username, request.password, request.client_ip
         try:
-            return self.authn.verify(request.username, request.password, request.client_ip)
+            if self.throttle is not None:
+                throttled = self.throttle.check(user, ip)
+                if throttled is not None:
+                    return throttled
+            decision = self.authn.verify(user, password, ip)
         except StorageError as exc:
             _log.error("AUTH deferred: %s", exc)
             return Decision.defer("database-unavailable")
+        if self.throttle is not None:
+            _count(self.throttle, decision, user, password, ip)
+        return decision
 
     def relay_without_storage(self, request: RelayRequest) -> Decision | None:
         """The relay decision when the pure policy settles it, else None (grants needed).
@@ -99,3 +123,14 @@ class Decider:
 
     def close(self) -> None:
         self.db.dispose()
+
+
+def _count(throttle: Throttle, decision: Decision, user: str, password: str, ip: str) -> None:
+    if decision.result is Result.YES:
+        throttle.succeeded(user, ip)
+        return
+    try:
+        throttle.failed(user, password, ip)
+    except StorageError as exc:
+        # The answer stays "no"; only the counting is lost.
+        _log.error("could not count a failed AUTH for %s: %s", user, exc)

@@ -1,0 +1,183 @@
+"""Brute-force throttling of AUTH, shared by every instance on one database.
+
+Failures are counted per client network (the IPv4 address, the IPv6 /64 by default) and per
+user, in a fixed window.  A subject over its limit gets ``no`` before any password check, so a
+guesser learns nothing more until the window ends, on every MX at once.  Three rules make the
+counting fair to real users:
+
+- the same wrong password for the same user counts once (a phone retrying a stale password
+  does not lock its owner out): each failure stores a keyed digest of user and password, and
+  a repeat of the last one adds nothing;
+- a network the user logged in from successfully not long ago is exempt from the *user*
+  counter, so an attacker hammering an account from elsewhere cannot lock its owner out of
+  his usual networks (the per-network counter still applies to everyone);
+- a success resets nothing: an attacker with one valid account cannot clear the counters he
+  built up against others.
+
+Requests refused before any lookup (empty or malformed credentials) are not counted: they
+cannot guess anything, and counting them would need the database that an empty password must
+never wait for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from .abusestore import FailureStore, KnownNetworkStore, utcnow
+from .addresses import parse_address
+from .config import ThrottleConfig
+from .decision import Decision
+from .errors import AddressError, ConfigError, StorageError
+from .store import Database
+
+__all__ = ["Throttle", "load_secret", "network_of", "password_tag"]
+
+_log = logging.getLogger("eximauthd.throttle")
+
+# Known networks are written at most this often per (user, network) and process: a success is
+# one more write only once in a while, not on every login.
+_TOUCH_EVERY = 3600.0
+_TOUCHED_MAX = 100_000
+# One failure write in this many also deletes counters whose window is long over.
+_PRUNE_EVERY = 256
+
+
+def network_of(client_ip: str, ipv4_prefix: int, ipv6_prefix: int) -> str | None:
+    """``"2001:db8::1"`` → ``"2001:db8::/64"``; None for no (or an unparsable) address.  Pure.
+
+    An IPv4-mapped IPv6 address counts as the IPv4 address it carries.
+    """
+    if not client_ip:
+        return None
+    try:
+        ip = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = ipv4_prefix if ip.version == 4 else ipv6_prefix
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+def password_tag(key: bytes, user: str, password: str) -> str:
+    """A keyed digest of *user* and *password*: equal for a repeat, useless without *key*.  Pure.
+
+    Stored so that a repeated wrong password counts once.  Wrong passwords are often nearly
+    right ones (an old password, a typo), so the digest is keyed with a secret kept out of the
+    database: someone who can read the table cannot test guesses against it.
+    """
+    message = b"\0".join([b"eximauthd-throttle-v1", user.encode("utf-8", "surrogateescape"),
+                          password.encode("utf-8", "surrogateescape")])
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
+
+
+def load_secret(path: str) -> bytes:
+    """The digest key from *path* (at least 16 bytes), or a random one when *path* is empty.
+
+    :raises ConfigError: unreadable or too short.
+    """
+    if not path:
+        return os.urandom(32)
+    try:
+        with open(path, "rb") as handle:
+            key = handle.read(4096).strip()
+    except OSError as exc:
+        raise ConfigError(f"throttle.secret_file: cannot read {path}: {exc.strerror}") from None
+    if len(key) < 16:
+        raise ConfigError(f"throttle.secret_file: {path} holds fewer than 16 bytes")
+    return key
+
+
+class Throttle:
+    """Check before, and count after, a password check.  Thread-safe; raises StorageError."""
+
+    def __init__(self, config: ThrottleConfig, db: Database, key: bytes,
+                 clock: Callable[[], dt.datetime] = utcnow) -> None:
+        self.config = config
+        self.failures = FailureStore(db)
+        self.networks = KnownNetworkStore(db)
+        self._key = key
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._touched: dict[tuple[str, str], float] = {}
+        self._writes = 0
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Throttle(window={c.window_seconds}s, ip={c.max_failures_per_ip}, "
+                f"user={c.max_failures_per_user})")
+
+    def _subjects(self, username: str, client_ip: str) -> tuple[str | None, str | None]:
+        network = network_of(client_ip, self.config.ipv4_prefix, self.config.ipv6_prefix)
+        try:
+            user: str | None = str(parse_address(username))
+        except AddressError:
+            user = None
+        return network, user
+
+    def check(self, username: str, client_ip: str) -> Decision | None:
+        """``no throttled-ip`` / ``no throttled-user`` when over a limit, else None."""
+        network, user = self._subjects(username, client_ip)
+        now = self._clock()
+        since = now - dt.timedelta(seconds=self.config.window_seconds)
+        counts = self.failures.counts(_subjects(network, user), since)
+        if network is not None and counts.get(("ip", network), 0) >= \
+                self.config.max_failures_per_ip:
+            return Decision.no("throttled-ip")
+        if user is not None and counts.get(("user", user), 0) >= \
+                self.config.max_failures_per_user:
+            if network is not None and self.config.trusted_network_seconds and \
+                    self.networks.is_known(user, network, now - dt.timedelta(
+                        seconds=self.config.trusted_network_seconds)):
+                return None
+            return Decision.no("throttled-user")
+        return None
+
+    def failed(self, username: str, password: str, client_ip: str) -> None:
+        """Count a failed password check against the client's network and the user."""
+        network, user = self._subjects(username, client_ip)
+        now = self._clock()
+        since = now - dt.timedelta(seconds=self.config.window_seconds)
+        tag = password_tag(self._key, user or username, password)
+        self.failures.record(_subjects(network, user), tag, now, since)
+        with self._lock:
+            self._writes += 1
+            prune = self._writes % _PRUNE_EVERY == 0
+        if prune:
+            self.failures.prune(since)
+
+    def succeeded(self, username: str, client_ip: str) -> None:
+        """Remember the client's network as one this user logs in from."""
+        network, user = self._subjects(username, client_ip)
+        if network is None or user is None or not self.config.trusted_network_seconds:
+            return
+        key = (user, network)
+        moment = time.monotonic()
+        with self._lock:
+            last = self._touched.get(key)
+            if last is not None and moment - last < min(
+                    _TOUCH_EVERY, self.config.trusted_network_seconds / 10):
+                return
+            if len(self._touched) >= _TOUCHED_MAX:
+                self._touched.clear()
+            self._touched[key] = moment
+        try:
+            self.networks.touch(user, network, self._clock())
+        except StorageError as exc:
+            with self._lock:
+                self._touched.pop(key, None)
+            _log.warning("could not record %s as a known network of %s: %s", network, user,
+                         exc)
+
+
+def _subjects(network: str | None, user: str | None) -> list[tuple[str, str]]:
+    found = [] if network is None else [("ip", network)]
+    return found if user is None else [*found, ("user", user)]
