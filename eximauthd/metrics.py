@@ -37,5 +37,16 @@ class Metrics:
         self.timeouts = Counter("eximauthd_timeouts",
                                 "Requests deferred because the deadline passed.", registry=r)
 
+        self.throttled = Counter("eximauthd_throttled",
+                                 "AUTHs refused without a password check, by scope (ip, user).",
+                                 ["scope"], registry=r)
+        self.rate_limited = Counter("eximauthd_rate_limited",
+                                    "RELAYs deferred by an outbound limit, by kind and window.",
+                                    ["limit"], registry=r)
+        self.cache_hits = Counter("eximauthd_auth_cache_hits",
+                                  "AUTHs answered from the positive cache.", registry=r)
+        self.sync_errors = Counter("eximauthd_ratelimit_sync_errors",
+                                   "Failed synchronisations of the rate counters.", registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

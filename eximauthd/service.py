@@ -24,10 +24,12 @@ from typing import Any
 
 import uvicorn
 
+from .abusestore import LimitStore, RateStore
+from .addresses import parse_address
 from .config import Config
 from .decider import Decider
-from .decision import Decision
-from .errors import ConfigError, ProtocolError
+from .decision import Decision, Result
+from .errors import ConfigError, ProtocolError, StorageError
 from .logs import decision_fields
 from .metrics import Metrics
 from .protocol import (
@@ -39,6 +41,7 @@ from .protocol import (
     format_reply,
     parse_request,
 )
+from .ratelimit import RateLimiter
 
 __all__ = ["Service", "prepare_socket_path"]
 
@@ -119,6 +122,14 @@ class Service:
         self._connections: set[asyncio.Task[Any]] = set()
         self._stopping: asyncio.Event | None = None
         self.metrics.workers.set(self.workers)
+        self.limiter = RateLimiter(config.ratelimit) if config.ratelimit.enabled else None
+        # Syncs of the rate counters get a thread of their own: they must not wait behind
+        # argon2 work, nor take a slot that counts against max_pending.
+        self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix="eximauthd-sync")
+        self._rates = RateStore(self.decider.db)
+        self._user_limits = LimitStore(self.decider.db)
+        self._failure_delay = config.throttle.failure_delay_ms / 1000
+        self._pruned_at = 0
 
     # --- decisions -----------------------------------------------------------------------
 
@@ -131,24 +142,36 @@ class Service:
         except Exception:
             _log.exception("internal error while deciding %s", verb)
             decision = Decision.defer("internal-error")
+        if (self._failure_delay and isinstance(request, AuthRequest)
+                and decision.result is Result.NO):
+            # Slows one connection's guessing; waits on the loop, not in a worker.
+            await asyncio.sleep(self._failure_delay)
         elapsed = time.perf_counter() - started
         self._account(request, verb, decision, transport, elapsed)
         return decision
 
     async def _decide(self, request: Request) -> Decision:
-        call: Callable[[], Decision]
         match request:
             case AuthRequest():
-                call = lambda: self.decider.auth(request)  # noqa: E731
+                return await self._in_pool(lambda: self.decider.auth(request))
             case RelayRequest():
                 # Most RELAYs (own address or domain) need no database: answer them here
                 # rather than paying a thread hand-off and a deadline for a pure function.
-                settled = self.decider.relay_without_storage(request)
-                if settled is not None:
-                    return settled
-                call = lambda: self.decider.relay_with_grants(request)  # noqa: E731
+                decision = self.decider.relay_without_storage(request)
+                if decision is None:
+                    decision = await self._in_pool(
+                        lambda: self.decider.relay_with_grants(request))
+                if decision.result is Result.YES and self.limiter is not None:
+                    # Counted only once the sender check said yes, in memory (see ratelimit).
+                    over = self.limiter.admit(str(parse_address(request.authenticated_id)),
+                                              request.transaction)
+                    if over is not None:
+                        return over
+                return decision
             case PingRequest():
-                call = self.decider.ping
+                return await self._in_pool(self.decider.ping)
+
+    async def _in_pool(self, call: Callable[[], Decision]) -> Decision:
         if self._pending >= self.config.service.max_pending:
             self.metrics.overloaded.inc()
             return Decision.defer("overloaded")
@@ -174,6 +197,12 @@ class Service:
         self.metrics.latency.labels(verb).observe(elapsed)
         if decision.reason == "database-unavailable":
             self.metrics.db_errors.inc()
+        elif decision.reason.startswith("throttled-"):
+            self.metrics.throttled.labels(decision.reason.removeprefix("throttled-")).inc()
+        elif decision.reason.startswith("rate-limit-"):
+            self.metrics.rate_limited.labels(decision.reason.removeprefix("rate-limit-")).inc()
+        elif decision.reason == "ok-cached":
+            self.metrics.cache_hits.inc()
         fields: dict[str, Any] = {"verb": verb}
         match request:
             case AuthRequest():
@@ -182,6 +211,8 @@ class Service:
             case RelayRequest():
                 fields |= {"user": request.authenticated_id, "sender": request.sender,
                            "rcpt": request.recipient, "client": request.client_ip}
+                if request.transaction:
+                    fields["txn"] = request.transaction
         fields |= {"result": decision.result.value, "reason": decision.reason,
                    "ms": round(elapsed * 1000, 1), "via": transport}
         _decisions.info("decision", extra=decision_fields(**fields))
@@ -249,6 +280,7 @@ class Service:
                                                       limit=MAX_REQUEST_BYTES * 2,
                                                       backlog=_BACKLOG)
         http = await self._start_http() if self.config.http.enabled else None
+        syncing = asyncio.create_task(self._sync_forever()) if self.limiter else None
         try:
             if ready is not None:
                 ready()
@@ -264,8 +296,48 @@ class Service:
                 server, task = http
                 server.should_exit = True
                 await task
+            if syncing is not None:
+                syncing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await syncing
+                await self.sync_rates()  # what this instance counted last
+            self._sync_pool.shutdown(wait=True)
             self._pool.shutdown(wait=True)
             self.decider.close()
+
+    # --- rate counters ---------------------------------------------------------------------
+
+    async def _sync_forever(self) -> None:
+        interval = self.config.ratelimit.sync_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            await self.sync_rates()
+
+    async def sync_rates(self) -> bool:
+        """Write this instance's new counts and read everybody's back; False on failure."""
+        if self.limiter is None:
+            return True
+        limiter = self.limiter
+        batch = limiter.take()
+
+        def work() -> tuple[Any, Any]:
+            shared = self._rates.add_and_read(batch.deltas, batch.addresses, batch.now)
+            if batch.now - self._pruned_at >= 60:
+                self._rates.prune(batch.now)
+                self._pruned_at = batch.now
+            return shared, self._user_limits.all()
+
+        try:
+            shared, overrides = await asyncio.get_running_loop().run_in_executor(
+                self._sync_pool, work)
+        except StorageError as exc:
+            limiter.failed(batch)
+            self.metrics.sync_errors.inc()
+            _log.warning("rate counters not synchronised (%.0fs old): %s", limiter.staleness,
+                         exc)
+            return False
+        limiter.synced(batch, shared, overrides)
+        return True
 
     async def _start_http(self) -> tuple[Any, asyncio.Task[None]]:
         from .http import create_app  # noqa: PLC0415 -- http imports this module

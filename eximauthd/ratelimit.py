@@ -1,0 +1,162 @@
+"""Per-user outbound limits on RELAY: recipients and messages, several windows at once.
+
+Decisions are made in memory, on the service's event loop, with no database round trip per
+recipient: each instance keeps the counts it has not written yet and the totals it last read,
+and a background task adds its counts to the shared table and reads everybody's back every
+``sync_interval_ms`` (one transaction).  Within one instance a limit is exact; across N
+instances it can be overshot by what the others accepted since their last sync.
+
+Windows are fixed buckets (``floor(now / window)``) read as a sliding window: the previous
+bucket's count weighs by the part of it still inside the window, so a burst at a bucket edge
+cannot pass twice the limit.
+
+A message is counted once per SMTP transaction: the snippets send an id that Exim keeps in an
+``acl_m`` variable (reset at every MAIL), and the first recipient with a new id counts the
+message.  Without that field (older snippets) only recipients are counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from .abusestore import RateKey
+from .config import RateLimitConfig
+from .decision import Decision
+from .limits import KINDS, Limit, format_window, parse_limits
+
+__all__ = ["RateLimiter", "SyncBatch", "estimate"]
+
+_log = logging.getLogger("eximauthd.ratelimit")
+
+_SEEN_MAX = 100_000  # transactions remembered (one per message in flight, far more than needed)
+# Users whose shared totals are read back at each sync: those who relayed here lately.  A user
+# back after a longer pause starts from the counts this instance still holds and gets the
+# shared totals at the next sync, a second later.
+_ACTIVE_SECONDS = 600.0
+
+
+def estimate(previous: int, current: int, now: float, window: int) -> float:
+    """Sliding-window estimate of the count in the last *window* seconds.  Pure."""
+    into = (now % window) / window
+    return previous * (1.0 - into) + current
+
+
+@dataclass(frozen=True, slots=True)
+class SyncBatch:
+    """What one sync writes (counts not yet in the database) and which users it reads back."""
+
+    deltas: dict[RateKey, int]
+    addresses: frozenset[str]
+    now: int
+
+
+class RateLimiter:
+    """Admit or defer one RELAY for a user; not thread-safe (the event loop owns it)."""
+
+    def __init__(self, config: RateLimitConfig, *, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.defaults = {kind: parse_limits(getattr(config, kind)) for kind in KINDS}
+        self.overrides: dict[str, dict[str, tuple[Limit, ...]]] = {}
+        self._clock = clock
+        self._monotonic = monotonic
+        self._shared: dict[RateKey, int] = {}
+        self._pending: dict[RateKey, int] = {}
+        self._active: dict[str, float] = {}  # address -> when it last relayed (monotonic)
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._tripped: set[RateKey] = set()
+        self._synced_at = monotonic()
+
+    def __repr__(self) -> str:
+        return (f"RateLimiter(recipients={list(map(str, self.defaults['recipients']))}, "
+                f"messages={list(map(str, self.defaults['messages']))})")
+
+    def limits(self, address: str, kind: str) -> tuple[Limit, ...]:
+        return self.overrides.get(address, {}).get(kind, self.defaults[kind])
+
+    def _count(self, key: RateKey) -> int:
+        return self._shared.get(key, 0) + self._pending.get(key, 0)
+
+    def admit(self, address: str, transaction: str = "") -> Decision | None:
+        """None when *address* may relay one more recipient (and it is counted), else defer.
+
+        The decision is ``defer rate-limit-<kind>-<window>`` (Exim answers 4xx), or
+        ``defer ratelimit-unavailable`` when the shared counts are too old to trust.
+        """
+        if self._monotonic() - self._synced_at > self.config.max_staleness_seconds:
+            return Decision.defer("ratelimit-unavailable")
+        now = self._clock()
+        new_message = bool(transaction) and (address, transaction) not in self._seen
+        wanted = [("recipients", 1), ("messages", 1 if new_message else 0)]
+        adds: list[RateKey] = []
+        for kind, amount in wanted:
+            if not amount:
+                continue
+            for limit in self.limits(address, kind):
+                bucket = int(now // limit.window_seconds)
+                key = (address, kind, limit.window_seconds, bucket)
+                previous = self._count((address, kind, limit.window_seconds, bucket - 1))
+                if estimate(previous, self._count(key), now, limit.window_seconds) + amount \
+                        > limit.maximum:
+                    self._trip(key, limit)
+                    return Decision.defer(
+                        f"rate-limit-{kind}-{format_window(limit.window_seconds)}")
+                adds.append(key)
+        for key in adds:
+            self._pending[key] = self._pending.get(key, 0) + 1
+        self._active[address] = self._monotonic()
+        if new_message:
+            self._seen[(address, transaction)] = None
+            if len(self._seen) > _SEEN_MAX:
+                self._seen.popitem(last=False)
+        return None
+
+    def _trip(self, key: RateKey, limit: Limit) -> None:
+        if key in self._tripped:
+            return
+        self._tripped.add(key)
+        address, kind = key[0], key[1]
+        # The one line an admin must see: a user hitting a limit is usually a stolen password.
+        _log.warning("rate limit reached: %s has used its %d %s per %s; further %s are "
+                     "deferred until the window moves on. A compromised account is the usual "
+                     "cause: check it, `eximauthd user disable %s` if in doubt", address,
+                     limit.maximum, kind, format_window(limit.window_seconds), kind, address)
+
+    # --- synchronisation with the shared table -------------------------------------------
+
+    def take(self) -> SyncBatch:
+        """Hand the unwritten counts to a sync (which runs in a worker thread)."""
+        deltas, self._pending = self._pending, {}
+        cutoff = self._monotonic() - _ACTIVE_SECONDS
+        self._active = {a: t for a, t in self._active.items() if t >= cutoff}
+        return SyncBatch(deltas, frozenset(self._active), int(self._clock()))
+
+    def synced(self, batch: SyncBatch, shared: Mapping[RateKey, int],
+               overrides: Mapping[str, Mapping[str, tuple[Limit, ...]]]) -> None:
+        """Take the totals read back by a successful sync (they include *batch*)."""
+        self._shared = dict(shared)
+        self.overrides = {a: dict(k) for a, k in overrides.items()}
+        self._synced_at = self._monotonic()
+        oldest = batch.now - 2 * max(_windows(self.defaults.values(), overrides), default=0)
+        self._tripped = {k for k in self._tripped if (k[3] + 1) * k[2] > oldest}
+
+    def failed(self, batch: SyncBatch) -> None:
+        """A sync failed: keep its counts for the next one."""
+        for key, n in batch.deltas.items():
+            self._pending[key] = self._pending.get(key, 0) + n
+
+    @property
+    def staleness(self) -> float:
+        return self._monotonic() - self._synced_at
+
+
+def _windows(defaults: Iterable[tuple[Limit, ...]],
+             overrides: Mapping[str, Mapping[str, tuple[Limit, ...]]]) -> list[int]:
+    found = [limit.window_seconds for limits in defaults for limit in limits]
+    found += [limit.window_seconds for kinds in overrides.values() for limits in kinds.values()
+              for limit in limits]
+    return found
