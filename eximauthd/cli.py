@@ -14,10 +14,12 @@ Exit codes (also in ``docs/cli.md``):
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NoReturn
@@ -25,6 +27,7 @@ from typing import Any, NoReturn
 import click
 
 from . import dbschema
+from .abusestore import FailureStore, LimitStore, RateStore, utcnow
 from .addresses import parse_address
 from .authn import Authenticator
 from .config import Config, load_config, mask_url
@@ -38,7 +41,10 @@ from .errors import (
     UserNotFoundError,
 )
 from .hashing import Hasher, calibrate, identify_scheme
+from .limits import KINDS, format_window, parse_limits
+from .ratelimit import estimate
 from .store import AccountStore, Database, Grant, GrantStore, make_account_store
+from .throttle import network_of
 
 __all__ = ["EXIT_DB", "EXIT_NO", "EXIT_OK", "EXIT_USAGE", "cli", "main"]
 
@@ -286,6 +292,116 @@ def grant_list(state: _State, user_id: str | None, as_json: bool) -> None:
         click.echo(json.dumps([{"id": g.user, "sender": g.sender} for g in grants], indent=2))
         return
     _print_table(["ID", "SENDER"], [[g.user, g.sender] for g in grants])
+
+
+# --- throttle, limits ----------------------------------------------------------------------------
+
+@cli.group()
+def throttle() -> None:
+    """Brute-force counters (failed AUTHs per network and user) and outbound rate counters."""
+
+
+@throttle.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of tables.")
+@pass_state
+def throttle_list(state: _State, as_json: bool) -> None:
+    """Show failure counters in their window and this window's outbound counts per user."""
+    t = state.config.throttle
+    now = utcnow()
+    failures = FailureStore(state.db).list(now - dt.timedelta(seconds=t.window_seconds))
+    limit = {"ip": t.max_failures_per_ip, "user": t.max_failures_per_user}
+    auth = [{"scope": f.scope, "subject": f.subject, "failures": f.failures,
+             "limit": limit[f.scope], "locked": f.failures >= limit[f.scope],
+             "window_ends": (f.window_start + dt.timedelta(seconds=t.window_seconds))
+             .isoformat(sep=" ") + "Z"} for f in failures]
+    rates = _rate_rows(state, int(time.time()))
+    if as_json:
+        click.echo(json.dumps({"auth_failures": auth, "rates": rates}, indent=2))
+        return
+    click.echo(f"failed AUTHs in the last {t.window_seconds}s (shared by every instance):")
+    _print_table(["SCOPE", "SUBJECT", "FAILURES", "LIMIT", "STATE", "WINDOW ENDS (UTC)"],
+                 [[r["scope"], r["subject"], r["failures"], r["limit"],
+                   "locked" if r["locked"] else "counting", r["window_ends"]] for r in auth])
+    click.echo("\noutbound counts per user, sliding windows:")
+    _print_table(["USER", "KIND", "WINDOW", "COUNT", "LIMIT"],
+                 [[r["user"], r["kind"], r["window"], r["count"], r["limit"]] for r in rates])
+
+
+def _rate_rows(state: _State, now: int) -> list[dict[str, Any]]:
+    live = RateStore(state.db).live(now)
+    overrides = LimitStore(state.db).all()
+    defaults = {kind: parse_limits(getattr(state.config.ratelimit, kind)) for kind in KINDS}
+    rows = []
+    for address, kind, window in sorted({(a, k, w) for a, k, w, _ in live}):
+        bucket = now // window
+        count = estimate(live.get((address, kind, window, bucket - 1), 0),
+                         live.get((address, kind, window, bucket), 0), now, window)
+        limits = overrides.get(address, {}).get(kind, defaults[kind])
+        maximum = next((lim.maximum for lim in limits if lim.window_seconds == window), None)
+        rows.append({"user": address, "kind": kind, "window": format_window(window),
+                     "count": round(count), "limit": maximum if maximum is not None else "-"})
+    return rows
+
+
+@throttle.command("reset")
+@click.option("--ip", "client_ip", metavar="IP", help="Forget failures of this client's network.")
+@click.option("--user", "address", metavar="ADDRESS",
+              help="Forget failures against this user and its outbound counts.")
+@click.option("--all", "everything", is_flag=True, help="Forget every counter.")
+@pass_state
+def throttle_reset(state: _State, client_ip: str | None, address: str | None,
+                   everything: bool) -> None:
+    """Unlock a network or a user now (running services see it within a second)."""
+    if sum(map(bool, (client_ip, address, everything))) != 1:
+        raise ConfigError("throttle reset: give exactly one of --ip, --user, --all")
+    failures, rates = FailureStore(state.db), RateStore(state.db)
+    if everything:
+        click.echo(f"reset {failures.reset()} failure counter(s), {rates.reset()} rate "
+                   "counter(s)")
+    elif client_ip:
+        t = state.config.throttle
+        network = network_of(client_ip, t.ipv4_prefix, t.ipv6_prefix)
+        if network is None:
+            raise ConfigError(f"throttle reset: {client_ip[:64]!r} is not an IP address")
+        click.echo(f"reset {failures.reset('ip', network)} failure counter(s) of {network}")
+    elif address:
+        user = str(parse_address(address))
+        click.echo(f"reset {failures.reset('user', user)} failure counter(s) and "
+                   f"{rates.reset(user)} rate counter(s) of {user}")
+
+
+@user.command("limits")
+@click.argument("address")
+@click.option("--recipients", metavar="SPEC",
+              help="COUNT/WINDOW[,COUNT/WINDOW...], 'none' (unlimited) or 'default'.")
+@click.option("--messages", metavar="SPEC", help="As --recipients, for messages.")
+@pass_state
+def user_limits(state: _State, address: str, recipients: str | None,
+                messages: str | None) -> None:
+    """Show or set ADDRESS's outbound limits (they replace the configured ones of a kind)."""
+    user = str(parse_address(address))
+    store = LimitStore(state.db)
+    for kind, spec in (("recipients", recipients), ("messages", messages)):
+        if spec is None:
+            continue
+        text = spec.strip().lower()
+        if text == "default":
+            store.set(user, kind, None)
+        elif text == "none":
+            store.set(user, kind, ())
+        else:
+            try:
+                store.set(user, kind, parse_limits(text.split(",")))
+            except ConfigError as exc:
+                raise ConfigError(f"--{kind}: {exc}") from None
+    overrides = store.all().get(user, {})
+    for kind in KINDS:
+        if kind in overrides:
+            shown = ", ".join(map(str, overrides[kind])) or "none (unlimited)"
+            click.echo(f"{user} {kind}: {shown}")
+        else:
+            defaults = parse_limits(getattr(state.config.ratelimit, kind))
+            click.echo(f"{user} {kind}: {', '.join(map(str, defaults)) or 'none'} (default)")
 
 
 # --- hash, check -------------------------------------------------------------------------------
