@@ -7,11 +7,13 @@ asserts SMTP codes *and* what reached the sink.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import pwd
 import shutil
+import smtplib
 import socket
 import subprocess
 import sys
@@ -379,6 +381,54 @@ class TestFailClosed:
         t = eximkit.session(exim, plain=GOOD, sender="alice@example.test", rcpts=REMOTE)
         assert t.auth == (235, b"Authentication succeeded")
         assert exim.wait_for_sink(1)
+
+
+class TestSendingLimits:
+    """A per-user message limit, counted once per SMTP transaction, answered 451 at RCPT."""
+
+    def test_second_message_over_the_limit_gets_451_saying_so(self, rig: Rig,
+                                                              exim: eximkit.Exim) -> None:
+        assert rig.service is not None
+        limits = subprocess.run(
+            [sys.executable, "-m", "eximauthd", "user", "limits", "bob@example.test",
+             "--messages", "2/1h"], env=rig.service.env, capture_output=True, text=True,
+            timeout=60, check=False)
+        assert limits.returncode == 0, limits.stderr
+        time.sleep(2.5)  # the service reads per-user limits at each sync (every second)
+        rcpts = ["one@remote.test", "two@remote.test", "three@remote.test"]
+        codes: list[list[int]] = []
+        try:
+            with smtplib.SMTP("127.0.0.1", exim.port, timeout=30,
+                              source_address=("127.0.0.2", 0)) as smtp:
+                smtp.ehlo("client.test")
+                smtp.starttls(context=eximkit._tls_context())
+                smtp.ehlo("client.test")
+                token = base64.b64encode(f"\0bob@example.test\0{PASSWORD}".encode()).decode()
+                assert smtp.docmd("AUTH", f"PLAIN {token}")[0] == 235
+                # Three messages in one session, no RSET between them: Exim resets acl_m at
+                # each MAIL, so each message gets its own transaction id.
+                for _ in range(3):
+                    assert smtp.docmd("MAIL", "FROM:<bob@example.test>")[0] == 250
+                    replies = [smtp.docmd("RCPT", f"TO:<{rcpt}>") for rcpt in rcpts]
+                    codes.append([code for code, _ in replies])
+                    if replies[0][0] == 250:
+                        assert smtp.data(b"Subject: limit\r\n\r\nhello\r\n")[0] == 250
+                    else:
+                        assert b"sending limit reached for bob@example.test" in replies[0][1]
+                        smtp.rset()
+        finally:
+            _eximauthd_env(rig, "user", "limits", "bob@example.test", "--messages", "default")
+            _eximauthd_env(rig, "throttle", "reset", "--user", "bob@example.test")
+        assert codes == [[250, 250, 250], [250, 250, 250], [451, 451, 451]]
+        assert exim.wait_for_sink(2)
+        assert "rate limit reached: bob@example.test" in rig.service.log()
+        assert "rate-limit-messages-1h" in exim.mainlog()
+
+
+def _eximauthd_env(rig: Rig, *args: str) -> None:
+    assert rig.service is not None
+    subprocess.run([sys.executable, "-m", "eximauthd", *args], env=rig.service.env,
+                   capture_output=True, text=True, timeout=60, check=True)
 
 
 def _debian_stock_acl(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
