@@ -1,0 +1,256 @@
+"""Abuse defenses against the real ``eximauthd serve`` (SQLite and MariaDB), as Exim uses it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from . import servicekit as kit
+from .conftest import MARIADB_HOST, MARIADB_PORT
+from .test_service import PASSWORD, _populate
+
+ALICE = "alice@example.test"
+BOB = "bob@example.test"
+ATTACKER_IPS = ["198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4"]
+OWNER_IP = "192.0.2.50"
+
+# Rate counters are synchronised this often in these tests (the default is 1 s).
+SYNC_MS = 100
+
+
+def _auth(served: kit.Served, user: str, password: str, ip: str) -> bytes:
+    return served.ask(kit.auth_line(user, password, ip))
+
+
+def _relay(served: kit.Served, user: str, txn: str = "") -> bytes:
+    line = kit.relay_line(user, user, "someone@remote.test")
+    return served.ask(line[:-1] + (f" {txn}".encode() if txn else b"") + b"\n")
+
+
+def _cli(served: kit.Served, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "eximauthd", *args], input=stdin, text=True,
+                          capture_output=True, env=served.env, timeout=60, check=False)
+
+
+def _wait_for(predicate: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def throttled(db_url: str) -> Iterator[kit.Served]:
+    """Three failures lock a network, four a user; rate limits off (not under test here)."""
+    _populate(db_url)
+    env = {"EXIMAUTHD_THROTTLE_MAX_FAILURES_PER_IP": "3",
+           "EXIMAUTHD_THROTTLE_MAX_FAILURES_PER_USER": "4",
+           "EXIMAUTHD_RATELIMIT_ENABLED": "false"}
+    with kit.running(db_url, extra_env=env) as served:
+        yield served
+
+
+class TestThrottling:
+    def test_a_network_over_its_limit_gets_no_even_with_the_right_password(
+            self, throttled: kit.Served) -> None:
+        ip = ATTACKER_IPS[0]
+        assert [_auth(throttled, BOB, f"guess-{i}", ip) for i in range(3)] == [b"no\n"] * 3
+        assert _auth(throttled, ALICE, PASSWORD, ip) == b"no\n"
+        assert "reason=throttled-ip" in throttled.log()
+        assert _auth(throttled, ALICE, PASSWORD, ATTACKER_IPS[1]) == b"yes\n"
+
+    def test_an_ipv6_64_is_one_network(self, throttled: kit.Served) -> None:
+        for i in range(3):
+            assert _auth(throttled, BOB, f"guess-{i}", f"2001:db8:1:2::{i + 1}") == b"no\n"
+        assert _auth(throttled, ALICE, PASSWORD, "2001:db8:1:2:ffff::9") == b"no\n"
+        assert _auth(throttled, ALICE, PASSWORD, "2001:db8:1:3::1") == b"yes\n"
+
+    def test_the_same_wrong_password_counts_once(self, throttled: kit.Served) -> None:
+        """A phone retrying a stale password does not lock its owner out."""
+        ip = OWNER_IP
+        assert all(_auth(throttled, ALICE, "stale-password", ip) == b"no\n" for _ in range(10))
+        assert _auth(throttled, ALICE, PASSWORD, ip) == b"yes\n"
+
+    def test_an_attacked_user_still_logs_in_from_a_network_he_used(
+            self, throttled: kit.Served) -> None:
+        assert _auth(throttled, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
+        for i, ip in enumerate(ATTACKER_IPS):  # one failure per network: no network lock
+            assert _auth(throttled, ALICE, f"guess-{i}", ip) == b"no\n"
+        assert _auth(throttled, ALICE, PASSWORD, "203.0.113.77") == b"no\n"  # a new network
+        assert "reason=throttled-user" in throttled.log()
+        assert _auth(throttled, ALICE, PASSWORD, OWNER_IP) == b"yes\n"  # his usual one
+
+    def test_a_success_does_not_reset_other_counters(self, throttled: kit.Served) -> None:
+        """An attacker with a valid account cannot clear what he built against another."""
+        for i, ip in enumerate(ATTACKER_IPS[:2]):
+            assert _auth(throttled, ALICE, f"guess-{i}", ip) == b"no\n"
+        assert _auth(throttled, BOB, PASSWORD, ATTACKER_IPS[0]) == b"yes\n"
+        for i, ip in enumerate(ATTACKER_IPS[2:]):
+            assert _auth(throttled, ALICE, f"more-{i}", ip) == b"no\n"
+        assert _auth(throttled, ALICE, PASSWORD, "203.0.113.77") == b"no\n"
+        assert "reason=throttled-user" in throttled.log()
+
+    def test_cli_lists_and_resets_a_locked_network(self, throttled: kit.Served) -> None:
+        ip = ATTACKER_IPS[0]
+        for i in range(3):
+            _auth(throttled, BOB, f"guess-{i}", ip)
+        listed = _cli(throttled, "throttle", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = {(r["scope"], r["subject"]): r for r in json.loads(listed.stdout)["auth_failures"]}
+        assert rows[("ip", f"{ip}/32")]["locked"] is True
+        assert rows[("user", BOB)] | {"window_ends": ""} == {
+            "scope": "user", "subject": BOB, "failures": 3, "limit": 4, "locked": False,
+            "window_ends": ""}
+        assert "guess" not in listed.stdout
+        reset = _cli(throttled, "throttle", "reset", "--ip", ip)
+        assert reset.returncode == 0, reset.stderr
+        assert f"reset 1 failure counter(s) of {ip}/32" in reset.stdout
+        assert _auth(throttled, ALICE, PASSWORD, ip) == b"yes\n"
+
+    def test_empty_credentials_are_refused_without_being_counted(
+            self, throttled: kit.Served) -> None:
+        ip = ATTACKER_IPS[0]
+        for _ in range(5):
+            assert throttled.ask(f"AUTH PLAIN  {kit.b64('x')} {ip}\n".encode()) == b"no\n"
+        assert _auth(throttled, ALICE, PASSWORD, ip) == b"yes\n"
+
+
+def test_failures_are_forgotten_when_the_window_ends(db_url: str) -> None:
+    _populate(db_url)
+    env = {"EXIMAUTHD_THROTTLE_MAX_FAILURES_PER_IP": "2",
+           "EXIMAUTHD_THROTTLE_WINDOW_SECONDS": "2"}
+    with kit.running(db_url, extra_env=env) as served:
+        ip = ATTACKER_IPS[0]
+        for i in range(2):
+            _auth(served, BOB, f"guess-{i}", ip)
+        assert _auth(served, ALICE, PASSWORD, ip) == b"no\n"
+        assert _wait_for(lambda: _auth(served, ALICE, PASSWORD, ip) == b"yes\n", timeout=6)
+
+
+def test_failures_on_one_instance_lock_out_on_another(mariadb_url: str) -> None:
+    """Two services on one MariaDB share the counters: brute force is slow on every MX."""
+    _populate(mariadb_url)
+    env = {"EXIMAUTHD_THROTTLE_MAX_FAILURES_PER_USER": "3"}
+    with kit.running(mariadb_url, extra_env=env) as mx1, \
+            kit.running(mariadb_url, extra_env=env) as mx2:
+        for i, ip in enumerate(ATTACKER_IPS[:3]):
+            assert _auth(mx1, ALICE, f"guess-{i}", ip) == b"no\n"
+        assert _auth(mx2, ALICE, PASSWORD, "203.0.113.77") == b"no\n"
+        assert "reason=throttled-user" in mx2.log()
+        assert _auth(mx2, BOB, PASSWORD, "203.0.113.77") == b"yes\n"
+
+
+# --- outbound rate limits ----------------------------------------------------------------
+
+def _rate_env(**limits: str) -> dict[str, str]:
+    return {"EXIMAUTHD_RATELIMIT_SYNC_INTERVAL_MS": str(SYNC_MS)} | {
+        f"EXIMAUTHD_RATELIMIT_{k.upper()}": v for k, v in limits.items()}
+
+
+def _metric(served: kit.Served, name: str) -> str:
+    with urllib.request.urlopen(served.http_url + "/metrics", timeout=10) as resp:
+        text: str = resp.read().decode()
+    return "\n".join(line for line in text.splitlines() if line.startswith(name))
+
+
+class TestRateLimits:
+    def test_recipients_over_the_limit_defer_and_a_reset_lifts_it(self, db_url: str) -> None:
+        _populate(db_url)
+        with kit.running(db_url, extra_env=_rate_env(recipients="3/1h,100/1d")) as served:
+            assert [_relay(served, ALICE) for _ in range(3)] == [b"yes\n"] * 3
+            assert _relay(served, ALICE) == b"defer rate-limit-recipients-1h\n"
+            assert _relay(served, ALICE) == b"defer rate-limit-recipients-1h\n"
+            assert _relay(served, BOB) == b"yes\n"
+            assert served.log().count("rate limit reached: alice@example.test") == 1
+            assert 'eximauthd_rate_limited_total{limit="recipients-1h"} 2.0' in _metric(
+                served, "eximauthd_rate_limited_total")
+            reset = _cli(served, "throttle", "reset", "--user", ALICE)
+            assert reset.returncode == 0, reset.stderr
+            assert _wait_for(lambda: _relay(served, ALICE) == b"yes\n")
+
+    def test_a_message_counts_once_whatever_its_recipients(self, db_url: str) -> None:
+        _populate(db_url)
+        env = _rate_env(recipients="1000/1h", messages="2/1h")
+        with kit.running(db_url, extra_env=env) as served:
+            for txn in ("4242.100", "4242.200"):
+                assert [_relay(served, ALICE, txn) for _ in range(4)] == [b"yes\n"] * 4
+            assert _relay(served, ALICE, "4243.300") == b"defer rate-limit-messages-1h\n"
+
+    def test_user_limits_override_the_defaults(self, db_url: str) -> None:
+        _populate(db_url)
+        with kit.running(db_url, extra_env=_rate_env(recipients="2/1h")) as served:
+            shown = _cli(served, "user", "limits", BOB, "--recipients", "none")
+            assert shown.returncode == 0, shown.stderr
+            assert f"{BOB} recipients: none (unlimited)" in shown.stdout
+            assert f"{BOB} messages: 300/1h, 2000/1d (default)" in shown.stdout
+            time.sleep(5 * SYNC_MS / 1000)  # the service reads overrides at each sync
+            assert all(_relay(served, BOB) == b"yes\n" for _ in range(5))
+            assert [_relay(served, ALICE) for _ in range(3)][-1] == \
+                b"defer rate-limit-recipients-1h\n"
+
+    def test_instances_share_the_counts(self, mariadb_url: str) -> None:
+        _populate(mariadb_url)
+        env = _rate_env(recipients="4/1h")
+        with kit.running(mariadb_url, extra_env=env) as mx1, \
+                kit.running(mariadb_url, extra_env=env) as mx2:
+            assert [_relay(mx1, ALICE) for _ in range(2)] == [b"yes\n"] * 2
+            assert [_relay(mx2, ALICE) for _ in range(2)] == [b"yes\n"] * 2
+            assert _wait_for(lambda: _relay(mx1, ALICE) == b"defer rate-limit-recipients-1h\n")
+
+    def test_rate_limiting_defers_once_the_database_is_gone_too_long(self,
+                                                                     mariadb_url: str) -> None:
+        _populate(mariadb_url)
+        proxy = kit.TcpProxy(MARIADB_HOST, MARIADB_PORT)
+        proxy.start()
+        url = mariadb_url.replace(f":{MARIADB_PORT}/", f":{proxy.port}/")
+        env = _rate_env() | {"EXIMAUTHD_RATELIMIT_MAX_STALENESS_SECONDS": "1"}
+        try:
+            with kit.running(url, extra_env=env) as served:
+                assert _relay(served, ALICE) == b"yes\n"
+                proxy.stop()
+                assert _wait_for(lambda: _relay(served, ALICE) ==
+                                 b"defer ratelimit-unavailable\n")
+                proxy.start()
+                assert _wait_for(lambda: _relay(served, ALICE) == b"yes\n", timeout=20)
+        finally:
+            proxy.stop()
+
+
+# --- the positive cache -------------------------------------------------------------------
+
+@pytest.fixture
+def cached(db_url: str) -> Iterator[kit.Served]:
+    _populate(db_url)
+    with kit.running(db_url, extra_env={"EXIMAUTHD_CACHE_TTL_SECONDS": "300"}) as served:
+        yield served
+
+
+class TestAuthCache:
+    def test_a_repeat_is_answered_from_the_cache(self, cached: kit.Served) -> None:
+        assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
+        assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
+        assert "reason=ok-cached" in cached.log()
+        assert _auth(cached, ALICE, PASSWORD + "x", OWNER_IP) == b"no\n"
+
+    def test_a_new_password_invalidates_the_old_one_at_once(self, cached: kit.Served) -> None:
+        assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
+        changed = _cli(cached, "user", "passwd", ALICE, "--password-stdin",
+                       stdin="brand-new-pw\n")
+        assert changed.returncode == 0, changed.stderr
+        assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"no\n"
+        assert _auth(cached, ALICE, "brand-new-pw", OWNER_IP) == b"yes\n"
+
+    def test_disabling_invalidates_at_once(self, cached: kit.Served) -> None:
+        assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
+        assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
+        disabled = _cli(cached, "user", "disable", ALICE)
+        assert disabled.returncode == 0, disabled.stderr
+        assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"no\n"

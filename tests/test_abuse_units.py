@@ -1,0 +1,261 @@
+"""Abuse defenses without a running service: pure parts, the cache, and the shared counters."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from eximauthd.abusestore import FailureStore, LimitStore, RateStore
+from eximauthd.authcache import AuthCache
+from eximauthd.config import DatabaseConfig, RateLimitConfig
+from eximauthd.decision import Decision
+from eximauthd.errors import ConfigError
+from eximauthd.limits import Limit, parse_limit, parse_limits
+from eximauthd.ratelimit import RateLimiter, estimate
+from eximauthd.store import Database
+from eximauthd.throttle import network_of, password_tag
+
+HOUR = 3600
+
+
+class Clock:
+    """A settable clock for the pure parts (never for the services: they run in real time)."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(("ip", "expected"), [
+    ("192.0.2.7", "192.0.2.7/32"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("::ffff:192.0.2.7", "192.0.2.7/32"),
+    ("", None),
+    ("not-an-ip", None),
+])
+def test_failures_are_counted_per_ipv4_address_and_ipv6_64(ip: str, expected: str | None) -> None:
+    assert network_of(ip, 32, 64) == expected
+
+
+def test_network_prefixes_are_configurable() -> None:
+    assert network_of("192.0.2.7", 24, 64) == "192.0.2.0/24"
+    assert network_of("2001:db8:1:2:3::1", 32, 48) == "2001:db8:1::/48"
+
+
+def test_password_tag_is_equal_only_for_the_same_user_password_and_key() -> None:
+    key = b"k" * 32
+    tag = password_tag(key, "alice@example.test", "old-password")
+    assert tag == password_tag(key, "alice@example.test", "old-password")
+    assert len({tag, password_tag(key, "bob@example.test", "old-password"),
+                password_tag(key, "alice@example.test", "old-passwore"),
+                password_tag(b"j" * 32, "alice@example.test", "old-password")}) == 4
+    assert "old-password" not in tag
+
+
+@pytest.mark.parametrize(("spec", "limit"), [
+    ("100/1h", Limit(3600, 100)), ("5/m", Limit(60, 5)), ("2000/1d", Limit(86400, 2000)),
+    (" 7/30s ", Limit(30, 7)), ("1/7d", Limit(7 * 86400, 1)),
+])
+def test_limits_parse_count_and_window(spec: str, limit: Limit) -> None:
+    assert parse_limit(spec) == limit
+
+
+@pytest.mark.parametrize("spec", ["", "100", "100/", "100/1w", "0/1h", "-1/1h", "1/8d", "1/0s",
+                                  "a/1h", "100/1h/2"])
+def test_bad_limits_are_refused_with_the_expected_form(spec: str) -> None:
+    with pytest.raises(ConfigError, match=r"COUNT/WINDOW|window|count"):
+        parse_limit(spec)
+
+
+def test_two_limits_for_one_window_are_refused() -> None:
+    with pytest.raises(ConfigError, match="same window"):
+        parse_limits(["10/1h", "20/60m"])
+
+
+def test_sliding_estimate_weighs_the_previous_bucket_by_what_is_left_of_it() -> None:
+    assert estimate(100, 0, 0.0, 3600) == 100
+    assert estimate(100, 10, 900.0, 3600) == 85
+    assert estimate(100, 10, 3599.999, 3600) == pytest.approx(10, abs=0.01)
+
+
+def _limiter(clock: Clock, **settings: object) -> RateLimiter:
+    config = RateLimitConfig(**{"recipients": ("3/1h",), "messages": ("2/1h",)} | settings)
+    return RateLimiter(config, clock=clock, monotonic=clock)  # type: ignore[arg-type]
+
+
+class TestRateLimiter:
+    def test_recipients_over_the_limit_are_deferred_with_kind_and_window(self) -> None:
+        limiter = _limiter(Clock())
+        assert [limiter.admit("a@x.test") for _ in range(3)] == [None] * 3
+        assert limiter.admit("a@x.test") == Decision.defer("rate-limit-recipients-1h")
+        assert limiter.admit("b@x.test") is None  # per user
+
+    def test_a_message_counts_once_per_transaction(self) -> None:
+        limiter = _limiter(Clock(), recipients=("100/1h",))
+        for txn in ("t1", "t2"):
+            assert [limiter.admit("a@x.test", txn) for _ in range(5)] == [None] * 5
+        assert limiter.admit("a@x.test", "t3") == Decision.defer("rate-limit-messages-1h")
+        assert limiter.admit("a@x.test", "t2") is None  # more recipients of a counted message
+        assert limiter.admit("a@x.test") is None  # no transaction id: recipients only
+
+    def test_the_window_slides_on(self) -> None:
+        clock = Clock(1_800_000_000 - 1_800_000_000 % HOUR)  # the start of a bucket
+        limiter = _limiter(clock)
+        for _ in range(3):
+            assert limiter.admit("a@x.test") is None
+        clock.now += HOUR + HOUR / 2  # half of the previous bucket still in the window
+        limiter.synced(limiter.take(), {}, {})  # nothing written elsewhere
+        assert limiter.admit("a@x.test") is None  # 3 * 0.5 + 1 <= 3
+        clock.now += HOUR
+        limiter.synced(limiter.take(), {}, {})
+        assert [limiter.admit("a@x.test") for _ in range(2)] == [None, None]
+
+    def test_counts_read_back_from_other_instances_count(self) -> None:
+        clock = Clock()
+        limiter = _limiter(clock)
+        batch = limiter.take()
+        bucket = int(clock.now // HOUR)
+        limiter.synced(batch, {("a@x.test", "recipients", HOUR, bucket): 3}, {})
+        assert limiter.admit("a@x.test") == Decision.defer("rate-limit-recipients-1h")
+
+    def test_a_failed_sync_keeps_its_counts_and_turns_stale(self) -> None:
+        clock = Clock()
+        limiter = _limiter(clock, max_staleness_seconds=30)
+        limiter.admit("a@x.test")
+        batch = limiter.take()
+        limiter.failed(batch)
+        assert limiter.take().deltas == batch.deltas
+        clock.now += 31
+        assert limiter.admit("b@x.test") == Decision.defer("ratelimit-unavailable")
+
+    def test_user_overrides_replace_the_defaults_of_their_kind(self) -> None:
+        limiter = _limiter(Clock())
+        limiter.synced(limiter.take(), {}, {"a@x.test": {"recipients": (Limit(HOUR, 1),)},
+                                            "b@x.test": {"recipients": ()}})
+        assert limiter.admit("a@x.test") is None
+        assert limiter.admit("a@x.test") == Decision.defer("rate-limit-recipients-1h")
+        assert all(limiter.admit("b@x.test") is None for _ in range(50))  # unlimited
+
+    def test_the_first_trip_of_a_window_is_logged_once(self,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+        limiter = _limiter(Clock(), recipients=("1/1h",))
+        with caplog.at_level("WARNING", logger="eximauthd.ratelimit"):
+            for _ in range(5):
+                limiter.admit("a@x.test")
+        trips = [r for r in caplog.records if "rate limit reached" in r.getMessage()]
+        assert len(trips) == 1
+        assert "a@x.test" in trips[0].getMessage()
+
+
+class TestAuthCache:
+    def test_hit_only_for_the_same_pair_and_the_same_stored_hash(self) -> None:
+        cache = AuthCache(60, 10)
+        cache.put("a@x.test", "pw", "$argon2id$one")
+        assert cache.hit("a@x.test", "pw", "$argon2id$one")
+        assert not cache.hit("a@x.test", "pW", "$argon2id$one")
+        assert not cache.hit("b@x.test", "pw", "$argon2id$one")
+        assert not cache.hit("a@x.test", "pw", "$argon2id$two")  # password changed
+        assert not cache.hit("a@x.test", "pw", "$argon2id$one")  # and the entry is gone
+
+    def test_entries_expire(self) -> None:
+        clock = Clock(0)
+        cache = AuthCache(60, 10, clock=clock)
+        cache.put("a@x.test", "pw", "h")
+        clock.now = 59
+        assert cache.hit("a@x.test", "pw", "h")
+        clock.now = 60
+        assert not cache.hit("a@x.test", "pw", "h")
+
+    def test_size_is_bounded_least_recently_used_first(self) -> None:
+        cache = AuthCache(60, 2)
+        for user in ("a", "b", "c"):
+            cache.put(user, "pw", "h")
+        assert len(cache) == 2
+        assert not cache.hit("a", "pw", "h")
+        assert cache.hit("c", "pw", "h")
+
+    def test_length_prefix_keeps_user_and_password_apart(self) -> None:
+        cache = AuthCache(60, 10)
+        cache.put("ab", "c", "h")
+        assert not cache.hit("a", "bc", "h")
+
+    def test_repr_shows_no_key_or_entry(self) -> None:
+        cache = AuthCache(60, 10)
+        cache.put("a@x.test", "secret-pw", "$argon2id$hash")
+        assert repr(cache) == "AuthCache(ttl=60s, entries=1/10)"
+
+
+# --- the shared tables, on both backends ---------------------------------------------------
+
+T0 = dt.datetime(2026, 11, 28, 12, 0, 0)
+WINDOW = dt.timedelta(minutes=15)
+
+
+def _second_instance(database: Database) -> Database:
+    """Another process's view of the same database: its own engine and connections."""
+    return Database(DatabaseConfig(url=database.config.url))
+
+
+class TestFailureStore:
+    def test_the_same_wrong_password_counts_once(self, database: Database) -> None:
+        store = FailureStore(database)
+        subjects = [("ip", "192.0.2.1/32"), ("user", "a@x.test")]
+        for _ in range(5):
+            store.record(subjects, "tag-old-password", T0, T0 - WINDOW)
+        store.record(subjects, "tag-other", T0, T0 - WINDOW)
+        store.record(subjects, "tag-old-password", T0, T0 - WINDOW)
+        assert store.counts(subjects, T0 - WINDOW) == dict.fromkeys(subjects, 3)
+
+    def test_a_window_that_is_over_restarts_at_one(self, database: Database) -> None:
+        store = FailureStore(database)
+        subject = [("user", "a@x.test")]
+        for i in range(4):
+            store.record(subject, f"t{i}", T0, T0 - WINDOW)
+        later = T0 + WINDOW + dt.timedelta(seconds=1)
+        assert store.counts(subject, later - WINDOW) == {}
+        store.record(subject, "t9", later, later - WINDOW)
+        assert store.counts(subject, later - WINDOW) == {subject[0]: 1}
+
+    def test_instances_add_to_one_counter(self, database: Database) -> None:
+        other = _second_instance(database)
+        try:
+            subject = [("ip", "2001:db8::/64")]
+            FailureStore(database).record(subject, "a", T0, T0 - WINDOW)
+            FailureStore(other).record(subject, "b", T0, T0 - WINDOW)
+            assert FailureStore(database).counts(subject, T0 - WINDOW) == {subject[0]: 2}
+        finally:
+            other.dispose()
+
+    def test_reset_forgets_one_subject_only(self, database: Database) -> None:
+        store = FailureStore(database)
+        store.record([("user", "a@x.test"), ("user", "b@x.test")], "t", T0, T0 - WINDOW)
+        assert store.reset("user", "a@x.test") == 1
+        assert [r.subject for r in store.list(T0 - WINDOW)] == ["b@x.test"]
+
+
+def test_rate_counts_of_two_instances_add_up(database: Database) -> None:
+    other = _second_instance(database)
+    try:
+        key = ("a@x.test", "recipients", HOUR, 500_000)
+        now = 500_000 * HOUR + 10
+        RateStore(database).add_and_read({key: 2}, ["a@x.test"], now)
+        seen = RateStore(other).add_and_read({key: 3}, ["a@x.test"], now)
+        assert seen == {key: 5}
+        assert RateStore(database).add_and_read({}, ["a@x.test"], now) == {key: 5}
+        assert RateStore(database).prune((500_000 + 2) * HOUR) == 1
+    finally:
+        other.dispose()
+
+
+def test_user_limits_replace_clear_and_mean_unlimited(database: Database) -> None:
+    store = LimitStore(database)
+    store.set("a@x.test", "recipients", (Limit(60, 5), Limit(86400, 50)))
+    store.set("a@x.test", "messages", ())
+    store.set("b@x.test", "messages", (Limit(3600, 1),))
+    store.set("b@x.test", "messages", None)
+    assert store.all() == {"a@x.test": {"recipients": (Limit(60, 5), Limit(86400, 50)),
+                                        "messages": ()}}
