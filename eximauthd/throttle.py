@@ -46,7 +46,8 @@ _log = logging.getLogger("eximauthd.throttle")
 # one more write only once in a while, not on every login.
 _TOUCH_EVERY = 3600.0
 _TOUCHED_MAX = 100_000
-# One failure write in this many also deletes counters whose window is long over.
+# One failure write in this many also deletes counters whose window is over and networks
+# too old to exempt anyone (both tables would otherwise only grow).
 _PRUNE_EVERY = 256
 
 
@@ -153,6 +154,9 @@ class Throttle:
             prune = self._writes % _PRUNE_EVERY == 0
         if prune:
             self.failures.prune(since)
+            if self.config.trusted_network_seconds:
+                self.networks.prune(now - dt.timedelta(
+                    seconds=self.config.trusted_network_seconds))
 
     def succeeded(self, username: str, client_ip: str) -> None:
         """Remember the client's network as one this user logs in from."""

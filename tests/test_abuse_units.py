@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from eximauthd.abusestore import FailureStore, LimitStore, RateStore
+from eximauthd.abusestore import FailureStore, KnownNetworkStore, LimitStore, RateStore
 from eximauthd.authcache import AuthCache
 from eximauthd.config import DatabaseConfig, RateLimitConfig
 from eximauthd.decision import Decision
@@ -259,3 +259,26 @@ def test_user_limits_replace_clear_and_mean_unlimited(database: Database) -> Non
     store.set("b@x.test", "messages", None)
     assert store.all() == {"a@x.test": {"recipients": (Limit(60, 5), Limit(86400, 50)),
                                         "messages": ()}}
+
+
+def test_throttle_prunes_windows_that_are_over_and_networks_too_old(
+        database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both tables would otherwise only grow: an old counter and an old network go."""
+    from eximauthd import throttle as throttle_module  # noqa: PLC0415
+    from eximauthd.config import ThrottleConfig  # noqa: PLC0415
+
+    monkeypatch.setattr(throttle_module, "_PRUNE_EVERY", 2)
+    now = [T0]
+    guard = throttle_module.Throttle(
+        ThrottleConfig(window_seconds=900, trusted_network_seconds=3600), database,
+        b"k" * 32, clock=lambda: now[0])
+    guard.succeeded("alice@example.test", "192.0.2.1")
+    guard.failed("bob@example.test", "guess", "198.51.100.1")
+    assert KnownNetworkStore(database).is_known("alice@example.test", "192.0.2.1/32",
+                                                T0 - dt.timedelta(hours=1))
+    now[0] = T0 + dt.timedelta(hours=2)
+    guard.failed("carol@example.test", "guess", "198.51.100.2")  # the second write prunes
+    subjects = {r.subject for r in FailureStore(database).list(T0 - dt.timedelta(days=1))}
+    assert subjects == {"198.51.100.2/32", "carol@example.test"}
+    assert not KnownNetworkStore(database).is_known("alice@example.test", "192.0.2.1/32",
+                                                    T0 - dt.timedelta(days=1))
