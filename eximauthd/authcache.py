@@ -1,11 +1,18 @@
-"""The optional positive AUTH cache: skip argon2 for a pair verified moments ago.
+"""The optional positive AUTH cache: answer a repeat of a recent success without argon2 or I/O.
 
-An entry is keyed by HMAC(process secret, user ‖ password) and holds a digest of the stored
-hash it was verified against.  A hit therefore still needs the account's current row (one
-read), and only counts when that row is enabled and its stored value is unchanged: ``user
-passwd`` or ``user disable`` (from any host, any tool) takes effect on the very next AUTH.
-Only successes are stored; a failure is never cached, let alone as ``yes``.  Neither passwords
-nor hashes are kept in memory, and the secret never leaves the process.
+An entry is keyed by HMAC(process key, user ‖ password ‖ client network) and holds a digest of
+the stored hash the password was verified against.  A hit costs no database read, so the
+entry must be dropped when the account changes:
+
+- ``eximauthd user passwd|disable|delete`` tells the local service at once (``FORGET`` on the
+  socket), so the very next AUTH with the old password is checked afresh and refused;
+- every ``revalidate_seconds`` the service reads the current row of every cached user in a
+  few batched queries and drops the entries whose stored hash changed or whose account was
+  disabled or removed, whoever changed it (another host, a web panel writing the table).
+
+Only successes are stored; a failure is never cached.  The client's network is part of the key,
+so an entry made from the owner's network is never a way around throttling from elsewhere.
+Neither passwords nor hashes are kept in memory, and the key never leaves the process.
 """
 
 from __future__ import annotations
@@ -16,21 +23,27 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["AuthCache"]
+__all__ = ["AuthCache", "Current"]
+
+Current = tuple[str | None, bool]  # the stored value now, and whether the account is enabled
 
 
 class AuthCache:
-    """A bounded, thread-safe LRU of verified (user, password) digests with a TTL."""
+    """A bounded, thread-safe LRU of verified (user, password, network) digests with a TTL."""
 
     def __init__(self, ttl_seconds: float, max_entries: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 network: Callable[[str], str | None] = lambda ip: ip) -> None:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
+        self._network = network
         self._key = os.urandom(32)
         self._clock = clock
-        self._entries: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        # slot -> (user, digest of the stored hash, expiry)
+        self._entries: OrderedDict[bytes, tuple[str, bytes, float]] = OrderedDict()
+        self._by_user: dict[str, set[bytes]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -39,36 +52,75 @@ class AuthCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _slot(self, user: str, password: str) -> bytes:
+    def _slot(self, user: str, password: str, client_ip: str) -> bytes:
         # Length-prefixed, so ("ab", "c") and ("a", "bc") can never share a slot.
-        u = user.encode("utf-8", "surrogateescape")
-        p = password.encode("utf-8", "surrogateescape")
-        return hmac.new(self._key, len(u).to_bytes(4, "big") + u + p, hashlib.sha256).digest()
+        network = self._network(client_ip) or ""
+        parts = [p.encode("utf-8", "surrogateescape") for p in (user, password, network)]
+        message = b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+        return hmac.new(self._key, message, hashlib.sha256).digest()
 
     @staticmethod
-    def _stored(stored: str) -> bytes:
+    def _digest(stored: str) -> bytes:
         return hashlib.sha256(stored.encode("utf-8", "surrogateescape")).digest()
 
-    def hit(self, user: str, password: str, stored: str) -> bool:
-        """True when this pair was verified against exactly *stored* within the TTL."""
-        slot = self._slot(user, password)
+    def hit(self, user: str, password: str, client_ip: str) -> bool:
+        """True when this user logged in with this password from this client's network within
+        the TTL and nothing about the account has changed since (that this process knows)."""
+        slot = self._slot(user, password, client_ip)
         with self._lock:
             entry = self._entries.get(slot)
             if entry is None:
                 return False
-            digest, expires = entry
-            if self._clock() >= expires or not hmac.compare_digest(digest, self._stored(stored)):
-                del self._entries[slot]
+            if self._clock() >= entry[2]:
+                self._drop(slot)
                 return False
             self._entries.move_to_end(slot)
             return True
 
-    def put(self, user: str, password: str, stored: str) -> None:
-        """Remember that *password* verified against *stored* for *user*."""
-        slot = self._slot(user, password)
-        entry = (self._stored(stored), self._clock() + self.ttl)
+    def put(self, user: str, password: str, client_ip: str, stored: str) -> None:
+        """Remember that *password* verified against *stored* for *user* from *client_ip*'s
+        network."""
+        slot = self._slot(user, password, client_ip)
         with self._lock:
-            self._entries[slot] = entry
-            self._entries.move_to_end(slot)
+            self._drop(slot)
+            self._entries[slot] = (user, self._digest(stored), self._clock() + self.ttl)
+            self._by_user.setdefault(user, set()).add(slot)
             while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+                self._drop(next(iter(self._entries)))
+
+    def forget(self, user: str) -> int:
+        """Drop every entry of *user*; return how many."""
+        with self._lock:
+            slots = list(self._by_user.get(user, ()))
+            for slot in slots:
+                self._drop(slot)
+            return len(slots)
+
+    def users(self) -> list[str]:
+        with self._lock:
+            return list(self._by_user)
+
+    def revalidate(self, users: Sequence[str], current: Mapping[str, Current]) -> int:
+        """Drop the entries of *users* whose account is gone, disabled or has another stored
+        value than the one verified (*current* lacks users without exactly one row)."""
+        dropped = 0
+        with self._lock:
+            for user in users:
+                now = current.get(user)
+                for slot in list(self._by_user.get(user, ())):
+                    _, digest, _ = self._entries[slot]
+                    if now is None or not now[1] or now[0] is None or \
+                            not hmac.compare_digest(digest, self._digest(now[0])):
+                        self._drop(slot)
+                        dropped += 1
+        return dropped
+
+    def _drop(self, slot: bytes) -> None:
+        entry = self._entries.pop(slot, None)
+        if entry is None:
+            return
+        slots = self._by_user.get(entry[0])
+        if slots is not None:
+            slots.discard(slot)
+            if not slots:
+                del self._by_user[entry[0]]

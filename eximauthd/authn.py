@@ -68,10 +68,6 @@ class Authenticator:
             return Decision.no("unknown-user")
         record = records[0]
         address_text = str(address)
-        if (self.cache is not None and record.enabled and record.password is not None
-                and self.cache.hit(address_text, password, record.password)):
-            return Decision.yes("ok-cached")
-
         result = self.hasher.verify(record.password, password)
         if not result.matched:
             if result.scheme not in _ARGON2:
@@ -84,7 +80,7 @@ class Authenticator:
             return self._rehash(address, old=record.password, password=password,
                                 scheme=result.scheme, client_ip=client_ip)
         if self.cache is not None and record.password is not None:
-            self.cache.put(address_text, password, record.password)
+            self.cache.put(address_text, password, client_ip, record.password)
         return Decision.yes()
 
     def _rehash(self, address: Address, *, old: str, password: str, scheme: Scheme,

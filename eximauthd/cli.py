@@ -14,10 +14,12 @@ Exit codes (also in ``docs/cli.md``):
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -181,6 +183,7 @@ def user_passwd(state: _State, address: str, password_stdin: bool) -> None:
     parsed = parse_address(address)
     password = _read_password(password_stdin, confirm=True, prompt="New password")
     state.accounts.set_password(parsed, state.hasher.hash(password))
+    _tell_service(state, str(parsed))
     click.echo(f"password changed for {parsed}")
 
 
@@ -191,6 +194,7 @@ def user_disable(state: _State, address: str) -> None:
     """Refuse logins for an account (its password is kept)."""
     parsed = parse_address(address)
     state.accounts.set_enabled(parsed, False)
+    _tell_service(state, str(parsed))
     click.echo(f"disabled {parsed}")
 
 
@@ -211,7 +215,26 @@ def user_delete(state: _State, address: str) -> None:
     """Delete an account."""
     parsed = parse_address(address)
     state.accounts.delete(parsed)
+    _tell_service(state, str(parsed))
     click.echo(f"deleted {parsed}")
+
+
+def _tell_service(state: _State, address: str) -> None:
+    """Have the local service forget its cached logins of *address* (``FORGET``).
+
+    Best effort: without a running service there is nothing cached here; services on other
+    hosts drop the entries at their next revalidation (``cache.revalidate_seconds``).
+    """
+    line = f"FORGET {base64.b64encode(address.encode()).decode()}\n".encode()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2.0)
+            sock.connect(state.config.socket.path)
+            sock.sendall(line)
+            sock.recv(64)
+    except OSError:
+        logging.getLogger("eximauthd.cli").info("no service at %s to notify",
+                                                state.config.socket.path)
 
 
 @user.command("list")

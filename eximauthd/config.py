@@ -262,6 +262,9 @@ class CacheConfig:
 
     ttl_seconds: int = 0
     max_entries: int = 10000
+    # How often cached users' rows are re-read, so a change made elsewhere (another host, a
+    # panel writing the table) ends their cached logins within this time.
+    revalidate_seconds: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,6 +537,7 @@ def _validate_abuse(config: Config) -> None:
         ("ratelimit.max_staleness_seconds", r.max_staleness_seconds, 1, 3600),
         ("cache.ttl_seconds", c.ttl_seconds, 0, 86400),
         ("cache.max_entries", c.max_entries, 1, 10_000_000),
+        ("cache.revalidate_seconds", c.revalidate_seconds, 1, 3600),
     ]
     for key, value, low, high in checks:
         if not low <= value <= high:

@@ -5,6 +5,7 @@ One request line per connection, one answer line, then the server closes::
     AUTH <PLAIN|LOGIN> <b64 user> <b64 password> <client ip>
     RELAY <b64 authenticated id> <b64 envelope sender> <b64 recipient> <client ip> [<txn>]
     PING
+    FORGET <b64 address>
 
 Fields are separated by exactly one space.  Every value that comes from the SMTP client is
 base64 (Exim's ``${str2b64:...}``), so spaces, NULs, newlines and quotes cannot change the shape
@@ -13,6 +14,10 @@ empty base64 field (two spaces in a row), and the client ip is empty for local s
 The optional last RELAY field names the SMTP transaction (``[A-Za-z0-9._-]{1,64}``, made by
 Exim, not the client: the snippets use ``$pid.$tod_epoch_l`` kept in an ``acl_m`` variable), so
 that a message is counted once however many recipients it has; requests without it still parse.
+
+``FORGET`` is not Exim's: ``eximauthd user passwd|disable|delete`` sends it so that the
+service drops what its AUTH cache holds for that address (answer ``yes``; it can only ever make
+the next AUTH stricter).
 
 Answers are ``yes``, ``no`` or ``defer <reason>``, each ending in a newline.  A malformed
 request raises :class:`~eximauthd.errors.ProtocolError`; the service answers ``defer <reason>``
@@ -35,6 +40,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "MECHANISMS",
     "AuthRequest",
+    "ForgetRequest",
     "PingRequest",
     "RelayRequest",
     "Request",
@@ -86,7 +92,14 @@ class PingRequest:
     """``PING``: can the service decide (is the database reachable)?"""
 
 
-Request = AuthRequest | RelayRequest | PingRequest
+@dataclass(frozen=True, slots=True)
+class ForgetRequest:
+    """``FORGET``: drop the cached AUTH successes of *address* (its account changed)."""
+
+    address: str
+
+
+Request = AuthRequest | RelayRequest | PingRequest | ForgetRequest
 
 
 def _decode(field: str) -> str:
@@ -148,6 +161,10 @@ def parse_request(data: bytes) -> Request:
         if len(fields) != 1:
             raise ProtocolError("wrong-field-count")
         return PingRequest()
+    if verb == "FORGET":
+        if len(fields) != 2:
+            raise ProtocolError("wrong-field-count")
+        return ForgetRequest(_decode(fields[1]))
     if verb not in {"AUTH", "RELAY"}:
         raise ProtocolError("unknown-verb")
     if len(fields) != 5 and not (verb == "RELAY" and len(fields) == 6):

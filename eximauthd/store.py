@@ -206,6 +206,10 @@ class AccountStore(Protocol):
         """Return the rows for *address* (more than one means the table is ambiguous)."""
         ...
 
+    def find_many(self, addresses: Sequence[Address]) -> dict[str, list[UserRecord]]:
+        """The rows of several addresses at once, by canonical address (absent: no row)."""
+        ...
+
     def replace_password(self, address: Address, old: str, new: str) -> bool:
         """Set *new* where the stored value is still exactly *old*; True if a row changed."""
         ...
@@ -238,6 +242,18 @@ class OwnAccountStore:
         with self.db.read("look up user") as conn:
             rows = conn.execute(query).all()
         return [UserRecord(r.address, bool(r.enabled), r.password_hash) for r in rows]
+
+    def find_many(self, addresses: Sequence[Address]) -> dict[str, list[UserRecord]]:
+        t = self._t
+        found: dict[str, list[UserRecord]] = {}
+        with self.db.read("look up users") as conn:
+            for chunk in _chunks([str(a) for a in addresses]):
+                query = sa.select(t.c.address, t.c.enabled, t.c.password_hash).where(
+                    t.c.address.in_(chunk))
+                for r in conn.execute(query):
+                    found.setdefault(r.address.lower(), []).append(
+                        UserRecord(r.address, bool(r.enabled), r.password_hash))
+        return found
 
     def replace_password(self, address: Address, old: str, new: str) -> bool:
         t = self._t
@@ -286,6 +302,12 @@ class OwnAccountStore:
         with self.db.write(what) as conn:
             if conn.execute(query).rowcount != 1:
                 raise UserNotFoundError(f"no such user: {address}")
+
+
+def _chunks(items: list[Any], size: int = 200) -> Iterator[list[Any]]:
+    # Bounded statements: a few hundred parameters each, whatever the number of items.
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def _is_duplicate(exc: StorageError) -> bool:
@@ -357,6 +379,16 @@ class LegacyAccountStore:
         query = self._select().where(self._match(address)).limit(limit)
         with self.db.read("look up user") as conn:
             return [self._record(r) for r in conn.execute(query)]
+
+    def find_many(self, addresses: Sequence[Address]) -> dict[str, list[UserRecord]]:
+        found: dict[str, list[UserRecord]] = {}
+        with self.db.read("look up users") as conn:
+            for chunk in _chunks(list(addresses)):
+                query = self._select().where(sa.or_(*(self._match(a) for a in chunk)))
+                for r in conn.execute(query):
+                    record = self._record(r)
+                    found.setdefault(record.address, []).append(record)
+        return found
 
     def replace_password(self, address: Address, old: str, new: str) -> bool:
         query = (sa.update(self._t)

@@ -11,8 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from eximauthd.addresses import parse_address
+from eximauthd.config import DatabaseConfig
+from eximauthd.hashing import Hasher
+from eximauthd.store import Database, OwnAccountStore
+
 from . import servicekit as kit
-from .conftest import MARIADB_HOST, MARIADB_PORT
+from .conftest import FAST_HASHING, MARIADB_HOST, MARIADB_PORT
 from .test_service import PASSWORD, _populate
 
 ALICE = "alice@example.test"
@@ -229,18 +234,26 @@ class TestRateLimits:
 @pytest.fixture
 def cached(db_url: str) -> Iterator[kit.Served]:
     _populate(db_url)
-    with kit.running(db_url, extra_env={"EXIMAUTHD_CACHE_TTL_SECONDS": "300"}) as served:
+    env = {"EXIMAUTHD_CACHE_TTL_SECONDS": "300", "EXIMAUTHD_CACHE_REVALIDATE_SECONDS": "1"}
+    with kit.running(db_url, extra_env=env) as served:
         yield served
 
 
-class TestAuthCache:
-    def test_a_repeat_is_answered_from_the_cache(self, cached: kit.Served) -> None:
-        assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
-        assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
-        assert "reason=ok-cached" in cached.log()
-        assert _auth(cached, ALICE, PASSWORD + "x", OWNER_IP) == b"no\n"
+def _cached_answers(served: kit.Served) -> int:
+    return served.log().count("reason=ok-cached")
 
-    def test_a_new_password_invalidates_the_old_one_at_once(self, cached: kit.Served) -> None:
+
+class TestAuthCache:
+    def test_a_repeat_from_the_same_network_is_answered_from_the_cache(
+            self, cached: kit.Served) -> None:
+        assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
+        assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
+        assert _cached_answers(cached) == 1
+        assert _auth(cached, ALICE, PASSWORD + "x", OWNER_IP) == b"no\n"
+        assert _auth(cached, ALICE, PASSWORD, "203.0.113.9") == b"yes\n"  # checked afresh
+        assert _cached_answers(cached) == 1
+
+    def test_user_passwd_invalidates_the_old_password_at_once(self, cached: kit.Served) -> None:
         assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
         changed = _cli(cached, "user", "passwd", ALICE, "--password-stdin",
                        stdin="brand-new-pw\n")
@@ -248,9 +261,36 @@ class TestAuthCache:
         assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"no\n"
         assert _auth(cached, ALICE, "brand-new-pw", OWNER_IP) == b"yes\n"
 
-    def test_disabling_invalidates_at_once(self, cached: kit.Served) -> None:
+    def test_user_disable_invalidates_at_once(self, cached: kit.Served) -> None:
         assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
         assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
         disabled = _cli(cached, "user", "disable", ALICE)
         assert disabled.returncode == 0, disabled.stderr
         assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"no\n"
+
+    def test_a_change_made_behind_its_back_ends_cached_logins_at_revalidation(
+            self, cached: kit.Served, db_url: str) -> None:
+        """A panel (or another host) changes the row directly: no FORGET reaches the service."""
+        assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
+        db = Database(DatabaseConfig(url=db_url))
+        try:
+            OwnAccountStore(db).set_password(parse_address(ALICE),
+                                             Hasher(FAST_HASHING).hash("panel-set-pw"))
+        finally:
+            db.dispose()
+        assert _wait_for(lambda: _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"no\n")
+
+    def test_cached_logins_stop_when_the_database_is_gone(self, mariadb_url: str) -> None:
+        _populate(mariadb_url)
+        proxy = kit.TcpProxy(MARIADB_HOST, MARIADB_PORT)
+        proxy.start()
+        url = mariadb_url.replace(f":{MARIADB_PORT}/", f":{proxy.port}/")
+        env = {"EXIMAUTHD_CACHE_TTL_SECONDS": "300", "EXIMAUTHD_CACHE_REVALIDATE_SECONDS": "1"}
+        try:
+            with kit.running(url, extra_env=env) as served:
+                assert _auth(served, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
+                proxy.stop()
+                assert _wait_for(lambda: _auth(served, ALICE, PASSWORD, OWNER_IP) ==
+                                 b"defer database-unavailable\n")
+        finally:
+            proxy.stop()

@@ -152,40 +152,65 @@ class TestRateLimiter:
 
 
 class TestAuthCache:
-    def test_hit_only_for_the_same_pair_and_the_same_stored_hash(self) -> None:
-        cache = AuthCache(60, 10)
-        cache.put("a@x.test", "pw", "$argon2id$one")
-        assert cache.hit("a@x.test", "pw", "$argon2id$one")
-        assert not cache.hit("a@x.test", "pW", "$argon2id$one")
-        assert not cache.hit("b@x.test", "pw", "$argon2id$one")
-        assert not cache.hit("a@x.test", "pw", "$argon2id$two")  # password changed
-        assert not cache.hit("a@x.test", "pw", "$argon2id$one")  # and the entry is gone
+    def test_hit_only_for_the_same_user_password_and_network(self) -> None:
+        cache = AuthCache(60, 10, network=lambda ip: network_of(ip, 32, 64))
+        cache.put("a@x.test", "pw", "2001:db8::1", "$argon2id$one")
+        assert cache.hit("a@x.test", "pw", "2001:db8::2")  # the same /64
+        assert not cache.hit("a@x.test", "pW", "2001:db8::1")
+        assert not cache.hit("b@x.test", "pw", "2001:db8::1")
+        assert not cache.hit("a@x.test", "pw", "2001:db8:0:1::1")  # another network
 
     def test_entries_expire(self) -> None:
         clock = Clock(0)
         cache = AuthCache(60, 10, clock=clock)
-        cache.put("a@x.test", "pw", "h")
+        cache.put("a@x.test", "pw", "192.0.2.1", "h")
         clock.now = 59
-        assert cache.hit("a@x.test", "pw", "h")
+        assert cache.hit("a@x.test", "pw", "192.0.2.1")
         clock.now = 60
-        assert not cache.hit("a@x.test", "pw", "h")
+        assert not cache.hit("a@x.test", "pw", "192.0.2.1")
+        assert len(cache) == 0
 
     def test_size_is_bounded_least_recently_used_first(self) -> None:
         cache = AuthCache(60, 2)
         for user in ("a", "b", "c"):
-            cache.put(user, "pw", "h")
+            cache.put(user, "pw", "", "h")
         assert len(cache) == 2
-        assert not cache.hit("a", "pw", "h")
-        assert cache.hit("c", "pw", "h")
+        assert not cache.hit("a", "pw", "")
+        assert cache.hit("c", "pw", "")
+        assert cache.users() == ["b", "c"]
 
-    def test_length_prefix_keeps_user_and_password_apart(self) -> None:
+    def test_forget_drops_every_entry_of_a_user(self) -> None:
         cache = AuthCache(60, 10)
-        cache.put("ab", "c", "h")
-        assert not cache.hit("a", "bc", "h")
+        for ip in ("192.0.2.1", "192.0.2.2"):
+            cache.put("a@x.test", "pw", ip, "h")
+        cache.put("b@x.test", "pw", "192.0.2.1", "h")
+        assert cache.forget("a@x.test") == 2
+        assert not cache.hit("a@x.test", "pw", "192.0.2.1")
+        assert cache.hit("b@x.test", "pw", "192.0.2.1")
+
+    @pytest.mark.parametrize(("now", "kept"), [
+        (("h", True), True),           # unchanged
+        (("h2", True), False),         # another password (passwd, a panel, another host)
+        (("h", False), False),         # disabled
+        ((None, True), False),         # password removed
+        (None, False),                 # account gone or ambiguous
+    ])
+    def test_revalidation_keeps_only_unchanged_enabled_accounts(
+            self, now: tuple[str | None, bool] | None, kept: bool) -> None:
+        cache = AuthCache(60, 10)
+        cache.put("a@x.test", "pw", "", "h")
+        current = {} if now is None else {"a@x.test": now}
+        assert cache.revalidate(["a@x.test"], current) == (0 if kept else 1)
+        assert cache.hit("a@x.test", "pw", "") is kept
+
+    def test_length_prefix_keeps_fields_apart(self) -> None:
+        cache = AuthCache(60, 10)
+        cache.put("ab", "c", "", "h")
+        assert not cache.hit("a", "bc", "")
 
     def test_repr_shows_no_key_or_entry(self) -> None:
         cache = AuthCache(60, 10)
-        cache.put("a@x.test", "secret-pw", "$argon2id$hash")
+        cache.put("a@x.test", "secret-pw", "", "$argon2id$hash")
         assert repr(cache) == "AuthCache(ttl=60s, entries=1/10)"
 
 

@@ -15,6 +15,7 @@ from eximauthd.errors import EximauthdError, ProtocolError
 from eximauthd.protocol import (
     MAX_REQUEST_BYTES,
     AuthRequest,
+    ForgetRequest,
     PingRequest,
     RelayRequest,
     Request,
@@ -72,6 +73,10 @@ class TestParseRequest:
             "a@x.test", "b@x.test", "c@y.test", "192.0.2.1", txn)
         assert parse_request(line).transaction == ""
 
+    def test_forget_line_carries_a_base64_address(self) -> None:
+        """FORGET (sent by the CLI after passwd/disable/delete) names one address."""
+        assert parse_request(b"FORGET YUB4LnRlc3Q=\n") == ForgetRequest("a@x.test")
+
     def test_ping_line_parses_to_ping_request(self) -> None:
         """PING has no fields."""
         assert parse_request(b"PING\n") == PingRequest()
@@ -120,6 +125,9 @@ class TestParseRequest:
     pytest.param(b"QUIT\n", "unknown-verb", id="other-verb"),
     pytest.param(b" PING\n", "unknown-verb", id="leading-space"),
     pytest.param(b"PING \n", "wrong-field-count", id="ping-with-field"),
+    pytest.param(b"FORGET\n", "wrong-field-count", id="forget-without-address"),
+    pytest.param(b"FORGET YQ== YQ==\n", "wrong-field-count", id="forget-two-fields"),
+    pytest.param(b"FORGET a$b\n", "bad-base64", id="forget-not-base64"),
     pytest.param(b"AUTH PLAIN YQ== YQ==\n", "wrong-field-count", id="auth-short"),
     pytest.param(b"AUTH PLAIN YQ== YQ== 1.2.3.4 x\n", "wrong-field-count", id="auth-long"),
     pytest.param(b"RELAY YQ== YQ== YQ==\n", "wrong-field-count", id="relay-short"),
