@@ -35,6 +35,7 @@ from .metrics import Metrics
 from .protocol import (
     MAX_REQUEST_BYTES,
     AuthRequest,
+    ForgetRequest,
     PingRequest,
     RelayRequest,
     Request,
@@ -153,7 +154,12 @@ class Service:
     async def _decide(self, request: Request) -> Decision:
         match request:
             case AuthRequest():
+                cached = self.decider.cached_auth(request)
+                if cached is not None:
+                    return cached
                 return await self._in_pool(lambda: self.decider.auth(request))
+            case ForgetRequest():
+                return self.decider.forget(request.address)
             case RelayRequest():
                 # Most RELAYs (own address or domain) need no database: answer them here
                 # rather than paying a thread hand-off and a deadline for a pure function.
@@ -213,6 +219,8 @@ class Service:
                            "rcpt": request.recipient, "client": request.client_ip}
                 if request.transaction:
                     fields["txn"] = request.transaction
+            case ForgetRequest():
+                fields["user"] = request.address
         fields |= {"result": decision.result.value, "reason": decision.reason,
                    "ms": round(elapsed * 1000, 1), "via": transport}
         _decisions.info("decision", extra=decision_fields(**fields))
@@ -228,7 +236,9 @@ class Service:
         try:
             reply = await self._answer(reader)
             writer.write(reply)
-            await asyncio.wait_for(writer.drain(), self._read_timeout)
+            # asyncio.timeout, not wait_for: no extra task per connection on the hot path.
+            async with asyncio.timeout(self._read_timeout):
+                await writer.drain()
         except Exception as exc:
             _log.debug("connection ended early: %s", type(exc).__name__)
         finally:
@@ -240,7 +250,8 @@ class Service:
 
     async def _answer(self, reader: asyncio.StreamReader) -> bytes:
         try:
-            data = await asyncio.wait_for(_read_request(reader), self._read_timeout)
+            async with asyncio.timeout(self._read_timeout):
+                data = await _read_request(reader)
         except TimeoutError:
             data = b""
             error: ProtocolError | None = ProtocolError("read-timeout")
@@ -281,6 +292,8 @@ class Service:
                                                       backlog=_BACKLOG)
         http = await self._start_http() if self.config.http.enabled else None
         syncing = asyncio.create_task(self._sync_forever()) if self.limiter else None
+        revalidating = (asyncio.create_task(self._revalidate_forever())
+                        if self.decider.cache is not None else None)
         try:
             if ready is not None:
                 ready()
@@ -296,6 +309,10 @@ class Service:
                 server, task = http
                 server.should_exit = True
                 await task
+            if revalidating is not None:
+                revalidating.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await revalidating
             if syncing is not None:
                 syncing.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -312,6 +329,21 @@ class Service:
         while True:
             await asyncio.sleep(interval)
             await self.sync_rates()
+
+    async def _revalidate_forever(self) -> None:
+        interval = self.config.cache.revalidate_seconds
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                dropped = await loop.run_in_executor(self._sync_pool,
+                                                     self.decider.revalidate_cache)
+            except StorageError as exc:
+                _log.warning("AUTH cache not revalidated: %s", exc)
+                continue
+            if dropped:
+                _log.info("AUTH cache: dropped %d entr%s of changed accounts", dropped,
+                          "y" if dropped == 1 else "ies")
 
     async def sync_rates(self) -> bool:
         """Write this instance's new counts and read everybody's back; False on failure."""
@@ -372,6 +404,8 @@ def _verb(request: Request) -> str:
             return "RELAY"
         case PingRequest():
             return "PING"
+        case ForgetRequest():
+            return "FORGET"
 
 
 async def _read_request(reader: asyncio.StreamReader) -> bytes:

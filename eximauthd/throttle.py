@@ -22,6 +22,7 @@ never wait for.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -51,10 +52,12 @@ _TOUCHED_MAX = 100_000
 _PRUNE_EVERY = 256
 
 
+@functools.lru_cache(maxsize=4096)
 def network_of(client_ip: str, ipv4_prefix: int, ipv6_prefix: int) -> str | None:
     """``"2001:db8::1"`` → ``"2001:db8::/64"``; None for no (or an unparsable) address.  Pure.
 
-    An IPv4-mapped IPv6 address counts as the IPv4 address it carries.
+    An IPv4-mapped IPv6 address counts as the IPv4 address it carries.  Memoised: clients
+    come back, and :mod:`ipaddress` is slow next to everything else on the cached AUTH path.
     """
     if not client_ip:
         return None
