@@ -389,11 +389,7 @@ class TestSendingLimits:
     def test_second_message_over_the_limit_gets_451_saying_so(self, rig: Rig,
                                                               exim: eximkit.Exim) -> None:
         assert rig.service is not None
-        limits = subprocess.run(
-            [sys.executable, "-m", "eximauthd", "user", "limits", "bob@example.test",
-             "--messages", "2/1h"], env=rig.service.env, capture_output=True, text=True,
-            timeout=60, check=False)
-        assert limits.returncode == 0, limits.stderr
+        _eximauthd_env(rig, "user", "limits", "bob@example.test", "--messages", "2/1h")
         time.sleep(2.5)  # the service reads per-user limits at each sync (every second)
         rcpts = ["one@remote.test", "two@remote.test", "three@remote.test"]
         codes: list[list[int]] = []
@@ -426,9 +422,11 @@ class TestSendingLimits:
 
 
 def _eximauthd_env(rig: Rig, *args: str) -> None:
+    """Run the eximauthd command against the rig's database; fail the test if it fails."""
     assert rig.service is not None
-    subprocess.run([sys.executable, "-m", "eximauthd", *args], env=rig.service.env,
-                   capture_output=True, text=True, timeout=60, check=True)
+    run = subprocess.run([sys.executable, "-m", "eximauthd", *args], env=rig.service.env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
 
 
 def _debian_stock_acl(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
