@@ -33,9 +33,9 @@ __all__ = ["RateLimiter", "SyncBatch", "estimate"]
 _log = logging.getLogger("eximauthd.ratelimit")
 
 _SEEN_MAX = 100_000  # transactions remembered (one per message in flight, far more than needed)
-# Users whose shared totals are read back at each sync: those who relayed here lately.  A user
-# back after a longer pause starts from the counts this instance still holds and gets the
-# shared totals at the next sync, a second later.
+# Users whose shared totals are read back at each sync: those who asked here lately (admitted
+# or deferred).  The totals of the others are kept as last read, never dropped, until their
+# buckets expire: forgetting them would give a user back after a pause a fresh quota.
 _ACTIVE_SECONDS = 600.0
 
 
@@ -89,6 +89,8 @@ class RateLimiter:
         """
         if self._monotonic() - self._synced_at > self.config.max_staleness_seconds:
             return Decision.defer("ratelimit-unavailable")
+        # Deferred users stay active too: their totals must keep being read back.
+        self._active[address] = self._monotonic()
         now = self._clock()
         new_message = bool(transaction) and (address, transaction) not in self._seen
         wanted = [("recipients", 1), ("messages", 1 if new_message else 0)]
@@ -108,7 +110,6 @@ class RateLimiter:
                 adds.append(key)
         for key in adds:
             self._pending[key] = self._pending.get(key, 0) + 1
-        self._active[address] = self._monotonic()
         if new_message:
             self._seen[(address, transaction)] = None
             if len(self._seen) > _SEEN_MAX:
@@ -137,8 +138,14 @@ class RateLimiter:
 
     def synced(self, batch: SyncBatch, shared: Mapping[RateKey, int],
                overrides: Mapping[str, Mapping[str, tuple[Limit, ...]]]) -> None:
-        """Take the totals read back by a successful sync (they include *batch*)."""
-        self._shared = dict(shared)
+        """Take the totals read back by a successful sync (they include *batch*).
+
+        The read replaces what was known of the addresses it covered (a reset lowers them);
+        the totals of every other user are kept until their buckets expire.
+        """
+        kept = {k: n for k, n in self._shared.items()
+                if k[0] not in batch.addresses and (k[3] + 2) * k[2] > batch.now}
+        self._shared = kept | dict(shared)
         self.overrides = {a: dict(k) for a, k in overrides.items()}
         self._synced_at = self._monotonic()
         oldest = batch.now - 2 * max(_windows(self.defaults.values(), overrides), default=0)

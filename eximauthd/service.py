@@ -327,8 +327,9 @@ class Service:
     async def _sync_forever(self) -> None:
         interval = self.config.ratelimit.sync_interval_ms / 1000
         while True:
-            await asyncio.sleep(interval)
+            # At once on start: a restarted instance loads the overrides before long.
             await self.sync_rates()
+            await asyncio.sleep(interval)
 
     async def _revalidate_forever(self) -> None:
         interval = self.config.cache.revalidate_seconds
@@ -353,11 +354,18 @@ class Service:
         batch = limiter.take()
 
         def work() -> tuple[Any, Any]:
+            # Only this write decides whether the batch is counted; what follows is best
+            # effort, or a failure there would have the same counts added twice.
             shared = self._rates.add_and_read(batch.deltas, batch.addresses, batch.now)
-            if batch.now - self._pruned_at >= 60:
-                self._rates.prune(batch.now)
-                self._pruned_at = batch.now
-            return shared, self._user_limits.all()
+            overrides = limiter.overrides
+            try:
+                overrides = self._user_limits.all()
+                if batch.now - self._pruned_at >= 60:
+                    self._pruned_at = batch.now
+                    self._rates.prune(batch.now)
+            except StorageError as exc:
+                _log.warning("rate limits: overrides or pruning skipped: %s", exc)
+            return shared, overrides
 
         try:
             shared, overrides = await asyncio.get_running_loop().run_in_executor(

@@ -132,6 +132,33 @@ class TestRateLimiter:
         clock.now += 31
         assert limiter.admit("b@x.test") == Decision.defer("ratelimit-unavailable")
 
+    def test_a_pause_longer_than_the_read_back_window_gives_no_fresh_quota(self) -> None:
+        """Totals of users not read back lately are kept, not dropped (review finding)."""
+        clock = Clock(1_800_000_000 - 1_800_000_000 % HOUR)
+        limiter = _limiter(clock)
+        table: dict[tuple[str, str, int, int], int] = {}
+
+        def sync() -> None:  # what RateStore.add_and_read does, on a dict
+            batch = limiter.take()
+            for key, n in batch.deltas.items():
+                table[key] = table.get(key, 0) + n
+            limiter.synced(batch, {k: n for k, n in table.items() if k[0] in batch.addresses},
+                           {})
+
+        assert [limiter.admit("a@x.test") for _ in range(3)] == [None] * 3
+        sync()
+        for _ in range(12):  # 12 minutes without a word from this user
+            clock.now += 60
+            sync()
+        assert limiter.admit("a@x.test") == Decision.defer("rate-limit-recipients-1h")
+
+    def test_a_reset_read_back_lowers_the_totals(self) -> None:
+        clock = Clock()
+        limiter = _limiter(clock)
+        assert [limiter.admit("a@x.test") for _ in range(3)] == [None] * 3
+        limiter.synced(limiter.take(), {}, {})  # the rows were deleted by `throttle reset`
+        assert limiter.admit("a@x.test") is None
+
     def test_user_overrides_replace_the_defaults_of_their_kind(self) -> None:
         limiter = _limiter(Clock())
         limiter.synced(limiter.take(), {}, {"a@x.test": {"recipients": (Limit(HOUR, 1),)},
