@@ -44,6 +44,10 @@ class AuthCache:
         # slot -> (user, digest of the stored hash, expiry)
         self._entries: OrderedDict[bytes, tuple[str, bytes, float]] = OrderedDict()
         self._by_user: dict[str, set[bytes]] = {}
+        # Bumped by forget(): a put() that read the account before a FORGET must not store
+        # what it read (the old password would be cached again after the change).
+        self._generation: dict[str, int] = {}
+        self._epoch = 0  # bumped when _generation is trimmed: in-flight puts are then refused
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -77,11 +81,19 @@ class AuthCache:
             self._entries.move_to_end(slot)
             return True
 
-    def put(self, user: str, password: str, client_ip: str, stored: str) -> None:
+    def generation(self, user: str) -> tuple[int, int]:
+        """Take this before reading the account; hand it to :meth:`put`."""
+        with self._lock:
+            return self._epoch, self._generation.get(user, 0)
+
+    def put(self, user: str, password: str, client_ip: str, stored: str,
+            generation: tuple[int, int]) -> None:
         """Remember that *password* verified against *stored* for *user* from *client_ip*'s
-        network."""
+        network, unless the user was forgotten since *generation* was taken."""
         slot = self._slot(user, password, client_ip)
         with self._lock:
+            if (self._epoch, self._generation.get(user, 0)) != generation:
+                return
             self._drop(slot)
             self._entries[slot] = (user, self._digest(stored), self._clock() + self.ttl)
             self._by_user.setdefault(user, set()).add(slot)
@@ -91,6 +103,11 @@ class AuthCache:
     def forget(self, user: str) -> int:
         """Drop every entry of *user*; return how many."""
         with self._lock:
+            self._generation[user] = self._generation.get(user, 0) + 1
+            if len(self._generation) > 4 * self.max_entries:
+                # Bounded memory; the new epoch refuses every put that started before.
+                self._generation = {}
+                self._epoch += 1
             slots = list(self._by_user.get(user, ()))
             for slot in slots:
                 self._drop(slot)

@@ -59,6 +59,8 @@ class Authenticator:
         if refused is not None:
             return refused
         address = parse_address(username)
+        address_text = str(address)
+        generation = self.cache.generation(address_text) if self.cache is not None else (0, 0)
         records = self.store.find(address)
         if len(records) != 1:
             self.hasher.verify_dummy(password)
@@ -67,7 +69,6 @@ class Authenticator:
                 return Decision.no("ambiguous-user")
             return Decision.no("unknown-user")
         record = records[0]
-        address_text = str(address)
         result = self.hasher.verify(record.password, password)
         if not result.matched:
             if result.scheme not in _ARGON2:
@@ -80,7 +81,7 @@ class Authenticator:
             return self._rehash(address, old=record.password, password=password,
                                 scheme=result.scheme, client_ip=client_ip)
         if self.cache is not None and record.password is not None:
-            self.cache.put(address_text, password, client_ip, record.password)
+            self.cache.put(address_text, password, client_ip, record.password, generation)
         return Decision.yes()
 
     def _rehash(self, address: Address, *, old: str, password: str, scheme: Scheme,

@@ -181,7 +181,7 @@ class TestRateLimiter:
 class TestAuthCache:
     def test_hit_only_for_the_same_user_password_and_network(self) -> None:
         cache = AuthCache(60, 10, network=lambda ip: network_of(ip, 32, 64))
-        cache.put("a@x.test", "pw", "2001:db8::1", "$argon2id$one")
+        cache.put("a@x.test", "pw", "2001:db8::1", "$argon2id$one", (0, 0))
         assert cache.hit("a@x.test", "pw", "2001:db8::2")  # the same /64
         assert not cache.hit("a@x.test", "pW", "2001:db8::1")
         assert not cache.hit("b@x.test", "pw", "2001:db8::1")
@@ -190,7 +190,7 @@ class TestAuthCache:
     def test_entries_expire(self) -> None:
         clock = Clock(0)
         cache = AuthCache(60, 10, clock=clock)
-        cache.put("a@x.test", "pw", "192.0.2.1", "h")
+        cache.put("a@x.test", "pw", "192.0.2.1", "h", (0, 0))
         clock.now = 59
         assert cache.hit("a@x.test", "pw", "192.0.2.1")
         clock.now = 60
@@ -200,7 +200,7 @@ class TestAuthCache:
     def test_size_is_bounded_least_recently_used_first(self) -> None:
         cache = AuthCache(60, 2)
         for user in ("a", "b", "c"):
-            cache.put(user, "pw", "", "h")
+            cache.put(user, "pw", "", "h", (0, 0))
         assert len(cache) == 2
         assert not cache.hit("a", "pw", "")
         assert cache.hit("c", "pw", "")
@@ -209,8 +209,8 @@ class TestAuthCache:
     def test_forget_drops_every_entry_of_a_user(self) -> None:
         cache = AuthCache(60, 10)
         for ip in ("192.0.2.1", "192.0.2.2"):
-            cache.put("a@x.test", "pw", ip, "h")
-        cache.put("b@x.test", "pw", "192.0.2.1", "h")
+            cache.put("a@x.test", "pw", ip, "h", (0, 0))
+        cache.put("b@x.test", "pw", "192.0.2.1", "h", (0, 0))
         assert cache.forget("a@x.test") == 2
         assert not cache.hit("a@x.test", "pw", "192.0.2.1")
         assert cache.hit("b@x.test", "pw", "192.0.2.1")
@@ -225,19 +225,30 @@ class TestAuthCache:
     def test_revalidation_keeps_only_unchanged_enabled_accounts(
             self, now: tuple[str | None, bool] | None, kept: bool) -> None:
         cache = AuthCache(60, 10)
-        cache.put("a@x.test", "pw", "", "h")
+        cache.put("a@x.test", "pw", "", "h", (0, 0))
         current = {} if now is None else {"a@x.test": now}
         assert cache.revalidate(["a@x.test"], current) == (0 if kept else 1)
         assert cache.hit("a@x.test", "pw", "") is kept
 
+    def test_a_put_that_read_before_a_forget_is_not_stored(self) -> None:
+        """AUTH read the old row, `user passwd` committed and sent FORGET, then AUTH's put
+        arrives: the old password must not be cached again (review finding)."""
+        cache = AuthCache(60, 10)
+        taken = cache.generation("a@x.test")
+        cache.forget("a@x.test")
+        cache.put("a@x.test", "old-pw", "", "old-hash", taken)
+        assert not cache.hit("a@x.test", "old-pw", "")
+        cache.put("a@x.test", "new-pw", "", "new-hash", cache.generation("a@x.test"))
+        assert cache.hit("a@x.test", "new-pw", "")
+
     def test_length_prefix_keeps_fields_apart(self) -> None:
         cache = AuthCache(60, 10)
-        cache.put("ab", "c", "", "h")
+        cache.put("ab", "c", "", "h", (0, 0))
         assert not cache.hit("a", "bc", "")
 
     def test_repr_shows_no_key_or_entry(self) -> None:
         cache = AuthCache(60, 10)
-        cache.put("a@x.test", "secret-pw", "", "$argon2id$hash")
+        cache.put("a@x.test", "secret-pw", "", "$argon2id$hash", (0, 0))
         assert repr(cache) == "AuthCache(ttl=60s, entries=1/10)"
 
 
