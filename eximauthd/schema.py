@@ -77,7 +77,8 @@ auth_failures = Table(
     Column("scope", String(8), nullable=False),  # "ip" or "user"
     Column("subject", String(ADDRESS_LENGTH), nullable=False),
     Column("failures", Integer, nullable=False, server_default="0"),
-    Column("window_start", DateTime, nullable=False),
+    # Indexed: pruning deletes by it, and must not scan (and lock) the whole table on InnoDB.
+    Column("window_start", DateTime, nullable=False, index=True),
     Column("last_failure_at", DateTime, nullable=False),
     # Keyed digest of the last wrong password, so a client retrying one stale password counts once.
     Column("last_password_tag", String(64), nullable=True),
@@ -92,7 +93,7 @@ known_clients = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("address", String(ADDRESS_LENGTH), nullable=False),
     Column("network", String(64), nullable=False),
-    Column("last_success_at", DateTime, nullable=False),
+    Column("last_success_at", DateTime, nullable=False, index=True),
     UniqueConstraint("address", "network", name="uq_eximauthd_known_clients_address_network"),
 )
 

@@ -17,12 +17,16 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # Pruning deletes old failure windows by window_start: an index keeps it from scanning
+    # (and, on InnoDB, locking) the whole table.
+    op.create_index("ix_eximauthd_auth_failures_window_start", "eximauthd_auth_failures",
+                    ["window_start"])
     op.create_table(
         "eximauthd_known_clients",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("address", sa.String(320), nullable=False),
         sa.Column("network", sa.String(64), nullable=False),
-        sa.Column("last_success_at", sa.DateTime, nullable=False),
+        sa.Column("last_success_at", sa.DateTime, nullable=False, index=True),
         sa.UniqueConstraint("address", "network",
                             name="uq_eximauthd_known_clients_address_network"),
     )
@@ -54,3 +58,5 @@ def downgrade() -> None:
     op.drop_table("eximauthd_user_limits")
     op.drop_table("eximauthd_rate_counters")
     op.drop_table("eximauthd_known_clients")
+    op.drop_index("ix_eximauthd_auth_failures_window_start",
+                  table_name="eximauthd_auth_failures")
