@@ -17,16 +17,19 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
 
 from . import schema
+from .errors import StorageError
 from .limits import Limit
 from .store import Database
 
 __all__ = [
+    "AttemptStore",
     "FailureRow",
-    "FailureStore",
     "KnownNetworkStore",
     "LimitStore",
     "RateKey",
     "RateStore",
+    "Reserved",
+    "Subject",
     "utcnow",
 ]
 
@@ -57,6 +60,8 @@ def _upsert(db: Database, table: sa.Table, keys: Sequence[str],
 
 @dataclass(frozen=True, slots=True)
 class FailureRow:
+    """A subject's password checks in the window: how many, the first and the last."""
+
     scope: str
     subject: str
     failures: int
@@ -64,68 +69,118 @@ class FailureRow:
     last_failure_at: dt.datetime
 
 
-class FailureStore:
-    """``eximauthd_auth_failures``: failed AUTHs per client network and per user, per window."""
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """What :meth:`AttemptStore.reserve` found for one subject."""
+
+    count: int  # distinct passwords checked (or being checked) in the window, this one included
+    mine: bool  # this request added (or renewed) the row, so it may take it back
+
+
+# MySQL/MariaDB: InnoDB chose this transaction as a deadlock victim; trying again is safe.
+_MYSQL_DEADLOCK = 1213
+_RESERVE_TRIES = 3
+
+
+def _is_deadlock(exc: StorageError) -> bool:
+    orig = getattr(exc.__context__, "orig", None)
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] == _MYSQL_DEADLOCK
+
+
+class AttemptStore:
+    """``eximauthd_auth_attempts``: password checks per client network and per user.
+
+    A row is one distinct (subject, password digest) in the window.  :meth:`reserve` adds the
+    request's rows and commits them *before* it counts, so of any number of concurrent requests
+    (on any number of instances) the one whose row was committed k-th sees a count of at least
+    k: at most ``limit`` of them can see a count within the limit.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._t = schema.auth_failures
+        self._t = schema.auth_attempts
 
-    def counts(self, subjects: Sequence[Subject], since: dt.datetime) -> dict[Subject, int]:
-        """Failures of each subject in a window that started at or after *since*."""
-        if not subjects:
-            return {}
-        t = self._t
-        match = sa.or_(*(sa.and_(t.c.scope == scope, t.c.subject == subject)
-                         for scope, subject in subjects))
-        query = sa.select(t.c.scope, t.c.subject, t.c.failures).where(
-            match, t.c.window_start >= since)
-        with self.db.write("read auth failures") as conn:
-            return {(r.scope, r.subject): int(r.failures) for r in conn.execute(query)}
+    def __repr__(self) -> str:
+        return f"AttemptStore({self.db!r})"
 
-    def record(self, subjects: Sequence[Subject], tag: str, now: dt.datetime,
-               since: dt.datetime) -> None:
-        """Count one failure for each subject.
+    def reserve(self, subjects: Sequence[Subject], tag: str, nonce: str, now: dt.datetime,
+                since: dt.datetime) -> dict[Subject, Reserved]:
+        """Reserve a check of *tag* for each subject; return every subject's count.
 
-        A window that started before *since* is over: it restarts at *now* with 1.  The same
-        *tag* (digest of user and wrong password) as the subject's last failure adds nothing.
+        A row of the same *tag* still in the window is shared (a repeat counts once); one from
+        an earlier window is renewed, as if new.  A deadlock is retried, a few times at most.
         """
         if not subjects:
-            return
+            return {}
+        for attempt in range(_RESERVE_TRIES):
+            try:
+                self._add(subjects, tag, nonce, now, since)
+                break
+            except StorageError as exc:
+                if not _is_deadlock(exc) or attempt == _RESERVE_TRIES - 1:
+                    raise
+        return self._count(subjects, tag, nonce, since)
 
+    def _add(self, subjects: Sequence[Subject], tag: str, nonce: str, now: dt.datetime,
+             since: dt.datetime) -> None:
         def update(t: sa.Table, new: Any) -> list[tuple[Any, Any]]:
-            expired = t.c.window_start < since
-            return [
-                (t.c.failures, sa.case((expired, 1),
-                                       (t.c.last_password_tag == new.last_password_tag,
-                                        t.c.failures),
-                                       else_=t.c.failures + 1)),
-                (t.c.window_start, sa.case((expired, new.window_start), else_=t.c.window_start)),
-                (t.c.last_failure_at, new.last_failure_at),
-                (t.c.last_password_tag, new.last_password_tag),
-            ]
+            expired = t.c.attempted_at < since
+            # nonce first: MySQL assigns left to right, and it must see the old attempted_at.
+            return [(t.c.nonce, sa.case((expired, new.nonce), else_=t.c.nonce)),
+                    (t.c.attempted_at, sa.case((expired, new.attempted_at),
+                                               else_=t.c.attempted_at))]
 
-        stmt = _upsert(self.db, self._t, ("scope", "subject"), update)
-        rows = [{"scope": scope, "subject": subject, "failures": 1, "window_start": now,
-                 "last_failure_at": now, "last_password_tag": tag}
-                for scope, subject in subjects]
-        with self.db.write("record auth failure") as conn:
-            # One statement per subject, in a fixed order, so two instances never deadlock.
-            for row in sorted(rows, key=lambda r: (r["scope"], r["subject"])):
-                conn.execute(stmt, row)
+        stmt = _upsert(self.db, self._t, ("scope", "subject", "tag"), update)
+        rows = [{"scope": scope, "subject": subject, "tag": tag, "nonce": nonce,
+                 "attempted_at": now} for scope, subject in sorted(subjects)]
+        # One multi-row statement (not executemany: PyMySQL cannot batch one whose UPDATE part
+        # has parameters), in its own transaction: the rows must be committed before anyone
+        # counts them.
+        with self.db.write("reserve password check") as conn:
+            conn.execute(stmt.values(rows))
+
+    def _count(self, subjects: Sequence[Subject], tag: str, nonce: str,
+               since: dt.datetime) -> dict[Subject, Reserved]:
+        t = self._t
+        mine = sa.func.max(sa.case((sa.and_(t.c.tag == tag, t.c.nonce == nonce), 1), else_=0))
+        query = (sa.select(t.c.scope, t.c.subject, sa.func.count().label("n"),
+                           mine.label("mine"))
+                 .where(_any_subject(t, subjects), t.c.attempted_at >= since)
+                 .group_by(t.c.scope, t.c.subject))
+        # The primary, in a new transaction: it sees every row committed so far, ours included.
+        with self.db.write("count password checks") as conn:
+            found = {(r.scope, r.subject): Reserved(int(r.n), bool(r.mine))
+                     for r in conn.execute(query)}
+        # A row pruned between the two statements: count it as there (never fewer than one).
+        return {s: found.get(s, Reserved(1, True)) for s in subjects}
+
+    def release(self, subjects: Sequence[Subject], tag: str, nonce: str | None = None) -> None:
+        """Delete the subjects' rows of *tag* (only those this *nonce* reserved, if given)."""
+        if not subjects:
+            return
+        t = self._t
+        query = sa.delete(t).where(_any_subject(t, subjects), t.c.tag == tag)
+        if nonce is not None:
+            query = query.where(t.c.nonce == nonce)
+        with self.db.write("release password check") as conn:
+            conn.execute(query)
 
     def list(self, since: dt.datetime) -> list[FailureRow]:
         t = self._t
-        query = (sa.select(t.c.scope, t.c.subject, t.c.failures, t.c.window_start,
-                           t.c.last_failure_at)
-                 .where(t.c.window_start >= since)
-                 .order_by(t.c.failures.desc(), t.c.scope, t.c.subject))
+        count = sa.func.count().label("n")
+        query = (sa.select(t.c.scope, t.c.subject, count,
+                           sa.func.min(t.c.attempted_at).label("first"),
+                           sa.func.max(t.c.attempted_at).label("last"))
+                 .where(t.c.attempted_at >= since)
+                 .group_by(t.c.scope, t.c.subject)
+                 .order_by(count.desc(), t.c.scope, t.c.subject))
         with self.db.read("list auth failures") as conn:
-            return [FailureRow(r.scope, r.subject, int(r.failures), r.window_start,
-                               r.last_failure_at) for r in conn.execute(query)]
+            return [FailureRow(r.scope, r.subject, int(r.n), r.first, r.last)
+                    for r in conn.execute(query)]
 
     def reset(self, scope: str | None = None, subject: str | None = None) -> int:
-        """Delete counters (all, one scope, or one subject); return how many."""
+        """Delete the rows of all subjects, one scope, or one subject; return how many."""
         t = self._t
         query = sa.delete(t)
         if scope is not None:
@@ -136,10 +191,15 @@ class FailureStore:
             return int(conn.execute(query).rowcount)
 
     def prune(self, before: dt.datetime) -> int:
-        """Delete counters whose window started before *before* (they count for nothing)."""
+        """Delete rows older than the window (they count for nothing)."""
         t = self._t
         with self.db.write("prune auth failures") as conn:
-            return int(conn.execute(sa.delete(t).where(t.c.window_start < before)).rowcount)
+            return int(conn.execute(sa.delete(t).where(t.c.attempted_at < before)).rowcount)
+
+
+def _any_subject(t: sa.Table, subjects: Sequence[Subject]) -> sa.ColumnElement[bool]:
+    return sa.or_(*(sa.and_(t.c.scope == scope, t.c.subject == subject)
+                    for scope, subject in subjects))
 
 
 class KnownNetworkStore:

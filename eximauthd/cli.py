@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 import click
 
 from . import dbschema
-from .abusestore import FailureStore, LimitStore, RateStore, utcnow
+from .abusestore import AttemptStore, LimitStore, RateStore, utcnow
 from .addresses import parse_address
 from .authn import Authenticator
 from .config import Config, load_config, mask_url
@@ -46,7 +46,7 @@ from .hashing import Hasher, calibrate, identify_scheme
 from .limits import KINDS, format_window, parse_limits
 from .ratelimit import estimate
 from .store import AccountStore, Database, Grant, GrantStore, make_account_store
-from .throttle import network_of
+from .throttle import NO_ADDRESS, network_of
 
 __all__ = ["EXIT_DB", "EXIT_NO", "EXIT_OK", "EXIT_USAGE", "cli", "main"]
 
@@ -328,10 +328,10 @@ def throttle() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of tables.")
 @pass_state
 def throttle_list(state: _State, as_json: bool) -> None:
-    """Show failure counters in their window and this window's outbound counts per user."""
+    """Show failed password checks in their window and outbound counts per user."""
     t = state.config.throttle
     now = utcnow()
-    failures = FailureStore(state.db).list(now - dt.timedelta(seconds=t.window_seconds))
+    failures = AttemptStore(state.db).list(now - dt.timedelta(seconds=t.window_seconds))
     limit = {"ip": t.max_failures_per_ip, "user": t.max_failures_per_user}
     auth = [{"scope": f.scope, "subject": f.subject, "failures": f.failures,
              "limit": limit[f.scope], "locked": f.failures >= limit[f.scope],
@@ -367,7 +367,9 @@ def _rate_rows(state: _State, now: int) -> list[dict[str, Any]]:
 
 
 @throttle.command("reset")
-@click.option("--ip", "client_ip", metavar="IP", help="Forget failures of this client's network.")
+@click.option("--ip", "client_ip", metavar="IP",
+              help=f"Forget failures of this client's network ({NO_ADDRESS}: requests "
+                   "without one).")
 @click.option("--user", "address", metavar="ADDRESS",
               help="Forget failures against this user and its outbound counts.")
 @click.option("--all", "everything", is_flag=True, help="Forget every counter.")
@@ -377,19 +379,20 @@ def throttle_reset(state: _State, client_ip: str | None, address: str | None,
     """Unlock a network or a user now (running services see it within a second)."""
     if sum(map(bool, (client_ip, address, everything))) != 1:
         raise ConfigError("throttle reset: give exactly one of --ip, --user, --all")
-    failures, rates = FailureStore(state.db), RateStore(state.db)
+    failures, rates = AttemptStore(state.db), RateStore(state.db)
     if everything:
-        click.echo(f"reset {failures.reset()} failure counter(s), {rates.reset()} rate "
+        click.echo(f"forgot {failures.reset()} failed check(s), {rates.reset()} rate "
                    "counter(s)")
     elif client_ip:
         t = state.config.throttle
-        network = network_of(client_ip, t.ipv4_prefix, t.ipv6_prefix)
+        network = (NO_ADDRESS if client_ip == NO_ADDRESS
+                   else network_of(client_ip, t.ipv4_prefix, t.ipv6_prefix))
         if network is None:
             raise ConfigError(f"throttle reset: {client_ip[:64]!r} is not an IP address")
-        click.echo(f"reset {failures.reset('ip', network)} failure counter(s) of {network}")
+        click.echo(f"forgot {failures.reset('ip', network)} failed check(s) of {network}")
     elif address:
         user = str(parse_address(address))
-        click.echo(f"reset {failures.reset('user', user)} failure counter(s) and "
+        click.echo(f"forgot {failures.reset('user', user)} failed check(s) and "
                    f"{rates.reset(user)} rate counter(s) of {user}")
 
 

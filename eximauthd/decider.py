@@ -96,24 +96,28 @@ class Decider:
         """Verify credentials; a database failure is ``defer``, never ``yes`` or ``no``.
 
         Empty or malformed credentials are ``no`` before anything else, the database
-        included.  Then the throttle may refuse without a password check; afterwards a failure
-        is counted and a success remembers the client's network.
+        included.  Then the throttle reserves the check (and may refuse it without a password
+        check); afterwards a failure stays counted and a success takes its reservation back.
         """
         refused = precheck(request.username, request.password)
         if refused is not None:
             return refused
         user, password, ip = request.username, request.password, request.client_ip
+        throttle, reservation = self.throttle, None
         try:
-            if self.throttle is not None:
-                throttled = self.throttle.check(user, ip)
+            if throttle is not None:
+                throttled, reservation = throttle.reserve(user, password, ip)
                 if throttled is not None:
                     return throttled
             decision = self.authn.verify(user, password, ip)
         except StorageError as exc:
             _log.error("AUTH deferred: %s", exc)
+            if throttle is not None and reservation is not None:
+                throttle.abandon(reservation)
             return Decision.defer("database-unavailable")
-        if self.throttle is not None:
-            _count(self.throttle, decision, user, password, ip)
+        if throttle is not None and reservation is not None:
+            throttle.settle(reservation, succeeded=decision.result is Result.YES,
+                            username=user, client_ip=ip)
         return decision
 
     def relay_without_storage(self, request: RelayRequest) -> Decision | None:
@@ -165,13 +169,3 @@ class Decider:
     def close(self) -> None:
         self.db.dispose()
 
-
-def _count(throttle: Throttle, decision: Decision, user: str, password: str, ip: str) -> None:
-    if decision.result is Result.YES:
-        throttle.succeeded(user, ip)
-        return
-    try:
-        throttle.failed(user, password, ip)
-    except StorageError as exc:
-        # The answer stays "no"; only the counting is lost.
-        _log.error("could not count a failed AUTH for %s: %s", user, exc)

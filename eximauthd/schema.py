@@ -23,7 +23,8 @@ from sqlalchemy.dialects import mysql
 __all__ = [
     "ADDRESS_LENGTH",
     "HASH_LENGTH",
-    "auth_failures",
+    "TAG_LENGTH",
+    "auth_attempts",
     "grants",
     "known_clients",
     "metadata",
@@ -34,6 +35,7 @@ __all__ = [
 
 ADDRESS_LENGTH = 320  # 64 + 1 + 255
 HASH_LENGTH = 255
+TAG_LENGTH = 32
 
 metadata = MetaData()
 
@@ -42,6 +44,12 @@ metadata = MetaData()
 _Hash = String(HASH_LENGTH).with_variant(
     mysql.VARCHAR(HASH_LENGTH, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
 )
+
+
+def _ascii(length: int) -> String:
+    return String(length).with_variant(
+        mysql.VARCHAR(length, charset="ascii", collation="ascii_bin"), "mysql", "mariadb")
+
 
 users = Table(
     "eximauthd_users",
@@ -68,21 +76,25 @@ grants = Table(
     UniqueConstraint("user_address", "sender", name="uq_eximauthd_grants_user_sender"),
 )
 
-# Authentication failures per client IP (or network) and per user, shared by every instance on
-# the same database so that brute force is slow on every MX at once.
-auth_failures = Table(
-    "eximauthd_auth_failures",
+# Password checks per client network and per user: one row per distinct (subject, keyed digest
+# of user and password), reserved *before* the check, so concurrent guesses (on one instance or
+# many) cannot all pass a limit they each read as not reached.  A success deletes its rows; a
+# refused check deletes the row it reserved; a failure keeps it until the window has passed.
+# ASCII binary columns on MySQL: subjects are canonical addresses and networks, compared
+# byte-exact, never by a collation.
+auth_attempts = Table(
+    "eximauthd_auth_attempts",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("scope", String(8), nullable=False),  # "ip" or "user"
-    Column("subject", String(ADDRESS_LENGTH), nullable=False),
-    Column("failures", Integer, nullable=False, server_default="0"),
-    # Indexed: pruning deletes by it, and must not scan (and lock) the whole table on InnoDB.
-    Column("window_start", DateTime, nullable=False, index=True),
-    Column("last_failure_at", DateTime, nullable=False),
-    # Keyed digest of the last wrong password, so a client retrying one stale password counts once.
-    Column("last_password_tag", String(64), nullable=True),
-    UniqueConstraint("scope", "subject", name="uq_eximauthd_auth_failures_scope_subject"),
+    Column("scope", _ascii(8), nullable=False),  # "ip" or "user"
+    Column("subject", _ascii(ADDRESS_LENGTH), nullable=False),
+    Column("tag", _ascii(TAG_LENGTH), nullable=False),
+    # Random per request: tells the request that reserved (or renewed) a row from one that
+    # found it there, so a refused request deletes only what it added.
+    Column("nonce", _ascii(TAG_LENGTH), nullable=False),
+    # Indexed: the count and pruning read by it.
+    Column("attempted_at", DateTime, nullable=False, index=True),
+    UniqueConstraint("scope", "subject", "tag", name="uq_eximauthd_auth_attempts_key"),
 )
 
 # Networks (client IP /32, IPv6 /64) a user logged in from successfully: a user locked out by

@@ -1,22 +1,28 @@
 """Brute-force throttling of AUTH, shared by every instance on one database.
 
-Failures are counted per client network (the IPv4 address, the IPv6 /64 by default) and per
-user, in a fixed window.  A subject over its limit gets ``no`` before any password check, so a
-guesser learns nothing more until the window ends, on every MX at once.  Three rules make the
-counting fair to real users:
+Password checks are counted per client network (the IPv4 address, the IPv6 /64 by default) and
+per user, in a sliding window.  A check is *reserved* before the password is verified: the
+request adds its row and then counts the rows, so with a limit of N at most N distinct passwords
+are checked per subject and window, however many requests arrive at once and on however many
+instances.  A subject over its limit gets ``no`` before any password check, so a guesser learns
+nothing more until the window moves on, on every MX at once.  Three rules make the counting fair
+to real users:
 
-- the same wrong password for the same user counts once (a phone retrying a stale password
-  does not lock its owner out): each failure stores a keyed digest of user and password, and
-  a repeat of the last one adds nothing;
-- a network the user logged in from successfully not long ago is exempt from the *user*
-  counter, so an attacker hammering an account from elsewhere cannot lock its owner out of
-  his usual networks (the per-network counter still applies to everyone);
-- a success resets nothing: an attacker with one valid account cannot clear the counters he
+- every distinct wrong password for a user counts once per window (a phone retrying a stale
+  password does not lock its owner out, and two devices behind one NAT retrying two stale
+  passwords count two, however they alternate): a row is keyed by a keyed digest of user and
+  password;
+- a success takes its reservation back, so logging in never counts; a network the user logged
+  in from successfully not long ago is exempt from the *user* limit, so an attacker hammering
+  an account from elsewhere cannot lock its owner out of his usual networks (the per-network
+  limit still applies to everyone);
+- a success resets nothing else: an attacker with one valid account cannot clear the counts he
   built up against others.
 
-Requests refused before any lookup (empty or malformed credentials) are not counted: they
-cannot guess anything, and counting them would need the database that an empty password must
-never wait for.
+A request without a client address (a local submission) counts under one fixed network,
+:data:`NO_ADDRESS`, never under none.  Requests refused before any lookup (empty or malformed
+credentials) are not counted: they cannot guess anything, and counting them would need the
+database that an empty password must never wait for.
 """
 
 from __future__ import annotations
@@ -28,18 +34,20 @@ import hmac
 import ipaddress
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from .abusestore import FailureStore, KnownNetworkStore, utcnow
+from .abusestore import AttemptStore, KnownNetworkStore, Reserved, Subject, utcnow
 from .addresses import parse_address
 from .config import ThrottleConfig
 from .decision import Decision
 from .errors import AddressError, ConfigError, StorageError
 from .store import Database
 
-__all__ = ["Throttle", "load_secret", "network_of", "password_tag"]
+__all__ = ["NO_ADDRESS", "Reservation", "Throttle", "load_secret", "network_of", "password_tag"]
 
 _log = logging.getLogger("eximauthd.throttle")
 
@@ -47,9 +55,12 @@ _log = logging.getLogger("eximauthd.throttle")
 # one more write only once in a while, not on every login.
 _TOUCH_EVERY = 3600.0
 _TOUCHED_MAX = 100_000
-# One failure write in this many also deletes counters whose window is over and networks
-# too old to exempt anyone (both tables would otherwise only grow).
+# One reservation in this many also deletes rows whose window is over and networks too old to
+# exempt anyone (both tables would otherwise only grow).
 _PRUNE_EVERY = 256
+
+# The network of a request that carries no client address (a local submission, say).
+NO_ADDRESS = "no-address"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -101,12 +112,12 @@ def load_secret(path: str) -> bytes:
 
 
 class Throttle:
-    """Check before, and count after, a password check.  Thread-safe; raises StorageError."""
+    """Reserve before, and settle after, a password check.  Thread-safe; raises StorageError."""
 
     def __init__(self, config: ThrottleConfig, db: Database, key: bytes,
                  clock: Callable[[], dt.datetime] = utcnow) -> None:
         self.config = config
-        self.failures = FailureStore(db)
+        self.attempts = AttemptStore(db)
         self.networks = KnownNetworkStore(db)
         self._key = key
         self._clock = clock
@@ -119,52 +130,86 @@ class Throttle:
         return (f"Throttle(window={c.window_seconds}s, ip={c.max_failures_per_ip}, "
                 f"user={c.max_failures_per_user})")
 
-    def _subjects(self, username: str, client_ip: str) -> tuple[str | None, str | None]:
+    def _subjects(self, username: str, client_ip: str) -> tuple[str, str | None]:
         network = network_of(client_ip, self.config.ipv4_prefix, self.config.ipv6_prefix)
         try:
             user: str | None = str(parse_address(username))
         except AddressError:
             user = None
-        return network, user
+        # No (or an unusable) address still counts, under one fixed name: never under none.
+        return network or NO_ADDRESS, user
 
-    def check(self, username: str, client_ip: str) -> Decision | None:
-        """``no throttled-ip`` / ``no throttled-user`` when over a limit, else None."""
+    def reserve(self, username: str, password: str,
+                client_ip: str) -> tuple[Decision | None, Reservation]:
+        """Reserve a password check; ``no throttled-ip|throttled-user`` when over a limit.
+
+        Call :meth:`settle` with the outcome of the check that follows (not needed when
+        refused: a refused request has already taken its reservation back).
+        """
         network, user = self._subjects(username, client_ip)
+        subjects = _subjects(network, user)
         now = self._clock()
         since = now - dt.timedelta(seconds=self.config.window_seconds)
-        counts = self.failures.counts(_subjects(network, user), since)
-        if network is not None and counts.get(("ip", network), 0) >= \
-                self.config.max_failures_per_ip:
+        reservation = Reservation(subjects, password_tag(self._key, user or username, password),
+                                  secrets.token_hex(16))
+        counts = self.attempts.reserve(subjects, reservation.tag, reservation.nonce, now, since)
+        self._maybe_prune(now, since)
+        refused = self._over_limit(counts, network, user, now)
+        if refused is not None:
+            self._release(reservation, only_mine=True)
+        return refused, reservation
+
+    def _over_limit(self, counts: dict[Subject, Reserved], network: str, user: str | None,
+                    now: dt.datetime) -> Decision | None:
+        if counts[("ip", network)].count > self.config.max_failures_per_ip:
             return Decision.no("throttled-ip")
-        if user is not None and counts.get(("user", user), 0) >= \
+        if user is not None and counts[("user", user)].count > \
                 self.config.max_failures_per_user:
-            if network is not None and self.config.trusted_network_seconds and \
+            if network != NO_ADDRESS and self.config.trusted_network_seconds and \
                     self.networks.is_known(user, network, now - dt.timedelta(
                         seconds=self.config.trusted_network_seconds)):
                 return None
             return Decision.no("throttled-user")
         return None
 
-    def failed(self, username: str, password: str, client_ip: str) -> None:
-        """Count a failed password check against the client's network and the user."""
-        network, user = self._subjects(username, client_ip)
-        now = self._clock()
-        since = now - dt.timedelta(seconds=self.config.window_seconds)
-        tag = password_tag(self._key, user or username, password)
-        self.failures.record(_subjects(network, user), tag, now, since)
+    def settle(self, reservation: Reservation, *, succeeded: bool, username: str,
+               client_ip: str) -> None:
+        """Keep a failed check counted; take a successful one back and remember its network."""
+        if not succeeded:
+            return
+        self._release(reservation, only_mine=False)
+        self.succeeded(username, client_ip)
+
+    def abandon(self, reservation: Reservation) -> None:
+        """Take back a reservation whose check never ran (the database failed meanwhile)."""
+        self._release(reservation, only_mine=True)
+
+    def _release(self, reservation: Reservation, *, only_mine: bool) -> None:
+        try:
+            self.attempts.release(reservation.subjects, reservation.tag,
+                                  reservation.nonce if only_mine else None)
+        except StorageError as exc:
+            # Stays counted until the window moves on: errs on the side of the limit.
+            _log.warning("could not release a reserved password check: %s", exc)
+
+    def _maybe_prune(self, now: dt.datetime, since: dt.datetime) -> None:
         with self._lock:
             self._writes += 1
             prune = self._writes % _PRUNE_EVERY == 0
-        if prune:
-            self.failures.prune(since)
+        if not prune:
+            return
+        try:
+            self.attempts.prune(since)
             if self.config.trusted_network_seconds:
                 self.networks.prune(now - dt.timedelta(
                     seconds=self.config.trusted_network_seconds))
+        except StorageError as exc:
+            _log.warning("could not prune throttling rows: %s", exc)
 
     def succeeded(self, username: str, client_ip: str) -> None:
         """Remember the client's network as one this user logs in from."""
         network, user = self._subjects(username, client_ip)
-        if network is None or user is None or not self.config.trusted_network_seconds:
+        if network == NO_ADDRESS or user is None or not self.config.trusted_network_seconds:
             return
         key = (user, network)
         moment = time.monotonic()
@@ -185,6 +230,14 @@ class Throttle:
                          exc)
 
 
-def _subjects(network: str | None, user: str | None) -> list[tuple[str, str]]:
-    found = [] if network is None else [("ip", network)]
-    return found if user is None else [*found, ("user", user)]
+def _subjects(network: str, user: str | None) -> tuple[Subject, ...]:
+    return (("ip", network),) if user is None else (("ip", network), ("user", user))
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """One reserved password check: its subjects, and the keys to take it back."""
+
+    subjects: tuple[Subject, ...]
+    tag: str = field(repr=False)
+    nonce: str = field(repr=False)

@@ -104,6 +104,7 @@ class TestThrottling:
         assert "reason=throttled-user" in throttled.log()
 
     def test_cli_lists_and_resets_a_locked_network(self, throttled: kit.Served) -> None:
+        """`throttle list` shows a locked network without passwords; `reset --ip` unlocks it."""
         ip = ATTACKER_IPS[0]
         for i in range(3):
             _auth(throttled, BOB, f"guess-{i}", ip)
@@ -117,7 +118,7 @@ class TestThrottling:
         assert "guess" not in listed.stdout
         reset = _cli(throttled, "throttle", "reset", "--ip", ip)
         assert reset.returncode == 0, reset.stderr
-        assert f"reset 1 failure counter(s) of {ip}/32" in reset.stdout
+        assert f"forgot 3 failed check(s) of {ip}/32" in reset.stdout
         assert _auth(throttled, ALICE, PASSWORD, ip) == b"yes\n"
 
     def test_empty_credentials_are_refused_without_being_counted(

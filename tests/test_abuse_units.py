@@ -6,7 +6,13 @@ import datetime as dt
 
 import pytest
 
-from eximauthd.abusestore import FailureStore, KnownNetworkStore, LimitStore, RateStore
+from eximauthd.abusestore import (
+    AttemptStore,
+    KnownNetworkStore,
+    LimitStore,
+    RateStore,
+    Reserved,
+)
 from eximauthd.authcache import AuthCache
 from eximauthd.config import DatabaseConfig, RateLimitConfig
 from eximauthd.decision import Decision
@@ -263,39 +269,63 @@ def _second_instance(database: Database) -> Database:
     return Database(DatabaseConfig(url=database.config.url))
 
 
-class TestFailureStore:
+class TestAttemptStore:
     def test_the_same_wrong_password_counts_once(self, database: Database) -> None:
-        store = FailureStore(database)
+        """A repeated password shares its row: five repeats and one other count two."""
+        store = AttemptStore(database)
         subjects = [("ip", "192.0.2.1/32"), ("user", "a@x.test")]
-        for _ in range(5):
-            store.record(subjects, "tag-old-password", T0, T0 - WINDOW)
-        store.record(subjects, "tag-other", T0, T0 - WINDOW)
-        store.record(subjects, "tag-old-password", T0, T0 - WINDOW)
-        assert store.counts(subjects, T0 - WINDOW) == dict.fromkeys(subjects, 3)
+        for i in range(5):
+            store.reserve(subjects, "tag-old-password", f"n{i}", T0, T0 - WINDOW)
+        got = store.reserve(subjects, "tag-other", "n9", T0, T0 - WINDOW)
+        assert got == dict.fromkeys(subjects, Reserved(2, mine=True))
 
-    def test_a_window_that_is_over_restarts_at_one(self, database: Database) -> None:
-        store = FailureStore(database)
+    def test_two_passwords_alternating_count_two(self, database: Database) -> None:
+        """Two devices behind one NAT retrying two stale passwords count two, not one per try."""
+        store = AttemptStore(database)
+        subject = [("ip", "192.0.2.1/32")]
+        for i in range(6):
+            got = store.reserve(subject, "tag-a" if i % 2 else "tag-b", f"n{i}", T0,
+                                T0 - WINDOW)
+        assert got[subject[0]].count == 2
+        assert [r.failures for r in store.list(T0 - WINDOW)] == [2]
+
+    def test_a_repeat_is_not_mine_to_take_back(self, database: Database) -> None:
+        """Only the request that added a row may release it as its own."""
+        store = AttemptStore(database)
+        subject = [("user", "a@x.test")]
+        assert store.reserve(subject, "t", "first", T0, T0 - WINDOW)[subject[0]].mine
+        assert not store.reserve(subject, "t", "second", T0, T0 - WINDOW)[subject[0]].mine
+        store.release(subject, "t", "second")
+        assert [r.failures for r in store.list(T0 - WINDOW)] == [1]
+        store.release(subject, "t", "first")
+        assert store.list(T0 - WINDOW) == []
+
+    def test_a_row_from_an_earlier_window_is_renewed_as_new(self, database: Database) -> None:
+        """Rows slide out of the window; the same password later counts again, as mine."""
+        store = AttemptStore(database)
         subject = [("user", "a@x.test")]
         for i in range(4):
-            store.record(subject, f"t{i}", T0, T0 - WINDOW)
+            store.reserve(subject, f"t{i}", "n", T0, T0 - WINDOW)
         later = T0 + WINDOW + dt.timedelta(seconds=1)
-        assert store.counts(subject, later - WINDOW) == {}
-        store.record(subject, "t9", later, later - WINDOW)
-        assert store.counts(subject, later - WINDOW) == {subject[0]: 1}
+        assert store.list(later - WINDOW) == []
+        got = store.reserve(subject, "t0", "later", later, later - WINDOW)
+        assert got == {subject[0]: Reserved(1, mine=True)}
 
-    def test_instances_add_to_one_counter(self, database: Database) -> None:
+    def test_instances_add_to_one_count(self, database: Database) -> None:
+        """Two engines (two instances) on one database see each other's rows."""
         other = _second_instance(database)
         try:
             subject = [("ip", "2001:db8::/64")]
-            FailureStore(database).record(subject, "a", T0, T0 - WINDOW)
-            FailureStore(other).record(subject, "b", T0, T0 - WINDOW)
-            assert FailureStore(database).counts(subject, T0 - WINDOW) == {subject[0]: 2}
+            AttemptStore(database).reserve(subject, "a", "n1", T0, T0 - WINDOW)
+            got = AttemptStore(other).reserve(subject, "b", "n2", T0, T0 - WINDOW)
+            assert got[subject[0]].count == 2
         finally:
             other.dispose()
 
     def test_reset_forgets_one_subject_only(self, database: Database) -> None:
-        store = FailureStore(database)
-        store.record([("user", "a@x.test"), ("user", "b@x.test")], "t", T0, T0 - WINDOW)
+        """Resetting one user leaves the others' rows alone."""
+        store = AttemptStore(database)
+        store.reserve([("user", "a@x.test"), ("user", "b@x.test")], "t", "n", T0, T0 - WINDOW)
         assert store.reset("user", "a@x.test") == 1
         assert [r.subject for r in store.list(T0 - WINDOW)] == ["b@x.test"]
 
@@ -336,12 +366,12 @@ def test_throttle_prunes_windows_that_are_over_and_networks_too_old(
         ThrottleConfig(window_seconds=900, trusted_network_seconds=3600), database,
         b"k" * 32, clock=lambda: now[0])
     guard.succeeded("alice@example.test", "192.0.2.1")
-    guard.failed("bob@example.test", "guess", "198.51.100.1")
+    guard.reserve("bob@example.test", "guess", "198.51.100.1")
     assert KnownNetworkStore(database).is_known("alice@example.test", "192.0.2.1/32",
                                                 T0 - dt.timedelta(hours=1))
     now[0] = T0 + dt.timedelta(hours=2)
-    guard.failed("carol@example.test", "guess", "198.51.100.2")  # the second write prunes
-    subjects = {r.subject for r in FailureStore(database).list(T0 - dt.timedelta(days=1))}
+    guard.reserve("carol@example.test", "guess", "198.51.100.2")  # the second one prunes
+    subjects = {r.subject for r in AttemptStore(database).list(T0 - dt.timedelta(days=1))}
     assert subjects == {"198.51.100.2/32", "carol@example.test"}
     assert not KnownNetworkStore(database).is_known("alice@example.test", "192.0.2.1/32",
                                                     T0 - dt.timedelta(days=1))
