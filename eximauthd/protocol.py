@@ -189,7 +189,7 @@ def is_valid_transaction(text: str) -> bool:
 def format_reply(decision: Decision) -> bytes:
     """The answer line for *decision*: ``yes``, ``no`` or ``defer <reason>``, with newline.
 
-    ``no`` carries no reason on the wire: Exim's snippets match ``^(yes|no)\\n?$`` exactly.
+    ``no`` carries no reason on the wire: Exim's snippets match ``^(yes|no)\\n\\z`` exactly.
     A defer reason is cut to 64 characters from ``[A-Za-z0-9._-]``.
     """
     if decision.result is Result.YES:

@@ -339,7 +339,10 @@ class TestFailClosed:
 
     @pytest.mark.parametrize(("reply", "delay"), [
         (b"garbage\n", 0.0), (b"yes\nyes\n", 0.0), (b"", 0.0), (b"yes\n", 7.0),
-    ], ids=["garbage", "two-lines", "empty", "too-slow"])
+        # PCRE's $ matches before a final newline: snippets ending in \n?$ took these.
+        (b"yes\n\n", 0.0), (b"no\n\n", 0.0), (b"yes", 0.0),
+    ], ids=["garbage", "two-lines", "empty", "too-slow", "yes-blank-line", "no-blank-line",
+            "yes-no-newline"])
     def test_bad_service_answers_give_4xx(self, rig: Rig, exim: eximkit.Exim, reply: bytes,
                                           delay: float) -> None:
         """Anything but an exact yes/no in time is a temporary failure at AUTH and RCPT."""
