@@ -38,12 +38,14 @@ from .errors import (
     ConfigError,
     EximauthdError,
     HashingError,
+    ProtocolError,
     StorageError,
     UserExistsError,
     UserNotFoundError,
 )
 from .hashing import Hasher, calibrate, identify_scheme
 from .limits import KINDS, format_window, parse_limits
+from .protocol import parse_client_ip
 from .ratelimit import estimate
 from .store import AccountStore, Database, Grant, GrantStore, make_account_store
 from .throttle import network_of
@@ -383,7 +385,7 @@ def throttle_reset(state: _State, client_ip: str | None, address: str | None,
                    "counter(s)")
     elif client_ip:
         t = state.config.throttle
-        network = network_of(client_ip, t.ipv4_prefix, t.ipv6_prefix)
+        network = network_of(_client_ip_option(client_ip, "--ip"), t.ipv4_prefix, t.ipv6_prefix)
         if network is None:
             raise ConfigError(f"throttle reset: {client_ip[:64]!r} is not an IP address")
         click.echo(f"reset {failures.reset('ip', network)} failure counter(s) of {network}")
@@ -466,11 +468,21 @@ def _calibrate(config: Config, target_ms: int) -> None:
 @pass_state
 def check(state: _State, address: str, password_stdin: bool, client_ip: str) -> None:
     """Check a password as an SMTP AUTH would: prints yes/no and why; exit 0 yes, 1 no."""
+    _client_ip_option(client_ip)
     # An empty password is passed on, so `check` shows the refusal Exim would get.
     password = _read_password(password_stdin, confirm=False, allow_empty=True)
     decision = Authenticator(state.accounts, state.hasher).verify(address, password, client_ip)
     click.echo(f"{decision.result.value} {decision.reason}")
     sys.exit(EXIT_OK if decision.allowed else EXIT_NO)
+
+
+def _client_ip_option(value: str, option: str = "--client-ip") -> str:
+    """*value* if the socket protocol would accept it as a client address; else ConfigError."""
+    try:
+        return parse_client_ip(value)
+    except ProtocolError:
+        raise ConfigError(f"{option}: {value[:64]!r} is not an IPv4 or IPv6 address "
+                          "(no scope id)") from None
 
 
 # --- am I relaying spam? -----------------------------------------------------------------------
