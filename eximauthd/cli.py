@@ -43,6 +43,7 @@ from .errors import (
     UserExistsError,
     UserNotFoundError,
 )
+from .files import warn_if_readable_by_others
 from .hashing import Hasher, calibrate, identify_scheme
 from .limits import KINDS, format_window, parse_limits
 from .protocol import parse_client_ip
@@ -612,6 +613,10 @@ def serve(state: _State, log_format: str | None, log_file: str | None) -> None:
     fmt = log_format or config.service.log_format
     configure_logging(fmt, log_file)
     log = logging.getLogger("eximauthd.serve")
+    if config.source != "built-in defaults":
+        # The file may hold the database password or http.token: warn, do not refuse (an
+        # upgrade must not stop mail over a mode the admin can fix at leisure).
+        warn_if_readable_by_others(config.source, "the configuration (database URL, token)")
     if state.db.dialect == "sqlite":
         # The embedded default must work from an empty directory; a shared MySQL schema is
         # upgraded deliberately, with `eximauthd db upgrade`, by someone allowed to run DDL.
