@@ -38,12 +38,15 @@ from .errors import (
     ConfigError,
     EximauthdError,
     HashingError,
+    ProtocolError,
     StorageError,
     UserExistsError,
     UserNotFoundError,
 )
+from .files import warn_if_readable_by_others
 from .hashing import Hasher, calibrate, identify_scheme
 from .limits import KINDS, format_window, parse_limits
+from .protocol import parse_client_ip
 from .ratelimit import estimate
 from .store import AccountStore, Database, Grant, GrantStore, make_account_store
 from .throttle import NO_ADDRESS, network_of
@@ -386,7 +389,8 @@ def throttle_reset(state: _State, client_ip: str | None, address: str | None,
     elif client_ip:
         t = state.config.throttle
         network = (NO_ADDRESS if client_ip == NO_ADDRESS
-                   else network_of(client_ip, t.ipv4_prefix, t.ipv6_prefix))
+                   else network_of(_client_ip_option(client_ip, "--ip"), t.ipv4_prefix,
+                                   t.ipv6_prefix))
         if network is None:
             raise ConfigError(f"throttle reset: {client_ip[:64]!r} is not an IP address")
         click.echo(f"forgot {failures.reset('ip', network)} failed check(s) of {network}")
@@ -469,11 +473,21 @@ def _calibrate(config: Config, target_ms: int) -> None:
 @pass_state
 def check(state: _State, address: str, password_stdin: bool, client_ip: str) -> None:
     """Check a password as an SMTP AUTH would: prints yes/no and why; exit 0 yes, 1 no."""
+    _client_ip_option(client_ip)
     # An empty password is passed on, so `check` shows the refusal Exim would get.
     password = _read_password(password_stdin, confirm=False, allow_empty=True)
     decision = Authenticator(state.accounts, state.hasher).verify(address, password, client_ip)
     click.echo(f"{decision.result.value} {decision.reason}")
     sys.exit(EXIT_OK if decision.allowed else EXIT_NO)
+
+
+def _client_ip_option(value: str, option: str = "--client-ip") -> str:
+    """*value* if the socket protocol would accept it as a client address; else ConfigError."""
+    try:
+        return parse_client_ip(value)
+    except ProtocolError:
+        raise ConfigError(f"{option}: {value[:64]!r} is not an IPv4 or IPv6 address "
+                          "(no scope id)") from None
 
 
 # --- am I relaying spam? -----------------------------------------------------------------------
@@ -603,6 +617,10 @@ def serve(state: _State, log_format: str | None, log_file: str | None) -> None:
     fmt = log_format or config.service.log_format
     configure_logging(fmt, log_file)
     log = logging.getLogger("eximauthd.serve")
+    if config.source != "built-in defaults":
+        # The file may hold the database password or http.token: warn, do not refuse (an
+        # upgrade must not stop mail over a mode the admin can fix at leisure).
+        warn_if_readable_by_others(config.source, "the configuration (database URL, token)")
     if state.db.dialect == "sqlite":
         # The embedded default must work from an empty directory; a shared MySQL schema is
         # upgraded deliberately, with `eximauthd db upgrade`, by someone allowed to run DDL.

@@ -8,7 +8,6 @@ documented contract is ``docs/openapi.yaml``; the tests check the app against it
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +15,14 @@ import falcon
 import falcon.asgi
 
 from .decision import Decision, Result
-from .protocol import AuthRequest, RelayRequest, Request, is_valid_transaction
+from .errors import ProtocolError
+from .protocol import (
+    AuthRequest,
+    RelayRequest,
+    Request,
+    is_valid_transaction,
+    parse_client_ip,
+)
 
 if TYPE_CHECKING:
     from .service import Service
@@ -61,15 +67,10 @@ def _fields(data: dict[str, Any], required: tuple[str, ...],
         if not isinstance(data[name], str):
             raise falcon.HTTPBadRequest(title="field must be a string", description=name)
         out[name] = data[name]
-    client_ip = out.get("client_ip", "")
-    if client_ip:
-        try:
-            # As on the socket: no IPv6 scope id (free text that would reach logs and keys).
-            if "%" in client_ip:
-                raise ValueError(client_ip)
-            ipaddress.ip_address(client_ip)
-        except ValueError:
-            raise falcon.HTTPBadRequest(title="invalid client_ip") from None
+    try:
+        parse_client_ip(out.get("client_ip", ""))  # the socket's own check
+    except ProtocolError:
+        raise falcon.HTTPBadRequest(title="invalid client_ip") from None
     if "transaction" in out and not is_valid_transaction(out["transaction"]):
         raise falcon.HTTPBadRequest(title="invalid transaction")
     return out

@@ -47,6 +47,7 @@ __all__ = [
     "format_reply",
     "is_valid_reply",
     "is_valid_transaction",
+    "parse_client_ip",
     "parse_request",
 ]
 
@@ -115,12 +116,15 @@ def _decode(field: str) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _client_ip(field: str) -> str:
+def parse_client_ip(field: str) -> str:
     """Return *field* unchanged if it is empty or a bare IPv4/IPv6 literal.
 
     A scope id (``fe80::1%eth0``) is refused although :mod:`ipaddress` accepts one: Exim's
     ``$sender_host_address`` never carries it, and its free text would reach logs and the
-    per-IP throttling key.
+    per-IP throttling key.  The one check for a client address, wherever it comes from (the
+    socket, the HTTP API, ``eximauthd check --client-ip``).
+
+    :raises ProtocolError: ``bad-client-ip``.
     """
     if field:
         if "%" in field:
@@ -173,12 +177,12 @@ def parse_request(data: bytes) -> Request:
         if fields[1] not in MECHANISMS:
             raise ProtocolError("unsupported-mechanism")
         return AuthRequest(fields[1], _decode(fields[2]), _decode(fields[3]),
-                           _client_ip(fields[4]))
+                           parse_client_ip(fields[4]))
     transaction = fields[5] if len(fields) == 6 else ""
     if len(fields) == 6 and not is_valid_transaction(transaction):
         raise ProtocolError("bad-transaction")
     return RelayRequest(_decode(fields[1]), _decode(fields[2]), _decode(fields[3]),
-                        _client_ip(fields[4]), transaction)
+                        parse_client_ip(fields[4]), transaction)
 
 
 def is_valid_transaction(text: str) -> bool:
@@ -189,7 +193,7 @@ def is_valid_transaction(text: str) -> bool:
 def format_reply(decision: Decision) -> bytes:
     """The answer line for *decision*: ``yes``, ``no`` or ``defer <reason>``, with newline.
 
-    ``no`` carries no reason on the wire: Exim's snippets match ``^(yes|no)\\n?$`` exactly.
+    ``no`` carries no reason on the wire: Exim's snippets match ``^(yes|no)\\n\\z`` exactly.
     A defer reason is cut to 64 characters from ``[A-Za-z0-9._-]``.
     """
     if decision.result is Result.YES:

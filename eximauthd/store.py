@@ -25,6 +25,7 @@ from .errors import (
     UserExistsError,
     UserNotFoundError,
 )
+from .files import create_private
 
 __all__ = [
     "AccountStore",
@@ -105,9 +106,14 @@ def create_engine(url: str, connect_timeout: int = 3) -> Engine:
 
     ``hide_parameters`` keeps bound values (hashes) out of every SQLAlchemy message; the
     connect timeout keeps a dead database from stalling a decision past Exim's readsocket timeout.
+    A SQLite file is created mode 0600 (its -wal and -shm follow) before SQLite opens it.
     """
     parsed = sa.engine.make_url(url)
     if parsed.drivername.startswith("sqlite"):
+        if parsed.database and parsed.database != ":memory:" and "uri" not in parsed.query:
+            # Every hash is in this file: it must not be born world-readable (umask 022),
+            # whether the CLI, `serve` or Alembic opens it first.
+            create_private(parsed.database)
         engine = sa.create_engine(
             parsed, hide_parameters=True, connect_args={"timeout": connect_timeout}
         )

@@ -45,6 +45,7 @@ from .addresses import parse_address
 from .config import ThrottleConfig
 from .decision import Decision
 from .errors import AddressError, ConfigError, StorageError
+from .files import warn_if_readable_by_others
 from .store import Database
 
 __all__ = ["NO_ADDRESS", "Reservation", "Throttle", "load_secret", "network_of", "password_tag"]
@@ -97,6 +98,8 @@ def password_tag(key: bytes, user: str, password: str) -> str:
 def load_secret(path: str) -> bytes:
     """The digest key from *path* (at least 16 bytes), or a random one when *path* is empty.
 
+    Logs a warning (once) when users other than the owner and group can read *path*.
+
     :raises ConfigError: unreadable or too short.
     """
     if not path:
@@ -108,6 +111,8 @@ def load_secret(path: str) -> bytes:
         raise ConfigError(f"throttle.secret_file: cannot read {path}: {exc.strerror}") from None
     if len(key) < 16:
         raise ConfigError(f"throttle.secret_file: {path} holds fewer than 16 bytes")
+    # Readable by others, the key lets anyone with the table test guesses against it.
+    warn_if_readable_by_others(path, "the throttle key (throttle.secret_file)")
     return key
 
 

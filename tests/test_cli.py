@@ -188,6 +188,30 @@ class TestBadInput:
         assert run.err.startswith("eximauthd: error: ")
         assert message in run.err
 
+    @pytest.mark.parametrize("client_ip", ["not-an-ip", "fe80::1%eth0", "192.0.2.1 x",
+                                           "192.0.2.300", " 192.0.2.1"])
+    def test_check_refuses_a_client_ip_the_socket_refuses(self, cli: Cli,
+                                                          client_ip: str) -> None:
+        """`check --client-ip` is validated as the protocol's field: exit 2, no verdict."""
+        cli("db", "upgrade")
+        cli("user", "add", "ip@example.test", "--password-stdin", stdin=SECRET + "\n")
+        run = cli("check", "ip@example.test", "--password-stdin", "--client-ip", client_ip,
+                  stdin=SECRET + "\n")
+        assert (run.code, run.out) == (2, "")
+        assert run.err.count("\n") == 1
+        assert run.err.startswith("eximauthd: error: --client-ip: ")
+        good = cli("check", "ip@example.test", "--password-stdin", "--client-ip", "2001:db8::1",
+                   stdin=SECRET + "\n")
+        assert (good.code, good.out.strip()) == (0, "yes ok")
+        _assert_no_secret(run, good)
+
+    def test_throttle_reset_refuses_a_scoped_address(self, cli: Cli) -> None:
+        """`throttle reset --ip` takes what the protocol takes: no scope id."""
+        cli("db", "upgrade")
+        run = cli("throttle", "reset", "--ip", "fe80::1%eth0")
+        assert run.code == 2
+        assert run.err.startswith("eximauthd: error: --ip: ")
+
     def test_duplicate_user_changes_nothing(self, cli: Cli) -> None:
         """A second add for the same address fails and keeps the first password."""
         cli("db", "upgrade")

@@ -339,7 +339,10 @@ class TestFailClosed:
 
     @pytest.mark.parametrize(("reply", "delay"), [
         (b"garbage\n", 0.0), (b"yes\nyes\n", 0.0), (b"", 0.0), (b"yes\n", 7.0),
-    ], ids=["garbage", "two-lines", "empty", "too-slow"])
+        # PCRE's $ matches before a final newline: snippets ending in \n?$ took these.
+        (b"yes\n\n", 0.0), (b"no\n\n", 0.0), (b"yes", 0.0),
+    ], ids=["garbage", "two-lines", "empty", "too-slow", "yes-blank-line", "no-blank-line",
+            "yes-no-newline"])
     def test_bad_service_answers_give_4xx(self, rig: Rig, exim: eximkit.Exim, reply: bytes,
                                           delay: float) -> None:
         """Anything but an exact yes/no in time is a temporary failure at AUTH and RCPT."""
@@ -512,3 +515,50 @@ def test_audit_of_the_protected_rig_finds_no_empty_id(rig: Rig) -> None:
     assert report["arrivals"] > 0
     assert report["authenticated"] > 0
     assert [f for f in report["findings"] if f["kind"] == "empty-auth-id"] == []
+
+
+def _debian_split_admin_selector(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+    """Debian split + the drop-ins, with an admin's selector that logs protocol errors."""
+    config = eximkit.build_debian_split(tmp, port, sink_port, socket_path)
+    text = config.read_text()
+    assert "\nlog_selector = MAIN_LOG_SELECTOR\n" in text
+    config.write_text(text.replace(
+        "\nlog_selector = MAIN_LOG_SELECTOR\n",
+        "\nlog_selector = +smtp_protocol_error +smtp_syntax_error +tls_peerdn\n"))
+    return config
+
+
+@pytest.mark.parametrize(("build", "leaks"), [
+    (eximkit.build_debian_split, False), (eximkit.build_debian_monolithic, False),
+    (_debian_split_admin_selector, True),
+], ids=["debian-split", "debian-monolithic", "admin-selector"])
+def test_unadvertised_auth_reaches_the_log_only_where_lint_flags_it(
+        build: eximkit.Builder, leaks: bool) -> None:
+    """AUTH before STARTTLS: 503; its base64 password is logged exactly when lint warns."""
+    _require_exim()
+    from eximauthd.lint import lint, read_config  # noqa: PLC0415
+
+    token = base64.b64encode(f"\0alice@example.test\0{PASSWORD}".encode()).decode()
+    sock_dir = Path(tempfile.mkdtemp(prefix="eadl-", dir="/tmp"))
+    try:
+        with eximkit.running_exim(str(sock_dir / "eximauthd.sock"), build) as exim:
+            with smtplib.SMTP("127.0.0.1", exim.port, timeout=30,
+                              source_address=("127.0.0.2", 0)) as smtp:
+                smtp.ehlo("client.test")
+                assert smtp.docmd("AUTH", f"PLAIN {token}") == (
+                    503, b"AUTH command used when not advertised")
+                # A syntax error is logged under every selector here: once it is in the log,
+                # whatever the AUTH line produced is there too.
+                assert smtp.docmd("MAIL", "FROM:<<>")[0] == 501
+            deadline = time.monotonic() + 10
+            while "SMTP syntax error" not in exim.mainlog() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert "SMTP syntax error" in exim.mainlog()
+            # A bool, so that a failure does not print the log (and the password) either.
+            logged = any(token in p.read_text("utf-8", "replace")
+                         for p in (exim.tmp / "log").iterdir())
+            rules = [f.rule for f in lint(read_config([exim.config]))]
+    finally:
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    assert logged is leaks
+    assert ("auth-line-logged-on-protocol-error" in rules) is leaks

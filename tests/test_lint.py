@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eximauthd.lint import lint, read_config
+from eximauthd.lint import lint, logs_protocol_errors, read_config
 
 from . import eximkit
 from .conftest import in_ci
@@ -38,9 +38,40 @@ def test_seed_config_produces_every_finding() -> None:
         ("set-id-may-be-empty", "critical", "168"),
         ("auth-without-tls", "warning", "166"),
         ("untrusted-set-sender", "warning", "156"),
+        ("auth-line-logged-on-protocol-error", "warning", "75"),
         ("no-local-from-check", "warning", "70"),
     ]
     assert all(f.fix for f in findings)
+
+
+@pytest.mark.parametrize(("selector", "logged"), [
+    ("", False),
+    ("+smtp_protocol_error +smtp_syntax_error +tls_certificate_verified +tls_peerdn", True),
+    ("+all -subject -arguments", True),
+    ("+all -smtp_protocol_error", False),
+    ("-smtp_protocol_error +all", True),
+    ("+smtp_protocol_error-smtp_protocol_error", False),
+    ("+smtp_syntax_error +tls_peerdn", False),
+])
+def test_log_selector_logs_protocol_errors(selector: str, logged: bool) -> None:
+    """Items apply left to right from Exim's default, which leaves protocol errors out."""
+    assert logs_protocol_errors(selector) is logged
+
+
+def test_protocol_error_logging_flagged_only_with_server_authenticators(tmp_path: Path) -> None:
+    """The selector is a finding where this server takes passwords, and not elsewhere."""
+    conf = tmp_path / "exim.conf"
+    head = "log_selector = +smtp_protocol_error\nbegin authenticators\n"
+    client = "out:\n  driver = plaintext\n  public_name = PLAIN\n  client_send = ^u^p\n"
+    conf.write_text(head + client)
+    assert _rules(conf) == []
+    conf.write_text(head + "eximauthd_plain:\n  driver = plaintext\n  public_name = PLAIN\n"
+                    "  server_advertise_condition = ${if def:tls_in_cipher}\n"
+                    "  server_condition = ${readsocket{/run/x.sock}{AUTH\\n}}\n")
+    findings = lint(read_config([conf]))
+    assert [(f.rule, f.where) for f in findings] == [
+        ("auth-line-logged-on-protocol-error", f"{conf}:1")]
+    assert "-smtp_protocol_error" in findings[0].fix
 
 
 class TestReader:
@@ -115,6 +146,8 @@ class TestDebian:
         assert "lookup-compared-with-password" in rules
         assert "authenticated-relay-without-sender-check" in rules
         assert "untrusted-set-sender" in rules
+        # Debian's MAIN_LOG_SELECTOR logs an unadvertised AUTH line, password included.
+        assert "auth-line-logged-on-protocol-error" in rules
 
 
 def test_command_exit_codes() -> None:
@@ -125,7 +158,7 @@ def test_command_exit_codes() -> None:
     assert run.returncode == 1
     assert f"{FIXTURES / 'seed-exim.conf'}:167: critical: lookup-compared-with-password" \
         in run.stdout
-    assert "6 finding(s)" in run.stdout
+    assert "7 finding(s)" in run.stdout
     clean = subprocess.run([sys.executable, "-m", "eximauthd", "lint-exim-config",
                             str(eximkit.SNIPPETS / "eximauthd-auth.conf")],
                            capture_output=True, text=True, timeout=60, check=False)

@@ -328,6 +328,7 @@ class TestHttp:
         b"not json", b"[]", {"username": "a@b.test"}, {"username": 1, "password": "x"},
         {"username": "a@b.test", "password": "x", "mechanism": "CRAM-MD5"},
         {"username": "a@b.test", "password": "x", "client_ip": "nope"},
+        {"username": "a@b.test", "password": "x", "client_ip": "fe80::1%eth0"},
         {"username": "a@b.test", "password": "x", "extra": 1},
     ])
     def test_malformed_json_is_400(self, served: kit.Served, body: Any) -> None:

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
+
+import pytest
+
+from . import eximkit
+from .conftest import in_ci
 
 SNIPPETS = Path(__file__).resolve().parent.parent / "exim-snippets"
 
@@ -62,3 +68,53 @@ def test_debian_file_names_are_ones_update_exim4_conf_reads() -> None:
     for path in (SNIPPETS / "debian/conf.d").rglob("*"):
         if path.is_file():
             assert re.fullmatch(r"[A-Za-z0-9_-]+", path.name), path
+
+
+def _reply_regexes() -> dict[str, list[Path]]:
+    """Every regex a snippet matches eximauthd's reply with, and the files using it."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(SNIPPETS.rglob("*")):
+        if path.is_file() and path.suffix != ".patch":
+            for regex in re.findall(r"\{(\\N\^(?:\(yes\|no\)|no)\\n.*?\\N)\}", path.read_text()):
+                found.setdefault(regex, []).append(path)
+    return found
+
+
+def test_reply_matches_end_at_the_end_of_the_string() -> None:
+    """No snippet (nor doc quoting one) matches a reply with `$`, which passes "yes\\n\\n"."""
+    for path in [*SNIPPETS.rglob("*"), *(SNIPPETS.parent / "docs").glob("*.md")]:
+        if path.is_file():
+            assert "\\n?$" not in path.read_text(), path
+    found = _reply_regexes()
+    assert sorted(found) == ["\\N^(yes|no)\\n\\z\\N", "\\N^no\\n\\z\\N"]
+    # 2 in each auth file (generic, split), 2 in each rcpt ACL (generic, split, monolithic)
+    assert sum(len(paths) for paths in found.values()) == 10
+
+
+# subject (as an Exim string: \n is a newline) -> what each reply regex captures, "-" for no match
+_REPLIES = {
+    "yes\\n": ("yes", "-"), "no\\n": ("no", "no"),
+    "yes\\n\\n": ("-", "-"), "no\\n\\n": ("-", "-"), "yes\\nyes\\n": ("-", "-"),
+    "yes": ("-", "-"), "yes\\r\\n": ("-", "-"), "\\nyes\\n": ("-", "-"),
+    "yes \\n": ("-", "-"), "no\\nyes\\n": ("-", "-"), "defer timeout\\n": ("-", "-"),
+    "": ("-", "-"),
+}
+
+
+def test_reply_regexes_accept_only_the_exact_reply_lines_in_real_exim(tmp_path: Path) -> None:
+    """Exim 4.96's own ${if match} (PCRE2) takes "yes\\n"/"no\\n" and nothing longer or shorter."""
+    if not eximkit.exim_available():
+        if in_ci():
+            pytest.fail("exim4 is not installed (CI=true: must not skip)")
+        pytest.skip("exim4 is not installed")
+    config = tmp_path / "be.conf"
+    config.write_text(f"spool_directory = {tmp_path}/spool\nlog_file_path = {tmp_path}/%slog\n")
+    both, only_no = "\\N^(yes|no)\\n\\z\\N", "\\N^no\\n\\z\\N"
+    lines = [f"${{if match{{{subject}}}{{{both}}}{{$1}}{{-}}}} "
+             f"${{if match{{{subject}}}{{{only_no}}}{{no}}{{-}}}}" for subject in _REPLIES]
+    run = subprocess.run([eximkit.EXIM, "-C", str(config), "-be"], input="\n".join(lines) + "\n",
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    got = [tuple(line.removeprefix("> ").split(" ")) for line in run.stdout.splitlines()
+           if line.startswith("> ") and line.strip() != ">"]
+    assert got == list(_REPLIES.values())
