@@ -3,10 +3,16 @@
 Explicit resources, one per path.  JSON in and out; ``200`` carries a decision (``yes``/``no``),
 ``503`` carries ``defer`` (the service cannot decide now), ``4xx`` a malformed request.  The
 documented contract is ``docs/openapi.yaml``; the tests check the app against it.
+
+Every resource needs the bearer token unless its class is one of the open ones (health,
+readiness, metrics: nothing about users).  The check is made on the resource the router chose,
+not on the path string: a router accepts more spellings of a path (``//v1/auth``, percent
+escapes, a trailing slash) than a prefix test can foresee.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -16,12 +22,13 @@ import falcon
 import falcon.asgi
 
 from .decision import Decision, Result
+from .errors import ConfigError
 from .protocol import AuthRequest, RelayRequest, Request, is_valid_transaction
 
 if TYPE_CHECKING:
     from .service import Service
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "BearerToken", "create_app"]
 
 MAX_BODY_BYTES = 16384
 _MECHANISMS = frozenset({"PLAIN", "LOGIN"})
@@ -75,14 +82,18 @@ def _fields(data: dict[str, Any], required: tuple[str, ...],
     return out
 
 
-class Health:
+class _Open:
+    """A resource served without the token: it says nothing about users."""
+
+
+class Health(_Open):
     """``GET /healthz``: the process is alive."""
 
     async def on_get(self, _req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.media = {"status": "ok"}
 
 
-class Ready:
+class Ready(_Open):
     """``GET /readyz``: the database answers (the same check as ``PING``)."""
 
     def __init__(self, service: Service) -> None:
@@ -97,7 +108,7 @@ class Ready:
         resp.media = {"status": "ready" if ready else "unavailable", "reason": decision.reason}
 
 
-class MetricsResource:
+class MetricsResource(_Open):
     """``GET /metrics``: Prometheus text format."""
 
     def __init__(self, service: Service) -> None:
@@ -142,27 +153,48 @@ class Relay:
 
 
 class BearerToken:
-    """Require ``Authorization: Bearer TOKEN`` on the decision endpoints when a token is set."""
+    """Require ``Authorization: Bearer TOKEN`` for every routed resource but the open ones.
+
+    Decided in ``process_resource``, on the resource the router chose, so every spelling of a
+    path that reaches a decision is covered, and a resource added later is closed by default.
+    A request no route matches gets the router's plain 404 (no resource, nothing decided).
+    """
 
     def __init__(self, token: str) -> None:
-        self._token = token.encode()
+        if not token:
+            # An empty token would match "Authorization: Bearer ": never serve with one.
+            raise ConfigError("http.token: the HTTP API needs a token")
+        # Compare digests: constant time, and the token's length is not compared either.
+        self._digest = _digest(token.encode())
 
     def __repr__(self) -> str:
         return "BearerToken('***')"
 
-    async def process_request(self, req: falcon.asgi.Request,
-                              _resp: falcon.asgi.Response) -> None:
-        if not self._token or not req.path.startswith("/v1/"):
+    async def process_resource(self, req: falcon.asgi.Request, _resp: falcon.asgi.Response,
+                               resource: object, _params: dict[str, Any]) -> None:
+        if isinstance(resource, _Open):
             return
-        scheme, _, given = (req.get_header("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self._token):
+        if not self.accepts(req.get_header("Authorization") or ""):
             raise falcon.HTTPUnauthorized(title="bearer token required",
                                           challenges=["Bearer"])
 
+    def accepts(self, header: str) -> bool:
+        """Whether an ``Authorization`` header value carries the token (scheme in any case)."""
+        scheme, _, given = header.strip(" \t").partition(" ")
+        given = given.strip(" \t")
+        # Compared even when the scheme is wrong, so the time taken says nothing either way.
+        matches = hmac.compare_digest(_digest(given.encode("utf-8", "surrogateescape")),
+                                      self._digest)
+        return matches and scheme.lower() == "bearer"
 
-def create_app(service: Service) -> falcon.asgi.App[Any, Any]:
-    """The ASGI application for *service*."""
-    app = falcon.asgi.App(middleware=[BearerToken(service.config.http.token)])
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(b"eximauthd-http-token\0" + value).digest()
+
+
+def create_app(service: Service, token: str) -> falcon.asgi.App[Any, Any]:
+    """The ASGI application for *service*; *token* guards every resource but the open ones."""
+    app = falcon.asgi.App(middleware=[BearerToken(token)])
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(service))
     app.add_route("/metrics", MetricsResource(service))
