@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 import falcon
@@ -28,7 +29,7 @@ from .protocol import AuthRequest, RelayRequest, Request, is_valid_transaction
 if TYPE_CHECKING:
     from .service import Service
 
-__all__ = ["MAX_BODY_BYTES", "BearerToken", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "BearerToken", "create_app", "parse_json"]
 
 MAX_BODY_BYTES = 16384
 _MECHANISMS = frozenset({"PLAIN", "LOGIN"})
@@ -39,6 +40,46 @@ def _answer(resp: falcon.asgi.Response, decision: Decision) -> None:
     resp.media = {"result": decision.result.value, "reason": decision.reason}
 
 
+class _Rejected(ValueError):
+    """A JSON text that parses but that we refuse (NaN, a duplicate key...)."""
+
+
+def _no_constant(_name: str) -> Any:
+    raise _Rejected("NaN and Infinity are not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999999 would silently become inf
+        raise _Rejected("number out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # {"username": "a", "username": "b"}: whoever reads the body first (a proxy, a log)
+    # and we must not see different requests.
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise _Rejected("duplicate key")
+    return data
+
+
+def parse_json(body: bytes) -> Any:
+    """*body* as strict JSON: UTF-8 without BOM, no NaN/Infinity, no duplicate keys.  Pure.
+
+    :raises ValueError: anything else, including nesting too deep for the parser and integers
+        too long to convert (both raise other exceptions inside :mod:`json`).
+    """
+    try:
+        text = body.decode("utf-8")  # strict: no BOM sniffing, no UTF-16, no bad bytes
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float,
+                          object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError(type(exc).__name__) from None
+
+
 async def _read_json(req: falcon.asgi.Request) -> dict[str, Any]:
     if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(description=f"at most {MAX_BODY_BYTES} bytes")
@@ -46,8 +87,8 @@ async def _read_json(req: falcon.asgi.Request) -> dict[str, Any]:
     if len(body) > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(description=f"at most {MAX_BODY_BYTES} bytes")
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = parse_json(body)
+    except ValueError:
         raise falcon.HTTPBadRequest(title="invalid JSON") from None
     if not isinstance(data, dict):
         raise falcon.HTTPBadRequest(title="expected a JSON object")
@@ -67,6 +108,11 @@ def _fields(data: dict[str, Any], required: tuple[str, ...],
             continue
         if not isinstance(data[name], str):
             raise falcon.HTTPBadRequest(title="field must be a string", description=name)
+        try:
+            data[name].encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
+            raise falcon.HTTPBadRequest(title="field is not valid Unicode",
+                                        description=name) from None
         out[name] = data[name]
     client_ip = out.get("client_ip", "")
     if client_ip:

@@ -156,6 +156,48 @@ class TestTokenOnEveryRoute:
             create_app(service, "")
 
 
+HOSTILE_BODIES: list[tuple[str, bytes, int]] = [
+    ("nested-arrays", b"[" * 8000 + b"]" * 8000, 400),
+    ("nested-arrays-20000", b"[" * 20000 + b"]" * 20000, 413),
+    ("nested-arrays-unclosed", b"[" * 16000, 400),
+    ("nested-objects", b'{"":' * 3000 + b"1" + b"}" * 3000, 400),
+    ("nested-in-a-field", b'{"username": ' + b"[" * 6000 + b"]" * 6000 + b', "password": "x"}',
+     400),
+    ("huge-float", b'{"username": 1e999999, "password": "x"}', 400),
+    ("huge-float-top", b"1e999999", 400),
+    ("huge-negative-float", b'{"username": "a@b.test", "password": -1e999999}', 400),
+    ("long-int", b'{"username": "a@b.test", "password": ' + b"9" * 5000 + b"}", 400),
+    ("100k-digit-int", b"9" * 100_000, 413),
+    ("nan", b'{"username": "a@b.test", "password": NaN}', 400),
+    ("infinity", b'{"username": "a@b.test", "password": Infinity}', 400),
+    ("minus-infinity-top", b"-Infinity", 400),
+    ("invalid-utf8", b'{"username": "alice@example.test\xff", "password": "x"}', 400),
+    ("utf16", json.dumps(AUTH_BODY).encode("utf-16"), 400),
+    ("utf8-bom", b"\xef\xbb\xbf" + json.dumps(AUTH_BODY).encode(), 400),
+    ("duplicate-key", b'{"username": "bob@example.test", "username": "alice@example.test", '
+                      b'"password": ' + json.dumps(PASSWORD).encode() + b"}", 400),
+    ("lone-surrogate", b'{"username": "alice@example.test", "password": "\\ud800"}', 400),
+    ("empty", b"", 400),
+    ("null", b"null", 400),
+    ("string", b'"x"', 400),
+    ("trailing-garbage", json.dumps(AUTH_BODY).encode() + b"x", 400),
+]
+
+
+class TestHostileBodies:
+    """A hostile body is a 4xx, never a 500, never a decision."""
+
+    @pytest.mark.parametrize(("body", "status"), [(b, s) for _, b, s in HOSTILE_BODIES],
+                             ids=[name for name, _, _ in HOSTILE_BODIES])
+    def test_hostile_body_is_refused(self, client: falcon.testing.TestClient,
+                                     service: Service, body: bytes, status: int) -> None:
+        """Deep nesting, huge or non-finite numbers, bad encodings, duplicate keys: 400/413."""
+        for path in ("/v1/auth", "/v1/relay"):
+            result = client.simulate_post(path, body=body, headers=_bearer())
+            assert result.status_code == status, (path, result.text)
+        assert http_decisions(service.metrics) == 0
+
+
 # --- against the real listener --------------------------------------------------------------
 
 def _raw(served: kit.Served, request: bytes) -> tuple[int, bytes]:
@@ -261,6 +303,13 @@ class TestRealListener:
                                         [("Authorization", "Bearer " + "A" * (1 << 20))]))
         assert status in {0, 400, 401, 413, 431}
         assert live.ask(b"PING\n") == b"yes\n"
+        assert _raw(live, _request("GET", "/healthz"))[0] == 200
+
+    def test_deep_nesting_is_400_on_the_real_server(self, live: kit.Served) -> None:
+        """The RecursionError body is a 400 from uvicorn too, and the service lives on."""
+        token = [("Authorization", f"Bearer {live.http_token()}")]
+        for body in (b"[" * 8000 + b"]" * 8000, b'{"":' * 3000 + b"1" + b"}" * 3000):
+            assert _raw(live, _request("POST", "/v1/auth", body, token))[0] == 400
         assert _raw(live, _request("GET", "/healthz"))[0] == 200
 
 
