@@ -71,7 +71,9 @@ def parse_json(body: bytes) -> Any:
         too long to convert (both raise other exceptions inside :mod:`json`).
     """
     try:
-        text = body.decode("utf-8")  # strict: no BOM sniffing, no UTF-16, no bad bytes
+        # Decoded here, not by json.loads(bytes), which would sniff UTF-16 and skip a BOM;
+        # json.loads(str) refuses a BOM.
+        text = body.decode("utf-8")
         return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float,
                           object_pairs_hook=_unique_keys)
     except RecursionError:
