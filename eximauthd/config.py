@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 ENV_PREFIX = "EXIMAUTHD_"
+DEFAULT_TOKEN_FILE = "eximauthd-http.token"  # noqa: S105 -- a file name, not a secret
 # Variables with the prefix that are not settings.
 _ENV_NOT_SETTINGS = frozenset({"EXIMAUTHD_CONFIG"})
 
@@ -95,7 +96,16 @@ class HttpConfig:
 
     enabled: bool = True
     listen: str = "127.0.0.1:8726"
+    # The decision endpoints always need a bearer token: this one, or else the one in
+    # token_file, which `serve` creates (mode 0600) when it does not exist.
     token: str = field(default="", repr=False)
+    # Empty: DEFAULT_TOKEN_FILE, relative like the embedded default's database and socket.
+    token_file: str = ""
+
+    @property
+    def token_path(self) -> str:
+        """The token file ``serve`` reads or creates when ``token`` is empty."""
+        return self.token_file or DEFAULT_TOKEN_FILE
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,8 +489,11 @@ def _validate_http(http: HttpConfig) -> None:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         raise ConfigError(f"http.listen: host must be an IP address, got {host!r}") from None
-    if not address.is_loopback and not http.token:
-        raise ConfigError("http.listen: a non-loopback address needs http.token to be set")
+    # Clients on other hosts need the token: name it, rather than have one generated in
+    # whatever directory the service happened to start in.
+    if not address.is_loopback and not (http.token or http.token_file):
+        raise ConfigError("http.listen: a non-loopback address needs http.token or "
+                          "http.token_file to be set")
 
 
 def _validate_hashing(h: HashingConfig) -> None:

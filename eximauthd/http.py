@@ -3,19 +3,26 @@
 Explicit resources, one per path.  JSON in and out; ``200`` carries a decision (``yes``/``no``),
 ``503`` carries ``defer`` (the service cannot decide now), ``4xx`` a malformed request.  The
 documented contract is ``docs/openapi.yaml``; the tests check the app against it.
+
+Every resource needs the bearer token unless its class is one of the open ones (health,
+readiness, metrics: nothing about users).  The check is made on the resource the router chose,
+not on the path string: a router accepts more spellings of a path (``//v1/auth``, percent
+escapes, a trailing slash) than a prefix test can foresee.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 import falcon
 import falcon.asgi
 
 from .decision import Decision, Result
-from .errors import ProtocolError
+from .errors import ConfigError, ProtocolError
 from .protocol import (
     AuthRequest,
     RelayRequest,
@@ -27,7 +34,7 @@ from .protocol import (
 if TYPE_CHECKING:
     from .service import Service
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "BearerToken", "create_app", "parse_json"]
 
 MAX_BODY_BYTES = 16384
 _MECHANISMS = frozenset({"PLAIN", "LOGIN"})
@@ -38,6 +45,48 @@ def _answer(resp: falcon.asgi.Response, decision: Decision) -> None:
     resp.media = {"result": decision.result.value, "reason": decision.reason}
 
 
+class _Rejected(ValueError):
+    """A JSON text that parses but that we refuse (NaN, a duplicate key...)."""
+
+
+def _no_constant(_name: str) -> Any:
+    raise _Rejected("NaN and Infinity are not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999999 would silently become inf
+        raise _Rejected("number out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # {"username": "a", "username": "b"}: whoever reads the body first (a proxy, a log)
+    # and we must not see different requests.
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise _Rejected("duplicate key")
+    return data
+
+
+def parse_json(body: bytes) -> Any:
+    """*body* as strict JSON: UTF-8 without BOM, no NaN/Infinity, no duplicate keys.  Pure.
+
+    :raises ValueError: anything else, including nesting too deep for the parser and integers
+        too long to convert (both raise other exceptions inside :mod:`json`).
+    """
+    try:
+        # Decoded here, not by json.loads(bytes), which would sniff UTF-16 and skip a BOM;
+        # json.loads(str) refuses a BOM.
+        text = body.decode("utf-8")
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float,
+                          object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError(type(exc).__name__) from None
+
+
 async def _read_json(req: falcon.asgi.Request) -> dict[str, Any]:
     if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(description=f"at most {MAX_BODY_BYTES} bytes")
@@ -45,8 +94,8 @@ async def _read_json(req: falcon.asgi.Request) -> dict[str, Any]:
     if len(body) > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(description=f"at most {MAX_BODY_BYTES} bytes")
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = parse_json(body)
+    except ValueError:
         raise falcon.HTTPBadRequest(title="invalid JSON") from None
     if not isinstance(data, dict):
         raise falcon.HTTPBadRequest(title="expected a JSON object")
@@ -66,6 +115,11 @@ def _fields(data: dict[str, Any], required: tuple[str, ...],
             continue
         if not isinstance(data[name], str):
             raise falcon.HTTPBadRequest(title="field must be a string", description=name)
+        try:
+            data[name].encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
+            raise falcon.HTTPBadRequest(title="field is not valid Unicode",
+                                        description=name) from None
         out[name] = data[name]
     try:
         parse_client_ip(out.get("client_ip", ""))  # the socket's own check
@@ -76,14 +130,18 @@ def _fields(data: dict[str, Any], required: tuple[str, ...],
     return out
 
 
-class Health:
+class _Open:
+    """A resource served without the token: it says nothing about users."""
+
+
+class Health(_Open):
     """``GET /healthz``: the process is alive."""
 
     async def on_get(self, _req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         resp.media = {"status": "ok"}
 
 
-class Ready:
+class Ready(_Open):
     """``GET /readyz``: the database answers (the same check as ``PING``)."""
 
     def __init__(self, service: Service) -> None:
@@ -98,7 +156,7 @@ class Ready:
         resp.media = {"status": "ready" if ready else "unavailable", "reason": decision.reason}
 
 
-class MetricsResource:
+class MetricsResource(_Open):
     """``GET /metrics``: Prometheus text format."""
 
     def __init__(self, service: Service) -> None:
@@ -143,27 +201,48 @@ class Relay:
 
 
 class BearerToken:
-    """Require ``Authorization: Bearer TOKEN`` on the decision endpoints when a token is set."""
+    """Require ``Authorization: Bearer TOKEN`` for every routed resource but the open ones.
+
+    Decided in ``process_resource``, on the resource the router chose, so every spelling of a
+    path that reaches a decision is covered, and a resource added later is closed by default.
+    A request no route matches gets the router's plain 404 (no resource, nothing decided).
+    """
 
     def __init__(self, token: str) -> None:
-        self._token = token.encode()
+        if not token:
+            # An empty token would match "Authorization: Bearer ": never serve with one.
+            raise ConfigError("http.token: the HTTP API needs a token")
+        # Compare digests: constant time, and the token's length is not compared either.
+        self._digest = _digest(token.encode())
 
     def __repr__(self) -> str:
         return "BearerToken('***')"
 
-    async def process_request(self, req: falcon.asgi.Request,
-                              _resp: falcon.asgi.Response) -> None:
-        if not self._token or not req.path.startswith("/v1/"):
+    async def process_resource(self, req: falcon.asgi.Request, _resp: falcon.asgi.Response,
+                               resource: object, _params: dict[str, Any]) -> None:
+        if isinstance(resource, _Open):
             return
-        scheme, _, given = (req.get_header("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self._token):
+        if not self.accepts(req.get_header("Authorization") or ""):
             raise falcon.HTTPUnauthorized(title="bearer token required",
                                           challenges=["Bearer"])
 
+    def accepts(self, header: str) -> bool:
+        """Whether an ``Authorization`` header value carries the token (scheme in any case)."""
+        scheme, _, given = header.strip(" \t").partition(" ")
+        given = given.strip(" \t")
+        # Compared even when the scheme is wrong, so the time taken says nothing either way.
+        matches = hmac.compare_digest(_digest(given.encode("utf-8", "surrogateescape")),
+                                      self._digest)
+        return matches and scheme.lower() == "bearer"
 
-def create_app(service: Service) -> falcon.asgi.App[Any, Any]:
-    """The ASGI application for *service*."""
-    app = falcon.asgi.App(middleware=[BearerToken(service.config.http.token)])
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(b"eximauthd-http-token\0" + value).digest()
+
+
+def create_app(service: Service, token: str) -> falcon.asgi.App[Any, Any]:
+    """The ASGI application for *service*; *token* guards every resource but the open ones."""
+    app = falcon.asgi.App(middleware=[BearerToken(token)])
     app.add_route("/healthz", Health())
     app.add_route("/readyz", Ready(service))
     app.add_route("/metrics", MetricsResource(service))

@@ -24,6 +24,7 @@ from typing import Any
 
 import uvicorn
 
+from . import secretfile
 from .abusestore import LimitStore, RateStore
 from .addresses import parse_address
 from .config import Config
@@ -284,13 +285,15 @@ class Service:
             loop.add_signal_handler(sig, self._stopping.set)
         if on_hangup is not None:
             loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        # Before the socket is bound: a bad token file stops the start with nothing to undo.
+        token = self.http_token() if self.config.http.enabled else ""
         sock_path = self.config.socket.path
         sock = _bind_unix_socket(sock_path, int(self.config.socket.mode, 8),
                                  self.config.socket.group)
         unix_server = await asyncio.start_unix_server(self.handle_connection, sock=sock,
                                                       limit=MAX_REQUEST_BYTES * 2,
                                                       backlog=_BACKLOG)
-        http = await self._start_http() if self.config.http.enabled else None
+        http = await self._start_http(token) if self.config.http.enabled else None
         syncing = asyncio.create_task(self._sync_forever()) if self.limiter else None
         revalidating = (asyncio.create_task(self._revalidate_forever())
                         if self.decider.cache is not None else None)
@@ -379,12 +382,25 @@ class Service:
         limiter.synced(batch, shared, overrides)
         return True
 
-    async def _start_http(self) -> tuple[Any, asyncio.Task[None]]:
+    def http_token(self) -> str:
+        """``http.token``, or the token in ``http.token_file`` (created if absent).
+
+        :raises ConfigError: the file is unsafe or holds no usable token.
+        """
+        if self.config.http.token:
+            return self.config.http.token
+        loaded = secretfile.load_or_create(os.path.abspath(self.config.http.token_path))
+        # The path, never the value: clients read the file.
+        _log.info("HTTP API bearer token %s %s", "created in" if loaded.created else "read from",
+                  loaded.path)
+        return loaded.value
+
+    async def _start_http(self, token: str) -> tuple[Any, asyncio.Task[None]]:
         from .http import create_app  # noqa: PLC0415 -- http imports this module
 
         host, _, port = self.config.http.listen.rpartition(":")
         server = _QuietServer(uvicorn.Config(
-            create_app(self), host=host.strip("[]"), port=int(port), lifespan="off",
+            create_app(self, token), host=host.strip("[]"), port=int(port), lifespan="off",
             access_log=False, log_config=None, log_level="warning",
         ))
         task = asyncio.create_task(server.serve())

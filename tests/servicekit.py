@@ -62,6 +62,17 @@ class Served:
     http_url: str
     log_path: Path
     env: dict[str, str] = field(repr=False)
+    cwd: Path = field(default=Path("."))
+
+    def http_token(self) -> str:
+        """The bearer token the service uses: inline, or from its (possibly created) file."""
+        if self.env.get("EXIMAUTHD_HTTP_TOKEN"):
+            return self.env["EXIMAUTHD_HTTP_TOKEN"]
+        path = self.cwd / self.env.get("EXIMAUTHD_HTTP_TOKEN_FILE", "eximauthd-http.token")
+        return path.read_text("ascii").rstrip("\n")
+
+    def http_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.http_token()}"}
 
     def ask(self, data: bytes, **kwargs: object) -> bytes:
         return ask(self.socket_path, data, **kwargs)  # type: ignore[arg-type]
@@ -105,7 +116,8 @@ def start_service(db_url: str, *, extra_env: dict[str, str] | None = None,
             stdout=log if not log_file else stderr, stderr=log if not log_file else stderr,
             cwd=workdir or base,
         )
-    served = Served(process, socket_path, f"http://127.0.0.1:{port}", log_path, env)
+    served = Served(process, socket_path, f"http://127.0.0.1:{port}", log_path, env,
+                    workdir or base)
     if wait:
         wait_ready(served)
     return served

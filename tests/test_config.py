@@ -137,6 +137,15 @@ def test_http_token_never_in_repr(tmp_path: Path) -> None:
     assert "tok-abcdef" not in repr(load_config(path, environ={}))
 
 
+def test_http_token_file_defaults_to_the_working_directory(tmp_path: Path) -> None:
+    """Without token or token_file, serve uses eximauthd-http.token; a named file may serve a
+    non-loopback listener (remote clients need a token they can be given)."""
+    assert load_config(None, environ={}).http.token_path == "eximauthd-http.token"
+    http = load_config(_write(tmp_path, "[http]\nlisten = '0.0.0.0:8726'\n"),
+                       environ={"EXIMAUTHD_HTTP_TOKEN_FILE": "/var/lib/x/http.token"}).http
+    assert (http.token_path, http.listen) == ("/var/lib/x/http.token", "0.0.0.0:8726")
+
+
 def test_config_is_frozen() -> None:
     """Settings cannot change under a running service."""
     config = load_config(None, environ={})

@@ -31,8 +31,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kit.Served]:
                                  HealthCheck.filter_too_much])
 def test_api_conforms_to_openapi(case: schemathesis.Case, api: kit.Served) -> None:
     """Generated requests, valid and not: status codes and bodies match the document, no 5xx
-    other than the documented 503 defer."""
-    case.call_and_validate(base_url=api.http_url)
+    other than the documented 503 defer; the documented bearer token is enforced."""
+    case.call_and_validate(base_url=api.http_url, headers=api.http_headers())
 
 
 def test_document_lists_exactly_the_served_paths(api: kit.Served) -> None:
@@ -43,5 +43,6 @@ def test_document_lists_exactly_the_served_paths(api: kit.Served) -> None:
     documented = set(yaml.safe_load(SPEC.read_text())["paths"])
     assert documented == {"/healthz", "/readyz", "/metrics", "/v1/auth", "/v1/relay"}
     with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(api.http_url + "/v1/other", timeout=5)
+        urllib.request.urlopen(urllib.request.Request(api.http_url + "/v1/other",
+                                                      headers=api.http_headers()), timeout=5)
     assert info.value.code == 404

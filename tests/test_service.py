@@ -57,11 +57,12 @@ def served(db_url: str) -> Iterator[kit.Served]:
 
 def _http(served: kit.Served, method: str, path: str, body: Any = None,
           headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """One request; the service's bearer token is sent unless *headers* say otherwise."""
     data = None if body is None else (body if isinstance(body, bytes)
                                       else json.dumps(body).encode())
+    sent = served.http_headers() if headers is None else headers
     request = urllib.request.Request(served.http_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json",
-                                              **(headers or {})})
+                                     headers={"Content-Type": "application/json", **sent})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             raw = response.read()
@@ -341,13 +342,13 @@ class TestHttp:
         _populate(db_url)
         with kit.running(db_url, extra_env={"EXIMAUTHD_HTTP_TOKEN": "t0ken"}) as served:
             body = {"username": "alice@example.test", "password": PASSWORD}
-            assert _http(served, "POST", "/v1/auth", body)[0] == 401
+            assert _http(served, "POST", "/v1/auth", body, {})[0] == 401
             assert _http(served, "POST", "/v1/auth", body,
                          {"Authorization": "Bearer wrong"})[0] == 401
             assert _http(served, "POST", "/v1/auth", body,
                          {"Authorization": "Bearer t0ken"}) == (200, {"result": "yes",
                                                                       "reason": "ok"})
-            assert _http(served, "GET", "/healthz")[0] == 200
+            assert _http(served, "GET", "/healthz", headers={})[0] == 200
 
 
 def test_log_has_one_line_per_decision_and_no_secret(served: kit.Served) -> None:
