@@ -4,6 +4,11 @@ Each counter update is one atomic statement (``INSERT ... ON DUPLICATE KEY UPDAT
 MySQL/MariaDB, ``INSERT ... ON CONFLICT DO UPDATE`` on SQLite), so instances sharing the
 database never lose each other's counts and never race on a first insert.  Everything goes to
 the primary: a replica's lag would let a locked-out client through.
+
+Addresses here are canonical (:func:`eximauthd.addresses.parse_address`), and every read or
+delete by address is byte for byte (:func:`eximauthd.store._exactly`, or a filter in Python):
+a table still in a caseless collation must not hand one user's counters, known networks or
+limits to a look-alike (``boss@muller.test`` / ``boss@müller.test``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from sqlalchemy.dialects import mysql, sqlite
 from . import schema
 from .errors import StorageError
 from .limits import Limit
-from .store import Database
+from .store import Database, _exactly
 
 __all__ = [
     "AttemptStore",
@@ -186,7 +191,8 @@ class AttemptStore:
         if scope is not None:
             query = query.where(t.c.scope == scope)
         if subject is not None:
-            query = query.where(t.c.subject == subject)
+            query = query.where(t.c.subject == subject,
+                                _exactly(t.c.subject, subject, self.db.dialect))
         with self.db.write("reset auth failures") as conn:
             return int(conn.execute(query).rowcount)
 
@@ -211,7 +217,9 @@ class KnownNetworkStore:
 
     def is_known(self, address: str, network: str, since: dt.datetime) -> bool:
         t = self._t
-        query = sa.select(t.c.id).where(t.c.address == address, t.c.network == network,
+        query = sa.select(t.c.id).where(t.c.address == address,
+                                        _exactly(t.c.address, address, self.db.dialect),
+                                        t.c.network == network,
                                         t.c.last_success_at >= since).limit(1)
         with self.db.write("read known networks") as conn:
             return conn.execute(query).first() is not None
@@ -244,6 +252,7 @@ class RateStore:
         """
         t = self._t
         wanted = sorted(set(addresses))
+        exact = set(wanted)
         with self.db.write("update rate counters") as conn:
             if deltas:
                 stmt = _upsert(self.db, t, ("address", "kind", "window_seconds", "bucket"),
@@ -259,6 +268,8 @@ class RateStore:
                                   t.c.count.label("n")).where(t.c.address.in_(wanted[i:i + 500]),
                                                    t.c.expires_at > now)
                 for r in conn.execute(query):
+                    if r.address not in exact:
+                        continue  # a look-alike the collation matched
                     found[(r.address, r.kind, int(r.window_seconds), int(r.bucket))] = int(r.n)
             return found
 
@@ -272,7 +283,8 @@ class RateStore:
 
     def reset(self, address: str | None = None) -> int:
         t = self._t
-        query = sa.delete(t) if address is None else sa.delete(t).where(t.c.address == address)
+        query = sa.delete(t) if address is None else sa.delete(t).where(
+            t.c.address == address, _exactly(t.c.address, address, self.db.dialect))
         with self.db.write("reset rate counters") as conn:
             return int(conn.execute(query).rowcount)
 
@@ -310,7 +322,9 @@ class LimitStore:
         """Replace *address*'s limits of *kind*: *limits*, () for unlimited, None for default."""
         t = self._t
         with self.db.write("set user limits") as conn:
-            conn.execute(sa.delete(t).where(t.c.address == address, t.c.kind == kind))
+            conn.execute(sa.delete(t).where(t.c.address == address,
+                                            _exactly(t.c.address, address, self.db.dialect),
+                                            t.c.kind == kind))
             if limits is None:
                 return
             rows = [{"address": address, "kind": kind, "window_seconds": limit.window_seconds,

@@ -5,6 +5,12 @@ Accounts are keyed by ``local@domain``.  Exim compares local parts caselessly un
 account address is all lower case.  Parsing is deliberately strict: an AUTH username that is not a
 plain address (whitespace, control characters, several ``@``, a source route, over-long parts)
 cannot name an account, so it is refused before any database work.
+
+The same rule decides what a *stored* row names (:func:`stored_address`): a row is the account
+``local@domain`` only if its value parses under :func:`parse_address` to exactly that canonical
+form.  A database collation never decides it: MySQL's default collations call ``alicé`` and
+``alice``, ``müller`` and ``muller``, ``alice `` and ``alice`` equal, and a row for one would
+otherwise log in (and send) as the other.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 
 from .errors import AddressError
 
-__all__ = ["Address", "parse_address"]
+__all__ = ["Address", "parse_address", "stored_address"]
 
 # RFC 5321 limits: local part 64 octets, domain 255, a path 256 with the brackets.
 _MAX_LOCAL = 64
@@ -57,3 +63,36 @@ def parse_address(text: str) -> Address:
     if not _DOMAIN_RE.fullmatch(domain):
         raise AddressError(f"invalid domain in {shown!r}")
     return Address(local.lower(), domain.lower())
+
+
+def stored_address(*parts: object) -> Address | None:
+    """The account a stored row names, or None when it names none.  Pure.
+
+    *parts* is the row's one ``local@domain`` value, or its local part and its domain (a table
+    with two columns).  The row names an account only when the value is itself an address
+    under :func:`parse_address`: ASCII dot-atom, no padding, no other characters; case is
+    folded (``Alice@Example.TEST`` is ``alice@example.test``).  A value from a binary column
+    (bytes) is read as ASCII.  Compare the result with ``==``: that is byte for byte.
+    """
+    texts: list[str] = []
+    for part in parts:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, bytes | bytearray | memoryview):
+            try:
+                texts.append(bytes(part).decode("ascii"))
+            except UnicodeDecodeError:
+                return None
+        else:
+            return None
+    if len(texts) not in (1, 2):
+        return None
+    try:
+        address = parse_address("@".join(texts))
+    except AddressError:
+        return None
+    if len(texts) == 2 and (address.local, address.domain) != (texts[0].lower(),
+                                                               texts[1].lower()):
+        # An "@" inside one of the two columns: the parts do not name this address.
+        return None
+    return address

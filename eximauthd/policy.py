@@ -49,7 +49,10 @@ def _parse(text: str) -> Address | None:
 def _grant_matches(grant: str, sender: Address) -> str | None:
     """The yes-reason if *grant* (``user@domain`` or ``@domain``) covers *sender*, else None."""
     if grant.startswith("@"):
-        return "grant-domain" if grant[1:].lower() == sender.domain else None
+        # Parsed like an address, not lower-cased: str.lower() folds look-alikes such as the
+        # Kelvin sign into ASCII ("@\u212aiel.test" would cover kiel.test).
+        domain = _parse("postmaster" + grant)
+        return "grant-domain" if domain is not None and domain.domain == sender.domain else None
     granted = _parse(grant)
     return "grant-address" if granted == sender else None
 

@@ -51,13 +51,23 @@ def _ascii(length: int) -> String:
         mysql.VARCHAR(length, charset="ascii", collation="ascii_bin"), "mysql", "mariadb")
 
 
+# Addresses and domains compare byte for byte on MySQL too (revision 0004):
+# a caseless collation would call alicé, ALICE and "alice " equal to alice in the unique
+# indexes.  Who a row is, is still decided in Python (eximauthd.store), whatever the collation.
+_Address = String(ADDRESS_LENGTH).with_variant(
+    mysql.VARCHAR(ADDRESS_LENGTH, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+)
+_Domain = String(255).with_variant(
+    mysql.VARCHAR(255, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+)
+
 users = Table(
     "eximauthd_users",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     # Canonical (lower-case) local@domain, see eximauthd.addresses.
-    Column("address", String(ADDRESS_LENGTH), nullable=False, unique=True),
-    Column("domain", String(255), nullable=False, index=True),
+    Column("address", _Address, nullable=False, unique=True),
+    Column("domain", _Domain, nullable=False, index=True),
     Column("password_hash", _Hash, nullable=False),
     Column("enabled", Boolean, nullable=False, server_default="1"),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
@@ -70,8 +80,8 @@ grants = Table(
     "eximauthd_grants",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("user_address", String(ADDRESS_LENGTH), nullable=False, index=True),
-    Column("sender", String(ADDRESS_LENGTH), nullable=False),
+    Column("user_address", _Address, nullable=False, index=True),
+    Column("sender", _Address, nullable=False),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
     UniqueConstraint("user_address", "sender", name="uq_eximauthd_grants_user_sender"),
 )
@@ -103,7 +113,7 @@ known_clients = Table(
     "eximauthd_known_clients",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("address", String(ADDRESS_LENGTH), nullable=False),
+    Column("address", _Address, nullable=False),
     Column("network", String(64), nullable=False),
     Column("last_success_at", DateTime, nullable=False, index=True),
     UniqueConstraint("address", "network", name="uq_eximauthd_known_clients_address_network"),
@@ -117,7 +127,7 @@ rate_counters = Table(
     "eximauthd_rate_counters",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("address", String(ADDRESS_LENGTH), nullable=False),
+    Column("address", _Address, nullable=False),
     Column("kind", String(16), nullable=False),
     Column("window_seconds", Integer, nullable=False),
     Column("bucket", BigInteger, nullable=False),
@@ -133,7 +143,7 @@ user_limits = Table(
     "eximauthd_user_limits",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("address", String(ADDRESS_LENGTH), nullable=False, index=True),
+    Column("address", _Address, nullable=False, index=True),
     Column("kind", String(16), nullable=False),
     Column("window_seconds", Integer, nullable=False),
     Column("maximum", Integer, nullable=False),

@@ -3,6 +3,12 @@
 All SQL is built with SQLAlchemy Core expressions and bound parameters.  Database exceptions are
 turned into :class:`~eximauthd.errors.StorageError` with a message made only of the error class and
 its code: SQLAlchemy's own messages can carry bound parameters (hashes) and URLs (passwords).
+
+Who a row is, is decided here in Python, never by the database's collation: a lookup asks the
+database for the rows its collation calls equal to the login (so the login columns' index
+serves it), then keeps only those that :func:`~eximauthd.addresses.stored_address` says are
+that very account, byte for byte.  Writes go to those rows only, compared byte for byte
+(:func:`_exactly`), so ``alicé`` is never changed by a command for ``alice``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from . import schema
-from .addresses import Address
+from .addresses import Address, stored_address
 from .config import Config, DatabaseConfig, LegacyConfig
 from .errors import (
     SchemaMissingError,
@@ -38,6 +44,12 @@ __all__ = [
     "make_account_store",
     "translate_errors",
 ]
+
+# The rows one lookup may read before the filter: the database's collation can call many rows
+# equal to one login (alicé, ALICE, "alice "), and a LIMIT applied before the filter could
+# keep the look-alikes and drop the account itself.  Past this, the lookup fails (defer)
+# rather than guess; in a sane table the group is one row.
+MAX_CANDIDATES = 100
 
 # MySQL/MariaDB error codes worth a specific message.
 _MYSQL_NO_TABLE = 1146
@@ -180,23 +192,37 @@ class Database:
             self.replica.dispose()
 
 
-def _exactly(column: sa.ColumnElement[Any], value: str, dialect: str) -> sa.ColumnElement[bool]:
-    """Compare byte for byte: MySQL's default collations ignore case and trailing spaces.
+def _exactly(column: sa.ColumnElement[Any], value: str | bytes,
+             dialect: str) -> sa.ColumnElement[bool]:
+    """Compare byte for byte: MySQL's default collations ignore case, accents and trailing
+    spaces, and an SQLite column may be declared ``NOCASE`` or ``RTRIM``.
 
     (A legacy column in a charset other than utf8 only matches ASCII values this way, so a
     non-ASCII old value is never swapped there: safe, the upgrade is just skipped.)
     """
+    raw = value if isinstance(value, bytes) else value.encode("utf-8")
     if dialect in {"mysql", "mariadb"}:
-        return sa.cast(column, sa.LargeBinary) == value.encode("utf-8")
-    return column == value
+        return sa.cast(column, sa.LargeBinary) == raw
+    if isinstance(value, bytes):
+        return sa.cast(column, sa.LargeBinary) == raw
+    return column.collate("BINARY") == value
+
+
+def _bounded(rows: Sequence[Any], address: Address) -> Sequence[Any]:
+    """*rows* unless there are more than :data:`MAX_CANDIDATES` (then StorageError: defer)."""
+    if len(rows) > MAX_CANDIDATES:
+        raise StorageError(f"look up user: more than {MAX_CANDIDATES} rows collate equal to "
+                           f"{address}; refusing to decide (clean up the table)")
+    return rows
 
 
 def _caseless(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
-    """Match a lower-case value caselessly.
+    """Find the candidates for a lower-case value caselessly (the caller filters them).
 
     MySQL's default collations already compare caselessly and can use the column's index;
     SQLite compares bytes, so it lower-cases the column.  (A legacy column with a ``_bin``
-    collation on MySQL is matched case-sensitively: keep its values lower-case.)
+    collation on MySQL is matched case-sensitively: keep its values lower-case.)  What the
+    collation calls equal is only a candidate: :func:`stored_address` decides.
     """
     if dialect in {"mysql", "mariadb"}:
         return column
@@ -244,30 +270,45 @@ class OwnAccountStore:
     def find(self, address: Address, limit: int = 2) -> list[UserRecord]:
         t = self._t
         query = (sa.select(t.c.address, t.c.enabled, t.c.password_hash)
-                 .where(t.c.address == str(address)).limit(limit))
+                 .where(t.c.address == str(address)).limit(MAX_CANDIDATES + 1))
         with self.db.read("look up user") as conn:
-            rows = conn.execute(query).all()
-        return [UserRecord(r.address, bool(r.enabled), r.password_hash) for r in rows]
+            rows = _bounded(conn.execute(query).all(), address)
+        return [UserRecord(str(address), bool(r.enabled), r.password_hash)
+                for r in rows if stored_address(r.address) == address][:limit]
 
     def find_many(self, addresses: Sequence[Address]) -> dict[str, list[UserRecord]]:
         t = self._t
+        wanted = set(addresses)
         found: dict[str, list[UserRecord]] = {}
         with self.db.read("look up users") as conn:
             for chunk in _chunks([str(a) for a in addresses]):
                 query = sa.select(t.c.address, t.c.enabled, t.c.password_hash).where(
                     t.c.address.in_(chunk))
                 for r in conn.execute(query):
-                    found.setdefault(r.address.lower(), []).append(
-                        UserRecord(r.address, bool(r.enabled), r.password_hash))
+                    canonical = stored_address(r.address)
+                    if canonical is None or canonical not in wanted:
+                        continue  # a look-alike the collation matched
+                    found.setdefault(str(canonical), []).append(
+                        UserRecord(str(canonical), bool(r.enabled), r.password_hash))
         return found
+
+    def _ids(self, conn: Connection, address: Address) -> list[int]:
+        """The ids of the rows that are *address* (byte for byte, not by collation)."""
+        t = self._t
+        rows = _bounded(conn.execute(sa.select(t.c.id, t.c.address)
+                                     .where(t.c.address == str(address))
+                                     .limit(MAX_CANDIDATES + 1)).all(), address)
+        return [int(r.id) for r in rows if stored_address(r.address) == address]
 
     def replace_password(self, address: Address, old: str, new: str) -> bool:
         t = self._t
-        query = (sa.update(t)
-                 .where(t.c.address == str(address),
-                        _exactly(t.c.password_hash, old, self.db.dialect))
-                 .values(password_hash=new, updated_at=sa.func.now()))
         with self.db.write("rehash password") as conn:
+            ids = self._ids(conn, address)
+            if len(ids) != 1:
+                return False
+            query = (sa.update(t)
+                     .where(t.c.id == ids[0], _exactly(t.c.password_hash, old, self.db.dialect))
+                     .values(password_hash=new, updated_at=sa.func.now()))
             return conn.execute(query).rowcount == 1
 
     def add(self, address: Address, password_hash: str) -> None:
@@ -292,8 +333,8 @@ class OwnAccountStore:
 
     def delete(self, address: Address) -> None:
         with self.db.write("delete user") as conn:
-            count = conn.execute(sa.delete(self._t).where(self._t.c.address == str(address)))
-            if count.rowcount != 1:
+            row_id = _one(self._ids(conn, address), address, "delete")
+            if conn.execute(sa.delete(self._t).where(self._t.c.id == row_id)).rowcount != 1:
                 raise UserNotFoundError(f"no such user: {address}")
 
     def list(self) -> list[UserRecord]:
@@ -304,10 +345,20 @@ class OwnAccountStore:
                     for r in conn.execute(query)]
 
     def _update_one(self, address: Address, what: str, **values: Any) -> None:
-        query = sa.update(self._t).where(self._t.c.address == str(address)).values(**values)
         with self.db.write(what) as conn:
+            row_id = _one(self._ids(conn, address), address, "change")
+            query = sa.update(self._t).where(self._t.c.id == row_id).values(**values)
             if conn.execute(query).rowcount != 1:
                 raise UserNotFoundError(f"no such user: {address}")
+
+
+def _one(found: list[Any], address: Address, verb: str) -> Any:
+    """The one row of *address* among *found*; UserNotFoundError for none or several."""
+    if len(found) != 1:
+        raise UserNotFoundError(f"no such user: {address}" if not found
+                                else f"{len(found)} rows match {address}; refusing to {verb} "
+                                     "them")
+    return found[0]
 
 
 def _chunks(items: list[Any], size: int = 200) -> Iterator[list[Any]]:
@@ -372,38 +423,67 @@ class LegacyAccountStore:
             columns.append(self._t.c[self.legacy.enabled_column])
         return sa.select(*columns)
 
-    def _record(self, row: Sequence[Any]) -> UserRecord:
-        if self.legacy.address_column:
-            address, rest = str(row[0]), row[1:]
-        else:
-            address, rest = f"{row[0]}@{row[1]}", row[2:]
+    @property
+    def _width(self) -> int:
+        return 1 if self.legacy.address_column else 2
+
+    def _identity(self, row: Sequence[Any]) -> Address | None:
+        """The account a row (address columns first) names, decided by our rule alone."""
+        return stored_address(*row[:self._width])
+
+    def _record(self, address: Address | str, row: Sequence[Any]) -> UserRecord:
+        rest = row[self._width:]
         enabled = self._rule.matches(rest[1]) if self.legacy.enabled_column else True
         password = None if rest[0] is None else str(rest[0])
-        return UserRecord(address.lower(), enabled, password)
+        return UserRecord(str(address), enabled, password)
+
+    def _exact_keys(self, conn: Connection, address: Address) -> list[tuple[Any, ...]]:
+        """The stored address values (as read) of the rows that are *address*."""
+        query = (sa.select(*self._address_columns()).where(self._match(address))
+                 .limit(MAX_CANDIDATES + 1))
+        rows = _bounded(conn.execute(query).all(), address)
+        return [tuple(r) for r in rows if self._identity(r) == address]
+
+    def _exact_match(self, address: Address, key: tuple[Any, ...]) -> sa.ColumnElement[bool]:
+        """The rows whose address columns hold exactly *key*: the indexed caseless match
+        narrowed byte for byte, so a look-alike row is never written."""
+        dialect = self.db.dialect
+        return sa.and_(self._match(address), *(
+            _exactly(column, value, dialect)
+            for column, value in zip(self._address_columns(), key, strict=True)))
 
     def find(self, address: Address, limit: int = 2) -> list[UserRecord]:
-        query = self._select().where(self._match(address)).limit(limit)
+        query = self._select().where(self._match(address)).limit(MAX_CANDIDATES + 1)
         with self.db.read("look up user") as conn:
-            return [self._record(r) for r in conn.execute(query)]
+            rows = _bounded(conn.execute(query).all(), address)
+        return [self._record(address, r) for r in rows if self._identity(r) == address][:limit]
 
     def find_many(self, addresses: Sequence[Address]) -> dict[str, list[UserRecord]]:
+        wanted = set(addresses)
         found: dict[str, list[UserRecord]] = {}
         with self.db.read("look up users") as conn:
             for chunk in _chunks(list(addresses)):
                 query = self._select().where(sa.or_(*(self._match(a) for a in chunk)))
                 for r in conn.execute(query):
-                    record = self._record(r)
-                    found.setdefault(record.address, []).append(record)
+                    canonical = self._identity(r)
+                    if canonical is None or canonical not in wanted:
+                        continue  # a look-alike the collation matched
+                    found.setdefault(str(canonical), []).append(self._record(canonical, r))
         return found
 
     def replace_password(self, address: Address, old: str, new: str) -> bool:
-        query = (sa.update(self._t)
-                 .where(self._match(address), _exactly(self._password, old, self.db.dialect))
-                 .values({self.legacy.password_column: new}))
         with self.db.write("rehash password") as conn:
+            keys = self._exact_keys(conn, address)
+            if len(keys) != 1:
+                # Two rows for one login: refuse to touch either rather than guess.
+                return False
+            query = (sa.update(self._t)
+                     .where(self._exact_match(address, keys[0]),
+                            _exactly(self._password, old, self.db.dialect))
+                     .values({self.legacy.password_column: new}))
             result = conn.execute(query)
             if result.rowcount > 1:
-                # Two rows for one login: refuse to touch either rather than guess.
+                # Byte-identical duplicate rows appeared meanwhile: still refuse.
                 conn.rollback()
                 return False
             return result.rowcount == 1
@@ -417,12 +497,17 @@ class LegacyAccountStore:
             values[self.legacy.domain_column] = address.domain
         if self.legacy.enabled_column:
             values[self.legacy.enabled_column] = self.legacy.enabled_value
-        with self.db.write("add user") as conn:
-            exists = conn.execute(sa.select(sa.func.count()).select_from(self._t)
-                                  .where(self._match(address))).scalar_one()
-            if exists:
-                raise UserExistsError(f"user already exists: {address}")
-            conn.execute(sa.insert(self._t).values(values))
+        try:
+            with self.db.write("add user") as conn:
+                if self._exact_keys(conn, address):
+                    raise UserExistsError(f"user already exists: {address}")
+                conn.execute(sa.insert(self._t).values(values))
+        except StorageError as exc:
+            if _is_duplicate(exc):
+                # The table's unique index collates a look-alike row equal to this address.
+                raise UserExistsError(f"cannot add {address}: the table's unique index holds "
+                                      "a row its collation calls equal") from None
+            raise
 
     def set_password(self, address: Address, password_hash: str) -> None:
         self._update_one(address, "change password", {self.legacy.password_column: password_hash})
@@ -436,29 +521,29 @@ class LegacyAccountStore:
 
     def delete(self, address: Address) -> None:
         with self.db.write("delete user") as conn:
-            count = conn.execute(sa.delete(self._t).where(self._match(address))).rowcount
+            key = _one(self._exact_keys(conn, address), address, "delete")
+            count = conn.execute(sa.delete(self._t)
+                                 .where(self._exact_match(address, key))).rowcount
             if count != 1:
                 conn.rollback()
-                raise UserNotFoundError(
-                    f"no such user: {address}" if count == 0
-                    else f"{count} rows match {address}; refusing to delete"
-                )
+                raise UserNotFoundError(f"{count} rows match {address}; refusing to delete")
 
     def list(self) -> list[UserRecord]:
         query = self._select().order_by(*self._address_columns())
         with self.db.read("list users") as conn:
-            return [self._record(r) for r in conn.execute(query)]
+            # A row that names no account is listed as stored, so a look-alike stands out.
+            return [self._record(self._identity(r) or "@".join(map(str, r[:self._width])), r)
+                    for r in conn.execute(query)]
 
     def _update_one(self, address: Address, what: str, values: dict[str, Any]) -> None:
         with self.db.write(what) as conn:
-            count = conn.execute(sa.update(self._t).where(self._match(address))
+            key = _one(self._exact_keys(conn, address), address, "change")
+            count = conn.execute(sa.update(self._t).where(self._exact_match(address, key))
                                  .values(values)).rowcount
             if count != 1:
                 conn.rollback()
-                raise UserNotFoundError(
-                    f"no such user: {address}" if count == 0
-                    else f"{count} rows match {address}; refusing to change them"
-                )
+                raise UserNotFoundError(f"{count} rows match {address}; refusing to change "
+                                        "them")
 
 
 class GrantStore:
@@ -469,32 +554,68 @@ class GrantStore:
         self._t = schema.grants
 
     def add(self, grant: Grant) -> bool:
-        """Record *grant*; False when it already existed."""
+        """Record *grant* (canonical, as :func:`eximauthd.cli` builds it); False when it
+        already existed."""
         try:
             with self.db.write("add grant") as conn:
                 conn.execute(sa.insert(self._t).values(user_address=grant.user,
                                                       sender=grant.sender))
         except StorageError as exc:
-            if _is_duplicate(exc):
-                return False
-            raise
+            if not _is_duplicate(exc):
+                raise
+            with self.db.write("add grant") as conn:
+                if self._exact_ids(conn, grant):
+                    return False
+            # Only a look-alike is there (a table still in a caseless collation).
+            raise UserExistsError(f"cannot add the grant {grant.user} -> {grant.sender}: a "
+                                  "grant the database's collation calls equal exists; run "
+                                  "`eximauthd db upgrade`") from None
         return True
 
     def remove(self, grant: Grant) -> bool:
-        """Delete *grant*; False when there was none."""
+        """Delete *grant*, byte for byte (never a look-alike); False when there was none."""
         t = self._t
         with self.db.write("remove grant") as conn:
-            result = conn.execute(sa.delete(t).where(t.c.user_address == grant.user,
-                                                     t.c.sender == grant.sender))
-            return result.rowcount > 0
+            ids = self._exact_ids(conn, grant)
+            if not ids:
+                return False
+            return conn.execute(sa.delete(t).where(t.c.id.in_(ids))).rowcount > 0
+
+    def _exact_ids(self, conn: Connection, grant: Grant) -> list[int]:
+        t = self._t
+        rows = conn.execute(sa.select(t.c.id, t.c.user_address, t.c.sender).where(
+            t.c.user_address == grant.user, t.c.sender == grant.sender)).all()
+        want = (stored_address(grant.user), _grant_sender(grant.sender))
+        return [int(r.id) for r in rows
+                if want[0] is not None and want[1] is not None
+                and (stored_address(r.user_address), _grant_sender(r.sender)) == want]
 
     def list(self, user: str | None = None) -> list[Grant]:
+        """Every grant, or the grants of *user*: only rows whose user is that very account
+        under :func:`stored_address`, never a row the collation calls equal."""
         t = self._t
         query = sa.select(t.c.user_address, t.c.sender).order_by(t.c.user_address, t.c.sender)
+        owner: Address | None = None
         if user is not None:
-            query = query.where(t.c.user_address == user)
+            owner = stored_address(user)
+            if owner is None:
+                return []
+            query = query.where(t.c.user_address == str(owner))
         with self.db.read("list grants") as conn:
-            return [Grant(r.user_address, r.sender) for r in conn.execute(query)]
+            rows = conn.execute(query).all()
+        if owner is None:
+            return [Grant(r.user_address, r.sender) for r in rows]
+        return [Grant(str(owner), r.sender) for r in rows
+                if stored_address(r.user_address) == owner]
+
+
+def _grant_sender(sender: str) -> str | None:
+    """The canonical form of a stored grant's sender (``local@domain`` or ``@domain``)."""
+    if sender.startswith("@"):
+        domain = stored_address("postmaster" + sender)
+        return None if domain is None else "@" + domain.domain
+    address = stored_address(sender)
+    return None if address is None else str(address)
 
 
 def make_account_store(config: Config, db: Database) -> AccountStore:

@@ -86,8 +86,8 @@ class TestIssueScenario:
         """On SQLite and MariaDB, with eximauthd's own tables."""
         upgrade = cli("db", "upgrade")
         assert upgrade.code == 0, upgrade.err
-        assert "to revision 0002" in upgrade.out
-        assert cli("db", "upgrade").out.strip() == "schema already at revision 0002"
+        assert "to revision 0004" in upgrade.out
+        assert cli("db", "upgrade").out.strip() == "schema already at revision 0004"
         added = cli("user", "add", "alice@example.test", "--password-stdin", stdin=SECRET + "\n")
         assert (added.code, added.out.strip()) == (0, "added alice@example.test")
         yes = cli("check", "alice@example.test", "--password-stdin", stdin=SECRET + "\n")
@@ -257,6 +257,8 @@ def test_installed_wheel_ships_migrations(tmp_path: Path) -> None:
     assert "eximauthd/migrations/env.py" in names
     assert "eximauthd/migrations/versions/0001_initial.py" in names
     assert "eximauthd/migrations/versions/0002_abuse_defenses.py" in names
+    assert "eximauthd/migrations/versions/0003_auth_attempts.py" in names
+    assert "eximauthd/migrations/versions/0004_exact_addresses.py" in names
     assert "eximauthd/py.typed" in names
 
     venv = tmp_path / "venv"
@@ -274,7 +276,7 @@ def test_installed_wheel_ships_migrations(tmp_path: Path) -> None:
     run = subprocess.run([str(venv / "bin" / "eximauthd"), "db", "upgrade"], cwd=work, env=env,
                          capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 0, run.stderr
-    assert "to revision 0002" in run.stdout
+    assert "to revision 0004" in run.stdout
     assert (work / "eximauthd.sqlite3").exists()
     where = subprocess.run([str(venv / "bin" / "python"), "-c",
                             "import eximauthd; print(eximauthd.__file__)"],
