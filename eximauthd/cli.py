@@ -42,7 +42,7 @@ from .errors import (
     UserExistsError,
     UserNotFoundError,
 )
-from .hashing import Hasher, Scheme, calibrate, identify_scheme
+from .hashing import Hasher, Scheme, calibrate, hash_shape, identify_scheme
 from .limits import KINDS, format_window, parse_limits
 from .ratelimit import estimate
 from .store import AccountStore, Database, Grant, GrantStore, make_account_store
@@ -258,8 +258,8 @@ def _scheme_name(stored: str | None, bare: Scheme | None) -> str:
     if not stored:
         return "none"
     scheme, _, label = identify_scheme(stored, bare)
-    if scheme is Scheme.UNKNOWN and not label.startswith(("{", "$")):
-        return f"unknown ({label}?)"  # a bare hash under password_scheme = "auto"
+    if scheme is Scheme.UNKNOWN and hash_shape(stored) == label:
+        return f"unknown ({label}?)"  # a bare hash of a kind password_scheme does not name
     return scheme.value
 
 

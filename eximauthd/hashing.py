@@ -212,9 +212,9 @@ def identify_scheme(stored: str, bare: Scheme | None = None) -> tuple[Scheme, st
 
     ``body`` is what the scheme's verifier takes (the prefix removed); ``label`` names the scheme
     as found in the data (``{FOO}`` or ``$foo$``), for log lines about unknown schemes.  A value
-    with neither is of scheme *bare* (see :func:`bare_scheme`); with *bare* None, it is plaintext
-    unless :func:`hash_shape` knows its shape, when it is ``UNKNOWN`` with that kind as label.
-    Pure.
+    with neither is of scheme *bare* (see :func:`bare_scheme`) if it has that scheme's shape;
+    otherwise it is ``UNKNOWN``, with the kind as label when :func:`hash_shape` knows its shape,
+    except that with *bare* None ("auto") a value of no known shape is plaintext.  Pure.
     """
     prefix = _PREFIX_RE.match(stored)
     if prefix is not None:
@@ -239,12 +239,18 @@ def identify_scheme(stored: str, bare: Scheme | None = None) -> tuple[Scheme, st
     mcf = _MCF_RE.match(stored)
     if mcf is not None:
         return _MCF_IDS.get(mcf.group(1), Scheme.UNKNOWN), stored, "$" + mcf.group(1) + "$"
-    if bare is not None:
-        return bare, stored, "plaintext" if bare is Scheme.PLAIN else bare.value
+    if bare is Scheme.PLAIN:
+        return bare, stored, "plaintext"
     shape = hash_shape(stored)
+    if bare is not None and shape == bare.value:
+        return bare, stored, bare.value
     if shape is not None:
         # Never plaintext: that would make the hash itself the password (pass-the-hash).
         return Scheme.UNKNOWN, stored, shape
+    if bare is not None:
+        # The column was declared to hold hashes: a value of no hash shape (a leftover
+        # plaintext?) is neither compared as text nor as a hash.
+        return Scheme.UNKNOWN, stored, f"bare value, not {bare.value}"
     return Scheme.PLAIN, stored, "plaintext"
 
 

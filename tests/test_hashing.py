@@ -312,11 +312,19 @@ class TestBareHashShapes:
     @pytest.mark.parametrize("kind", [k for k in LEGACY_PASSWORD_SCHEMES
                                       if k not in {"auto", "plain"}])
     def test_named_scheme_refuses_values_of_another_shape(self, kind: str) -> None:
-        """Under a hash scheme a leftover plaintext is malformed, never compared as text."""
+        """Under a hash scheme a leftover plaintext or another kind of hash is refused, never
+        compared as text; another kind of hash says what it looks like."""
         hasher = Hasher(FAST_HASHING, password_scheme=kind)
         for stored in ("hunter2", "5ebe2294ecd0e0f08eab7690d2a6ee6", "*" + "g" * 40):
             result = hasher.verify(stored, stored)
-            assert (result.matched, result.reason) == (False, "malformed-hash")
+            assert (result.matched, result.reason, result.looks_like) == (
+                False, "unknown-scheme", "")
+        for other, stored, password in BARE_HASHES:
+            if other != kind:
+                result = hasher.verify(stored, password)
+                assert (result.matched, result.reason, result.looks_like) == (
+                    False, "unknown-scheme", other)
+                assert not hasher.verify(stored, stored).matched
 
     def test_plain_takes_a_hash_shaped_value_as_plaintext(self) -> None:
         """password_scheme = "plain": the admin said the column is plaintext, so it is."""
