@@ -18,6 +18,7 @@ Nothing here ever logs or raises with a password or a hash in the text.
 from __future__ import annotations
 
 import logging
+import threading
 
 from .addresses import Address, parse_address
 from .authcache import AuthCache
@@ -32,6 +33,8 @@ _log = logging.getLogger("eximauthd.authn")
 
 # Far above any real password; bounds the work one request can cause.
 MAX_PASSWORD_BYTES = 1024
+# Accounts whose hash-shaped stored value was reported; past this many, reporting starts over.
+_REPORTED_MAX = 10_000
 
 _ARGON2 = frozenset({Scheme.ARGON2ID, Scheme.ARGON2I})
 
@@ -43,6 +46,8 @@ class Authenticator:
         self.store = store
         self.hasher = hasher
         self.cache = cache
+        self._reported: set[str] = set()
+        self._reported_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Authenticator({self.store!r}, {self.hasher!r})"
@@ -73,6 +78,8 @@ class Authenticator:
         if not result.matched:
             if result.scheme not in _ARGON2:
                 self.hasher.verify_dummy(password)
+            if result.looks_like:
+                self._report_hash_shaped(address_text, result.looks_like)
             reason = "bad-password" if result.reason == "mismatch" else result.reason
             return Decision.no(reason)
         if not record.enabled:
@@ -83,6 +90,19 @@ class Authenticator:
         if self.cache is not None and record.password is not None:
             self.cache.put(address_text, password, client_ip, record.password, generation)
         return Decision.yes()
+
+    def _report_hash_shaped(self, address: str, kind: str) -> None:
+        # Once per account, not per attempt: a client retrying every minute must not flood the
+        # log, and the admin needs one line per row to fix.  The kind only, never the value.
+        with self._reported_lock:
+            if address in self._reported:
+                return
+            if len(self._reported) >= _REPORTED_MAX:
+                self._reported.clear()
+            self._reported.add(address)
+        _log.error("refusing the stored password of %s: a bare value shaped like %s is never "
+                   "taken as plaintext; set [legacy] password_scheme (docs/passwords.md)",
+                   address, kind)
 
     def _rehash(self, address: Address, *, old: str, password: str, scheme: Scheme,
                 client_ip: str) -> Decision:

@@ -44,7 +44,7 @@ from .errors import (
     UserNotFoundError,
 )
 from .files import warn_if_readable_by_others
-from .hashing import Hasher, calibrate, identify_scheme
+from .hashing import Hasher, Scheme, calibrate, hash_shape, identify_scheme
 from .limits import KINDS, format_window, parse_limits
 from .protocol import parse_client_ip
 from .ratelimit import estimate
@@ -77,7 +77,7 @@ class _State:
 
     @cached_property
     def hasher(self) -> Hasher:
-        return Hasher(self.config.hashing)
+        return Hasher(self.config.hashing, password_scheme=self.config.legacy.password_scheme)
 
     @cached_property
     def accounts(self) -> AccountStore:
@@ -246,7 +246,8 @@ def _tell_service(state: _State, address: str) -> None:
 def user_list(state: _State, as_json: bool) -> None:
     """List accounts with their state and password scheme (never the hash)."""
     rows = [
-        {"address": r.address, "enabled": r.enabled, "scheme": _scheme_name(r.password)}
+        {"address": r.address, "enabled": r.enabled,
+         "scheme": _scheme_name(r.password, state.hasher.bare)}
         for r in state.accounts.list()
     ]
     if as_json:
@@ -256,10 +257,13 @@ def user_list(state: _State, as_json: bool) -> None:
                  [[r["address"], "yes" if r["enabled"] else "no", r["scheme"]] for r in rows])
 
 
-def _scheme_name(stored: str | None) -> str:
+def _scheme_name(stored: str | None, bare: Scheme | None) -> str:
     if not stored:
         return "none"
-    return identify_scheme(stored)[0].value
+    scheme, _, label = identify_scheme(stored, bare)
+    if scheme is Scheme.UNKNOWN and hash_shape(stored) == label:
+        return f"unknown ({label}?)"  # a bare hash of a kind password_scheme does not name
+    return scheme.value
 
 
 def _print_table(header: list[str], rows: list[list[Any]]) -> None:

@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .limits import KINDS, parse_limits
 
 __all__ = [
+    "LEGACY_PASSWORD_SCHEMES",
     "CacheConfig",
     "Config",
     "DatabaseConfig",
@@ -194,6 +195,9 @@ class LegacyConfig:
     # What `user add`/`user enable` and `user disable` write into enabled_column.
     enabled_value: str = "1"
     disabled_value: str = "0"
+    # What a bare password value (no {SCHEME} prefix, no $id$) is: "auto" takes it as plaintext
+    # unless it is shaped like a hash, which it refuses (see LEGACY_PASSWORD_SCHEMES).
+    password_scheme: str = "auto"  # noqa: S105 -- a scheme name, not a secret
 
     @property
     def configured(self) -> bool:
@@ -202,6 +206,11 @@ class LegacyConfig:
     @property
     def enabled_rule(self) -> EnabledRule:
         return _parse_enabled_rule(self.enabled_when)
+
+
+# The values of legacy.password_scheme (eximauthd.hashing.bare_scheme maps them to schemes).
+LEGACY_PASSWORD_SCHEMES = ("auto", "plain", "md5-hex", "sha1-hex", "sha256-hex", "sha512-hex",
+                           "mysql-native", "des-crypt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,6 +592,11 @@ def _validate_legacy(legacy: LegacyConfig) -> None:
         value = getattr(legacy, key)
         if value and not _IDENTIFIER_RE.fullmatch(value):
             raise ConfigError(f"legacy.{key}: {value[:40]!r} is not a plain SQL identifier")
+    if legacy.password_scheme not in LEGACY_PASSWORD_SCHEMES:
+        raise ConfigError(
+            f"legacy.password_scheme: {legacy.password_scheme[:40]!r} is not one of "
+            f"{', '.join(LEGACY_PASSWORD_SCHEMES)}"
+        )
     if legacy.enabled_column:
         rule = legacy.enabled_rule
         for key in ("enabled_value", "disabled_value"):

@@ -38,7 +38,7 @@ class Decider:
     def __init__(self, config: Config, db: Database | None = None) -> None:
         self.config = config
         self.db = db or Database(config.database)
-        self.hasher = Hasher(config.hashing)
+        self.hasher = Hasher(config.hashing, password_scheme=config.legacy.password_scheme)
         self.accounts = make_account_store(config, self.db)
         self.grants = GrantStore(self.db)
         cache, t = config.cache, config.throttle

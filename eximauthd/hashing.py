@@ -14,11 +14,18 @@ Recognised stored formats (Dovecot's ``{SCHEME}`` prefixes and bare modular-cryp
 ``$6$``, ``{SHA512-CRYPT}``               SHA512-crypt (libpass)
 ``$2a$ $2b$ $2y$``, ``{BLF-CRYPT}``       bcrypt (the ``bcrypt`` package)
 ``{SSHA}``, ``{SSHA256}``, ``{SSHA512}``  salted SHA digests (hashlib)
-``{CRYPT}`` + one of the crypt forms      as that form
-``{PLAIN}``, ``{CLEARTEXT}``, bare text   plaintext (unless ``allow_plaintext = false``)
+``{CRYPT}`` + one of the crypt forms      as that form (DES crypt included)
+``{PLAIN}``, ``{CLEARTEXT}``              plaintext (unless ``allow_plaintext = false``)
+bare value (no prefix, no ``$id$``)       what ``[legacy] password_scheme`` says, see below
 ========================================  ===================================================
 
 Any other ``{SCHEME}`` or ``$id$`` string is refused, never guessed to be a plaintext password.
+
+A bare value is plaintext only when it cannot be a hash.  Under ``password_scheme = "auto"``
+(the default) a bare value shaped like an unsalted hash (hex of an MD5/SHA-1/SHA-2 digest, a
+DES crypt string, MySQL's ``*``-prefixed ``PASSWORD()``) is refused: taking it as plaintext
+would let anyone who read the hash log in with the hash itself.  An explicit scheme makes every
+bare value a hash of that scheme, and ``plain`` makes every bare value plaintext.
 """
 
 from __future__ import annotations
@@ -39,10 +46,10 @@ from dataclasses import dataclass
 import argon2
 import bcrypt
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from passlib.hash import md5_crypt, sha256_crypt, sha512_crypt
+from passlib.hash import des_crypt, md5_crypt, sha256_crypt, sha512_crypt
 
 from .config import HashingConfig
-from .errors import HashingError
+from .errors import ConfigError, HashingError
 
 __all__ = [
     "ARGON2ID_PREFIX",
@@ -50,7 +57,9 @@ __all__ = [
     "Hasher",
     "Scheme",
     "VerifyResult",
+    "bare_scheme",
     "calibrate",
+    "hash_shape",
     "identify_scheme",
 ]
 
@@ -78,6 +87,14 @@ class Scheme(enum.Enum):
     SSHA = "ssha"
     SSHA256 = "ssha256"
     SSHA512 = "ssha512"
+    # Unsalted legacy hashes, only ever taken as such when [legacy] password_scheme names them
+    # (or, for DES crypt, behind {CRYPT}).  The values are also the password_scheme names.
+    MD5_HEX = "md5-hex"
+    SHA1_HEX = "sha1-hex"
+    SHA256_HEX = "sha256-hex"
+    SHA512_HEX = "sha512-hex"
+    MYSQL_NATIVE = "mysql-native"
+    DES_CRYPT = "des-crypt"
     PLAIN = "plain"
     UNKNOWN = "unknown"
 
@@ -88,12 +105,17 @@ class VerifyResult:
 
     ``reason`` is one of ``ok``, ``mismatch``, ``no-password-set``, ``unknown-scheme``,
     ``malformed-hash``, ``cost-over-ceiling``, ``plaintext-disabled``, ``unusable-password``.
+
+    ``looks_like`` is set on an ``unknown-scheme`` refusal of a bare value shaped like a hash:
+    the kind it looks like (``md5-hex``, ``des-crypt``, ...), never the value.  Not logged here,
+    so that the caller can say it once per account instead of once per attempt.
     """
 
     matched: bool
     scheme: Scheme
     reason: str
     needs_rehash: bool = False
+    looks_like: str = ""
 
 
 _PREFIX_RE = re.compile(r"\{([A-Za-z0-9._-]{1,32})\}")
@@ -135,13 +157,64 @@ _SSHA_DIGESTS: dict[Scheme, Callable[[bytes], hashlib._Hash]] = {
     Scheme.SSHA256: hashlib.sha256,
     Scheme.SSHA512: hashlib.sha512,
 }
+_HEX_DIGESTS: dict[Scheme, Callable[[bytes], hashlib._Hash]] = {
+    Scheme.MD5_HEX: hashlib.md5,
+    Scheme.SHA1_HEX: hashlib.sha1,
+    Scheme.SHA256_HEX: hashlib.sha256,
+    Scheme.SHA512_HEX: hashlib.sha512,
+}
+
+# [legacy] password_scheme: what a bare stored value is.  None: decided by its shape ("auto").
+_BARE_SCHEMES: dict[str, Scheme | None] = {
+    "auto": None,
+    "plain": Scheme.PLAIN,
+    **{s.value: s for s in (*_HEX_DIGESTS, Scheme.MYSQL_NATIVE, Scheme.DES_CRYPT)},
+}
+
+# Shapes of unsalted hashes that legacy tables hold bare.  Hex is matched in either case: MySQL's
+# MD5()/SHA1() write lower case, other tools upper.  SHA-224 and SHA-384 are only recognised
+# (refused), there is no password_scheme for them: no mail tool is known to store them.
+_HEX_SHAPES = {32: "md5-hex", 40: "sha1-hex", 56: "sha224-hex", 64: "sha256-hex",
+               96: "sha384-hex", 128: "sha512-hex"}
+_HEX_RE = re.compile(r"[0-9A-Fa-f]+")
+_DES_CRYPT_RE = re.compile(r"[./0-9A-Za-z]{13}")
+_MYSQL_NATIVE_RE = re.compile(r"\*[0-9A-Fa-f]{40}")
 
 
-def identify_scheme(stored: str) -> tuple[Scheme, str, str]:
+def bare_scheme(name: str) -> Scheme | None:
+    """The scheme of bare values under ``[legacy] password_scheme = name``; None for ``auto``.
+
+    :raises ConfigError: not a known name (the configuration validates it first).
+    """
+    try:
+        return _BARE_SCHEMES[name]
+    except KeyError:
+        raise ConfigError(f"legacy.password_scheme: unknown scheme {name[:40]!r}") from None
+
+
+def hash_shape(value: str) -> str | None:
+    """The kind of unsalted hash *value* is shaped like (``md5-hex``, ``des-crypt``,
+    ``mysql-native``, ...), or None.  Pure; the kind is log-safe, the value is not."""
+    if len(value) in _HEX_SHAPES and _HEX_RE.fullmatch(value):
+        return _HEX_SHAPES[len(value)]
+    if _DES_CRYPT_RE.fullmatch(value):
+        return "des-crypt"
+    if _MYSQL_NATIVE_RE.fullmatch(value):
+        return "mysql-native"
+    return None
+
+
+_SHAPE_KINDS = frozenset({*_HEX_SHAPES.values(), "des-crypt", "mysql-native"})
+
+
+def identify_scheme(stored: str, bare: Scheme | None = None) -> tuple[Scheme, str, str]:
     """Split a stored value into ``(scheme, body, label)``.
 
     ``body`` is what the scheme's verifier takes (the prefix removed); ``label`` names the scheme
-    as found in the data (``{FOO}`` or ``$foo$``), for log lines about unknown schemes.  Pure.
+    as found in the data (``{FOO}`` or ``$foo$``), for log lines about unknown schemes.  A value
+    with neither is of scheme *bare* (see :func:`bare_scheme`) if it has that scheme's shape;
+    otherwise it is ``UNKNOWN``, with the kind as label when :func:`hash_shape` knows its shape,
+    except that with *bare* None ("auto") a value of no known shape is plaintext.  Pure.
     """
     prefix = _PREFIX_RE.match(stored)
     if prefix is not None:
@@ -149,10 +222,13 @@ def identify_scheme(stored: str) -> tuple[Scheme, str, str]:
         body = stored[prefix.end():]
         label = "{" + name + "}"
         if name == "CRYPT":
-            # Dovecot's {CRYPT} is "whatever crypt(3) makes of it": accept the forms we verify.
+            # Dovecot's {CRYPT} is "whatever crypt(3) makes of it": accept the forms we verify,
+            # the traditional DES crypt (Dovecot's default for CRYPT) included.
             mcf = _MCF_RE.match(body)
             if mcf is not None and mcf.group(1) in _MCF_IDS:
                 return _MCF_IDS[mcf.group(1)], body, label
+            if _DES_CRYPT_RE.fullmatch(body):
+                return Scheme.DES_CRYPT, body, label
             return Scheme.UNKNOWN, body, label
         scheme = _PREFIXES.get(name, Scheme.UNKNOWN)
         if scheme in _MCF_FOR_PREFIX:
@@ -163,17 +239,32 @@ def identify_scheme(stored: str) -> tuple[Scheme, str, str]:
     mcf = _MCF_RE.match(stored)
     if mcf is not None:
         return _MCF_IDS.get(mcf.group(1), Scheme.UNKNOWN), stored, "$" + mcf.group(1) + "$"
+    if bare is Scheme.PLAIN:
+        return bare, stored, "plaintext"
+    shape = hash_shape(stored)
+    if bare is not None and shape == bare.value:
+        return bare, stored, bare.value
+    if shape is not None:
+        # Never plaintext: that would make the hash itself the password (pass-the-hash).
+        return Scheme.UNKNOWN, stored, shape
+    if bare is not None:
+        # The column was declared to hold hashes: a value of no hash shape (a leftover
+        # plaintext?) is neither compared as text nor as a hash.
+        return Scheme.UNKNOWN, stored, f"bare value, not {bare.value}"
     return Scheme.PLAIN, stored, "plaintext"
 
 
 class Hasher:
     """Hash new passwords with argon2id and verify stored values of any supported scheme.
 
-    Thread-safe: argon2-cffi's ``PasswordHasher`` holds only parameters.
+    *password_scheme* is ``[legacy] password_scheme``: what a bare stored value is (see
+    :func:`bare_scheme`).  Thread-safe: argon2-cffi's ``PasswordHasher`` holds only parameters.
     """
 
-    def __init__(self, config: HashingConfig | None = None) -> None:
+    def __init__(self, config: HashingConfig | None = None, *,
+                 password_scheme: str = "auto") -> None:  # noqa: S107 -- a scheme name
         self.config = config or HashingConfig()
+        self.bare = bare_scheme(password_scheme)
         self._ph = argon2.PasswordHasher(
             time_cost=self.config.time_cost,
             memory_cost=self.config.memory_cost,
@@ -205,7 +296,7 @@ class Hasher:
         """Check *password* against *stored*.  Never raises; see :class:`VerifyResult`."""
         if not stored:
             return VerifyResult(False, Scheme.UNKNOWN, "no-password-set")
-        scheme, body, label = identify_scheme(stored)
+        scheme, body, label = identify_scheme(stored, self.bare)
         try:
             return self._verify_scheme(scheme, body, label, password)
         except Exception as exc:
@@ -220,7 +311,7 @@ class Hasher:
 
     def needs_rehash(self, stored: str) -> bool:
         """True unless *stored* is argon2id with exactly the configured parameters."""
-        scheme, body, _ = identify_scheme(stored)
+        scheme, body, _ = identify_scheme(stored, self.bare)
         if scheme is not Scheme.ARGON2ID:
             return True
         try:
@@ -231,6 +322,9 @@ class Hasher:
     def _verify_scheme(self, scheme: Scheme, body: str, label: str,
                        password: str) -> VerifyResult:
         match scheme:
+            case Scheme.UNKNOWN if label in _SHAPE_KINDS:
+                # A bare hash under "auto": the caller logs it, once per account.
+                return VerifyResult(False, scheme, "unknown-scheme", looks_like=label)
             case Scheme.UNKNOWN:
                 # Loud on purpose: an admin must learn that some rows can never log in.
                 _log.error("refusing stored password with unsupported scheme %s", label[:40])
@@ -243,6 +337,12 @@ class Hasher:
                 return _verify_bcrypt(body, password)
             case Scheme.SSHA | Scheme.SSHA256 | Scheme.SSHA512:
                 return _verify_ssha(scheme, body, password)
+            case Scheme.MD5_HEX | Scheme.SHA1_HEX | Scheme.SHA256_HEX | Scheme.SHA512_HEX:
+                return _verify_hex_digest(scheme, body, password)
+            case Scheme.MYSQL_NATIVE:
+                return _verify_mysql_native(body, password)
+            case Scheme.DES_CRYPT:
+                return _verify_des_crypt(body, password)
             case Scheme.PLAIN:
                 if not self.config.allow_plaintext:
                     return VerifyResult(False, scheme, "plaintext-disabled")
@@ -333,6 +433,41 @@ def _verify_ssha(scheme: Scheme, body: str, password: str) -> VerifyResult:
     expected, salt = raw[:size], raw[size:]
     ok = hmac.compare_digest(digest(password.encode() + salt).digest(), expected)
     return _result(ok, scheme, needs_rehash=True)
+
+
+def _verify_hex_digest(scheme: Scheme, body: str, password: str) -> VerifyResult:
+    # The configured scheme is trusted for the algorithm, not for the row: a value of another
+    # shape (a leftover plaintext, a digest of another length) is refused, never compared.
+    if hash_shape(body) != scheme.value:
+        _log.warning("malformed stored %s hash", scheme.value)
+        return VerifyResult(False, scheme, "malformed-hash")
+    computed = _HEX_DIGESTS[scheme](password.encode()).hexdigest()
+    ok = hmac.compare_digest(computed.encode(), body.lower().encode())
+    return _result(ok, scheme, needs_rehash=True)
+
+
+def _verify_mysql_native(body: str, password: str) -> VerifyResult:
+    # MySQL's PASSWORD() / mysql_native_password: "*" + upper-hex SHA1(SHA1(password)).
+    if not _MYSQL_NATIVE_RE.fullmatch(body):
+        _log.warning("malformed stored mysql-native hash")
+        return VerifyResult(False, Scheme.MYSQL_NATIVE, "malformed-hash")
+    inner = hashlib.sha1(password.encode()).digest()  # noqa: S324 -- MySQL's format, verified
+    computed = "*" + hashlib.sha1(inner).hexdigest().upper()  # noqa: S324 -- then rehashed
+    ok = hmac.compare_digest(computed.encode(), body.upper().encode())
+    return _result(ok, Scheme.MYSQL_NATIVE, needs_rehash=True)
+
+
+def _verify_des_crypt(body: str, password: str) -> VerifyResult:
+    if not _DES_CRYPT_RE.fullmatch(body):
+        _log.warning("malformed stored des-crypt hash")
+        return VerifyResult(False, Scheme.DES_CRYPT, "malformed-hash")
+    if "\x00" in password:
+        # crypt(3) takes a C string: no stored crypt hash can be of a password with a NUL.
+        return VerifyResult(False, Scheme.DES_CRYPT, "unusable-password")
+    # DES crypt uses the first 8 characters only, so any password sharing them matches; on
+    # success the full password is rehashed with argon2id, ending that.
+    ok = bool(des_crypt.verify(password, body))
+    return _result(ok, Scheme.DES_CRYPT, needs_rehash=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,9 @@ Safe to stop at any instant, ``kill -9`` included, because of three rules:
 
 Only plaintext (bare, ``{PLAIN}``, ``{CLEARTEXT}``) is hashed now.  Other legacy hashes cannot be
 turned into argon2id without the password; eximauthd upgrades them at each user's next login.
-Empty and NULL passwords are never hashed: they are reported, loudly.
+Empty and NULL passwords are never hashed: they are reported, loudly.  Neither are bare values
+shaped like an unsalted hash under ``[legacy] password_scheme = "auto"``: hashing the hash would
+make the hash the password forever.  They are reported by kind, so the admin can name the scheme.
 
 The table's size never shows in memory: rows are read in key order (keyset pagination on the
 primary key, or on the address columns of a table without one; never OFFSET), hashed by worker
@@ -42,7 +44,7 @@ from argon2.exceptions import InvalidHashError
 
 from .config import Config, HashingConfig
 from .errors import ColumnTooNarrowError, ConfigError, EximauthdError
-from .hashing import Hasher, Scheme, identify_scheme
+from .hashing import Hasher, Scheme, bare_scheme, hash_shape, identify_scheme
 from .progress import Progress
 from .pwcolumn import ColumnCheck, Target, address_of, check_column, inspect_target, widen
 from .store import Database, translate_errors
@@ -107,6 +109,10 @@ class MigrationReport:
     limit: int | None
     limited: bool
     seconds: float
+    # Bare values shaped like a hash under password_scheme = "auto": (kind, count), kept, and
+    # (kind, address) examples.
+    hash_shaped: tuple[tuple[str, int], ...] = ()
+    hash_shaped_examples: tuple[tuple[str, str], ...] = ()
 
     def summary(self) -> list[str]:
         """The final report, one line per count, for standard output."""
@@ -115,6 +121,7 @@ class MigrationReport:
             done = "would run" if self.dry_run else "widened:"
             column = f"column {self.column.table}.{self.column.column}: {done} {self.column.alter}"
         kept = sum(n for _, n in self.legacy_kept)
+        shaped = sum(n for _, n in self.hash_shaped)
         schemes = ", ".join(f"{name} {n}" for name, n in self.legacy_kept)
         rows = [
             ("rows examined", self.examined, ""),
@@ -124,6 +131,7 @@ class MigrationReport:
              f"upgraded at each user's next login: {schemes}" if kept else ""),
             ("empty or NULL password", self.empty, "WARNING: see below" if self.empty else ""),
             ("unknown scheme", self.unknown, "never accepted at login" if self.unknown else ""),
+            ("bare hash-shaped, kept", shaped, "WARNING: see below" if shaped else ""),
             ("changed meanwhile, skipped", self.changed, ""),
         ]
         lines = ["dry run: nothing was written"] if self.dry_run else []
@@ -149,6 +157,14 @@ class MigrationReport:
                 f"{self.unknown} account(s) with a stored value in no scheme eximauthd knows "
                 f"({_examples(self.unknown_examples, self.unknown)}): they cannot log in; see "
                 "docs/migration.md.")
+        for kind, count in self.hash_shaped:
+            examples = tuple(a for k, a in self.hash_shaped_examples if k == kind)
+            found.append(
+                f"{kind}: {count} row(s) kept ({_examples(examples, count)}): a bare value "
+                f"shaped like {kind} is never taken as plaintext, so these accounts cannot log "
+                f"in. If the table holds {kind} hashes, set [legacy] password_scheme"
+                f" = \"{kind}\"; if it holds plaintext, set password_scheme = \"plain\"; see "
+                "docs/passwords.md.")
         if self.no_address:
             found.append(f"{self.no_address} row(s) with NULL in an address column were not "
                          "examined: no one can log in to them, and their passwords stay as "
@@ -168,13 +184,18 @@ class _Kind(enum.Enum):
     LEGACY = "legacy"
     EMPTY = "empty"
     UNKNOWN = "unknown"
+    HASH_SHAPED = "hash-shaped"
 
 
-def _classify(stored: str | None) -> tuple[_Kind, Scheme, str]:
-    """What to do with a stored value; the third item is the plaintext for ``PLAIN``.  Pure."""
+def _classify(stored: str | None, bare: Scheme | None = None) -> tuple[_Kind, Scheme, str]:
+    """What to do with a stored value; the third item is the plaintext for ``PLAIN``, the kind
+    of hash for ``HASH_SHAPED`` (a bare value that is not of the configured scheme, shaped
+    like another).  *bare* is :func:`~eximauthd.hashing.bare_scheme`'s.  Pure."""
     if not stored:
         return _Kind.EMPTY, Scheme.UNKNOWN, ""
-    scheme, body, _ = identify_scheme(stored)
+    scheme, body, label = identify_scheme(stored, bare)
+    if scheme is Scheme.UNKNOWN and body == stored and hash_shape(stored) == label:
+        return _Kind.HASH_SHAPED, scheme, label
     if scheme is Scheme.PLAIN:
         # "{PLAIN}" alone is an empty password too: hashing it would make "" a password.
         return (_Kind.PLAIN, scheme, body) if body else (_Kind.EMPTY, scheme, "")
@@ -219,6 +240,8 @@ class _Tally:
     unknown: list[str] = field(default_factory=list)
     unknown_count: int = 0
     changed: int = 0
+    shaped: Counter[str] = field(default_factory=Counter)
+    shaped_examples: list[tuple[str, str]] = field(default_factory=list)
 
 
 def migrate_passwords(config: Config, db: Database, options: MigrationOptions | None = None, *,
@@ -248,7 +271,8 @@ def migrate_passwords(config: Config, db: Database, options: MigrationOptions | 
     if progress is not None:
         progress.start(None if options.limit else total, dry_run=options.dry_run)
     tally = _Tally()
-    limited = _run(db, target, config.hashing, options, tally, progress, before_write)
+    bare = bare_scheme(config.legacy.password_scheme)
+    limited = _run(db, target, config.hashing, bare, options, tally, progress, before_write)
     if progress is not None:
         progress.update(tally.examined, tally.migrated, final=True)
     return MigrationReport(
@@ -258,6 +282,8 @@ def migrate_passwords(config: Config, db: Database, options: MigrationOptions | 
         empty_examples=tuple(tally.empty), unknown=tally.unknown_count,
         unknown_examples=tuple(tally.unknown), changed=tally.changed, no_address=no_address,
         limit=options.limit, limited=limited, seconds=time.monotonic() - started,
+        hash_shaped=tuple(sorted(tally.shaped.items())),
+        hash_shaped_examples=tuple(tally.shaped_examples),
     )
 
 
@@ -270,8 +296,8 @@ def _count(db: Database, target: Target) -> tuple[int, int]:
     return int(total) - int(absent), int(absent)
 
 
-def _run(db: Database, target: Target, hashing: HashingConfig, options: MigrationOptions,
-         tally: _Tally, progress: Progress | None,
+def _run(db: Database, target: Target, hashing: HashingConfig, bare: Scheme | None,
+         options: MigrationOptions, tally: _Tally, progress: Progress | None,
          before_write: Callable[[Sequence[Key]], None] | None) -> bool:
     """Read, hash and write every page; True when stopped by the limit."""
     pool = contextlib.nullcontext(None) if options.dry_run else _hashing_pool(hashing, options)
@@ -282,11 +308,11 @@ def _run(db: Database, target: Target, hashing: HashingConfig, options: Migratio
     limited = False
     with pool as executor:
         for rows in _pages(db, target, options.batch_size):
-            candidates, limited = _sort(rows, target, tally, options.limit)
+            candidates, limited = _sort(rows, target, tally, options.limit, bare)
             if executor is None:
                 tally.migrated += len(candidates)
             else:
-                pending.append(_submit(executor, candidates))
+                pending.append(_submit(executor, candidates, bare))
                 in_flight += len(candidates)
             while pending and (in_flight > ceiling or pending[0].ready()):
                 in_flight -= _write(db, target, pending.popleft(), tally, before_write)
@@ -342,7 +368,7 @@ def _up_to(columns: Sequence[sa.Column[Any]], values: Key) -> sa.ColumnElement[b
 
 
 def _sort(rows: Sequence[Sequence[Any]], target: Target, tally: _Tally,
-          limit: int | None) -> tuple[list[_Candidate], bool]:
+          limit: int | None, bare: Scheme | None) -> tuple[list[_Candidate], bool]:
     """Count a page's rows and pick the plaintext ones; True when the limit was reached."""
     width = len(target.key)
     candidates: list[_Candidate] = []
@@ -351,7 +377,7 @@ def _sort(rows: Sequence[Sequence[Any]], target: Target, tally: _Tally,
             return candidates, True
         key, address, stored = tuple(row[:width]), address_of(row[width:-1]), row[-1]
         tally.examined += 1
-        kind, scheme, _ = _classify(stored)
+        kind, scheme, shape = _classify(stored, bare)
         match kind:
             case _Kind.PLAIN:
                 tally.found += 1
@@ -366,6 +392,10 @@ def _sort(rows: Sequence[Sequence[Any]], target: Target, tally: _Tally,
             case _Kind.UNKNOWN:
                 tally.unknown_count += 1
                 _remember(tally.unknown, address)
+            case _Kind.HASH_SHAPED:
+                tally.shaped[shape] += 1
+                if tally.shaped[shape] <= _EXAMPLES:
+                    tally.shaped_examples.append((shape, address))
     return candidates, limit is not None and tally.found >= limit
 
 
@@ -374,9 +404,19 @@ def _remember(examples: list[str], address: str) -> None:
         examples.append(address)
 
 
-def _submit(executor: ProcessPoolExecutor, candidates: list[_Candidate]) -> _Batch:
+def _plaintext(candidate: _Candidate, bare: Scheme | None) -> str:
+    # Classified again under the same password_scheme as when it was picked: under "plain" a
+    # hash-shaped value is the plaintext, under "auto" it would never have been picked.
+    kind, _, plaintext = _classify(candidate.old, bare)
+    if kind is not _Kind.PLAIN:
+        raise EximauthdError("migrate-passwords: a row picked as plaintext no longer is")
+    return plaintext
+
+
+def _submit(executor: ProcessPoolExecutor, candidates: list[_Candidate],
+            bare: Scheme | None) -> _Batch:
     # Workers get the key and the plaintext only; the old value stays here for the swap.
-    pairs = [(c.key, _classify(c.old)[2]) for c in candidates]
+    pairs = [(c.key, _plaintext(c, bare)) for c in candidates]
     futures = tuple(executor.submit(_hash_chunk, pairs[i:i + _CHUNK])
                     for i in range(0, len(pairs), _CHUNK))
     return _Batch(tuple(candidates), futures)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -19,7 +20,13 @@ from eximauthd.errors import StorageError
 from eximauthd.hashing import Hasher, Scheme, identify_scheme
 from eximauthd.store import AccountStore, Database, LegacyAccountStore, OwnAccountStore
 
-from .conftest import ADDRESS_LEGACY, SEED_LEGACY, create_address_table, create_seed_table
+from .conftest import (
+    ADDRESS_LEGACY,
+    FAST_HASHING,
+    SEED_LEGACY,
+    create_address_table,
+    create_seed_table,
+)
 
 PASSWORD = "correct horse ✓ 'quote\" \\"
 
@@ -209,6 +216,91 @@ class TestLegacyShapes:
         eq = replace(SEED_LEGACY, enabled_when="= 0", enabled_value="0", disabled_value="1")
         assert Authenticator(LegacyAccountStore(database, eq), hasher).verify(
             "gina@example.test", "pw").allowed
+
+
+# kind (= the password_scheme that verifies it) -> (stored bare, the password it stands for).
+# The MariaDB values are its own functions' output: SELECT PASSWORD('secret'), MD5('secret').
+BARE_HASHES = {
+    "md5-hex": ("5ebe2294ecd0e0f08eab7690d2a6ee69", "secret"),
+    "sha1-hex": ("E5E9FA1BA31ECD1AE84F75CAAA474F3A663F05F4", "secret"),
+    "sha256-hex": (hashlib.sha256(PASSWORD.encode()).hexdigest(), PASSWORD),
+    "sha512-hex": (hashlib.sha512(b"hunter2").hexdigest(), "hunter2"),
+    "mysql-native": ("*14E65567ABDB5135D0CFD9A70B3032C179A49EE7", "secret"),
+    "des-crypt": ("abNANd1rDfiNc", "secret"),  # glibc: perl -e 'print crypt("secret","ab")'
+}
+
+
+class TestBareHashes:
+    """Issue 12.4: a legacy row holding a bare hash never logs in with the hash itself."""
+
+    def _insert_all(self, accounts: Accounts) -> None:
+        for kind, (stored, _) in BARE_HASHES.items():
+            accounts.insert_raw(f"{kind}@example.test", stored)
+
+    def test_auto_refuses_hash_and_password_and_logs_once_per_account(
+            self, accounts: Accounts, caplog: pytest.LogCaptureFixture) -> None:
+        """password_scheme = "auto": the hash is no, the real password is no unknown-scheme,
+        the row is untouched, and each account is logged once with its kind, never its value."""
+        self._insert_all(accounts)
+        authn = Authenticator(accounts.store, Hasher(FAST_HASHING))
+        with caplog.at_level(logging.DEBUG, "eximauthd"):
+            for _ in range(3):
+                for kind, (stored, password) in BARE_HASHES.items():
+                    address = f"{kind}@example.test"
+                    as_hash = authn.verify(address, stored)
+                    assert (as_hash.result, as_hash.reason) == (Result.NO, "unknown-scheme")
+                    real = authn.verify(address, password)
+                    assert (real.result, real.reason) == (Result.NO, "unknown-scheme")
+                    assert accounts.stored(address) == stored
+        for kind, (stored, _) in BARE_HASHES.items():
+            lines = [r.getMessage() for r in caplog.records
+                     if f"of {kind}@example.test:" in r.getMessage()]
+            assert len(lines) == 1, lines
+            assert f"shaped like {kind}" in lines[0]
+            assert "password_scheme" in lines[0]
+            assert stored not in caplog.text
+            assert stored.lower() not in caplog.text.lower()
+
+    @pytest.mark.parametrize("kind", list(BARE_HASHES))
+    def test_matching_scheme_accepts_the_password_not_the_hash_and_upgrades(
+            self, accounts: Accounts, kind: str) -> None:
+        """password_scheme = KIND: the hash is no bad-password, the real password is yes and the
+        row becomes argon2id, which then verifies as such."""
+        stored, password = BARE_HASHES[kind]
+        address = f"{kind}@example.test"
+        accounts.insert_raw(address, stored)
+        authn = Authenticator(accounts.store, Hasher(FAST_HASHING, password_scheme=kind))
+        as_hash = authn.verify(address, stored)
+        assert (as_hash.result, as_hash.reason) == (Result.NO, "bad-password")
+        assert accounts.stored(address) == stored
+        real = authn.verify(address, password)
+        assert (real.result, real.reason) == (Result.YES, "ok-rehashed")
+        upgraded = accounts.stored(address) or ""
+        assert identify_scheme(upgraded)[0] is Scheme.ARGON2ID
+        assert authn.verify(address, password).reason == "ok"
+        assert authn.verify(address, stored).reason == "bad-password"
+
+    def test_failed_cheap_checks_are_padded_with_argon2(self, accounts: Accounts) -> None:
+        """A wrong password against a cheap unsalted hash, or an unknown-scheme refusal, costs
+        one dummy argon2id verification, like an unknown user does."""
+        self._insert_all(accounts)
+
+        class Counting(Hasher):
+            dummies = 0
+
+            def verify_dummy(self, password: str) -> None:
+                Counting.dummies += 1
+                super().verify_dummy(password)
+
+        auto = Authenticator(accounts.store, Counting(FAST_HASHING))
+        named = {kind: Authenticator(accounts.store,
+                                     Counting(FAST_HASHING, password_scheme=kind))
+                 for kind in BARE_HASHES}
+        for kind in BARE_HASHES:
+            before = Counting.dummies
+            assert not auto.verify(f"{kind}@example.test", "wrong").allowed
+            assert not named[kind].verify(f"{kind}@example.test", "wrong").allowed
+            assert Counting.dummies == before + 2, kind
 
 
 class TestFailClosed:

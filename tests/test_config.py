@@ -100,6 +100,10 @@ class TestEnvironment:
     ("[legacy]\ntable = 'u'\naddress_column = 'a'\nenabled_column = 'e'\n"
      "enabled_when = '> 0'\nenabled_value = '0'\n", {},
      "legacy.enabled_value: '0' does not satisfy enabled_when"),
+    ("[legacy]\ntable = 'u'\naddress_column = 'a'\npassword_scheme = 'MD5'\n", {},
+     "legacy.password_scheme: 'MD5' is not one of auto, plain, md5-hex, sha1-hex, sha256-hex, "
+     "sha512-hex, mysql-native, des-crypt"),
+    ("[legacy]\npassword_scheme = 'md5-hex'\n", {}, "legacy.table: required"),
     ("", {"EXIMAUTHD_HASHING_TIME_COST": "two"},
      "EXIMAUTHD_HASHING_TIME_COST: expected an integer"),
     ("", {"EXIMAUTHD_DATABSE_URL": "x"}, "EXIMAUTHD_DATABSE_URL: unknown setting"),
@@ -151,3 +155,17 @@ def test_config_is_frozen() -> None:
     config = load_config(None, environ={})
     with pytest.raises(AttributeError):
         config.database.url = "sqlite:///other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("scheme", ["auto", "plain", "md5-hex", "mysql-native", "des-crypt"])
+def test_legacy_password_scheme_is_read_from_file_and_environment(tmp_path: Path,
+                                                                  scheme: str) -> None:
+    """[legacy] password_scheme defaults to auto and takes each documented value."""
+    text = "[legacy]\ntable = 'u'\naddress_column = 'a'\n"
+    assert load_config(_write(tmp_path, text), environ={}).legacy.password_scheme == "auto"
+    from_file = load_config(_write(tmp_path, text + f"password_scheme = '{scheme}'\n"),
+                            environ={})
+    assert from_file.legacy.password_scheme == scheme
+    from_env = load_config(_write(tmp_path, text),
+                           environ={"EXIMAUTHD_LEGACY_PASSWORD_SCHEME": scheme})
+    assert from_env.legacy.password_scheme == scheme

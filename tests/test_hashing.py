@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import replace
@@ -12,9 +13,11 @@ import argon2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from passlib.hash import des_crypt
 
-from eximauthd.config import HashingConfig
-from eximauthd.hashing import Hasher, Scheme, calibrate, identify_scheme
+from eximauthd.config import LEGACY_PASSWORD_SCHEMES, HashingConfig
+from eximauthd.errors import ConfigError
+from eximauthd.hashing import Hasher, Scheme, bare_scheme, calibrate, hash_shape, identify_scheme
 
 from .conftest import FAST_HASHING
 
@@ -142,7 +145,7 @@ class TestRefusals:
         "{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=",       # unsalted SHA1: not supported
         "{MD5}Xr4ilOzQ4PCOq3aQ0qbuaQ==",
         "{PLAIN-MD5}5ebe2294ecd0e0f08eab7690d2a6ee69",
-        "{CRYPT}abJnggxhB/yWI",                     # DES crypt
+        "{CRYPT}abNANd1rDfiN!",                     # not DES crypt's alphabet
         "{NOPE}secret",
         "$y$j9T$salt$hash",                         # yescrypt
         "$argon2d$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
@@ -241,3 +244,160 @@ def test_default_config_is_owasp_minimum() -> None:
     """Defaults are pinned, independent of the argon2-cffi release."""
     config = HashingConfig()
     assert (config.memory_cost, config.time_cost, config.parallelism) == (19456, 2, 1)
+
+
+# --- bare values shaped like a hash (issue 12, item 4: pass-the-hash) ---------------------------
+
+def _sha(name: str, password: str) -> str:
+    return hashlib.new(name, password.encode()).hexdigest()
+
+
+# (password_scheme that verifies it, stored value, the password it stands for).  Made by
+# hashlib, by passlib, by glibc's crypt(3) and by MariaDB 10.11's own functions:
+#   perl -e 'print crypt("secret", "ab")'                       -> abNANd1rDfiNc
+#   mariadb -e "SELECT PASSWORD('secret'), MD5('secret')"       -> *14E655..., 5ebe22...
+BARE_HASHES: list[tuple[str, str, str]] = [
+    ("md5-hex", "5ebe2294ecd0e0f08eab7690d2a6ee69", "secret"),          # MariaDB MD5()
+    ("md5-hex", _sha("md5", "pässwörd").upper(), "pässwörd"),          # upper-case hex
+    ("sha1-hex", "e5e9fa1ba31ecd1ae84f75caaa474f3a663f05f4", "secret"),  # MariaDB SHA1()
+    ("sha256-hex", "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b",
+     "secret"),                                                          # MariaDB SHA2(, 256)
+    ("sha512-hex", _sha("sha512", "correct horse ✓"), "correct horse ✓"),
+    ("mysql-native", "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7", "secret"),  # PASSWORD()
+    ("mysql-native", "*14e65567abdb5135d0cfd9a70b3032c179a49ee7", "secret"),  # lower-cased
+    ("des-crypt", "abNANd1rDfiNc", "secret"),                            # glibc crypt(3)
+    ("des-crypt", des_crypt.using(salt="Zz").hash("hunter2"), "hunter2"),
+]
+# Shapes refused under "auto" that no password_scheme verifies.
+UNVERIFIABLE_SHAPES = [("sha224-hex", _sha("sha224", "secret")),
+                       ("sha384-hex", _sha("sha384", "secret").upper())]
+
+
+def _ids(case: tuple[str, ...]) -> str:
+    return f"{case[0]}-{case[1][:6]}"
+
+
+class TestBareHashShapes:
+    """A bare stored hash never logs in as itself; a named scheme verifies the real password."""
+
+    @pytest.mark.parametrize("case", BARE_HASHES + [(k, v, "secret") for k, v in
+                                                    UNVERIFIABLE_SHAPES], ids=_ids)
+    def test_auto_refuses_the_hash_as_its_own_password(
+            self, hasher: Hasher, case: tuple[str, str, str],
+            caplog: pytest.LogCaptureFixture) -> None:
+        """Under "auto" neither the hash nor the real password logs in: unknown-scheme, with the
+        kind it looks like and without logging the value."""
+        kind, stored, password = case
+        with caplog.at_level(logging.DEBUG, "eximauthd"):
+            for attempt in (stored, password, stored.lower(), stored.upper()):
+                result = hasher.verify(stored, attempt)
+                assert (result.matched, result.reason) == (False, "unknown-scheme")
+                assert result.looks_like == kind
+        assert stored not in caplog.text
+        assert identify_scheme(stored) == (Scheme.UNKNOWN, stored, kind)
+
+    @pytest.mark.parametrize("case", BARE_HASHES, ids=_ids)
+    def test_named_scheme_verifies_the_real_password_only(self, case: tuple[str, str, str]
+                                                          ) -> None:
+        """password_scheme = KIND: the real password matches and asks for argon2id; the hash,
+        a wrong password and the hash in the other case do not."""
+        kind, stored, password = case
+        hasher = Hasher(FAST_HASHING, password_scheme=kind)
+        result = hasher.verify(stored, password)
+        assert (result.matched, result.reason, result.needs_rehash) == (True, "ok", True)
+        assert result.scheme.value == kind
+        for wrong in (stored, stored.swapcase(), "X" + password[1:], "secret2"):
+            assert not hasher.verify(stored, wrong).matched, wrong
+
+    @pytest.mark.parametrize("kind", [k for k in LEGACY_PASSWORD_SCHEMES
+                                      if k not in {"auto", "plain"}])
+    def test_named_scheme_refuses_values_of_another_shape(self, kind: str) -> None:
+        """Under a hash scheme a leftover plaintext or another kind of hash is refused, never
+        compared as text; another kind of hash says what it looks like."""
+        hasher = Hasher(FAST_HASHING, password_scheme=kind)
+        for stored in ("hunter2", "5ebe2294ecd0e0f08eab7690d2a6ee6", "*" + "g" * 40):
+            result = hasher.verify(stored, stored)
+            assert (result.matched, result.reason, result.looks_like) == (
+                False, "unknown-scheme", "")
+        for other, stored, password in BARE_HASHES:
+            if other != kind:
+                result = hasher.verify(stored, password)
+                assert (result.matched, result.reason, result.looks_like) == (
+                    False, "unknown-scheme", other)
+                assert not hasher.verify(stored, stored).matched
+
+    def test_plain_takes_a_hash_shaped_value_as_plaintext(self) -> None:
+        """password_scheme = "plain": the admin said the column is plaintext, so it is."""
+        hasher = Hasher(FAST_HASHING, password_scheme="plain")
+        for _, stored, password in BARE_HASHES:
+            assert hasher.verify(stored, stored).reason == "ok"
+            assert not hasher.verify(stored, password).matched
+
+    @pytest.mark.parametrize("mode", LEGACY_PASSWORD_SCHEMES)
+    def test_prefixed_and_crypt_values_are_read_alike_in_every_mode(self, mode: str) -> None:
+        """{SCHEME} and $id$ values mean the same whatever password_scheme says."""
+        hasher = Hasher(FAST_HASHING, password_scheme=mode)
+        for vector in VECTORS:
+            if vector["stored"][0] in "{$":
+                assert hasher.verify(vector["stored"], vector["password"]).matched, vector["id"]
+        assert hasher.verify("{CRYPT}abNANd1rDfiNc", "secret").scheme is Scheme.DES_CRYPT
+        assert hasher.verify("{PLAIN}5ebe2294ecd0e0f08eab7690d2a6ee69",
+                             "5ebe2294ecd0e0f08eab7690d2a6ee69").matched
+
+    @pytest.mark.parametrize("mode", LEGACY_PASSWORD_SCHEMES)
+    @pytest.mark.parametrize("stored", [
+        "{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=",         # Dovecot: base64 SHA-1
+        "{SHA1}5en6G6MezRroT3XKqkdPOmY/BfQ=",
+        "{SHA256}K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=",
+        "{SHA512}vSsar3708Jvp9Szi2NWZZ02Bqp1qRCFpbcTZPdBhnWgs5WtNZKnvCXdhztmeD2cmW192CF5bDufKRpayrW/isg==",
+        "{PLAIN-MD5}5ebe2294ecd0e0f08eab7690d2a6ee69",  # Dovecot: hex MD5
+        "{LDAP-MD5}Xr4ilOzQ4PCOq3aQ0qbuaQ==",           # Dovecot: base64 MD5
+        "{MD5}Xr4ilOzQ4PCOq3aQ0qbuaQ==",                # Dovecot: MD5-crypt, malformed here
+        "{PLAIN.B64}c2VjcmV0",                          # Dovecot: encoded plaintext
+        "$2x$05$" + "a" * 53,                           # crypt_blowfish's buggy-8bit marker
+        "$y$j9T$abc$def",
+    ])
+    def test_other_hash_forms_are_never_plaintext(self, mode: str, stored: str) -> None:
+        """Dovecot's unsalted-digest prefixes and unverified crypt ids are refused in every
+        mode: neither the stored text nor its body logs in."""
+        hasher = Hasher(FAST_HASHING, password_scheme=mode)
+        body = stored.split("}", 1)[-1]
+        for attempt in (stored, body, "secret"):
+            result = hasher.verify(stored, attempt)
+            assert (result.matched, result.reason) == (False, "unknown-scheme")
+
+    def test_des_crypt_refuses_nul_and_reads_eight_characters(self) -> None:
+        """crypt(3) takes a C string (NUL refused) and DES reads 8 characters, so a longer
+        password sharing them matches; the upgrade then stores what was typed."""
+        hasher = Hasher(FAST_HASHING, password_scheme="des-crypt")
+        assert hasher.verify("abNANd1rDfiNc", "secret\x00").reason == "unusable-password"
+        stored = des_crypt.using(salt="ab").hash("12345678")
+        assert hasher.verify(stored, "12345678-and-more").matched
+        assert not hasher.verify(stored, "1234567").matched
+
+    def test_hex_schemes_take_nul_like_mysql(self) -> None:
+        """MD5()/SHA1() hash bytes, NUL included: no refusal needed, just the digest."""
+        hasher = Hasher(FAST_HASHING, password_scheme="md5-hex")
+        assert hasher.verify(_sha("md5", "a\x00b"), "a\x00b").matched
+        assert not hasher.verify(_sha("md5", "a\x00b"), "a").matched
+
+    @pytest.mark.parametrize(("value", "kind"), [
+        ("0" * 32, "md5-hex"), ("F" * 40, "sha1-hex"), ("aB" * 28, "sha224-hex"),
+        ("9" * 64, "sha256-hex"), ("e" * 96, "sha384-hex"), ("1" * 128, "sha512-hex"),
+        ("./0123456789A", "des-crypt"), ("*" + "A" * 40, "mysql-native"),
+        ("0" * 31, None), ("0" * 33, None), ("g" * 32, None), ("./0123456789", None),
+        ("./0123456789A!", None), ("*" + "A" * 39, None), ("hunter2", None), ("", None),
+        ("0" * 31 + "\n", None), (" " + "0" * 32, None),
+    ])
+    def test_hash_shape(self, value: str, kind: str | None) -> None:
+        """Exact lengths and alphabets, nothing looser or stricter."""
+        assert hash_shape(value) == kind
+        assert (identify_scheme(value)[0] is Scheme.PLAIN) is (kind is None)
+
+    def test_scheme_names_agree_with_the_configuration(self) -> None:
+        """Every value config accepts maps to a scheme here, and nothing else is accepted."""
+        assert {bare_scheme(name) for name in LEGACY_PASSWORD_SCHEMES} == {
+            None, Scheme.PLAIN, Scheme.MD5_HEX, Scheme.SHA1_HEX, Scheme.SHA256_HEX,
+            Scheme.SHA512_HEX, Scheme.MYSQL_NATIVE, Scheme.DES_CRYPT}
+        with pytest.raises(ConfigError, match=r"legacy\.password_scheme"):
+            Hasher(FAST_HASHING, password_scheme="MD5")

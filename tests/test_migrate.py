@@ -138,10 +138,14 @@ class Accounts:
 @pytest.fixture(params=["own", "seed", "address"])
 def accounts(request: pytest.FixtureRequest, database: Database) -> Accounts:
     """eximauthd_users, the seed's users(username, domain, password, smtp), or mailbox(email)."""
+    return _accounts(request.param, database)
+
+
+def _accounts(kind: str, database: Database) -> Accounts:
     url = database.config.url
-    if request.param == "own":
+    if kind == "own":
         return Accounts("own", config_for(url), database, schema.users)
-    if request.param == "seed":
+    if kind == "seed":
         return Accounts("seed", config_for(url, SEED_LEGACY), database,
                         create_seed_table(database))
     return Accounts("address", config_for(url, ADDRESS_LEGACY), database,
@@ -249,6 +253,119 @@ class TestEveryKindOfRow:
         assert accounts.count_argon2id() == 3
         rest = migrate(accounts)
         assert (rest.migrated, rest.already_argon2id, rest.limited) == (4, 3, False)
+
+
+# Bare hashes as legacy tables hold them (MariaDB's MD5(), SHA1(), PASSWORD(); glibc crypt(3)).
+BARE_HASHES = {
+    "md5a@example.test": ("5ebe2294ecd0e0f08eab7690d2a6ee69", "secret"),
+    "md5b@example.test": ("5EBE2294ECD0E0F08EAB7690D2A6EE69", "secret"),
+    "md5c@example.test": ("2ab96390c7dbe3439de74d0c9b0b1767", "hunter2"),
+    "sha1@example.test": ("e5e9fa1ba31ecd1ae84f75caaa474f3a663f05f4", "secret"),
+    "mysql@example.test": ("*14E65567ABDB5135D0CFD9A70B3032C179A49EE7", "secret"),
+    "des@example.test": ("abNANd1rDfiNc", "secret"),
+}
+SHAPED_KINDS = {"des-crypt": 1, "md5-hex": 3, "mysql-native": 1, "sha1-hex": 1}
+
+
+class TestBareHashShapes:
+    """Issue 12.4: a bare hash is never hashed as if it were the password."""
+
+    @pytest.fixture(params=["seed", "address"])
+    def legacy_accounts(self, request: pytest.FixtureRequest, database: Database) -> Accounts:
+        """A legacy table (password_scheme is a [legacy] setting) holding bare hashes."""
+        accounts = _accounts(request.param, database)
+        accounts.insert({a: s for a, (s, _) in BARE_HASHES.items()}
+                        | {"bare@example.test": "hunter2"})
+        return accounts
+
+    def test_auto_reports_them_by_kind_and_never_hashes_them(
+            self, legacy_accounts: Accounts) -> None:
+        """Under "auto" they are kept byte for byte, counted per kind and named in a warning
+        that says which password_scheme to set; plaintext next to them is still migrated."""
+        before = legacy_accounts.snapshot()
+        dry = migrate(legacy_accounts, dry_run=True)
+        report = migrate(legacy_accounts, batch_size=2)
+        after = legacy_accounts.snapshot()
+        for address, (stored, _) in BARE_HASHES.items():
+            assert after[address] == stored == before[address]
+        assert identify_scheme(after["bare@example.test"] or "")[0] is Scheme.ARGON2ID
+        for run in (dry, report):
+            assert dict(run.hash_shaped) == SHAPED_KINDS
+            assert run.migrated == 1
+            assert run.unknown == 0
+            assert dict(run.legacy_kept) == {}
+        assert {a for _, a in report.hash_shaped_examples} == set(BARE_HASHES)
+        assert ("md5-hex", "md5c@example.test") in report.hash_shaped_examples
+        warnings = "\n".join(report.warnings())
+        assert ("md5-hex: 3 row(s) kept (md5a@example.test, md5b@example.test, "
+                "md5c@example.test)") in warnings
+        assert 'password_scheme = "md5-hex"' in warnings
+        assert 'password_scheme = "plain"' in warnings
+        summary = "\n".join(report.summary())
+        assert f"bare hash-shaped, kept{6:>15}" in summary
+        for stored, _ in BARE_HASHES.values():
+            assert stored not in warnings + summary
+            assert stored.lower() not in (warnings + summary).lower()
+        assert migrate(legacy_accounts).migrated == 0  # a rerun does not hash them either
+
+    def test_named_scheme_keeps_them_as_legacy_hashes(self, legacy_accounts: Accounts) -> None:
+        """Under password_scheme = "md5-hex" md5 rows are legacy hashes (kept, upgraded at
+        login); rows of another shape cannot log in and are never hashed either."""
+        config = replace(legacy_accounts.config,
+                         legacy=replace(legacy_accounts.config.legacy, password_scheme="md5-hex"))
+        report = migrate(legacy_accounts, config=config)
+        after = legacy_accounts.snapshot()
+        for address, (stored, _) in BARE_HASHES.items():
+            assert after[address] == stored
+        assert dict(report.legacy_kept) == {"md5-hex": 3}
+        # sha1, mysql-native, des: named by kind; "hunter2" is no md5-hex hash: unknown.
+        assert dict(report.hash_shaped) == {"des-crypt": 1, "mysql-native": 1, "sha1-hex": 1}
+        assert report.unknown == 1
+        # "hunter2" is no md5-hex hash: reported as unknown and left as it is, never hashed.
+        assert after["bare@example.test"] == "hunter2"
+        assert report.migrated == 0
+        store = make_account_store(config, legacy_accounts.db)
+        authn = Authenticator(store, Hasher(FAST_HASHING, password_scheme="md5-hex"))
+        assert authn.verify("md5c@example.test", "hunter2").reason == "ok-rehashed"
+
+    def test_plain_hashes_them_as_the_plaintext_they_are(self, legacy_accounts: Accounts
+                                                         ) -> None:
+        """password_scheme = "plain": the admin says the column is plaintext, so the value
+        itself becomes the argon2id-hashed password."""
+        config = replace(legacy_accounts.config,
+                         legacy=replace(legacy_accounts.config.legacy, password_scheme="plain"))
+        report = migrate(legacy_accounts, config=config)
+        assert report.migrated == len(BARE_HASHES) + 1
+        assert report.hash_shaped == ()
+        hasher = Hasher(STRICT)
+        after = legacy_accounts.snapshot()
+        for address, (stored, _) in BARE_HASHES.items():
+            assert hasher.verify(after[address], stored).reason == "ok"
+
+    def test_cli_takes_the_scheme_from_the_config(self, legacy_accounts: Accounts,
+                                                  tmp_path: Path) -> None:
+        """EXIMAUTHD_LEGACY_PASSWORD_SCHEME reaches migrate-passwords and check; a wrong value
+        is one error line naming the key and the allowed values."""
+        auto = run_cli(legacy_accounts, tmp_path, "migrate-passwords", "--dry-run")
+        assert auto.returncode == 0, auto.stderr
+        assert "md5-hex: 3 row(s) kept" in auto.stderr
+        check = run_cli(legacy_accounts, tmp_path, "check", "md5a@example.test",
+                        "--password-stdin", stdin="secret\n")
+        assert (check.returncode, check.stdout.strip()) == (1, "no unknown-scheme")
+        env = {"EXIMAUTHD_LEGACY_PASSWORD_SCHEME": "md5-hex"}
+        named = run_cli(legacy_accounts, tmp_path, "check", "md5a@example.test",
+                        "--password-stdin", stdin="5ebe2294ecd0e0f08eab7690d2a6ee69\n", env=env)
+        assert (named.returncode, named.stdout.strip()) == (1, "no bad-password")
+        named = run_cli(legacy_accounts, tmp_path, "check", "md5a@example.test",
+                        "--password-stdin", stdin="secret\n", env=env)
+        assert (named.returncode, named.stdout.strip()) == (0, "yes ok-rehashed")
+        wrong = run_cli(legacy_accounts, tmp_path, "check", "md5a@example.test",
+                        "--password-stdin", stdin="secret\n",
+                        env={"EXIMAUTHD_LEGACY_PASSWORD_SCHEME": "md5"})
+        assert wrong.returncode == 2
+        assert wrong.stderr.strip().splitlines() == [
+            "eximauthd: error: legacy.password_scheme: 'md5' is not one of auto, "
+            "plain, md5-hex, sha1-hex, sha256-hex, sha512-hex, mysql-native, des-crypt"]
 
 
 class TestConcurrentChange:
@@ -447,9 +564,11 @@ class TestOutput:
         assert "hunter2" not in repr(_Candidate(("k",), "a@example.test", "hunter2"))
 
 
-def run_cli(accounts: Accounts, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(accounts: Accounts, cwd: Path, *args: str, stdin: str = "",
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "eximauthd", *args], capture_output=True,
-                          text=True, env=accounts.env(), cwd=cwd, timeout=120, check=False)
+                          text=True, env=accounts.env() | (env or {}), cwd=cwd, timeout=120,
+                          check=False, input=stdin)
 
 
 def test_cli_report(accounts: Accounts, hasher: Hasher, tmp_path: Path) -> None:
