@@ -6,6 +6,11 @@ and a background task adds its counts to the shared table and reads everybody's 
 ``sync_interval_ms`` (one transaction).  Within one instance a limit is exact; across N
 instances it can be overshot by what the others accepted since their last sync.
 
+A count is in exactly one place at every moment: unwritten (``_pending``), handed to a sync
+that has not answered yet (``_inflight``), or in the totals read back (``_shared``).  The
+in-flight counts are neither of the others for the whole database round trip; forgetting them
+there let a user over the limit relay during every sync.
+
 Windows are fixed buckets (``floor(now / window)``) read as a sliding window: the previous
 bucket's count weighs by the part of it still inside the window, so a burst at a bucket edge
 cannot pass twice the limit.
@@ -66,6 +71,9 @@ class RateLimiter:
         self._monotonic = monotonic
         self._shared: dict[RateKey, int] = {}
         self._pending: dict[RateKey, int] = {}
+        # Counts handed to a sync that has not answered: not in _pending any more, not yet in
+        # _shared.  They still count, or every sync would open a window past the limit.
+        self._inflight: dict[RateKey, int] = {}
         self._active: dict[str, float] = {}  # address -> when it last relayed (monotonic)
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._tripped: set[RateKey] = set()
@@ -79,7 +87,8 @@ class RateLimiter:
         return self.overrides.get(address, {}).get(kind, self.defaults[kind])
 
     def _count(self, key: RateKey) -> int:
-        return self._shared.get(key, 0) + self._pending.get(key, 0)
+        return (self._shared.get(key, 0) + self._inflight.get(key, 0)
+                + self._pending.get(key, 0))
 
     def admit(self, address: str, transaction: str = "") -> Decision | None:
         """None when *address* may relay one more recipient (and it is counted), else defer.
@@ -132,6 +141,7 @@ class RateLimiter:
     def take(self) -> SyncBatch:
         """Hand the unwritten counts to a sync (which runs in a worker thread)."""
         deltas, self._pending = self._pending, {}
+        _add(self._inflight, deltas, 1)
         cutoff = self._monotonic() - _ACTIVE_SECONDS
         self._active = {a: t for a, t in self._active.items() if t >= cutoff}
         return SyncBatch(deltas, frozenset(self._active), int(self._clock()))
@@ -141,8 +151,10 @@ class RateLimiter:
         """Take the totals read back by a successful sync (they include *batch*).
 
         The read replaces what was known of the addresses it covered (a reset lowers them);
-        the totals of every other user are kept until their buckets expire.
+        the totals of every other user are kept until their buckets expire.  Counts admitted
+        since :meth:`take` stay pending: the read cannot hold them.
         """
+        _add(self._inflight, batch.deltas, -1)  # written: the read back holds them now
         kept = {k: n for k, n in self._shared.items()
                 if k[0] not in batch.addresses and (k[3] + 2) * k[2] > batch.now}
         self._shared = kept | dict(shared)
@@ -153,12 +165,22 @@ class RateLimiter:
 
     def failed(self, batch: SyncBatch) -> None:
         """A sync failed: keep its counts for the next one."""
-        for key, n in batch.deltas.items():
-            self._pending[key] = self._pending.get(key, 0) + n
+        _add(self._inflight, batch.deltas, -1)
+        _add(self._pending, batch.deltas, 1)
 
     @property
     def staleness(self) -> float:
         return self._monotonic() - self._synced_at
+
+
+def _add(counts: dict[RateKey, int], deltas: Mapping[RateKey, int], sign: int) -> None:
+    """Add (sign 1) or take back (sign -1) *deltas* in *counts*; zero entries are dropped."""
+    for key, n in deltas.items():
+        left = counts.get(key, 0) + sign * n
+        if left > 0:
+            counts[key] = left
+        else:
+            counts.pop(key, None)
 
 
 def _windows(defaults: Iterable[tuple[Limit, ...]],
