@@ -20,7 +20,7 @@ from eximauthd.ratelimit import RateLimiter
 from eximauthd.store import Database
 
 from . import servicekit as kit
-from .test_abuse_service import ALICE, SYNC_MS, _rate_env, _relay
+from .test_abuse_service import ALICE, BOB, SYNC_MS, _rate_env, _relay
 from .test_service import _populate
 
 HOUR = 3600
@@ -146,3 +146,83 @@ def test_a_relay_while_a_sync_waits_on_the_database_is_still_limited(db_url: str
     assert sent == [b"yes\n"] * 6
     assert during == [b"defer rate-limit-messages-1h\n"] * 3
     assert after == b"defer rate-limit-messages-1h\n"
+
+
+def _strict(clock: Clock) -> RateLimiter:
+    """A limiter as a served instance starts: nobody's totals known yet."""
+    config = RateLimitConfig(recipients=("1000/1h",), messages=("2/1h",))
+    return RateLimiter(config, clock=clock, monotonic=clock, synced=False)
+
+
+class TestUsersNotReadYet:
+    """A served instance judges a user only on totals and limits a sync read for it."""
+
+    def test_a_user_is_admitted_only_once_a_sync_read_its_totals(self) -> None:
+        """A user at its limit elsewhere (or before a restart) is deferred here from the start."""
+        clock = Clock()
+        limiter = _strict(clock)
+        assert limiter.admit(ALICE, "1.1") == Decision.defer("ratelimit-unavailable")
+        assert limiter.needs_read(ALICE)
+        limiter.touch(ALICE)
+        batch = limiter.take()
+        assert ALICE in batch.addresses
+        limiter.synced(batch, {(ALICE, "messages", HOUR, int(clock.now // HOUR)): 2}, {})
+        assert not limiter.needs_read(ALICE)
+        assert limiter.admit(ALICE, "1.1") == OVER
+
+    def test_an_override_applies_from_the_first_relay(self) -> None:
+        """The per-user limit read with the totals is the one the first RELAY meets."""
+        limiter = _strict(Clock())
+        limiter.touch(ALICE)
+        limiter.synced(limiter.take(), {}, {ALICE: {"messages": (Limit(HOUR, 1),)}})
+        assert _send(limiter, "1.1") == [None] * 3
+        assert limiter.admit(ALICE, "1.2") == OVER
+
+    def test_a_sync_that_could_not_read_the_overrides_does_not_admit_by_the_defaults(
+            self) -> None:
+        """Overrides never read: the user waits (defer), never gets the default limits."""
+        limiter = _strict(Clock())
+        limiter.touch(ALICE)
+        limiter.synced(limiter.take(), {}, None)
+        assert limiter.admit(ALICE, "1.1") == Decision.defer("ratelimit-unavailable")
+        limiter.synced(limiter.take(), {}, {ALICE: {"messages": (Limit(HOUR, 1),)}})
+        assert _send(limiter, "1.1") == [None] * 3
+        batch = limiter.take()
+        limiter.synced(batch, dict(batch.deltas), None)  # the overrides' read failed this time
+        assert limiter.admit(ALICE, "1.2") == OVER  # the last overrides read stay
+
+    def test_a_user_back_after_a_pause_is_read_again(self) -> None:
+        """Totals kept from before a long pause are refreshed before the user is judged."""
+        clock = Clock()
+        limiter = _strict(clock)
+        limiter.touch(ALICE)
+        limiter.synced(limiter.take(), {}, {})
+        assert limiter.admit(ALICE, "1.1") is None
+        clock.now += 601  # idle past the read-back window: other instances may have counted
+        limiter.synced(limiter.take(), {}, {})
+        assert limiter.needs_read(ALICE)
+        assert limiter.admit(ALICE, "1.2") == Decision.defer("ratelimit-unavailable")
+
+    def test_a_failed_first_sync_admits_nothing(self) -> None:
+        """The database gone at start: RELAYs defer until a sync succeeds, not for 30 s."""
+        limiter = _strict(Clock())
+        limiter.touch(ALICE)
+        limiter.failed(limiter.take())
+        assert limiter.admit(ALICE, "1.1") == Decision.defer("ratelimit-unavailable")
+        assert limiter.staleness == float("inf")
+
+
+def test_a_restarted_service_knows_the_counts_from_its_first_relay(db_url: str) -> None:
+    """A user at its limit before a restart (or on another instance) is deferred at once."""
+    _populate(db_url)
+    db = Database(DatabaseConfig(url=db_url))
+    try:
+        bucket = int(time.time() // HOUR)
+        RateStore(db).add_and_read({(ALICE, "messages", HOUR, bucket): 2}, (), int(time.time()))
+    finally:
+        db.dispose()
+    # The default sync interval (1 s): the first RELAY comes well before a second sync.
+    with kit.running(db_url, extra_env={"EXIMAUTHD_RATELIMIT_MESSAGES": "2/1h"}) as served:
+        first = [_relay(served, ALICE, "4242.1") for _ in range(3)]
+        assert _relay(served, BOB, "4243.1") == b"yes\n"  # its own count, read as fast
+    assert first == [b"defer rate-limit-messages-1h\n"] * 3
