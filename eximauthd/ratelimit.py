@@ -9,7 +9,9 @@ instances it can be overshot by what the others accepted since their last sync.
 A count is in exactly one place at every moment: unwritten (``_pending``), handed to a sync
 that has not answered yet (``_inflight``), or in the totals read back (``_shared``).  The
 in-flight counts are neither of the others for the whole database round trip; forgetting them
-there let a user over the limit relay during every sync.
+there let a user over the limit relay during every sync.  And a served instance judges a user
+only on totals a sync read for it: one new here (a restart, another MX, a long pause) waits for
+that read instead of starting from zero.
 
 Windows are fixed buckets (``floor(now / window)``) read as a sliding window: the previous
 bucket's count weighs by the part of it still inside the window, so a burst at a bucket edge
@@ -107,7 +109,8 @@ class RateLimiter:
         """None when *address* may relay one more recipient (and it is counted), else defer.
 
         The decision is ``defer rate-limit-<kind>-<window>`` (Exim answers 4xx), or
-        ``defer ratelimit-unavailable`` when the shared counts are too old to trust.
+        ``defer ratelimit-unavailable`` when the shared counts are too old to trust or have
+        not been read for this user yet (see :meth:`needs_read`).
         """
         if self.staleness > self.config.max_staleness_seconds:
             return Decision.defer("ratelimit-unavailable")

@@ -178,7 +178,7 @@ class Service:
                     # Counted only once the sender check said yes, in memory (see ratelimit).
                     address = str(parse_address(request.authenticated_id))
                     if self.limiter.needs_read(address):
-                        await self._read_totals(address)
+                        await self._read_totals(self.limiter, address)
                     over = self.limiter.admit(address, request.transaction)
                     if over is not None:
                         return over
@@ -349,10 +349,9 @@ class Service:
                 await asyncio.wait_for(self._wake_sync.wait(), interval)
             self._wake_sync.clear()
 
-    async def _read_totals(self, address: str) -> None:
+    async def _read_totals(self, limiter: RateLimiter, address: str) -> None:
         """Wait (at most the request timeout) for a sync that reads *address*'s totals."""
-        assert self.limiter is not None
-        self.limiter.touch(address)
+        limiter.touch(address)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._read_waiters.append(waiter)
         self._wake_sync.set()
@@ -467,7 +466,7 @@ def _verb(request: Request) -> str:
 
 
 def _age(seconds: float) -> str:
-    return "never yet" if seconds == float("inf") else f"{seconds:.0f}s old"
+    return "none succeeded yet" if seconds == float("inf") else f"{seconds:.0f}s old"
 
 
 async def _read_request(reader: asyncio.StreamReader) -> bytes:
