@@ -20,7 +20,8 @@ from eximauthd.ratelimit import RateLimiter
 from eximauthd.store import Database
 
 from . import servicekit as kit
-from .test_abuse_service import ALICE, BOB, SYNC_MS, _rate_env, _relay
+from .conftest import MARIADB_HOST, MARIADB_PORT
+from .test_abuse_service import ALICE, BOB, SYNC_MS, _rate_env, _relay, _wait_for
 from .test_service import _populate
 
 HOUR = 3600
@@ -226,3 +227,22 @@ def test_a_restarted_service_knows_the_counts_from_its_first_relay(db_url: str) 
         first = [_relay(served, ALICE, "4242.1") for _ in range(3)]
         assert _relay(served, BOB, "4243.1") == b"yes\n"  # its own count, read as fast
     assert first == [b"defer rate-limit-messages-1h\n"] * 3
+
+
+def test_a_user_never_read_is_deferred_while_the_database_is_cut(mariadb_url: str) -> None:
+    """Database gone: a user whose totals were never read here gets a 4xx, never a blind yes."""
+    _populate(mariadb_url)
+    proxy = kit.TcpProxy(MARIADB_HOST, MARIADB_PORT)
+    proxy.start()
+    url = mariadb_url.replace(f":{MARIADB_PORT}/", f":{proxy.port}/")
+    try:
+        with kit.running(url, extra_env=_rate_env(messages="2/1h")) as served:
+            assert _relay(served, ALICE, "4242.1") == b"yes\n"
+            proxy.stop()
+            during = (_relay(served, ALICE, "4242.2"), _relay(served, BOB, "4243.1"))
+            proxy.start()
+            assert _wait_for(lambda: _relay(served, BOB, "4243.1") == b"yes\n")
+    finally:
+        proxy.stop()
+    # alice's totals were read before the cut; bob's never were.
+    assert during == (b"yes\n", b"defer ratelimit-unavailable\n")
