@@ -43,7 +43,7 @@ from .protocol import (
     format_reply,
     parse_request,
 )
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, SyncBatch
 
 __all__ = ["Service", "prepare_socket_path"]
 
@@ -124,6 +124,8 @@ class Service:
         self._connections: set[asyncio.Task[Any]] = set()
         self._stopping: asyncio.Event | None = None
         self.metrics.workers.set(self.workers)
+        # Trusting empty totals suits in-process use; run() replaces it with one that waits
+        # for the database's.
         self.limiter = RateLimiter(config.ratelimit) if config.ratelimit.enabled else None
         # Syncs of the rate counters get a thread of their own: they must not wait behind
         # argon2 work, nor take a slot that counts against max_pending.
@@ -132,6 +134,10 @@ class Service:
         self._user_limits = LimitStore(self.decider.db)
         self._failure_delay = config.throttle.failure_delay_ms / 1000
         self._pruned_at = 0
+        # RELAYs waiting for a sync to read their user's totals; the sync that takes them
+        # answers them, whatever its outcome (admit() then decides, failing closed).
+        self._read_waiters: list[asyncio.Future[None]] = []
+        self._wake_sync = asyncio.Event()
 
     # --- decisions -----------------------------------------------------------------------
 
@@ -170,8 +176,10 @@ class Service:
                         lambda: self.decider.relay_with_grants(request))
                 if decision.result is Result.YES and self.limiter is not None:
                     # Counted only once the sender check said yes, in memory (see ratelimit).
-                    over = self.limiter.admit(str(parse_address(request.authenticated_id)),
-                                              request.transaction)
+                    address = str(parse_address(request.authenticated_id))
+                    if self.limiter.needs_read(address):
+                        await self._read_totals(self.limiter, address)
+                    over = self.limiter.admit(address, request.transaction)
                     if over is not None:
                         return over
                 return decision
@@ -288,6 +296,10 @@ class Service:
         # Before the socket is bound: a bad token file stops the start with nothing to undo.
         token = self.http_token() if self.config.http.enabled else ""
         sock_path = self.config.socket.path
+        if self.limiter is not None:
+            # A served instance starts knowing nobody's totals nor the per-user limits: each
+            # user's first RELAY waits for a sync to read them (see ratelimit).
+            self.limiter = RateLimiter(self.config.ratelimit, synced=False)
         sock = _bind_unix_socket(sock_path, int(self.config.socket.mode, 8),
                                  self.config.socket.group)
         unix_server = await asyncio.start_unix_server(self.handle_connection, sock=sock,
@@ -332,7 +344,19 @@ class Service:
         while True:
             # At once on start: a restarted instance loads the overrides before long.
             await self.sync_rates()
-            await asyncio.sleep(interval)
+            # Early when a RELAY waits for its user's totals.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_sync.wait(), interval)
+            self._wake_sync.clear()
+
+    async def _read_totals(self, limiter: RateLimiter, address: str) -> None:
+        """Wait (at most the request timeout) for a sync that reads *address*'s totals."""
+        limiter.touch(address)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._read_waiters.append(waiter)
+        self._wake_sync.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
 
     async def _revalidate_forever(self) -> None:
         interval = self.config.cache.revalidate_seconds
@@ -355,12 +379,21 @@ class Service:
             return True
         limiter = self.limiter
         batch = limiter.take()
+        waiters, self._read_waiters = self._read_waiters, []
+        try:
+            return await self._sync(limiter, batch)
+        finally:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _sync(self, limiter: RateLimiter, batch: SyncBatch) -> bool:
 
         def work() -> tuple[Any, Any]:
             # Only this write decides whether the batch is counted; what follows is best
             # effort, or a failure there would have the same counts added twice.
             shared = self._rates.add_and_read(batch.deltas, batch.addresses, batch.now)
-            overrides = limiter.overrides
+            overrides = None  # not read: the limiter keeps the last ones (never none at all)
             try:
                 overrides = self._user_limits.all()
                 if batch.now - self._pruned_at >= 60:
@@ -376,7 +409,7 @@ class Service:
         except StorageError as exc:
             limiter.failed(batch)
             self.metrics.sync_errors.inc()
-            _log.warning("rate counters not synchronised (%.0fs old): %s", limiter.staleness,
+            _log.warning("rate counters not synchronised (%s): %s", _age(limiter.staleness),
                          exc)
             return False
         limiter.synced(batch, shared, overrides)
@@ -430,6 +463,10 @@ def _verb(request: Request) -> str:
             return "PING"
         case ForgetRequest():
             return "FORGET"
+
+
+def _age(seconds: float) -> str:
+    return "none succeeded yet" if seconds == float("inf") else f"{seconds:.0f}s old"
 
 
 async def _read_request(reader: asyncio.StreamReader) -> bytes:

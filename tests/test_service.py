@@ -246,6 +246,8 @@ class TestDatabaseOutage:
                 good = kit.auth_line("alice@example.test", PASSWORD)
                 granted = kit.relay_line("alice@example.test", "x@partner.test", "r@remote.test")
                 assert served.ask(good) == b"yes\n"
+                same_domain = kit.relay_line("alice@example.test", "bob@example.test", "r@x.test")
+                assert served.ask(same_domain) == b"yes\n"  # alice's rate totals now read
                 proxy.stop()
                 for _ in range(3):
                     assert served.ask(good) == b"defer database-unavailable\n"
@@ -253,8 +255,8 @@ class TestDatabaseOutage:
                     assert served.ask(b"PING\n") == b"defer database-unavailable\n"
                 status, body = _http(served, "GET", "/readyz")
                 assert (status, body["status"]) == (503, "unavailable")
-                # Needs no database: decided by the pure policy alone.
-                same_domain = kit.relay_line("alice@example.test", "bob@example.test", "r@x.test")
+                # Needs no database: the pure policy, and the rate totals read before the cut
+                # (a user never read here would get `defer ratelimit-unavailable`).
                 assert served.ask(same_domain) == b"yes\n"
                 proxy.start()
                 assert served.ask(good) == b"yes\n"
