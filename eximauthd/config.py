@@ -251,6 +251,10 @@ class ThrottleConfig:
     # Failures from one client are counted per network: a /64 is one IPv6 host in practice.
     ipv4_prefix: int = 32
     ipv6_prefix: int = 64
+    # Networks (CIDR) whose own limit does not apply: a webmail host or a NAT gateway that
+    # submits for many users, which anyone could otherwise lock out for all of them.  The user
+    # limit still applies to every login from there.
+    exempt_networks: tuple[str, ...] = ()
     # Wait this long before answering a failed AUTH (slows one connection's guessing).
     failure_delay_ms: int = 0
     # A network a user logged in from successfully within this time is not locked out by
@@ -564,6 +568,13 @@ def _validate_abuse(config: Config) -> None:
     for key, value, low, high in checks:
         if not low <= value <= high:
             raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+    for network in t.exempt_networks:
+        try:
+            ipaddress.ip_network(network, strict=True)
+        except ValueError:
+            raise ConfigError(f"throttle.exempt_networks: {network[:64]!r} is not a network "
+                              "such as 192.0.2.10/32 or 2001:db8:1::/48 (no host bits set)"
+                              ) from None
     if r.max_staleness_seconds * 1000 < 2 * r.sync_interval_ms:
         raise ConfigError("ratelimit.max_staleness_seconds: must cover at least two "
                           "sync_interval_ms")

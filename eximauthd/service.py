@@ -27,12 +27,14 @@ import uvicorn
 from . import secretfile
 from .abusestore import LimitStore, RateStore
 from .addresses import parse_address
+from .authn import precheck
 from .config import Config
 from .decider import Decider
 from .decision import Decision, Result
 from .errors import ConfigError, ProtocolError, StorageError
 from .logs import decision_fields
 from .metrics import Metrics
+from .padding import FailureFloor
 from .protocol import (
     MAX_REQUEST_BYTES,
     AuthRequest,
@@ -133,6 +135,8 @@ class Service:
         self._rates = RateStore(self.decider.db)
         self._user_limits = LimitStore(self.decider.db)
         self._failure_delay = config.throttle.failure_delay_ms / 1000
+        # Well inside Exim's readsocket timeout, whatever a stalled check measured.
+        self._failure_floor = FailureFloor(cap=0.6 * self._timeout)
         self._pruned_at = 0
         # RELAYs waiting for a sync to read their user's totals; the sync that takes them
         # answers them, whatever its outcome (admit() then decides, failing closed).
@@ -164,7 +168,9 @@ class Service:
                 cached = self.decider.cached_auth(request)
                 if cached is not None:
                     return cached
-                return await self._in_pool(lambda: self.decider.auth(request))
+                checked_at = time.monotonic()
+                answer = await self._in_pool(lambda: self.decider.auth(request))
+                return await self._padded(request, answer, time.monotonic() - checked_at)
             case ForgetRequest():
                 return self.decider.forget(request.address)
             case RelayRequest():
@@ -185,6 +191,26 @@ class Service:
                 return decision
             case PingRequest():
                 return await self._in_pool(self.decider.ping)
+
+    async def _padded(self, request: AuthRequest, decision: Decision,
+                      elapsed: float) -> Decision:
+        """Make a ``no`` for an account take as long as the costliest check seen lately.
+
+        Without it a wrong password for an account with a costly legacy hash takes longer than
+        an unknown user, which names the accounts that exist (see :mod:`eximauthd.padding`).
+        Malformed credentials and ``defer`` are left alone: they look at no account.
+        """
+        if decision.result is Result.DEFER or precheck(request.username,
+                                                        request.password) is not None:
+            return decision
+        now = time.monotonic()
+        if not decision.reason.startswith("throttled-"):  # a throttled answer checked nothing
+            self._failure_floor.observe(elapsed, now)
+        if decision.result is Result.NO:
+            pad = self._failure_floor.padding(elapsed, now)
+            if pad > 0:
+                await asyncio.sleep(pad)
+        return decision
 
     async def _in_pool(self, call: Callable[[], Decision]) -> Decision:
         if self._pending >= self.config.service.max_pending:

@@ -129,6 +129,7 @@ class Throttle:
         self._lock = threading.Lock()
         self._touched: dict[tuple[str, str], float] = {}
         self._writes = 0
+        self._exempt = tuple(ipaddress.ip_network(n) for n in config.exempt_networks)
 
     def __repr__(self) -> str:
         c = self.config
@@ -152,7 +153,8 @@ class Throttle:
         refused: a refused request has already taken its reservation back).
         """
         network, user = self._subjects(username, client_ip)
-        subjects = _subjects(network, user)
+        exempt = self._is_exempt(client_ip)
+        subjects = _subjects(None if exempt else network, user)
         now = self._clock()
         since = now - dt.timedelta(seconds=self.config.window_seconds)
         reservation = Reservation(subjects, password_tag(self._key, user or username, password),
@@ -164,9 +166,21 @@ class Throttle:
             self._release(reservation, only_mine=True)
         return refused, reservation
 
+    def _is_exempt(self, client_ip: str) -> bool:
+        if not self._exempt or not client_ip:
+            return False
+        try:
+            ip = ipaddress.ip_address(client_ip)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self._exempt)
+
     def _over_limit(self, counts: dict[Subject, Reserved], network: str, user: str | None,
                     now: dt.datetime) -> Decision | None:
-        if counts[("ip", network)].count > self.config.max_failures_per_ip:
+        ip = counts.get(("ip", network))
+        if ip is not None and ip.count > self.config.max_failures_per_ip:
             return Decision.no("throttled-ip")
         if user is not None and counts[("user", user)].count > \
                 self.config.max_failures_per_user:
@@ -235,8 +249,9 @@ class Throttle:
                          exc)
 
 
-def _subjects(network: str, user: str | None) -> tuple[Subject, ...]:
-    return (("ip", network),) if user is None else (("ip", network), ("user", user))
+def _subjects(network: str | None, user: str | None) -> tuple[Subject, ...]:
+    found: tuple[Subject, ...] = () if network is None else (("ip", network),)
+    return found if user is None else (*found, ("user", user))
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,6 +109,10 @@ class TestEnvironment:
     ("", {"EXIMAUTHD_DATABSE_URL": "x"}, "EXIMAUTHD_DATABSE_URL: unknown setting"),
     ("", {"EXIMAUTHD_DATABASE_URI": "x"}, "EXIMAUTHD_DATABASE_URI: unknown key"),
     ("[database\n", {}, "invalid TOML"),
+    ("[throttle]\nexempt_networks = ['192.0.2.1/24']\n", {},
+     "throttle.exempt_networks: '192.0.2.1/24' is not a network"),
+    ("[throttle]\nexempt_networks = ['webmail']\n", {},
+     "throttle.exempt_networks: 'webmail' is not a network"),
 ])
 def test_invalid_configuration_names_the_key(tmp_path: Path, text: str, env: dict[str, str],
                                              message: str) -> None:

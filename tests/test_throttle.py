@@ -160,3 +160,29 @@ class TestCountingRules:
             assert _auth(decider, ALICE, PASSWORD, NAT) == (Result.YES, "ok")
         finally:
             decider.close()
+
+
+class TestExemptNetworks:
+    def test_an_exempt_network_is_never_locked_but_its_users_are(
+            self, accounts: Database) -> None:
+        """A webmail host in exempt_networks: guesses for many users never lock it out."""
+        config = replace(config_for(accounts.config.url), throttle=ThrottleConfig(
+            max_failures_per_ip=2, max_failures_per_user=2,
+            exempt_networks=("203.0.113.0/24",)))
+        decider = Decider(config)
+        try:
+            for i in range(6):
+                assert _auth(decider, f"nobody{i}@example.test", "x", NAT) == \
+                    (Result.NO, "unknown-user")
+            assert _auth(decider, ALICE, PASSWORD, NAT) == (Result.YES, "ok")
+            for i in range(2):
+                _auth(decider, "bob@example.test", f"guess-{i}", NAT)
+            assert _auth(decider, "bob@example.test", PASSWORD, NAT) == \
+                (Result.NO, "throttled-user")
+            assert _auth(decider, "carol@example.test", PASSWORD, "::ffff:203.0.113.9") == \
+                (Result.YES, "ok")
+        finally:
+            decider.close()
+        subjects = {(r.scope, r.subject)
+                    for r in AttemptStore(accounts).list(utcnow().replace(year=2000))}
+        assert not any(scope == "ip" for scope, _ in subjects)
