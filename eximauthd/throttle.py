@@ -64,13 +64,8 @@ _PRUNE_EVERY = 256
 NO_ADDRESS = "no-address"
 
 
-@functools.lru_cache(maxsize=4096)
-def network_of(client_ip: str, ipv4_prefix: int, ipv6_prefix: int) -> str | None:
-    """``"2001:db8::1"`` → ``"2001:db8::/64"``; None for no (or an unparsable) address.  Pure.
-
-    An IPv4-mapped IPv6 address counts as the IPv4 address it carries.  Memoised: clients
-    come back, and :mod:`ipaddress` is slow next to everything else on the cached AUTH path.
-    """
+def _client_address(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client's address, an IPv4-mapped IPv6 one as the IPv4 it carries; None if none."""
     if not client_ip:
         return None
     try:
@@ -78,7 +73,20 @@ def network_of(client_ip: str, ipv4_prefix: int, ipv6_prefix: int) -> str | None
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+        return ip.ipv4_mapped
+    return ip
+
+
+@functools.lru_cache(maxsize=4096)
+def network_of(client_ip: str, ipv4_prefix: int, ipv6_prefix: int) -> str | None:
+    """``"2001:db8::1"`` → ``"2001:db8::/64"``; None for no (or an unparsable) address.  Pure.
+
+    An IPv4-mapped IPv6 address counts as the IPv4 address it carries.  Memoised: clients
+    come back, and :mod:`ipaddress` is slow next to everything else on the cached AUTH path.
+    """
+    ip = _client_address(client_ip)
+    if ip is None:
+        return None
     prefix = ipv4_prefix if ip.version == 4 else ipv6_prefix
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
@@ -167,15 +175,8 @@ class Throttle:
         return refused, reservation
 
     def _is_exempt(self, client_ip: str) -> bool:
-        if not self._exempt or not client_ip:
-            return False
-        try:
-            ip = ipaddress.ip_address(client_ip)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self._exempt)
+        ip = _client_address(client_ip) if self._exempt else None
+        return ip is not None and any(ip in net for net in self._exempt)
 
     def _over_limit(self, counts: dict[Subject, Reserved], network: str, user: str | None,
                     now: dt.datetime) -> Decision | None:
