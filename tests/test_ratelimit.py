@@ -107,8 +107,9 @@ def test_remembered_transactions_are_bounded_oldest_first(
     limiter = _limiter(Clock(), recipients=("100/1h",), messages=("100/1h",))
     for txn in ("t1", "t2", "t3"):
         limiter.admit(USER, txn)
-    limiter.admit(USER, "t3")  # still remembered: not counted again
-    limiter.admit(USER, "t1")  # forgotten: counted again
+    limiter.admit(USER, "t2")  # still remembered: not counted again
+    limiter.admit(USER, "t3")  # still remembered
+    limiter.admit(USER, "t1")  # the oldest, forgotten: counted again
     assert limiter.take().deltas[(USER, "messages", HOUR, START // HOUR)] == 4
 
 
@@ -194,8 +195,10 @@ def test_a_second_trip_in_a_later_window_is_logged_again(
             limiter.admit(USER)
     trips = [r.getMessage() for r in caplog.records if "rate limit reached" in r.getMessage()]
     assert len(trips) == 2
-    assert "a@x.test has used its 1 recipients per 1h" in trips[0]
-    assert "eximauthd user disable a@x.test" in trips[0]
+    assert trips[0] == (
+        "rate limit reached: a@x.test has used its 1 recipients per 1h; further recipients "
+        "are deferred until the window moves on. A compromised account is the usual cause: "
+        "check it, `eximauthd user disable a@x.test` if in doubt")
 
 
 def test_overrides_read_back_apply_per_kind_and_defaults_stay() -> None:
@@ -211,3 +214,69 @@ def test_repr_shows_the_default_limits() -> None:
     """repr names the configured limits as an admin writes them."""
     limiter = _limiter(Clock(), recipients=("3/1h", "10/1d"))
     assert repr(limiter) == "RateLimiter(recipients=['3/1h', '10/1d'], messages=['2/1h'])"
+
+
+def test_a_trip_is_logged_once_per_window_across_syncs(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Syncs within the window do not forget that the trip was logged."""
+    clock = Clock()
+    limiter = _limiter(clock, recipients=("1/1h",))
+    with caplog.at_level(logging.WARNING, "eximauthd.ratelimit"):
+        for _ in range(3):
+            limiter.admit(USER)
+            clock.now += 60
+            _sync(limiter, {})
+    assert sum("rate limit reached" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_tripped_windows_and_expired_totals_are_forgotten(caplog: pytest.LogCaptureFixture) -> None:
+    """Memory is bounded: totals are dropped two windows after their bucket began, and the
+    log-once record of a trip two longest windows after its bucket ended (not before)."""
+    clock = Clock()
+    limiter = _limiter(clock, recipients=("1/1h",))
+    bucket = START // HOUR
+    limiter.synced(limiter.take(), {("b@x.test", "recipients", HOUR, bucket): 1}, {})
+    limiter.admit(USER)
+    limiter.admit(USER)  # tripped
+    clock.now = START + 2 * HOUR - 1
+    limiter.synced(limiter.take(), {}, {})
+    assert ("b@x.test", "recipients", HOUR, bucket) in limiter._shared
+    assert limiter._tripped
+    clock.now = START + 2 * HOUR
+    limiter.synced(limiter.take(), {}, {})
+    assert limiter._shared == {}
+    assert limiter._tripped  # its bucket ended at +1h: kept until +3h
+    clock.now = START + 3 * HOUR
+    limiter.synced(limiter.take(), {}, {})
+    assert limiter._tripped == set()
+
+
+def test_a_reset_read_back_replaces_totals_read_before() -> None:
+    """`throttle reset` deletes the rows: the next read back of an active user lowers his
+    totals, although they were read from the database before."""
+    clock = Clock()
+    limiter = _limiter(clock)
+    key = (USER, "recipients", HOUR, START // HOUR)
+    limiter.admit(USER)
+    limiter.synced(limiter.take(), {key: 3}, {})
+    assert limiter.admit(USER) == Decision.defer("rate-limit-recipients-1h")
+    limiter.synced(limiter.take(), {}, {})  # USER active, read back: no rows any more
+    assert limiter.admit(USER) is None
+
+
+def test_no_limit_configured_admits_everything_and_syncs() -> None:
+    """Without any limit every RELAY is admitted and a sync has nothing to prune."""
+    limiter = _limiter(Clock(), recipients=(), messages=())
+    assert all(limiter.admit(USER, f"t{n}") is None for n in range(100))
+    limiter.synced(limiter.take(), {}, {})
+    assert limiter.take().deltas == {}
+
+
+def test_a_failed_sync_adds_its_counts_to_those_admitted_meanwhile() -> None:
+    """Counts admitted while a sync was failing are kept along with the failed batch's."""
+    limiter = _limiter(Clock(), recipients=("100/1h",))
+    limiter.admit(USER)
+    batch = limiter.take()
+    limiter.admit(USER)
+    limiter.failed(batch)
+    assert limiter.take().deltas == {(USER, "recipients", HOUR, START // HOUR): 2}

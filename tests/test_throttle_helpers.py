@@ -50,6 +50,8 @@ def test_the_password_tag_takes_undecodable_bytes() -> None:
     tag = password_tag(key, "alice@example.test", "p\udcffw")
     assert tag != password_tag(key, "alice@example.test", "p\udcfew")
     assert len(tag) == 32
+    user_tag = password_tag(key, "\udcffalice@example.test", "pw")
+    assert user_tag != password_tag(key, "\udcfealice@example.test", "pw")
 
 
 def test_user_and_password_cannot_trade_characters() -> None:
