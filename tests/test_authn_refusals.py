@@ -4,6 +4,8 @@ that hides which users exist, and what a success leaves in the AUTH cache."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import sqlalchemy as sa
 
@@ -193,3 +195,76 @@ def test_an_upgrade_answers_ok_rehashed_and_stores_argon2id(database: Database,
     assert stored is not None
     assert stored.startswith("$argon2id$")
     assert authn.verify(ALICE, PASSWORD) == Decision.yes()
+
+
+def test_a_user_forgotten_before_the_check_is_cached_again(
+        store: OwnAccountStore, hasher: CountingHasher) -> None:
+    """authn takes the cache's current generation: a FORGET long before this AUTH does not
+    keep its success out of the cache (the cache would otherwise be off for that user)."""
+    cache = AuthCache(60, 10)
+    cache.forget(ALICE)
+    authn = Authenticator(store, hasher, cache)
+    assert authn.verify(ALICE, PASSWORD, "192.0.2.1") == Decision.yes()
+    assert cache.hit(ALICE, PASSWORD, "192.0.2.1")
+
+
+def test_without_a_client_address_the_success_is_cached_for_local_clients(
+        store: OwnAccountStore, hasher: CountingHasher) -> None:
+    """A local submission (no client ip) is cached under the empty address."""
+    cache = AuthCache(60, 10)
+    assert Authenticator(store, hasher, cache).verify(ALICE, PASSWORD) == Decision.yes()
+    assert cache.hit(ALICE, PASSWORD, "")
+
+
+@pytest.mark.parametrize(("client_ip", "shown"), [("192.0.2.1", "192.0.2.1"), ("", "-")])
+def test_an_upgrade_is_logged_with_scheme_address_and_client(
+        database: Database, hasher: CountingHasher, client_ip: str, shown: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The upgrade line names scheme, account and client (``-`` for none), never a secret."""
+    store = OwnAccountStore(database)
+    store.add(parse_address(ALICE), "{PLAIN}" + PASSWORD)
+    with caplog.at_level(logging.INFO, "eximauthd.authn"):
+        assert Authenticator(store, hasher).verify(ALICE, PASSWORD, client_ip) == \
+            Decision.yes("ok-rehashed")
+    assert caplog.messages == [
+        f"upgraded plain password of {ALICE} to argon2id (client {shown})"]
+
+
+def test_a_password_changed_during_the_check_is_not_overwritten(
+        database: Database, caplog: pytest.LogCaptureFixture) -> None:
+    """`user passwd` committing while a legacy password is verified wins: the login is yes,
+    the new value stays, and the log says why nothing was upgraded."""
+    store = OwnAccountStore(database)
+    store.add(parse_address(ALICE), "{PLAIN}" + PASSWORD)
+
+    class RacingHasher(CountingHasher):
+        def verify(self, stored: str | None, password: str):  # type: ignore[no-untyped-def]
+            store.set_password(parse_address(ALICE), "{PLAIN}new")  # committed meanwhile
+            return super().verify(stored, password)
+
+    with caplog.at_level(logging.INFO, "eximauthd.authn"):
+        assert Authenticator(store, RacingHasher()).verify(ALICE, PASSWORD) == Decision.yes()
+    assert store.find(parse_address(ALICE))[0].password == "{PLAIN}new"
+    assert caplog.messages == [f"password of {ALICE} changed meanwhile; not upgraded"]
+
+
+def test_a_failed_upgrade_is_still_yes_and_logged_without_secrets(
+        database: Database, caplog: pytest.LogCaptureFixture) -> None:
+    """The password was right: a database error while storing the upgrade is logged (scheme,
+    account, error) and the answer stays yes."""
+    store = OwnAccountStore(database)
+    store.add(parse_address(ALICE), "{PLAIN}" + PASSWORD)
+
+    class DroppingHasher(CountingHasher):
+        def verify(self, stored: str | None, password: str):  # type: ignore[no-untyped-def]
+            result = super().verify(stored, password)
+            with database.primary.begin() as conn:  # the table is gone before the write
+                conn.execute(sa.text("DROP TABLE eximauthd_users"))
+            return result
+
+    with caplog.at_level(logging.WARNING, "eximauthd.authn"):
+        assert Authenticator(store, DroppingHasher()).verify(ALICE, PASSWORD) == Decision.yes()
+    assert len(caplog.messages) == 1
+    assert caplog.messages[0].startswith(
+        f"could not upgrade plain password of {ALICE} to argon2id: ")
+    assert PASSWORD not in caplog.text
