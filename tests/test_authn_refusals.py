@@ -106,16 +106,19 @@ def test_a_wrong_password_against_a_cheap_legacy_hash_is_padded(
     assert hasher.dummies == 1
 
 
-def test_two_accounts_for_one_address_are_both_refused(database: Database,
-                                                       hasher: CountingHasher) -> None:
-    """An ambiguous address (two legacy rows) is no for either password, with the dummy work."""
+def test_two_accounts_for_one_address_are_both_refused(
+        database: Database, hasher: CountingHasher, caplog: pytest.LogCaptureFixture) -> None:
+    """An ambiguous address (two legacy rows) is no for either password, with the dummy work,
+    and an error names the address so that an admin can remove the duplicate."""
     table = create_seed_table(database)
     with database.primary.begin() as conn:
         for password in (PASSWORD, "other"):
             conn.execute(sa.insert(table).values(username="alice", domain="example.test",
                                                  password=password, smtp=1))
     authn = Authenticator(LegacyAccountStore(database, SEED_LEGACY), hasher)
-    assert authn.verify(ALICE, PASSWORD) == Decision.no("ambiguous-user")
+    with caplog.at_level(logging.ERROR, "eximauthd.authn"):
+        assert authn.verify(ALICE, PASSWORD) == Decision.no("ambiguous-user")
+    assert caplog.messages == [f"2 accounts match {ALICE}; refusing all of them"]
     assert authn.verify(ALICE, "other") == Decision.no("ambiguous-user")
     assert hasher.dummies == 2
 
@@ -266,5 +269,5 @@ def test_a_failed_upgrade_is_still_yes_and_logged_without_secrets(
         assert Authenticator(store, DroppingHasher()).verify(ALICE, PASSWORD) == Decision.yes()
     assert len(caplog.messages) == 1
     assert caplog.messages[0].startswith(
-        f"could not upgrade plain password of {ALICE} to argon2id: ")
+        f"could not upgrade plain password of {ALICE} to argon2id: rehash password: ")
     assert PASSWORD not in caplog.text

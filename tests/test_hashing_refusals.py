@@ -179,6 +179,14 @@ def test_a_bcrypt_value_of_the_wrong_shape_is_malformed(hasher: Hasher, stored: 
     assert not hasher.verify(stored, PASSWORD).matched
 
 
+@pytest.mark.parametrize("extra", ["x", ".", "=", "\n"])
+def test_a_real_bcrypt_hash_with_a_character_appended_is_refused(hasher: Hasher,
+                                                                 extra: str) -> None:
+    """Trailing junk after the 53 characters is malformed, even for the right password."""
+    result = hasher.verify(_bcrypt() + extra, PASSWORD)
+    assert (result.matched, result.reason) == (False, "malformed-hash")
+
+
 @pytest.mark.parametrize(("field", "ceiling"), [("t", 3), ("p", 2), ("m", 64)])
 def test_argon2_ceilings_are_inclusive(field: str, ceiling: int) -> None:
     """An argon2 hash exactly at a configured ceiling verifies; one step over is refused

@@ -105,12 +105,15 @@ def test_remembered_transactions_are_bounded_oldest_first(
     """Past _SEEN_MAX transactions the oldest is forgotten (and would count again)."""
     monkeypatch.setattr(ratelimit, "_SEEN_MAX", 2)
     limiter = _limiter(Clock(), recipients=("100/1h",), messages=("100/1h",))
+    key = (USER, "messages", HOUR, START // HOUR)
     for txn in ("t1", "t2", "t3"):
         limiter.admit(USER, txn)
-    limiter.admit(USER, "t2")  # still remembered: not counted again
-    limiter.admit(USER, "t3")  # still remembered
+    assert limiter.take().deltas[key] == 3
+    limiter.admit(USER, "t3")  # the newest, remembered: not counted again
+    limiter.admit(USER, "t2")  # remembered
+    assert key not in limiter.take().deltas
     limiter.admit(USER, "t1")  # the oldest, forgotten: counted again
-    assert limiter.take().deltas[(USER, "messages", HOUR, START // HOUR)] == 4
+    assert limiter.take().deltas[key] == 1
 
 
 def test_counts_are_trusted_up_to_max_staleness_and_not_a_moment_longer() -> None:
