@@ -16,11 +16,20 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
 
 from eximauthd import dbschema
 from eximauthd.config import Config, DatabaseConfig, HashingConfig, LegacyConfig
 from eximauthd.hashing import Hasher
 from eximauthd.store import Database
+
+# scripts/mutation runs pytest with --hypothesis-profile=mutation: the same examples on every
+# run (a mutant is killed or not, never by luck), and no timing checks, which every test fails
+# now and then under mutmut's instrumentation on a busy machine, nor the check that a
+# test runs on one class instance (mutmut runs the same tests several times in one process).
+settings.register_profile("mutation", derandomize=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow,
+                                                 HealthCheck.differing_executors])
 
 MARIADB_HOST = os.environ.get("ETEST_MARIADB_HOST", "127.0.0.1")
 MARIADB_PORT = int(os.environ.get("ETEST_MARIADB_PORT", "3306"))

@@ -53,3 +53,77 @@ def test_undecodable_bytes_are_an_address_error(text: str) -> None:
     """Surrogate-escaped bytes from the socket are refused like any other bad address."""
     with pytest.raises(AddressError):
         parse_address(text)
+
+
+# --- RFC 5321's limits, at the edge and one past it (mutants of _MAX_LOCAL/_MAX_DOMAIN) -----
+
+# A 255-octet domain made of legal labels (63 + 1 + 63 + 1 + 63 + 1 + 63 = 255).
+DOMAIN_255 = ".".join(["d" * 63] * 4)
+
+
+def test_a_64_octet_local_part_is_accepted() -> None:
+    """A local part of exactly 64 octets, RFC 5321's maximum, names an account."""
+    assert parse_address("l" * 64 + "@example.test") == Address("l" * 64, "example.test")
+
+
+def test_a_65_octet_local_part_is_refused_as_too_long() -> None:
+    """One octet over the local-part limit is refused for its length, not its syntax."""
+    with pytest.raises(AddressError, match="too long"):
+        parse_address("l" * 65 + "@example.test")
+
+
+def test_a_255_octet_domain_is_accepted() -> None:
+    """A domain of exactly 255 octets, RFC 5321's maximum, is a domain."""
+    assert len(DOMAIN_255) == 255
+    assert parse_address("alice@" + DOMAIN_255) == Address("alice", DOMAIN_255)
+
+
+def test_a_256_octet_domain_of_legal_labels_is_refused_as_too_long() -> None:
+    """One octet over the domain limit is refused although every label is legal."""
+    domain = ".".join(["d" * 63] * 3 + ["d" * 61, "dd"])
+    assert len(domain) == 256
+    with pytest.raises(AddressError, match="too long"):
+        parse_address("alice@" + domain)
+
+
+def test_a_domain_label_of_63_is_accepted_and_64_refused() -> None:
+    """DNS labels are at most 63 characters (the regex's {0,61} plus both ends)."""
+    assert parse_address("a@" + "x" * 63 + ".test").domain == "x" * 63 + ".test"
+    with pytest.raises(AddressError, match="invalid domain"):
+        parse_address("a@" + "x" * 64 + ".test")
+
+
+def test_the_last_at_sign_splits_local_part_from_domain() -> None:
+    """With two ``@`` the split is at the last one, so the local part is the one refused."""
+    with pytest.raises(AddressError, match="invalid local part"):
+        parse_address("a@b@example.test")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("alice", "expected local@domain"),
+    ("@example.test", "expected local@domain"),
+    ("alice@", "expected local@domain"),
+    ("älice@example.test", "not an ASCII address"),
+    ("a b@example.test", "invalid local part"),
+    ("alice@exa_mple.test", "invalid domain"),
+])
+def test_each_refusal_says_what_is_wrong_and_quotes_the_input(text: str, message: str) -> None:
+    """The error names the fault and quotes the input, so an admin can find the row."""
+    with pytest.raises(AddressError) as refused:
+        parse_address(text)
+    assert message in str(refused.value)
+    assert repr(text) in str(refused.value)
+
+
+@pytest.mark.parametrize("text", [
+    "x" * 65 + "@example.test",            # too long
+    "x" * 70 + " @example.test",           # invalid local part
+    "ä" + "x" * 80 + "@example.test",      # not ASCII
+    "x" * 100,                             # no @ at all
+])
+def test_an_error_quotes_at_most_the_first_64_characters(text: str) -> None:
+    """A hostile username cannot make the error (and the log line) longer than 64 chars of it."""
+    with pytest.raises(AddressError) as refused:
+        parse_address(text)
+    assert repr(text[:64]) in str(refused.value)
+    assert repr(text[:65]) not in str(refused.value)

@@ -157,6 +157,9 @@ class TestParseRequest:
     pytest.param(b"AUTH PLAIN YQ==\x00 YQ== 1.2.3.4\n", "not-ascii", id="nul"),
     pytest.param(b"AUTH PLAIN YQ==\tYQ== YQ== 1.2.3.4\n", "not-ascii", id="tab"),
     pytest.param(b"PING\x7f\n", "not-ascii", id="del"),
+    pytest.param(b"PING\x1f\n", "not-ascii", id="unit-separator"),    # one under space
+    pytest.param(b"PING~\n", "unknown-verb", id="tilde-is-printable"),  # \x7e: the last
+    pytest.param(b"RELAY YQ== YQ== YQ== 1.2.3.4 a~\n", "bad-transaction", id="txn-tilde"),
     pytest.param("RELAY ä YQ== YQ== 1.2.3.4\n".encode(), "not-ascii", id="utf-8"),
     pytest.param(b"PING\n" + b"x" * MAX_REQUEST_BYTES, "too-long", id="way-too-long"),
     pytest.param(auth_line("", "x" * 3060, "::1"), "too-long", id="one-byte-over"),

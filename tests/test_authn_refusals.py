@@ -1,0 +1,273 @@
+"""Every refusal of eximauthd.authn, pinned by the decision Exim gets (``yes``/``no``), on
+SQLite and MariaDB: the password-size edge, ambiguous and disabled accounts, the dummy work
+that hides which users exist, and what a success leaves in the AUTH cache."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import sqlalchemy as sa
+
+from eximauthd.addresses import parse_address
+from eximauthd.authcache import AuthCache
+from eximauthd.authn import MAX_PASSWORD_BYTES, Authenticator, precheck
+from eximauthd.decision import Decision, Result
+from eximauthd.hashing import Hasher
+from eximauthd.store import Database, LegacyAccountStore, OwnAccountStore
+
+from .conftest import FAST_HASHING, SEED_LEGACY, create_seed_table
+
+PASSWORD = "correct horse"
+ALICE = "alice@example.test"
+
+
+class CountingHasher(Hasher):
+    """The real Hasher, counting the dummy verifications it is asked for (a spy, not a mock:
+    every call still runs argon2id)."""
+
+    def __init__(self) -> None:
+        super().__init__(FAST_HASHING)
+        self.dummies = 0
+
+    def verify_dummy(self, password: str) -> None:
+        self.dummies += 1
+        super().verify_dummy(password)
+
+
+@pytest.fixture
+def hasher() -> CountingHasher:
+    return CountingHasher()
+
+
+@pytest.fixture
+def store(database: Database, hasher: CountingHasher) -> OwnAccountStore:
+    store = OwnAccountStore(database)
+    store.add(parse_address(ALICE), hasher.hash(PASSWORD))
+    return store
+
+
+def test_the_password_limit_is_1024_bytes_not_characters() -> None:
+    """1024 UTF-8 bytes are checked; one byte more is refused before any lookup."""
+    assert MAX_PASSWORD_BYTES == 1024
+    assert precheck(ALICE, "é" * 512) is None
+    assert precheck(ALICE, "x" * 1024) is None
+    assert precheck(ALICE, "é" * 512 + "x") == Decision.no("password-too-long")
+    assert precheck(ALICE, "x" * 1025) == Decision.no("password-too-long")
+
+
+def test_a_password_of_exactly_the_limit_can_log_in(database: Database,
+                                                    hasher: CountingHasher) -> None:
+    """A 1024-byte password is a password like any other: right is yes, wrong is no."""
+    store = OwnAccountStore(database)
+    long_password = "é" * 512
+    store.add(parse_address(ALICE), hasher.hash(long_password))
+    authn = Authenticator(store, hasher)
+    assert authn.verify(ALICE, long_password).result is Result.YES
+    assert authn.verify(ALICE, "é" * 511 + "e").result is Result.NO
+
+
+@pytest.mark.parametrize(("username", "password", "reason"), [
+    ("", PASSWORD, "empty-username"),
+    (ALICE, "", "empty-password"),
+    ("alice", PASSWORD, "malformed-username"),
+    (ALICE, "\udcff", "malformed-password"),
+    (ALICE, "x" * 1025, "password-too-long"),
+])
+def test_refusals_before_the_lookup_are_no_even_without_a_database(
+        username: str, password: str, reason: str) -> None:
+    """precheck needs no database: the seed's empty password is refused even when it is down."""
+    assert precheck(username, password) == Decision.no(reason)
+
+
+def test_an_unknown_user_is_no_and_costs_a_dummy_verification(
+        store: OwnAccountStore, hasher: CountingHasher) -> None:
+    """No such user: ``no``, after the same argon2id work a wrong password costs."""
+    authn = Authenticator(store, hasher)
+    assert authn.verify("nobody@example.test", PASSWORD) == Decision.no("unknown-user")
+    assert hasher.dummies == 1
+
+
+def test_a_wrong_argon2id_password_costs_no_second_verification(
+        store: OwnAccountStore, hasher: CountingHasher) -> None:
+    """A wrong password against argon2id already did the work: no dummy on top."""
+    authn = Authenticator(store, hasher)
+    assert authn.verify(ALICE, PASSWORD + "x") == Decision.no("bad-password")
+    assert hasher.dummies == 0
+
+
+def test_a_wrong_password_against_a_cheap_legacy_hash_is_padded(
+        database: Database, hasher: CountingHasher) -> None:
+    """A plaintext row fails in microseconds: the dummy verification pads it to argon2's cost."""
+    store = OwnAccountStore(database)
+    store.add(parse_address(ALICE), "{PLAIN}" + PASSWORD)
+    authn = Authenticator(store, hasher)
+    assert authn.verify(ALICE, PASSWORD + "x") == Decision.no("bad-password")
+    assert hasher.dummies == 1
+
+
+def test_two_accounts_for_one_address_are_both_refused(
+        database: Database, hasher: CountingHasher, caplog: pytest.LogCaptureFixture) -> None:
+    """An ambiguous address (two legacy rows) is no for either password, with the dummy work,
+    and an error names the address so that an admin can remove the duplicate."""
+    table = create_seed_table(database)
+    with database.primary.begin() as conn:
+        for password in (PASSWORD, "other"):
+            conn.execute(sa.insert(table).values(username="alice", domain="example.test",
+                                                 password=password, smtp=1))
+    authn = Authenticator(LegacyAccountStore(database, SEED_LEGACY), hasher)
+    with caplog.at_level(logging.ERROR, "eximauthd.authn"):
+        assert authn.verify(ALICE, PASSWORD) == Decision.no("ambiguous-user")
+    assert caplog.messages == [f"2 accounts match {ALICE}; refusing all of them"]
+    assert authn.verify(ALICE, "other") == Decision.no("ambiguous-user")
+    assert hasher.dummies == 2
+
+
+def test_a_disabled_account_is_no_with_the_right_password_and_wrong_stays_wrong(
+        store: OwnAccountStore, hasher: CountingHasher) -> None:
+    """Disabled is ``no``; a wrong password on a disabled account says bad-password first,
+    so the reason never confirms a guess."""
+    store.set_enabled(parse_address(ALICE), False)
+    authn = Authenticator(store, hasher)
+    assert authn.verify(ALICE, PASSWORD) == Decision.no("disabled")
+    assert authn.verify(ALICE, "guess") == Decision.no("bad-password")
+
+
+def test_a_refused_stored_value_is_no_with_its_reason(database: Database,
+                                                      hasher: CountingHasher) -> None:
+    """A row the hasher refuses (unknown scheme) is ``no``, never ``yes``, and padded."""
+    store = OwnAccountStore(database)
+    store.add(parse_address(ALICE), "{NOPE}" + PASSWORD)
+    authn = Authenticator(store, hasher)
+    assert authn.verify(ALICE, "{NOPE}" + PASSWORD) == Decision.no("unknown-scheme")
+    assert authn.verify(ALICE, PASSWORD) == Decision.no("unknown-scheme")
+    assert hasher.dummies == 2
+
+
+def test_a_success_is_cached_under_the_canonical_address_and_network(
+        store: OwnAccountStore, hasher: CountingHasher) -> None:
+    """yes stores (address, password, network) so the next AUTH is answered from memory."""
+    cache = AuthCache(60, 10)
+    authn = Authenticator(store, hasher, cache)
+    assert authn.verify("Alice@EXAMPLE.test", PASSWORD, "192.0.2.1") == Decision.yes()
+    assert cache.hit(ALICE, PASSWORD, "192.0.2.1")
+    assert not cache.hit(ALICE, PASSWORD, "192.0.2.2")
+    assert cache.users() == [ALICE]
+
+
+@pytest.mark.parametrize(("password", "stored"), [
+    (PASSWORD + "x", None),            # a failure is never cached
+    (PASSWORD, "{PLAIN}" + PASSWORD),  # a success that rehashes: the row changed under it
+])
+def test_only_plain_successes_are_cached(database: Database, hasher: CountingHasher,
+                                         password: str, stored: str | None) -> None:
+    """Failures and successes that rewrote the stored value leave the cache empty."""
+    store = OwnAccountStore(database)
+    store.add(parse_address(ALICE), stored or hasher.hash(PASSWORD))
+    cache = AuthCache(60, 10)
+    Authenticator(store, hasher, cache).verify(ALICE, password, "192.0.2.1")
+    assert len(cache) == 0
+
+
+def test_a_forget_during_the_check_keeps_the_old_password_out_of_the_cache(
+        database: Database, hasher: CountingHasher) -> None:
+    """The generation is taken before the row is read: a FORGET that lands while the
+    password is verified (a `user passwd` on another connection) refuses the put."""
+    store = OwnAccountStore(database)
+    store.add(parse_address(ALICE), hasher.hash(PASSWORD))
+    cache = AuthCache(60, 10)
+
+    class ForgettingHasher(CountingHasher):
+        def verify(self, stored: str | None, password: str):  # type: ignore[no-untyped-def]
+            cache.forget(ALICE)  # the FORGET arrives mid-verification
+            return super().verify(stored, password)
+
+    authn = Authenticator(store, ForgettingHasher(), cache)
+    assert authn.verify(ALICE, PASSWORD, "192.0.2.1") == Decision.yes()
+    assert not cache.hit(ALICE, PASSWORD, "192.0.2.1")
+
+
+def test_an_upgrade_answers_ok_rehashed_and_stores_argon2id(database: Database,
+                                                            hasher: CountingHasher) -> None:
+    """A right legacy password is yes (ok-rehashed) and the row now holds argon2id."""
+    store = OwnAccountStore(database)
+    store.add(parse_address(ALICE), "{PLAIN}" + PASSWORD)
+    authn = Authenticator(store, hasher)
+    assert authn.verify(ALICE, PASSWORD) == Decision.yes("ok-rehashed")
+    stored = store.find(parse_address(ALICE))[0].password
+    assert stored is not None
+    assert stored.startswith("$argon2id$")
+    assert authn.verify(ALICE, PASSWORD) == Decision.yes()
+
+
+def test_a_user_forgotten_before_the_check_is_cached_again(
+        store: OwnAccountStore, hasher: CountingHasher) -> None:
+    """authn takes the cache's current generation: a FORGET long before this AUTH does not
+    keep its success out of the cache (the cache would otherwise be off for that user)."""
+    cache = AuthCache(60, 10)
+    cache.forget(ALICE)
+    authn = Authenticator(store, hasher, cache)
+    assert authn.verify(ALICE, PASSWORD, "192.0.2.1") == Decision.yes()
+    assert cache.hit(ALICE, PASSWORD, "192.0.2.1")
+
+
+def test_without_a_client_address_the_success_is_cached_for_local_clients(
+        store: OwnAccountStore, hasher: CountingHasher) -> None:
+    """A local submission (no client ip) is cached under the empty address."""
+    cache = AuthCache(60, 10)
+    assert Authenticator(store, hasher, cache).verify(ALICE, PASSWORD) == Decision.yes()
+    assert cache.hit(ALICE, PASSWORD, "")
+
+
+@pytest.mark.parametrize(("client_ip", "shown"), [("192.0.2.1", "192.0.2.1"), ("", "-")])
+def test_an_upgrade_is_logged_with_scheme_address_and_client(
+        database: Database, hasher: CountingHasher, client_ip: str, shown: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The upgrade line names scheme, account and client (``-`` for none), never a secret."""
+    store = OwnAccountStore(database)
+    store.add(parse_address(ALICE), "{PLAIN}" + PASSWORD)
+    with caplog.at_level(logging.INFO, "eximauthd.authn"):
+        assert Authenticator(store, hasher).verify(ALICE, PASSWORD, client_ip) == \
+            Decision.yes("ok-rehashed")
+    assert caplog.messages == [
+        f"upgraded plain password of {ALICE} to argon2id (client {shown})"]
+
+
+def test_a_password_changed_during_the_check_is_not_overwritten(
+        database: Database, caplog: pytest.LogCaptureFixture) -> None:
+    """`user passwd` committing while a legacy password is verified wins: the login is yes,
+    the new value stays, and the log says why nothing was upgraded."""
+    store = OwnAccountStore(database)
+    store.add(parse_address(ALICE), "{PLAIN}" + PASSWORD)
+
+    class RacingHasher(CountingHasher):
+        def verify(self, stored: str | None, password: str):  # type: ignore[no-untyped-def]
+            store.set_password(parse_address(ALICE), "{PLAIN}new")  # committed meanwhile
+            return super().verify(stored, password)
+
+    with caplog.at_level(logging.INFO, "eximauthd.authn"):
+        assert Authenticator(store, RacingHasher()).verify(ALICE, PASSWORD) == Decision.yes()
+    assert store.find(parse_address(ALICE))[0].password == "{PLAIN}new"
+    assert caplog.messages == [f"password of {ALICE} changed meanwhile; not upgraded"]
+
+
+def test_a_failed_upgrade_is_still_yes_and_logged_without_secrets(
+        database: Database, caplog: pytest.LogCaptureFixture) -> None:
+    """The password was right: a database error while storing the upgrade is logged (scheme,
+    account, error) and the answer stays yes."""
+    store = OwnAccountStore(database)
+    store.add(parse_address(ALICE), "{PLAIN}" + PASSWORD)
+
+    class DroppingHasher(CountingHasher):
+        def verify(self, stored: str | None, password: str):  # type: ignore[no-untyped-def]
+            result = super().verify(stored, password)
+            with database.primary.begin() as conn:  # the table is gone before the write
+                conn.execute(sa.text("DROP TABLE eximauthd_users"))
+            return result
+
+    with caplog.at_level(logging.WARNING, "eximauthd.authn"):
+        assert Authenticator(store, DroppingHasher()).verify(ALICE, PASSWORD) == Decision.yes()
+    assert len(caplog.messages) == 1
+    assert caplog.messages[0].startswith(
+        f"could not upgrade plain password of {ALICE} to argon2id: rehash password: ")
+    assert PASSWORD not in caplog.text

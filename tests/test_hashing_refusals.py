@@ -1,0 +1,296 @@
+"""Every refusal of eximauthd.hashing, pinned by its outcome: a refused value never matches.
+
+Each test asserts ``matched`` (what authn turns into Exim's ``yes``/``no``), not only the
+reason; ceilings are tested exactly at the limit and one past it.  Values are made here with
+the cheapest costs the schemes allow (bcrypt cost 4, SHA-crypt 1000 rounds).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import time
+from dataclasses import replace
+
+import bcrypt
+import pytest
+from passlib.hash import md5_crypt, sha256_crypt, sha512_crypt
+
+from eximauthd import hashing
+from eximauthd.hashing import Hasher, Scheme, VerifyResult, identify_scheme
+
+from .conftest import FAST_HASHING
+
+PASSWORD = "correct horse"
+
+
+def _bcrypt(password: str = PASSWORD, cost: int = 4, ident: str = "2b") -> str:
+    made = bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode()
+    return f"${ident}$" + made[4:]
+
+
+def _ssha(password: str = PASSWORD, salt: bytes = b"saltsalt",
+          digest: type = hashlib.sha1) -> str:  # type: ignore[type-arg]
+    raw = digest(password.encode() + salt).digest() + salt
+    return base64.b64encode(raw).decode()
+
+
+# --- the crypt forms the module promises ---------------------------------------------------
+
+@pytest.mark.parametrize(("stored", "scheme"), [
+    pytest.param(sha512_crypt.using(rounds=1000).hash(PASSWORD), Scheme.SHA512_CRYPT, id="$6$"),
+    pytest.param(sha256_crypt.using(rounds=1000).hash(PASSWORD), Scheme.SHA256_CRYPT, id="$5$"),
+    pytest.param(md5_crypt.hash(PASSWORD), Scheme.MD5_CRYPT, id="$1$"),
+    pytest.param(_bcrypt(ident="2y"), Scheme.BCRYPT, id="$2y$"),
+    pytest.param(_bcrypt(ident="2a"), Scheme.BCRYPT, id="$2a$"),
+    pytest.param(_bcrypt(ident="2b"), Scheme.BCRYPT, id="$2b$"),
+])
+@pytest.mark.parametrize("prefix", ["", "{CRYPT}", "{crypt}"])
+def test_crypt_values_verify_bare_and_under_the_crypt_prefix(
+        hasher: Hasher, stored: str, scheme: Scheme, prefix: str) -> None:
+    """{CRYPT}$6$..., {CRYPT}$2y$... and the bare forms match their password, and only it."""
+    result = hasher.verify(prefix + stored, PASSWORD)
+    assert result == VerifyResult(True, scheme, "ok", needs_rehash=True)
+    wrong = hasher.verify(prefix + stored, PASSWORD + "!")
+    assert wrong == VerifyResult(False, scheme, "mismatch")
+
+
+@pytest.mark.parametrize(("prefix", "stored"), [
+    ("{SHA512-CRYPT}", sha512_crypt.using(rounds=1000).hash(PASSWORD)),
+    ("{SHA256-CRYPT}", sha256_crypt.using(rounds=1000).hash(PASSWORD)),
+    ("{MD5-CRYPT}", md5_crypt.hash(PASSWORD)),
+    ("{BLF-CRYPT}", _bcrypt(ident="2y")),
+])
+def test_dovecot_crypt_prefixes_verify(hasher: Hasher, prefix: str, stored: str) -> None:
+    """Each Dovecot {SCHEME} prefix with its matching crypt form verifies."""
+    assert hasher.verify(prefix + stored, PASSWORD).matched
+    assert not hasher.verify(prefix + stored, "x").matched
+
+
+@pytest.mark.parametrize(("stored", "label"), [
+    ("{CRYPT}$y$j9T$salt$hash", "{CRYPT}"),
+    ("{CRYPT}plain-looking", "{CRYPT}"),
+    ("{crypt}$3$abc", "{CRYPT}"),
+    ("{MD5-CRYPT}$6$abc$def", "{MD5-CRYPT}"),
+    ("{BLF-CRYPT}$2x$04$" + "a" * 53, "{BLF-CRYPT}"),
+    ("$7$abc$def", "$7$"),
+])
+def test_unknown_crypt_forms_are_labelled_as_found(stored: str, label: str) -> None:
+    """A crypt form not verified here is UNKNOWN, labelled as the data spells it (for logs)."""
+    scheme, _, found = identify_scheme(stored)
+    assert (scheme, found) == (Scheme.UNKNOWN, label)
+
+
+def test_a_recognised_value_keeps_its_body_and_label() -> None:
+    """identify_scheme strips exactly the prefix and names it in upper case."""
+    assert identify_scheme("{ssha}QUJD") == (Scheme.SSHA, "QUJD", "{SSHA}")
+    assert identify_scheme("$6$s$h") == (Scheme.SHA512_CRYPT, "$6$s$h", "$6$")
+    assert identify_scheme("{CRYPT}$6$s$h") == (Scheme.SHA512_CRYPT, "$6$s$h", "{CRYPT}")
+    assert identify_scheme("hunter2") == (Scheme.PLAIN, "hunter2", "plaintext")
+
+
+# --- NUL in a password -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("stored", [
+    sha512_crypt.using(rounds=1000).hash("secret"),
+    sha256_crypt.using(rounds=1000).hash("secret"),
+    md5_crypt.hash("secret"),
+])
+def test_a_password_with_nul_is_refused_by_sha_crypt_and_does_not_match(
+        hasher: Hasher, stored: str) -> None:
+    """crypt(3) stops at NUL, so "secret\\0tail" must not pass for "secret"."""
+    result = hasher.verify(stored, "secret\x00tail")
+    assert (result.matched, result.reason) == (False, "unusable-password")
+    assert hasher.verify(stored, "secret").matched
+
+
+def test_a_password_with_nul_is_refused_by_bcrypt_and_does_not_match(hasher: Hasher) -> None:
+    """bcrypt too: a NUL-containing password is refused, not truncated into a match."""
+    stored = _bcrypt("secret")
+    result = hasher.verify(stored, "secret\x00tail")
+    assert (result.matched, result.reason) == (False, "unusable-password")
+
+
+# --- cost ceilings, at the edge and one past it ---------------------------------------------
+
+def test_the_legacy_ceilings_are_the_documented_ones() -> None:
+    """docs/passwords.md promises rounds above 100000 and bcrypt cost above 14 are refused."""
+    assert hashing.MAX_SHA_CRYPT_ROUNDS == 100_000
+    assert hashing.MAX_BCRYPT_COST == 14
+    assert hashing.BCRYPT_MAX_BYTES == 72
+
+
+@pytest.mark.parametrize("scheme", [sha512_crypt, sha256_crypt])
+def test_sha_crypt_at_the_rounds_ceiling_verifies(hasher: Hasher, scheme: type) -> None:
+    """rounds=100000, exactly the ceiling, is verified (and matches)."""
+    stored = scheme.using(rounds=100_000).hash(PASSWORD)  # type: ignore[attr-defined]
+    assert "$rounds=100000$" in stored
+    assert hasher.verify(stored, PASSWORD).matched
+
+
+@pytest.mark.parametrize("scheme", [sha512_crypt, sha256_crypt])
+@pytest.mark.parametrize("rounds", ["100001", "999999999", "9999999999"])
+def test_sha_crypt_over_the_rounds_ceiling_is_refused_and_does_not_match(
+        hasher: Hasher, scheme: type, rounds: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A SHA-crypt hash over the rounds ceiling is refused unverified and does not match,
+    even for the right password; the error log names the scheme, not the hash."""
+    real = scheme.using(rounds=1000).hash(PASSWORD)  # type: ignore[attr-defined]
+    stored = real.replace("rounds=1000$", f"rounds={rounds}$")
+    started = time.perf_counter()
+    with caplog.at_level(logging.ERROR, "eximauthd.hashing"):
+        result = hasher.verify(stored, PASSWORD)
+    assert (result.matched, result.reason) == (False, "cost-over-ceiling")
+    assert time.perf_counter() - started < 0.5  # no 100001-round computation was started
+    assert "above 100000" in caplog.text
+    assert stored not in caplog.text
+
+
+def test_bcrypt_cost_ceiling_is_inclusive(hasher: Hasher,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bcrypt hash of exactly the ceiling's cost verifies; one more is refused.
+
+    The ceiling is lowered to 4 here (a real cost-14 hash takes seconds to make): the
+    comparison is what is under test; its value is pinned above.
+    """
+    monkeypatch.setattr(hashing, "MAX_BCRYPT_COST", 4)
+    assert hasher.verify(_bcrypt(cost=4), PASSWORD).matched
+    result = hasher.verify(_bcrypt(cost=5), PASSWORD)
+    assert (result.matched, result.reason) == (False, "cost-over-ceiling")
+
+
+@pytest.mark.parametrize("cost", ["15", "31", "99"])
+def test_bcrypt_over_the_cost_ceiling_is_refused_and_does_not_match(
+        hasher: Hasher, cost: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A bcrypt value asking for more than cost 14 is refused before any work."""
+    stored = _bcrypt(cost=4).replace("$04$", f"${cost}$", 1)
+    with caplog.at_level(logging.ERROR, "eximauthd.hashing"):
+        result = hasher.verify(stored, PASSWORD)
+    assert result == VerifyResult(False, Scheme.BCRYPT, "cost-over-ceiling")
+    assert "cost above 14" in caplog.text
+
+
+@pytest.mark.parametrize("stored", [
+    "$2b$04$" + "a" * 52, "$2b$04$" + "a" * 54, "$2b$4$" + "a" * 53, "$2b$04$" + "!" * 53,
+    "x$2b$04$" + "a" * 53,
+])
+def test_a_bcrypt_value_of_the_wrong_shape_is_malformed(hasher: Hasher, stored: str) -> None:
+    """Anything but $2?$NN$ and exactly 53 characters of bcrypt's alphabet is refused."""
+    assert not hasher.verify(stored, PASSWORD).matched
+
+
+@pytest.mark.parametrize("extra", ["x", ".", "=", "\n"])
+def test_a_real_bcrypt_hash_with_a_character_appended_is_refused(hasher: Hasher,
+                                                                 extra: str) -> None:
+    """Trailing junk after the 53 characters is malformed, even for the right password."""
+    result = hasher.verify(_bcrypt() + extra, PASSWORD)
+    assert (result.matched, result.reason) == (False, "malformed-hash")
+
+
+@pytest.mark.parametrize(("field", "ceiling"), [("t", 3), ("p", 2), ("m", 64)])
+def test_argon2_ceilings_are_inclusive(field: str, ceiling: int) -> None:
+    """An argon2 hash exactly at a configured ceiling verifies; one step over is refused
+    and does not match, although the password is right."""
+    limits = {"t": "max_time_cost", "p": "max_parallelism", "m": "max_memory_cost"}
+    costs = {"t": "time_cost", "p": "parallelism", "m": "memory_cost"}
+    strict = Hasher(replace(FAST_HASHING, **{limits[field]: ceiling}))
+    base = replace(FAST_HASHING, memory_cost=32)
+    at = Hasher(replace(base, **{costs[field]: ceiling})).hash(PASSWORD)
+    over = Hasher(replace(base, **{costs[field]: ceiling + (8 if field == "m" else 1)}))
+    assert strict.verify(at, PASSWORD).matched
+    result = strict.verify(over.hash(PASSWORD), PASSWORD)
+    assert (result.matched, result.reason) == (False, "cost-over-ceiling")
+
+
+# --- SSHA -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("prefix", "digest"), [
+    ("{SSHA}", hashlib.sha1), ("{SSHA256}", hashlib.sha256), ("{SSHA512}", hashlib.sha512),
+])
+def test_ssha_values_verify_with_their_salt(hasher: Hasher, prefix: str, digest: type) -> None:
+    """A salted digest matches its password only, with any salt length."""
+    for salt in (b"s", b"saltsalt", b"x" * 32):
+        stored = prefix + _ssha(salt=salt, digest=digest)
+        assert hasher.verify(stored, PASSWORD).matched
+        assert not hasher.verify(stored, PASSWORD + "x").matched
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(lambda b: b[:4] + "*" + b[4:], id="stray-inside"),
+    pytest.param(lambda b: b + "!", id="after-padding"),
+    pytest.param(lambda b: " " + b, id="leading-blank"),
+    pytest.param(lambda b: b[:4] + "\n" + b[4:], id="line-break"),
+    pytest.param(lambda b: b.rstrip("="), id="no-padding"),
+])
+def test_ssha_with_stray_characters_is_refused_and_does_not_match(hasher: Hasher,
+                                                                  damage: object) -> None:
+    """Base64 is decoded strictly: a damaged {SSHA} value is malformed even for the right
+    password (a lenient decoder would skip the junk and match)."""
+    body = _ssha(salt=b"saltsalt9")  # 29 bytes: base64 with one "=" of padding
+    assert body.endswith("=")
+    assert not body.endswith("==")
+    stored = "{SSHA}" + damage(body)  # type: ignore[operator]
+    result = hasher.verify(stored, PASSWORD)
+    assert (result.matched, result.reason) == (False, "malformed-hash")
+
+
+def test_ssha_of_exactly_a_digest_and_no_salt_is_malformed(hasher: Hasher) -> None:
+    """A bare SHA-1 digest (20 bytes, no salt) is refused, even when it is the password's."""
+    bare = hashlib.sha1(PASSWORD.encode()).digest()  # noqa: S324  the legacy scheme under test
+    stored = "{SSHA}" + base64.b64encode(bare).decode()
+    result = hasher.verify(stored, PASSWORD)
+    assert (result.matched, result.reason) == (False, "malformed-hash")
+
+
+# --- plaintext ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stored", ["secret", "{PLAIN}secret", "{CLEARTEXT}secret",
+                                    "{plain}secret"])
+def test_plaintext_when_disabled_is_refused_and_does_not_match(stored: str) -> None:
+    """With allow_plaintext = false the right plaintext password does not match."""
+    strict = Hasher(replace(FAST_HASHING, allow_plaintext=False))
+    result = strict.verify(stored, "secret")
+    assert result == VerifyResult(False, Scheme.PLAIN, "plaintext-disabled")
+
+
+@pytest.mark.parametrize("stored", ["secret", "{PLAIN}secret", "{CLEARTEXT}secret"])
+def test_plaintext_when_allowed_matches_only_itself_and_asks_for_an_upgrade(
+        hasher: Hasher, stored: str) -> None:
+    """Allowed plaintext matches exactly, byte for byte, and is flagged for argon2id."""
+    assert hasher.verify(stored, "secret") == VerifyResult(True, Scheme.PLAIN, "ok", True)
+    assert hasher.verify(stored, "Secret") == VerifyResult(False, Scheme.PLAIN, "mismatch")
+    assert not hasher.verify(stored, "secret ").matched
+
+
+# --- the dummy verification -----------------------------------------------------------------
+
+@pytest.mark.parametrize("password", ["", "x", "\x00", "ünï", "a" * 1024])
+def test_verify_dummy_never_raises_and_returns_nothing(hasher: Hasher, password: str) -> None:
+    """The unknown-user path spends an argon2 verification and reveals nothing."""
+    assert hasher.verify_dummy(password) is None  # type: ignore[func-returns-value]
+
+
+def test_verify_dummy_does_the_work_of_a_real_verification() -> None:
+    """The dummy costs an argon2id verification with the configured parameters: with a
+    heavier configuration it takes measurably longer than the cheapest one."""
+    light = Hasher(FAST_HASHING)
+    heavy = Hasher(replace(FAST_HASHING, memory_cost=16384, time_cost=3))
+
+    def best(h: Hasher) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            h.verify_dummy("guess")
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    assert best(heavy) > 5 * best(light)
+
+
+def test_an_unexpected_error_in_a_verifier_is_a_malformed_hash(
+        hasher: Hasher, caplog: pytest.LogCaptureFixture) -> None:
+    """A verifier that raises is caught: the value is refused and the log names the scheme."""
+    with caplog.at_level(logging.WARNING, "eximauthd.hashing"):
+        result = hasher.verify("$6$rounds=5000$", PASSWORD)
+    assert (result.matched, result.reason) == (False, "malformed-hash")
+    assert "sha512-crypt" in caplog.text
