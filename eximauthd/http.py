@@ -142,15 +142,14 @@ class Health(_Open):
 
 
 class Ready(_Open):
-    """``GET /readyz``: the database answers (the same check as ``PING``)."""
+    """``GET /readyz``: the database answers (``PING``'s check, cached for a second)."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
 
     async def on_get(self, _req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        from .protocol import PingRequest  # noqa: PLC0415
-
-        decision = await self.service.decide(PingRequest(), transport="http")
+        # Not a decision: no worker, no decision line (Service.readiness).
+        decision = await self.service.readiness()
         ready = decision.allowed
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
         resp.media = {"status": "ready" if ready else "unavailable", "reason": decision.reason}

@@ -24,7 +24,7 @@ from typing import Any
 
 import uvicorn
 
-from . import secretfile
+from . import httpguard, secretfile
 from .abusestore import LimitStore, RateStore
 from .addresses import parse_address
 from .authn import precheck
@@ -55,6 +55,8 @@ _decisions = logging.getLogger("eximauthd.decision")
 # A burst of Exim processes connects at once; a short backlog turns the burst into refused
 # connections, which Exim reports as temporary failures.  The kernel caps it at somaxconn.
 _BACKLOG = 1024
+# /readyz answers from a check at most this old: a flood of probes costs one ping a second.
+_READY_TTL_S = 1.0
 
 
 def prepare_socket_path(path: str) -> None:
@@ -142,6 +144,9 @@ class Service:
         # answers them, whatever its outcome (admit() then decides, failing closed).
         self._read_waiters: list[asyncio.Future[None]] = []
         self._wake_sync = asyncio.Event()
+        self._ready: Decision | None = None
+        self._ready_at = 0.0
+        self._ready_check: asyncio.Future[Decision] | None = None
 
     # --- decisions -----------------------------------------------------------------------
 
@@ -314,6 +319,11 @@ class Service:
         reopens its log file there, for logrotate).
         """
         loop = asyncio.get_running_loop()
+        # Before anything can fail for want of descriptors (see httpguard).
+        httpguard.install_loop_error_handler(loop, httpguard.Throttled())
+        before, open_files = httpguard.raise_open_files_limit()
+        _log.info("open files limit: %d%s", open_files,
+                  f" (raised from {before})" if open_files != before else "")
         self._stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
@@ -331,7 +341,7 @@ class Service:
         unix_server = await asyncio.start_unix_server(self.handle_connection, sock=sock,
                                                       limit=MAX_REQUEST_BYTES * 2,
                                                       backlog=_BACKLOG)
-        http = await self._start_http(token) if self.config.http.enabled else None
+        http = await self._start_http(token, open_files) if self.config.http.enabled else None
         syncing = asyncio.create_task(self._sync_forever()) if self.limiter else None
         revalidating = (asyncio.create_task(self._revalidate_forever())
                         if self.decider.cache is not None else None)
@@ -441,6 +451,45 @@ class Service:
         limiter.synced(batch, shared, overrides)
         return True
 
+    # --- readiness (/readyz) --------------------------------------------------------------
+
+    async def readiness(self) -> Decision:
+        """Whether the database answers, by a check at most a second old; never raises.
+
+        For unauthenticated probes: one check in flight at a time, on the sync thread, so a
+        flood of probes takes no decision worker (``max_pending``) and writes no decision
+        line; a change between ready and unavailable is logged once.
+        """
+        if self._ready is not None and time.monotonic() - self._ready_at < _READY_TTL_S:
+            return self._ready
+        check = self._ready_check
+        if check is None or check.done():
+            check = asyncio.get_running_loop().run_in_executor(self._sync_pool, self._ping)
+            check.add_done_callback(self._readiness_checked)
+            self._ready_check = check
+        try:
+            return await asyncio.wait_for(asyncio.shield(check), self._timeout)
+        except TimeoutError:
+            return Decision.defer("timeout")
+
+    def _ping(self) -> Decision:
+        try:
+            return self.decider.ping()
+        except Exception:
+            _log.exception("internal error in the readiness check")
+            return Decision.defer("internal-error")
+
+    def _readiness_checked(self, check: asyncio.Future[Decision]) -> None:
+        if check.cancelled():  # the pool shut down under it
+            return
+        decision = check.result()
+        before = self._ready
+        self._ready, self._ready_at = decision, time.monotonic()
+        if decision.allowed and before is not None and not before.allowed:
+            _log.info("readiness: ready again")
+        elif not decision.allowed and (before is None or before.allowed):
+            _log.warning("readiness: unavailable (%s)", decision.reason)
+
     def http_token(self) -> str:
         """``http.token``, or the token in ``http.token_file`` (created if absent).
 
@@ -454,14 +503,23 @@ class Service:
                   loaded.path)
         return loaded.value
 
-    async def _start_http(self, token: str) -> tuple[Any, asyncio.Task[None]]:
+    async def _start_http(self, token: str,
+                          open_files: int) -> tuple[Any, asyncio.Task[None]]:
         from .http import create_app  # noqa: PLC0415 -- http imports this module
 
         host, _, port = self.config.http.listen.rpartition(":")
+        # HTTP may hold only part of the descriptors: the rest stay for Exim's socket.
+        cap = httpguard.http_connection_cap(open_files)
+        protocol = httpguard.guarded_h11(cap, httpguard.REQUEST_DEADLINE_S,
+                                         httpguard.Throttled())
         server = _QuietServer(uvicorn.Config(
             create_app(self, token), host=host.strip("[]"), port=int(port), lifespan="off",
-            access_log=False, log_config=None, log_level="warning",
+            access_log=False, log_config=None, log_level="warning", http=protocol,
+            timeout_keep_alive=int(httpguard.REQUEST_DEADLINE_S),
+            backlog=httpguard.HTTP_BACKLOG,
         ))
+        _log.info("HTTP: at most %d connections, %gs to send each request", cap,
+                  httpguard.REQUEST_DEADLINE_S)
         task = asyncio.create_task(server.serve())
         while not server.started:
             if task.done():

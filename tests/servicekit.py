@@ -94,8 +94,13 @@ class Served:
 
 def start_service(db_url: str, *, extra_env: dict[str, str] | None = None,
                   workdir: Path | None = None, wait: bool = True,
-                  log_file: Path | None = None) -> Served:
-    """Start ``eximauthd serve`` on *db_url* with a socket in a short temporary directory."""
+                  log_file: Path | None = None,
+                  open_files: tuple[int, int] | None = None) -> Served:
+    """Start ``eximauthd serve`` on *db_url* with a socket in a short temporary directory.
+
+    *open_files*: the child's (soft, hard) descriptor limit, set by util-linux ``prlimit``
+    (which then execs the service, so the pid is the service's).
+    """
     # sun_path is 108 bytes: pytest's tmp_path can be longer than that.
     base = Path(tempfile.mkdtemp(prefix="ead-", dir="/tmp"))
     base.chmod(0o755)  # Exim (as Debian-exim) must reach the socket; the socket itself is 0660
@@ -110,9 +115,10 @@ def start_service(db_url: str, *, extra_env: dict[str, str] | None = None,
     } | (extra_env or {})
     log_path = log_file or base / "service.log"
     args = ["--log-file", str(log_file)] if log_file else []
+    limit = ["prlimit", f"--nofile={open_files[0]}:{open_files[1]}"] if open_files else []
     with (base / "stderr.log").open("wb") as stderr, log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "eximauthd", "serve", *args], env=env,
+            [*limit, sys.executable, "-m", "eximauthd", "serve", *args], env=env,
             stdout=log if not log_file else stderr, stderr=log if not log_file else stderr,
             cwd=workdir or base,
         )

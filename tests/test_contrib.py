@@ -93,3 +93,8 @@ def test_unit_keeps_exim_and_the_service_apart() -> None:
     toml = (CONTRIB / "eximauthd.toml").read_text()
     assert re.search(r'^group = "eximauthd-clients"', toml, re.MULTILINE)
     assert re.search(r'^mode = "0660"', toml, re.MULTILINE)
+
+
+def test_unit_gives_the_service_enough_descriptors() -> None:
+    """LimitNOFILE= well above systemd's soft default of 1024 (HTTP may use a quarter)."""
+    assert _directives(UNIT.read_text())["LimitNOFILE"] == ["65536"]
