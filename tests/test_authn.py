@@ -217,6 +217,24 @@ class TestLegacyShapes:
         assert Authenticator(LegacyAccountStore(database, eq), hasher).verify(
             "gina@example.test", "pw").allowed
 
+    @pytest.mark.parametrize("active", ["N", "n ", "\u00f1", ""])
+    def test_negative_enabled_rule_keeps_disabled_spellings_disabled(
+            self, database: Database, hasher: Hasher, active: str) -> None:
+        """Under enabled_when = "!= 'n'", 'N' and 'n ' (disabled to the old SQL) stay disabled."""
+        table = sa.Table("mailbox", sa.MetaData(),
+                         sa.Column("email", sa.String(320), primary_key=True),
+                         sa.Column("pw", sa.String(255), nullable=True),
+                         sa.Column("active", sa.String(4), nullable=False))
+        table.create(database.primary)
+        with database.primary.begin() as conn:
+            conn.execute(sa.insert(table).values(email="hal@example.test", pw="pw",
+                                                 active=active))
+        legacy = replace(ADDRESS_LEGACY, enabled_when="!= 'n'")
+        decision = Authenticator(LegacyAccountStore(database, legacy), hasher).verify(
+            "hal@example.test", "pw")
+        assert not decision.allowed
+        assert decision.reason == "disabled"
+
 
 # kind (= the password_scheme that verifies it) -> (stored bare, the password it stands for).
 # The MariaDB values are its own functions' output: SELECT PASSWORD('secret'), MD5('secret').
