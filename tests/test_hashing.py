@@ -20,6 +20,7 @@ from eximauthd.errors import ConfigError
 from eximauthd.hashing import Hasher, Scheme, bare_scheme, calibrate, hash_shape, identify_scheme
 
 from .conftest import FAST_HASHING
+from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED, shaped_ids
 
 VECTORS: list[dict[str, Any]] = json.loads(
     (Path(__file__).parent / "fixtures" / "legacy_vectors.json").read_text("utf-8")
@@ -385,14 +386,60 @@ class TestBareHashShapes:
         ("0" * 32, "md5-hex"), ("F" * 40, "sha1-hex"), ("aB" * 28, "sha224-hex"),
         ("9" * 64, "sha256-hex"), ("e" * 96, "sha384-hex"), ("1" * 128, "sha512-hex"),
         ("./0123456789A", "des-crypt"), ("*" + "A" * 40, "mysql-native"),
-        ("0" * 31, None), ("0" * 33, None), ("g" * 32, None), ("./0123456789", None),
+        ("0" * 31, None), ("0" * 33, None), ("g" * 30, None), ("./0123456789", None),
         ("./0123456789A!", None), ("*" + "A" * 39, None), ("hunter2", None), ("", None),
-        ("0" * 31 + "\n", None), (" " + "0" * 32, None),
+        ("0" * 31 + "\n", None), (" " + "0" * 32, "md5-hex (padded)"),
+        ("0" * 16, "mysql323-hex"), ("0" * 15, None), ("0" * 34, "hex-digest"),
+        ("0x" + "0" * 16, "0x-hex"), ("0x" + "0" * 15, None),
+        ("g" * 32, "base64-salted-digest"),  # 24 bytes: SHA-1 + 4-byte salt, as {SSHA} writes
+        ("g" * 22 + "==", "base64-digest"), ("g" * 20 + "==", None),
+        ("_" + "." * 19, "bsdi-crypt"), ("_" + "." * 18, None), ("_" + "." * 19 + "!", None),
+        ("SHA1$x", "django"), ("pbkdf2_sha1$", "django"), ("pbkdf2:x", "werkzeug"),
+        ("0" * 32 + ":s", "salted-hex"), ("0" * 31 + ":s", None), ("0" * 32 + ":", None),
     ])
     def test_hash_shape(self, value: str, kind: str | None) -> None:
         """Exact lengths and alphabets, nothing looser or stricter."""
         assert hash_shape(value) == kind
         assert (identify_scheme(value)[0] is Scheme.PLAIN) is (kind is None)
+
+    @pytest.mark.parametrize("case", SHAPED, ids=shaped_ids)
+    def test_auto_refuses_every_known_hash_shape_as_its_own_password(
+            self, hasher: Hasher, case: tuple[str, str],
+            caplog: pytest.LogCaptureFixture) -> None:
+        """Under "auto" a bare OLD_PASSWORD(), base64 digest, unprefixed SSHA, Django, Werkzeug,
+        Joomla, 0x-hex, padded or BSDi value is unknown-scheme with its kind, never plaintext."""
+        kind, stored = case
+        with caplog.at_level(logging.DEBUG, "eximauthd"):
+            for attempt in (stored, stored.strip(), "secret"):
+                result = hasher.verify(stored, attempt)
+                assert (result.matched, result.reason) == (False, "unknown-scheme")
+                assert result.looks_like == kind
+        assert identify_scheme(stored) == (Scheme.UNKNOWN, stored, kind)
+        assert stored.strip() not in caplog.text
+
+    @pytest.mark.parametrize("stored", PHPASS)
+    def test_auto_refuses_phpass_as_an_unknown_crypt_id(self, hasher: Hasher,
+                                                        stored: str) -> None:
+        """phpass's $P$/$H$ is a $id$ string of no supported id: refused, never plaintext."""
+        for mode in LEGACY_PASSWORD_SCHEMES:
+            result = Hasher(FAST_HASHING, password_scheme=mode).verify(stored, stored)
+            assert (result.matched, result.reason) == (False, "unknown-scheme"), mode
+
+    @pytest.mark.parametrize("password", PLAINTEXTS)
+    def test_auto_still_verifies_realistic_plaintexts(self, hasher: Hasher,
+                                                      password: str) -> None:
+        """15 hex digits, short base64-looking words, passphrases with $ and : stay plaintext."""
+        assert hash_shape(password) is None
+        result = hasher.verify(password, password)
+        assert (result.matched, result.scheme, result.needs_rehash) == (True, Scheme.PLAIN, True)
+        assert not hasher.verify(password, password + "x").matched
+
+    @pytest.mark.parametrize("case", SHAPED, ids=shaped_ids)
+    def test_plain_is_the_escape_hatch_for_shaped_plaintexts(self, case: tuple[str, str]
+                                                             ) -> None:
+        """password_scheme = "plain" takes any shaped value as the plaintext it then is."""
+        _, stored = case
+        assert Hasher(FAST_HASHING, password_scheme="plain").verify(stored, stored).matched
 
     def test_scheme_names_agree_with_the_configuration(self) -> None:
         """Every value config accepts maps to a scheme here, and nothing else is accepted."""
