@@ -27,6 +27,7 @@ from .conftest import (
     create_address_table,
     create_seed_table,
 )
+from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED
 
 PASSWORD = "correct horse ✓ 'quote\" \\"
 
@@ -319,6 +320,33 @@ class TestBareHashes:
             assert not auto.verify(f"{kind}@example.test", "wrong").allowed
             assert not named[kind].verify(f"{kind}@example.test", "wrong").allowed
             assert Counting.dummies == before + 2, kind
+
+
+class TestEveryHashShape:
+    """F2: no bare value shaped like a hash logs in as itself; real plaintext still does."""
+
+    def test_shaped_values_are_no_and_plaintexts_yes_under_auto(
+            self, accounts: Accounts, caplog: pytest.LogCaptureFixture) -> None:
+        """Each shaped row (OLD_PASSWORD(), base64, SSHA body, Django, Werkzeug, Joomla, 0x-hex,
+        padded, BSDi, phpass) answers no unknown-scheme to its own value and stays as stored;
+        each realistic plaintext row answers yes."""
+        shaped = {f"s{i}@example.test": v for i, (_, v) in enumerate(SHAPED)}
+        shaped |= {f"p{i}@example.test": v for i, v in enumerate(PHPASS)}
+        plain = {f"t{i}@example.test": v for i, v in enumerate(PLAINTEXTS)}
+        for address, stored in shaped.items() | plain.items():
+            accounts.insert_raw(address, stored)
+        authn = Authenticator(accounts.store, Hasher(FAST_HASHING))
+        with caplog.at_level(logging.DEBUG, "eximauthd"):
+            for address, stored in shaped.items():
+                for attempt in (stored, stored.strip()):
+                    decision = authn.verify(address, attempt)
+                    assert (decision.result, decision.reason) == (
+                        Result.NO, "unknown-scheme"), address
+                assert accounts.stored(address) == stored
+        for stored in shaped.values():
+            assert stored.strip() not in caplog.text
+        for address, password in plain.items():
+            assert authn.verify(address, password).result is Result.YES, address
 
 
 class TestFailClosed:
