@@ -273,7 +273,7 @@ class LegacyConfig:
 
 # The values of legacy.password_scheme (eximauthd.hashing.bare_scheme maps them to schemes).
 LEGACY_PASSWORD_SCHEMES = ("auto", "plain", "md5-hex", "sha1-hex", "sha256-hex", "sha512-hex",
-                           "mysql-native", "des-crypt")
+                           "mysql-native", "mysql323-hex", "des-crypt")
 
 
 @dataclass(frozen=True, slots=True)

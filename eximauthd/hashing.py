@@ -62,6 +62,7 @@ __all__ = [
     "calibrate",
     "hash_shape",
     "identify_scheme",
+    "mysql323",
 ]
 
 _log = logging.getLogger("eximauthd.hashing")
@@ -95,6 +96,7 @@ class Scheme(enum.Enum):
     SHA256_HEX = "sha256-hex"
     SHA512_HEX = "sha512-hex"
     MYSQL_NATIVE = "mysql-native"
+    MYSQL323_HEX = "mysql323-hex"
     DES_CRYPT = "des-crypt"
     PLAIN = "plain"
     UNKNOWN = "unknown"
@@ -169,12 +171,14 @@ _HEX_DIGESTS: dict[Scheme, Callable[[bytes], hashlib._Hash]] = {
 _BARE_SCHEMES: dict[str, Scheme | None] = {
     "auto": None,
     "plain": Scheme.PLAIN,
-    **{s.value: s for s in (*_HEX_DIGESTS, Scheme.MYSQL_NATIVE, Scheme.DES_CRYPT)},
+    **{s.value: s for s in (*_HEX_DIGESTS, Scheme.MYSQL_NATIVE, Scheme.MYSQL323_HEX,
+                            Scheme.DES_CRYPT)},
 }
 
 # Shapes of unsalted hashes that legacy tables hold bare.  Hex is matched in either case: MySQL's
 # MD5()/SHA1() write lower case, other tools upper.  SHA-224 and SHA-384 are only recognised
-# (refused), there is no password_scheme for them: no mail tool is known to store them.
+# (refused), there is no password_scheme for them: no mail tool is known to store them.  16 hex
+# digits is MySQL's OLD_PASSWORD() (password_scheme = "mysql323-hex").
 _HEX_SHAPES = {16: "mysql323-hex", 32: "md5-hex", 40: "sha1-hex", 56: "sha224-hex",
                64: "sha256-hex", 96: "sha384-hex", 128: "sha512-hex"}
 _HEX_RE = re.compile(r"[0-9A-Fa-f]+")
@@ -407,6 +411,8 @@ class Hasher:
                 return _verify_hex_digest(scheme, body, password)
             case Scheme.MYSQL_NATIVE:
                 return _verify_mysql_native(body, password)
+            case Scheme.MYSQL323_HEX:
+                return _verify_mysql323(body, password)
             case Scheme.DES_CRYPT:
                 return _verify_des_crypt(body, password)
             case Scheme.PLAIN:
@@ -521,6 +527,34 @@ def _verify_mysql_native(body: str, password: str) -> VerifyResult:
     computed = "*" + hashlib.sha1(inner).hexdigest().upper()  # noqa: S324 -- then rehashed
     ok = hmac.compare_digest(computed.encode(), body.upper().encode())
     return _result(ok, Scheme.MYSQL_NATIVE, needs_rehash=True)
+
+
+def mysql323(password: str) -> str:
+    """MySQL's ``OLD_PASSWORD()`` (before 4.1) of *password*'s UTF-8 bytes, as 16 hex digits.
+
+    The server's ``hash_password()``: blanks and tabs are skipped, and only the low 31 bits of
+    each half are kept, so Python's unbounded integers (cut to 64 bits to stay small) give the
+    same result as C's wrapping ``ulong``.  Checked against MariaDB 10.11 in the tests.  Pure.
+    """
+    nr, add, nr2 = 1345345333, 7, 0x12345671
+    mask = (1 << 64) - 1
+    for byte in password.encode():
+        if byte in (0x20, 0x09):
+            continue
+        nr ^= ((((nr & 63) + add) * byte) + (nr << 8)) & mask
+        nr2 = (nr2 + ((nr2 << 8) ^ nr)) & mask
+        add += byte
+    return f"{nr & 0x7FFFFFFF:08x}{nr2 & 0x7FFFFFFF:08x}"
+
+
+def _verify_mysql323(body: str, password: str) -> VerifyResult:
+    # A 62-bit non-cryptographic hash that ignores blanks: colliding passwords are cheap to
+    # find, so a match is rehashed at once (to what was typed) like every legacy scheme.
+    if hash_shape(body) != Scheme.MYSQL323_HEX.value:
+        _log.warning("malformed stored mysql323-hex hash")
+        return VerifyResult(False, Scheme.MYSQL323_HEX, "malformed-hash")
+    ok = hmac.compare_digest(mysql323(password).encode(), body.lower().encode())
+    return _result(ok, Scheme.MYSQL323_HEX, needs_rehash=True)
 
 
 def _verify_des_crypt(body: str, password: str) -> VerifyResult:

@@ -245,6 +245,7 @@ BARE_HASHES = {
     "sha256-hex": (hashlib.sha256(PASSWORD.encode()).hexdigest(), PASSWORD),
     "sha512-hex": (hashlib.sha512(b"hunter2").hexdigest(), "hunter2"),
     "mysql-native": ("*14E65567ABDB5135D0CFD9A70B3032C179A49EE7", "secret"),
+    "mysql323-hex": ("428567f408994404", "secret"),  # MariaDB: SELECT OLD_PASSWORD('secret')
     "des-crypt": ("abNANd1rDfiNc", "secret"),  # glibc: perl -e 'print crypt("secret","ab")'
 }
 

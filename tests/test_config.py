@@ -102,7 +102,7 @@ class TestEnvironment:
      "legacy.enabled_value: '0' does not satisfy enabled_when"),
     ("[legacy]\ntable = 'u'\naddress_column = 'a'\npassword_scheme = 'MD5'\n", {},
      "legacy.password_scheme: 'MD5' is not one of auto, plain, md5-hex, sha1-hex, sha256-hex, "
-     "sha512-hex, mysql-native, des-crypt"),
+     "sha512-hex, mysql-native, mysql323-hex, des-crypt"),
     ("[legacy]\npassword_scheme = 'md5-hex'\n", {}, "legacy.table: required"),
     ("", {"EXIMAUTHD_HASHING_TIME_COST": "two"},
      "EXIMAUTHD_HASHING_TIME_COST: expected an integer"),
@@ -157,7 +157,8 @@ def test_config_is_frozen() -> None:
         config.database.url = "sqlite:///other"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("scheme", ["auto", "plain", "md5-hex", "mysql-native", "des-crypt"])
+@pytest.mark.parametrize("scheme", ["auto", "plain", "md5-hex", "mysql-native", "mysql323-hex",
+                                    "des-crypt"])
 def test_legacy_password_scheme_is_read_from_file_and_environment(tmp_path: Path,
                                                                   scheme: str) -> None:
     """[legacy] password_scheme defaults to auto and takes each documented value."""

@@ -17,7 +17,15 @@ from passlib.hash import des_crypt
 
 from eximauthd.config import LEGACY_PASSWORD_SCHEMES, HashingConfig
 from eximauthd.errors import ConfigError
-from eximauthd.hashing import Hasher, Scheme, bare_scheme, calibrate, hash_shape, identify_scheme
+from eximauthd.hashing import (
+    Hasher,
+    Scheme,
+    bare_scheme,
+    calibrate,
+    hash_shape,
+    identify_scheme,
+    mysql323,
+)
 
 from .conftest import FAST_HASHING
 from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED, shaped_ids
@@ -257,6 +265,10 @@ def _sha(name: str, password: str) -> str:
 # hashlib, by passlib, by glibc's crypt(3) and by MariaDB 10.11's own functions:
 #   perl -e 'print crypt("secret", "ab")'                       -> abNANd1rDfiNc
 #   mariadb -e "SELECT PASSWORD('secret'), MD5('secret')"       -> *14E655..., 5ebe22...
+#   mariadb --default-character-set=utf8mb4 -e "SELECT OLD_PASSWORD('secret'),
+#     OLD_PASSWORD('pässwörd'), OLD_PASSWORD('hunter2'), OLD_PASSWORD('a b\tc'),
+#     OLD_PASSWORD('abc')"
+#   -> 428567f408994404 4abeaead409936b7 17687fae14ce0509 7cd2b5942be28759 7cd2b5942be28759
 BARE_HASHES: list[tuple[str, str, str]] = [
     ("md5-hex", "5ebe2294ecd0e0f08eab7690d2a6ee69", "secret"),          # MariaDB MD5()
     ("md5-hex", _sha("md5", "pässwörd").upper(), "pässwörd"),          # upper-case hex
@@ -266,6 +278,9 @@ BARE_HASHES: list[tuple[str, str, str]] = [
     ("sha512-hex", _sha("sha512", "correct horse ✓"), "correct horse ✓"),
     ("mysql-native", "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7", "secret"),  # PASSWORD()
     ("mysql-native", "*14e65567abdb5135d0cfd9a70b3032c179a49ee7", "secret"),  # lower-cased
+    ("mysql323-hex", "428567f408994404", "secret"),                      # OLD_PASSWORD()
+    ("mysql323-hex", "4abeaead409936b7", "pässwörd"),                    # ... over utf8mb4
+    ("mysql323-hex", "17687FAE14CE0509", "hunter2"),                     # upper-cased
     ("des-crypt", "abNANd1rDfiNc", "secret"),                            # glibc crypt(3)
     ("des-crypt", des_crypt.using(salt="Zz").hash("hunter2"), "hunter2"),
 ]
@@ -376,6 +391,16 @@ class TestBareHashShapes:
         assert hasher.verify(stored, "12345678-and-more").matched
         assert not hasher.verify(stored, "1234567").matched
 
+    def test_mysql323_is_mariadbs_old_password_blanks_and_all(self) -> None:
+        """OLD_PASSWORD() skips blanks and tabs (MariaDB says 'a b\\tc' = 'abc'); a match is
+        rehashed, so the stored argon2id is then of what was typed."""
+        assert mysql323("a b\tc") == mysql323("abc") == "7cd2b5942be28759"
+        hasher = Hasher(FAST_HASHING, password_scheme="mysql323-hex")
+        result = hasher.verify("7cd2b5942be28759", "a b c")
+        assert (result.matched, result.needs_rehash) == (True, True)
+        for stored in ("7cd2b5942be2875", "7cd2b5942be28759 ", "0x7cd2b5942be28759"):
+            assert not hasher.verify(stored, "abc").matched, stored
+
     def test_hex_schemes_take_nul_like_mysql(self) -> None:
         """MD5()/SHA1() hash bytes, NUL included: no refusal needed, just the digest."""
         hasher = Hasher(FAST_HASHING, password_scheme="md5-hex")
@@ -445,6 +470,6 @@ class TestBareHashShapes:
         """Every value config accepts maps to a scheme here, and nothing else is accepted."""
         assert {bare_scheme(name) for name in LEGACY_PASSWORD_SCHEMES} == {
             None, Scheme.PLAIN, Scheme.MD5_HEX, Scheme.SHA1_HEX, Scheme.SHA256_HEX,
-            Scheme.SHA512_HEX, Scheme.MYSQL_NATIVE, Scheme.DES_CRYPT}
+            Scheme.SHA512_HEX, Scheme.MYSQL_NATIVE, Scheme.MYSQL323_HEX, Scheme.DES_CRYPT}
         with pytest.raises(ConfigError, match=r"legacy\.password_scheme"):
             Hasher(FAST_HASHING, password_scheme="MD5")

@@ -394,7 +394,8 @@ class TestBareHashShapes:
         assert wrong.returncode == 2
         assert wrong.stderr.strip().splitlines() == [
             "eximauthd: error: legacy.password_scheme: 'md5' is not one of auto, "
-            "plain, md5-hex, sha1-hex, sha256-hex, sha512-hex, mysql-native, des-crypt"]
+            "plain, md5-hex, sha1-hex, sha256-hex, sha512-hex, mysql-native, mysql323-hex, "
+            "des-crypt"]
 
 
 class TestConcurrentChange:
