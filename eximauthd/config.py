@@ -483,10 +483,10 @@ def _coerce_env(where: str, value: str, expected: Any) -> Any:
             return False
         raise ConfigError(f"{where}: expected true or false, got {value[:32]!r}")
     if expected is int:
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {value[:32]!r}") from None
+        # Not int() alone: it also takes "1_0" and other scripts' digits.
+        if not _INTEGER_RE.fullmatch(value.strip(" \t")):
+            raise ConfigError(f"{where}: expected an integer, got {value[:32]!r}")
+        return int(value)
     return value
 
 
