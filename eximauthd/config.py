@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -52,15 +53,29 @@ _SUPPORTED_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "mysql+pymysql", "m
 _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-_ENABLED_RE = re.compile(r"\s*(=|!=|<>|>=|<=|>|<)\s*(-?\d+|'[^']*')\s*")
+# [0-9], not \\d: \\d also matches other scripts' digits (U+0661), which int() accepts.
+_ENABLED_RE = re.compile(r"[ \t]*(=|!=|<>|>=|<=|>|<)[ \t]*(-?[0-9]{1,18}|'[ -&(-~]*')[ \t]*")
+_INTEGER_RE = re.compile(r"[+-]?[0-9]{1,18}")
+# Query parameters that may carry a credential (PyMySQL takes ?password= and ?passwd=).
+_SECRET_QUERY_KEY_RE = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)
 
 
 def mask_url(url: str) -> str:
-    """*url* with its password replaced by ``***``, for logs and reprs."""
+    """*url* with its password, and any query value that may be a credential, as ``***``.
+
+    For logs, reprs and error messages: ``?password=`` is as secret as ``user:password@``.
+    """
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
         return "<invalid url>"
+    text = parsed.set(query={}).render_as_string(hide_password=True)
+    pairs = []
+    for key, value in parsed.query.items():
+        for item in value if isinstance(value, tuple) else (value,):
+            shown = "***" if _SECRET_QUERY_KEY_RE.search(key) else quote_plus(item)
+            pairs.append(f"{quote_plus(key)}={shown}")
+    return f"{text}?{'&'.join(pairs)}" if pairs else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,28 +151,76 @@ class HashingConfig:
 
 @dataclass(frozen=True, slots=True)
 class EnabledRule:
-    """``enabled_when = "> 0"``: the comparison that makes an account enabled."""
+    """``enabled_when = "> 0"``: the comparison that makes an account enabled.
+
+    The old inline SQL compared under MySQL's rules (a caseless PAD SPACE collation, strings
+    converted to numbers); Python's ``==`` and ``int()`` are not those rules, and where they
+    differ the answer must be "not enabled", never "enabled" (docs/configuration.md has the
+    truth table):
+
+    * an integer rule accepts an ``int`` (``True``/``False`` as 1/0) or text that is, after
+      ASCII blanks are stripped, ``[+-]?[0-9]+``; ``"1_0"``, U+0661, ``"1.0"``, ``"abc"`` are
+      not enabled whatever the operator;
+    * a string rule compares *folded* forms (trailing spaces removed, ASCII upper case made
+      lower) of the stored value and of the rule's literal, and only stored text of printable
+      ASCII: a collation also equates accented letters (``'Ñ' = 'n'``), which a negative rule
+      (``!= 'n'``) would otherwise read as enabled;
+    * ``None`` (SQL NULL) and an empty (or all-blank) value are never enabled.
+    """
 
     operator: str
     value: int | str
 
     def matches(self, stored: object) -> bool:
-        """Apply the rule to a value read from the database (``None`` is never enabled)."""
-        if stored is None:
-            return False
+        """Apply the rule to a value read from the database; see the class doc."""
         if isinstance(self.value, int):
-            try:
-                left: int | str = int(str(stored))
-            except ValueError:
-                return False
-        else:
-            left = str(stored)
-        right = self.value
-        if isinstance(left, int) and isinstance(right, int):
-            return _compare(left, right, self.operator)
-        if isinstance(left, str) and isinstance(right, str):
-            return _compare(left, right, self.operator)
-        return False
+            number = _stored_integer(stored)
+            return number is not None and _compare(number, self.value, self.operator)
+        text = _stored_text(stored)
+        return text is not None and _compare(text, fold_enabled_text(self.value), self.operator)
+
+
+def fold_enabled_text(text: str) -> str:
+    """*text* as a caseless PAD SPACE collation sees it, for printable ASCII: trailing spaces
+    dropped, A-Z made lower case.  Pure."""
+    return text.rstrip(" ").translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_PRINTABLE_ASCII_RE = re.compile(r"[ -~]+")
+
+
+def _stored_integer(stored: object) -> int | None:
+    if isinstance(stored, int):  # bool included: MySQL's TRUE is 1
+        return int(stored)
+    text = _decoded(stored)
+    if text is None:
+        return None
+    text = text.strip(" \t\r\n")
+    return int(text) if _INTEGER_RE.fullmatch(text) else None
+
+
+def _stored_text(stored: object) -> str | None:
+    if isinstance(stored, bool):
+        stored = int(stored)
+    if isinstance(stored, int):
+        stored = str(stored)
+    text = _decoded(stored)
+    if text is None or not _PRINTABLE_ASCII_RE.fullmatch(text):
+        return None
+    folded = fold_enabled_text(text)
+    return folded or None
+
+
+def _decoded(stored: object) -> str | None:
+    if isinstance(stored, str):
+        return stored
+    if isinstance(stored, bytes | bytearray):
+        try:
+            return bytes(stored).decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    return None
 
 
 def _compare(left: Any, right: Any, operator: str) -> bool:
@@ -210,7 +273,7 @@ class LegacyConfig:
 
 # The values of legacy.password_scheme (eximauthd.hashing.bare_scheme maps them to schemes).
 LEGACY_PASSWORD_SCHEMES = ("auto", "plain", "md5-hex", "sha1-hex", "sha256-hex", "sha512-hex",
-                           "mysql-native", "des-crypt")
+                           "mysql-native", "mysql323-hex", "des-crypt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,10 +487,10 @@ def _coerce_env(where: str, value: str, expected: Any) -> Any:
             return False
         raise ConfigError(f"{where}: expected true or false, got {value[:32]!r}")
     if expected is int:
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {value[:32]!r}") from None
+        # Not int() alone: it also takes "1_0" and other scripts' digits.
+        if not _INTEGER_RE.fullmatch(value.strip(" \t")):
+            raise ConfigError(f"{where}: expected an integer, got {value[:32]!r}")
+        return int(value)
     return value
 
 
@@ -460,7 +523,8 @@ def _validate(config: Config) -> None:
 def _validate_url(key: str, url: str) -> URL:
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
+        # Not the URL itself in the message: it may hold the database password.
         raise ConfigError(f"{key}: not a valid database URL") from None
     if parsed.drivername not in _SUPPORTED_DRIVERS:
         raise ConfigError(
@@ -612,7 +676,7 @@ def _validate_legacy(legacy: LegacyConfig) -> None:
         rule = legacy.enabled_rule
         for key in ("enabled_value", "disabled_value"):
             raw = getattr(legacy, key)
-            if isinstance(rule.value, int) and not re.fullmatch(r"-?\d+", raw):
+            if isinstance(rule.value, int) and not re.fullmatch(r"-?[0-9]+", raw):
                 raise ConfigError(f"legacy.{key}: must be an integer like enabled_when")
             expected = key == "enabled_value"
             if rule.matches(raw) is not expected:

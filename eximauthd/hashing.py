@@ -22,9 +22,10 @@ bare value (no prefix, no ``$id$``)       what ``[legacy] password_scheme`` says
 Any other ``{SCHEME}`` or ``$id$`` string is refused, never guessed to be a plaintext password.
 
 A bare value is plaintext only when it cannot be a hash.  Under ``password_scheme = "auto"``
-(the default) a bare value shaped like an unsalted hash (hex of an MD5/SHA-1/SHA-2 digest, a
-DES crypt string, MySQL's ``*``-prefixed ``PASSWORD()``) is refused: taking it as plaintext
-would let anyone who read the hash log in with the hash itself.  An explicit scheme makes every
+(the default) a bare value shaped like a hash (hex or base64 of a digest, a salted digest, a
+DES or BSDi crypt string, MySQL's ``PASSWORD()``/``OLD_PASSWORD()``, a Django or Werkzeug
+hash; see :func:`hash_shape`) is refused: taking it as plaintext would let anyone who read the
+hash log in with the hash itself.  An explicit scheme makes every
 bare value a hash of that scheme, and ``plain`` makes every bare value plaintext.
 """
 
@@ -61,6 +62,7 @@ __all__ = [
     "calibrate",
     "hash_shape",
     "identify_scheme",
+    "mysql323",
 ]
 
 _log = logging.getLogger("eximauthd.hashing")
@@ -94,6 +96,7 @@ class Scheme(enum.Enum):
     SHA256_HEX = "sha256-hex"
     SHA512_HEX = "sha512-hex"
     MYSQL_NATIVE = "mysql-native"
+    MYSQL323_HEX = "mysql323-hex"
     DES_CRYPT = "des-crypt"
     PLAIN = "plain"
     UNKNOWN = "unknown"
@@ -168,18 +171,35 @@ _HEX_DIGESTS: dict[Scheme, Callable[[bytes], hashlib._Hash]] = {
 _BARE_SCHEMES: dict[str, Scheme | None] = {
     "auto": None,
     "plain": Scheme.PLAIN,
-    **{s.value: s for s in (*_HEX_DIGESTS, Scheme.MYSQL_NATIVE, Scheme.DES_CRYPT)},
+    **{s.value: s for s in (*_HEX_DIGESTS, Scheme.MYSQL_NATIVE, Scheme.MYSQL323_HEX,
+                            Scheme.DES_CRYPT)},
 }
 
 # Shapes of unsalted hashes that legacy tables hold bare.  Hex is matched in either case: MySQL's
 # MD5()/SHA1() write lower case, other tools upper.  SHA-224 and SHA-384 are only recognised
-# (refused), there is no password_scheme for them: no mail tool is known to store them.
-_HEX_SHAPES = {32: "md5-hex", 40: "sha1-hex", 56: "sha224-hex", 64: "sha256-hex",
-               96: "sha384-hex", 128: "sha512-hex"}
+# (refused), there is no password_scheme for them: no mail tool is known to store them.  16 hex
+# digits is MySQL's OLD_PASSWORD() (password_scheme = "mysql323-hex").
+_HEX_SHAPES = {16: "mysql323-hex", 32: "md5-hex", 40: "sha1-hex", 56: "sha224-hex",
+               64: "sha256-hex", 96: "sha384-hex", 128: "sha512-hex"}
 _HEX_RE = re.compile(r"[0-9A-Fa-f]+")
 _DES_CRYPT_RE = re.compile(r"[./0-9A-Za-z]{13}")
 _MYSQL_NATIVE_RE = re.compile(r"\*[0-9A-Fa-f]{40}")
-
+# BSDi extended DES crypt: "_", 4 characters of rounds, 4 of salt, 11 of hash.
+_BSDI_CRYPT_RE = re.compile(r"_[./0-9A-Za-z]{19}")
+# Framework formats: Django's "<algorithm>$..." and Werkzeug's "<method>:<params>$...".
+_DJANGO_RE = re.compile(r"(?:pbkdf2_[a-z0-9]+|bcrypt_sha256|bcrypt|argon2|scrypt|crypt|sha1|md5"
+                        r"|unsalted_md5|unsalted_sha1)\$", re.IGNORECASE)
+_WERKZEUG_RE = re.compile(r"(?:pbkdf2|scrypt):", re.IGNORECASE)
+# Joomla 1.x / osCommerce "hexdigest:salt".
+_SALTED_HEX_RE = re.compile(r"[0-9A-Fa-f]{32,128}:[^:\s]{1,64}")
+# Strict base64 (padding included) as OpenLDAP, Dovecot and scripts write digests.
+_BASE64_RE = re.compile(r"(?:[A-Za-z0-9+/]{4})+(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+# Digest sizes in bytes: MD5, SHA-1, SHA-224, SHA-256, SHA-384, SHA-512.
+_DIGEST_SIZES = frozenset({16, 20, 28, 32, 48, 64})
+# {SSHA}, {SSHA256}, {SSHA512} without their prefix: digest + a 4 to 16 byte salt.
+_SALTED_DIGEST_SIZES = frozenset(d + salt for d in (20, 32, 64) for salt in range(4, 17))
+_MIN_HEX_DIGITS = 16
+_PADDED = " (padded)"
 
 def bare_scheme(name: str) -> Scheme | None:
     """The scheme of bare values under ``[legacy] password_scheme = name``; None for ``auto``.
@@ -193,18 +213,68 @@ def bare_scheme(name: str) -> Scheme | None:
 
 
 def hash_shape(value: str) -> str | None:
-    """The kind of unsalted hash *value* is shaped like (``md5-hex``, ``des-crypt``,
-    ``mysql-native``, ...), or None.  Pure; the kind is log-safe, the value is not."""
-    if len(value) in _HEX_SHAPES and _HEX_RE.fullmatch(value):
-        return _HEX_SHAPES[len(value)]
+    """The kind of hash *value* is shaped like (``md5-hex``, ``des-crypt``, ``base64-digest``,
+    ``django``, ...), or None for a value that cannot be one.  Pure; the kind is log-safe, the
+    value is not.
+
+    Under ``auto`` a bare value of any of these shapes is refused, never taken as plaintext, so
+    the rule is deliberately broad (docs/passwords.md lists the plaintexts it also refuses):
+
+    * hex of 16 or more digits, even length, optionally ``0x``-prefixed: a digest, MySQL's
+      ``OLD_PASSWORD()`` (16), ``UNHEX()`` output shown as hex;
+    * strict base64 decoding to a digest (16, 20, 28, 32, 48, 64 bytes) or to an SHA-1/256/512
+      digest followed by a 4 to 16 byte salt ({SSHA*} without the prefix);
+    * DES crypt, BSDi crypt (``_`` + 19), MySQL's ``*`` + 40 hex;
+    * Django (``pbkdf2_sha256$``, ``sha1$``, ``md5$``, ``bcrypt$``, ``argon2$``, ...) and
+      Werkzeug (``pbkdf2:``, ``scrypt:``) prefixes; Joomla/osCommerce ``hexdigest:salt``;
+    * any of the above, a ``$id$`` crypt string or a ``{SCHEME}`` value with surrounding
+      whitespace (the kind then ends in `` (padded)``).
+    """
+    kind = _bare_shape(value)
+    if kind is not None:
+        return kind
+    stripped = value.strip(" \t\r\n")
+    if stripped and stripped != value:
+        if _MCF_RE.match(stripped) or _PREFIX_RE.match(stripped):
+            return "crypt-or-prefixed" + _PADDED
+        kind = _bare_shape(stripped)
+        if kind is not None:
+            return kind + _PADDED
+    return None
+
+
+def _bare_shape(value: str) -> str | None:
+    digits = value[2:] if value[:2] in ("0x", "0X") else value
+    if len(digits) >= _MIN_HEX_DIGITS and len(digits) % 2 == 0 and _HEX_RE.fullmatch(digits):
+        if digits is not value:
+            return "0x-hex"
+        return _HEX_SHAPES.get(len(value), "hex-digest")
     if _DES_CRYPT_RE.fullmatch(value):
         return "des-crypt"
     if _MYSQL_NATIVE_RE.fullmatch(value):
         return "mysql-native"
+    if _BSDI_CRYPT_RE.fullmatch(value):
+        return "bsdi-crypt"
+    if _DJANGO_RE.match(value):
+        return "django"
+    if _WERKZEUG_RE.match(value):
+        return "werkzeug"
+    if _SALTED_HEX_RE.fullmatch(value):
+        return "salted-hex"
+    if _BASE64_RE.fullmatch(value):
+        # 3 bytes per 4 characters, less one per "=".
+        size = len(value) // 4 * 3 - value.count("=")
+        if size in _DIGEST_SIZES:
+            return "base64-digest"
+        if size in _SALTED_DIGEST_SIZES:
+            return "base64-salted-digest"
     return None
 
 
-_SHAPE_KINDS = frozenset({*_HEX_SHAPES.values(), "des-crypt", "mysql-native"})
+_SHAPE_BASE_KINDS = frozenset({*_HEX_SHAPES.values(), "hex-digest", "0x-hex", "des-crypt",
+                               "mysql-native", "bsdi-crypt", "django", "werkzeug", "salted-hex",
+                               "base64-digest", "base64-salted-digest", "crypt-or-prefixed"})
+_SHAPE_KINDS = _SHAPE_BASE_KINDS | {k + _PADDED for k in _SHAPE_BASE_KINDS}
 
 
 def identify_scheme(stored: str, bare: Scheme | None = None) -> tuple[Scheme, str, str]:
@@ -341,6 +411,8 @@ class Hasher:
                 return _verify_hex_digest(scheme, body, password)
             case Scheme.MYSQL_NATIVE:
                 return _verify_mysql_native(body, password)
+            case Scheme.MYSQL323_HEX:
+                return _verify_mysql323(body, password)
             case Scheme.DES_CRYPT:
                 return _verify_des_crypt(body, password)
             case Scheme.PLAIN:
@@ -455,6 +527,34 @@ def _verify_mysql_native(body: str, password: str) -> VerifyResult:
     computed = "*" + hashlib.sha1(inner).hexdigest().upper()  # noqa: S324 -- then rehashed
     ok = hmac.compare_digest(computed.encode(), body.upper().encode())
     return _result(ok, Scheme.MYSQL_NATIVE, needs_rehash=True)
+
+
+def mysql323(password: str) -> str:
+    """MySQL's ``OLD_PASSWORD()`` (before 4.1) of *password*'s UTF-8 bytes, as 16 hex digits.
+
+    The server's ``hash_password()``: blanks and tabs are skipped, and only the low 31 bits of
+    each half are kept, so Python's unbounded integers (cut to 64 bits to stay small) give the
+    same result as C's wrapping ``ulong``.  Checked against MariaDB 10.11 in the tests.  Pure.
+    """
+    nr, add, nr2 = 1345345333, 7, 0x12345671
+    mask = (1 << 64) - 1
+    for byte in password.encode():
+        if byte in (0x20, 0x09):
+            continue
+        nr ^= ((((nr & 63) + add) * byte) + (nr << 8)) & mask
+        nr2 = (nr2 + ((nr2 << 8) ^ nr)) & mask
+        add += byte
+    return f"{nr & 0x7FFFFFFF:08x}{nr2 & 0x7FFFFFFF:08x}"
+
+
+def _verify_mysql323(body: str, password: str) -> VerifyResult:
+    # A 62-bit non-cryptographic hash that ignores blanks: colliding passwords are cheap to
+    # find, so a match is rehashed at once (to what was typed) like every legacy scheme.
+    if hash_shape(body) != Scheme.MYSQL323_HEX.value:
+        _log.warning("malformed stored mysql323-hex hash")
+        return VerifyResult(False, Scheme.MYSQL323_HEX, "malformed-hash")
+    ok = hmac.compare_digest(mysql323(password).encode(), body.lower().encode())
+    return _result(ok, Scheme.MYSQL323_HEX, needs_rehash=True)
 
 
 def _verify_des_crypt(body: str, password: str) -> VerifyResult:

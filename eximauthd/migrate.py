@@ -42,7 +42,7 @@ import argon2
 import sqlalchemy as sa
 from argon2.exceptions import InvalidHashError
 
-from .config import Config, HashingConfig
+from .config import LEGACY_PASSWORD_SCHEMES, Config, HashingConfig
 from .errors import ColumnTooNarrowError, ConfigError, EximauthdError
 from .hashing import Hasher, Scheme, bare_scheme, hash_shape, identify_scheme
 from .progress import Progress
@@ -159,12 +159,16 @@ class MigrationReport:
                 "docs/migration.md.")
         for kind, count in self.hash_shaped:
             examples = tuple(a for k, a in self.hash_shaped_examples if k == kind)
+            # Only some kinds have a password_scheme that verifies them; for the others the
+            # way out is a new password, and the advice must not name a setting that fails.
+            holds = (f"set [legacy] password_scheme = \"{kind}\"" if kind in LEGACY_PASSWORD_SCHEMES
+                     else "no password_scheme verifies them: set new passwords (eximauthd user "
+                          "passwd ADDRESS)")
             found.append(
                 f"{kind}: {count} row(s) kept ({_examples(examples, count)}): a bare value "
                 f"shaped like {kind} is never taken as plaintext, so these accounts cannot log "
-                f"in. If the table holds {kind} hashes, set [legacy] password_scheme"
-                f" = \"{kind}\"; if it holds plaintext, set password_scheme = \"plain\"; see "
-                "docs/passwords.md.")
+                f"in. If the table holds {kind} hashes, {holds}; if it holds plaintext, set "
+                "password_scheme = \"plain\"; see docs/passwords.md.")
         if self.no_address:
             found.append(f"{self.no_address} row(s) with NULL in an address column were not "
                          "examined: no one can log in to them, and their passwords stay as "

@@ -27,6 +27,7 @@ from .conftest import (
     create_address_table,
     create_seed_table,
 )
+from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED
 
 PASSWORD = "correct horse ✓ 'quote\" \\"
 
@@ -217,6 +218,24 @@ class TestLegacyShapes:
         assert Authenticator(LegacyAccountStore(database, eq), hasher).verify(
             "gina@example.test", "pw").allowed
 
+    @pytest.mark.parametrize("active", ["N", "n ", "\u00f1", ""])
+    def test_negative_enabled_rule_keeps_disabled_spellings_disabled(
+            self, database: Database, hasher: Hasher, active: str) -> None:
+        """Under enabled_when = "!= 'n'", 'N' and 'n ' (disabled to the old SQL) stay disabled."""
+        table = sa.Table("mailbox", sa.MetaData(),
+                         sa.Column("email", sa.String(320), primary_key=True),
+                         sa.Column("pw", sa.String(255), nullable=True),
+                         sa.Column("active", sa.String(4), nullable=False))
+        table.create(database.primary)
+        with database.primary.begin() as conn:
+            conn.execute(sa.insert(table).values(email="hal@example.test", pw="pw",
+                                                 active=active))
+        legacy = replace(ADDRESS_LEGACY, enabled_when="!= 'n'")
+        decision = Authenticator(LegacyAccountStore(database, legacy), hasher).verify(
+            "hal@example.test", "pw")
+        assert not decision.allowed
+        assert decision.reason == "disabled"
+
 
 # kind (= the password_scheme that verifies it) -> (stored bare, the password it stands for).
 # The MariaDB values are its own functions' output: SELECT PASSWORD('secret'), MD5('secret').
@@ -226,6 +245,7 @@ BARE_HASHES = {
     "sha256-hex": (hashlib.sha256(PASSWORD.encode()).hexdigest(), PASSWORD),
     "sha512-hex": (hashlib.sha512(b"hunter2").hexdigest(), "hunter2"),
     "mysql-native": ("*14E65567ABDB5135D0CFD9A70B3032C179A49EE7", "secret"),
+    "mysql323-hex": ("428567f408994404", "secret"),  # MariaDB: SELECT OLD_PASSWORD('secret')
     "des-crypt": ("abNANd1rDfiNc", "secret"),  # glibc: perl -e 'print crypt("secret","ab")'
 }
 
@@ -301,6 +321,33 @@ class TestBareHashes:
             assert not auto.verify(f"{kind}@example.test", "wrong").allowed
             assert not named[kind].verify(f"{kind}@example.test", "wrong").allowed
             assert Counting.dummies == before + 2, kind
+
+
+class TestEveryHashShape:
+    """F2: no bare value shaped like a hash logs in as itself; real plaintext still does."""
+
+    def test_shaped_values_are_no_and_plaintexts_yes_under_auto(
+            self, accounts: Accounts, caplog: pytest.LogCaptureFixture) -> None:
+        """Each shaped row (OLD_PASSWORD(), base64, SSHA body, Django, Werkzeug, Joomla, 0x-hex,
+        padded, BSDi, phpass) answers no unknown-scheme to its own value and stays as stored;
+        each realistic plaintext row answers yes."""
+        shaped = {f"s{i}@example.test": v for i, (_, v) in enumerate(SHAPED)}
+        shaped |= {f"p{i}@example.test": v for i, v in enumerate(PHPASS)}
+        plain = {f"t{i}@example.test": v for i, v in enumerate(PLAINTEXTS)}
+        for address, stored in shaped.items() | plain.items():
+            accounts.insert_raw(address, stored)
+        authn = Authenticator(accounts.store, Hasher(FAST_HASHING))
+        with caplog.at_level(logging.DEBUG, "eximauthd"):
+            for address, stored in shaped.items():
+                for attempt in (stored, stored.strip()):
+                    decision = authn.verify(address, attempt)
+                    assert (decision.result, decision.reason) == (
+                        Result.NO, "unknown-scheme"), address
+                assert accounts.stored(address) == stored
+        for stored in shaped.values():
+            assert stored.strip() not in caplog.text
+        for address, password in plain.items():
+            assert authn.verify(address, password).result is Result.YES, address
 
 
 class TestFailClosed:

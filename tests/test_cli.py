@@ -19,6 +19,7 @@ from eximauthd.config import DatabaseConfig
 from eximauthd.store import Database
 
 from .conftest import FAST_HASHING_ENV, create_seed_table
+from .hash_shapes import SHAPED
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "Tr0ub4dor&3 ünïcode"
@@ -117,6 +118,29 @@ class TestIssueScenario:
         assert legacy_cli("user", "disable", "alice@example.test").code == 0
         assert legacy_cli("check", "alice@example.test", "--password-stdin",
                           stdin=SECRET + "\n").out.strip() == "no disabled"
+
+    def test_hash_shaped_rows_answer_no_to_their_own_value(self, legacy_cli: Cli,
+                                                          db_url: str) -> None:
+        """Exim's view: a bare Django, SSHA-body or OLD_PASSWORD() row sent as the password is
+        "no unknown-scheme" (exit 1), and `user list` names the kind."""
+        shaped = {kind: value for kind, value in SHAPED
+                  if kind in {"django", "base64-salted-digest", "mysql323-hex"}}
+        db = Database(DatabaseConfig(url=db_url))
+        table = sa.Table("users", sa.MetaData(), autoload_with=db.primary)
+        with db.primary.begin() as conn:
+            conn.execute(sa.insert(table), [
+                {"username": f"u{i}", "domain": "example.test", "password": v, "smtp": 1}
+                for i, v in enumerate(shaped.values())])
+        db.dispose()
+        for i, value in enumerate(shaped.values()):
+            run = legacy_cli("check", f"u{i}@example.test", "--password-stdin",
+                             stdin=value + "\n")
+            assert (run.code, run.out.strip()) == (1, "no unknown-scheme"), value
+            assert value not in run.out + run.err
+        listed = {r["address"]: r["scheme"]
+                  for r in json.loads(legacy_cli("user", "list", "--json").out)}
+        for i, kind in enumerate(shaped):
+            assert listed[f"u{i}@example.test"] == f"unknown ({kind}?)"
 
 
 class TestAccountCommands:

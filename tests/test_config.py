@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from eximauthd.config import Config, DatabaseConfig, load_config
+from eximauthd.config import Config, DatabaseConfig, LegacyConfig, load_config
 from eximauthd.errors import ConfigError
 
 
@@ -102,9 +102,13 @@ class TestEnvironment:
      "legacy.enabled_value: '0' does not satisfy enabled_when"),
     ("[legacy]\ntable = 'u'\naddress_column = 'a'\npassword_scheme = 'MD5'\n", {},
      "legacy.password_scheme: 'MD5' is not one of auto, plain, md5-hex, sha1-hex, sha256-hex, "
-     "sha512-hex, mysql-native, des-crypt"),
+     "sha512-hex, mysql-native, mysql323-hex, des-crypt"),
     ("[legacy]\npassword_scheme = 'md5-hex'\n", {}, "legacy.table: required"),
     ("", {"EXIMAUTHD_HASHING_TIME_COST": "two"},
+     "EXIMAUTHD_HASHING_TIME_COST: expected an integer"),
+    ("", {"EXIMAUTHD_HASHING_TIME_COST": "1_0"},
+     "EXIMAUTHD_HASHING_TIME_COST: expected an integer"),
+    ("", {"EXIMAUTHD_HASHING_TIME_COST": "\u0662"},
      "EXIMAUTHD_HASHING_TIME_COST: expected an integer"),
     ("", {"EXIMAUTHD_DATABSE_URL": "x"}, "EXIMAUTHD_DATABSE_URL: unknown setting"),
     ("", {"EXIMAUTHD_DATABASE_URI": "x"}, "EXIMAUTHD_DATABASE_URI: unknown key"),
@@ -161,7 +165,8 @@ def test_config_is_frozen() -> None:
         config.database.url = "sqlite:///other"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("scheme", ["auto", "plain", "md5-hex", "mysql-native", "des-crypt"])
+@pytest.mark.parametrize("scheme", ["auto", "plain", "md5-hex", "mysql-native", "mysql323-hex",
+                                    "des-crypt"])
 def test_legacy_password_scheme_is_read_from_file_and_environment(tmp_path: Path,
                                                                   scheme: str) -> None:
     """[legacy] password_scheme defaults to auto and takes each documented value."""
@@ -173,3 +178,75 @@ def test_legacy_password_scheme_is_read_from_file_and_environment(tmp_path: Path
     from_env = load_config(_write(tmp_path, text),
                            environ={"EXIMAUTHD_LEGACY_PASSWORD_SCHEME": scheme})
     assert from_env.legacy.password_scheme == scheme
+
+
+# F3: the enabled rule's truth table.  Columns: the stored values a panel, a driver or a hand
+# edit can leave in the enabled column; rows: each kind of rule.  The old inline SQL compared
+# under a caseless PAD SPACE collation and converted strings to numbers: where Python's ==/int()
+# would differ from it, the answer is "not enabled", never "enabled".
+ENABLED_STORED = (None, "", " 1", "1 ", "1_0", "\u0661", "N", "n ", "Y", b"y", 1, True, 0,
+                  "\u00f1")
+# One character per stored value above, in order: "+" enabled, "." not enabled.
+#                None '' ' 1' '1 ' '1_0' U+0661 'N' 'n ' 'Y' b'y' 1 True 0 U+00F1
+ENABLED_TRUTH = {
+    "> 0":    "..++......++..",
+    "= 1":    "..++......++..",
+    "!= 0":   "..++......++..",
+    "<> 0":   "..++......++..",
+    ">= 1":   "..++......++..",
+    "< 1":    "............+.",
+    "= 'y'":  "........++....",
+    "= 'Y '": "........++....",
+    "!= 'n'": "..+++...+++++.",
+    "<> 'N'": "..+++...+++++.",
+    "= '1'":  "...+......++..",
+}
+
+
+@pytest.mark.parametrize("rule", sorted(ENABLED_TRUTH))
+def test_enabled_rule_truth_table_fails_closed(rule: str) -> None:
+    """Case, trailing spaces, '1_0', other scripts' digits, NULL never enable what SQL did not."""
+    parsed = LegacyConfig(table="u", address_column="a", enabled_column="e",
+                          enabled_when=rule).enabled_rule
+    got = tuple(parsed.matches(v) for v in ENABLED_STORED)
+    assert "".join("+" if g else "." for g in got) == ENABLED_TRUTH[rule]
+
+
+@pytest.mark.parametrize("when", ["> \u0661", "= '\u00f1'", "= 'it''s'"])
+def test_enabled_rule_with_non_ascii_or_quoted_literal_is_refused(tmp_path: Path,
+                                                                  when: str) -> None:
+    """A literal that no collation-free comparison can honour stops the program at load."""
+    text = (f"[legacy]\ntable = 'u'\naddress_column = 'a'\nenabled_column = 'e'\n"
+            f"enabled_when = \"{when}\"\n")
+    with pytest.raises(ConfigError, match=r"legacy\.enabled_when: expected an operator"):
+        load_config(_write(tmp_path, text), environ={})
+
+
+@pytest.mark.parametrize("url", [
+    "mysql+pymysql://eximauthd@db/mail?password=hunter2",
+    "mysql+pymysql://eximauthd@db/mail?charset=utf8mb4&passwd=hunter2",
+    "mysql+pymysql://eximauthd:hunter2@db/mail?PASSWORD=hunter2&ssl_key=/k",
+    "mysql+pymysql://eximauthd@db/mail?secret=hunter2&token=hunter2&Passwd=hunter2",
+])
+def test_database_password_in_url_query_is_masked(url: str) -> None:
+    """?password=, ?passwd= (any case) and other credential-like query values never print."""
+    db = DatabaseConfig(url=url, replica_url=url)
+    text = repr(db) + str(db)
+    assert "hunter2" not in text
+    assert "=***" in text
+    assert "@db/mail" in text
+
+
+def test_database_url_mask_keeps_harmless_query_values() -> None:
+    """The charset is not a secret: the log line still says which options are in use."""
+    db = DatabaseConfig(url="mysql+pymysql://u@db/mail?charset=utf8mb4&password=hunter2")
+    assert "charset=utf8mb4" in repr(db)
+    assert "hunter2" not in repr(db)
+
+
+def test_database_url_with_bad_port_is_one_config_error(tmp_path: Path) -> None:
+    """A non-numeric port is a ConfigError naming the key, never a traceback or the URL."""
+    text = "[database]\nurl = 'mysql+pymysql://u:hunter2@db:port/mail?password=hunter2'\n"
+    with pytest.raises(ConfigError, match=r"database\.url: not a valid database URL") as info:
+        load_config(_write(tmp_path, text), environ={})
+    assert "hunter2" not in str(info.value)

@@ -17,9 +17,18 @@ from passlib.hash import des_crypt
 
 from eximauthd.config import LEGACY_PASSWORD_SCHEMES, HashingConfig
 from eximauthd.errors import ConfigError
-from eximauthd.hashing import Hasher, Scheme, bare_scheme, calibrate, hash_shape, identify_scheme
+from eximauthd.hashing import (
+    Hasher,
+    Scheme,
+    bare_scheme,
+    calibrate,
+    hash_shape,
+    identify_scheme,
+    mysql323,
+)
 
 from .conftest import FAST_HASHING
+from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED, shaped_ids
 
 VECTORS: list[dict[str, Any]] = json.loads(
     (Path(__file__).parent / "fixtures" / "legacy_vectors.json").read_text("utf-8")
@@ -256,6 +265,10 @@ def _sha(name: str, password: str) -> str:
 # hashlib, by passlib, by glibc's crypt(3) and by MariaDB 10.11's own functions:
 #   perl -e 'print crypt("secret", "ab")'                       -> abNANd1rDfiNc
 #   mariadb -e "SELECT PASSWORD('secret'), MD5('secret')"       -> *14E655..., 5ebe22...
+#   mariadb --default-character-set=utf8mb4 -e "SELECT OLD_PASSWORD('secret'),
+#     OLD_PASSWORD('pässwörd'), OLD_PASSWORD('hunter2'), OLD_PASSWORD('a b\tc'),
+#     OLD_PASSWORD('abc')"
+#   -> 428567f408994404 4abeaead409936b7 17687fae14ce0509 7cd2b5942be28759 7cd2b5942be28759
 BARE_HASHES: list[tuple[str, str, str]] = [
     ("md5-hex", "5ebe2294ecd0e0f08eab7690d2a6ee69", "secret"),          # MariaDB MD5()
     ("md5-hex", _sha("md5", "pässwörd").upper(), "pässwörd"),          # upper-case hex
@@ -265,6 +278,9 @@ BARE_HASHES: list[tuple[str, str, str]] = [
     ("sha512-hex", _sha("sha512", "correct horse ✓"), "correct horse ✓"),
     ("mysql-native", "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7", "secret"),  # PASSWORD()
     ("mysql-native", "*14e65567abdb5135d0cfd9a70b3032c179a49ee7", "secret"),  # lower-cased
+    ("mysql323-hex", "428567f408994404", "secret"),                      # OLD_PASSWORD()
+    ("mysql323-hex", "4abeaead409936b7", "pässwörd"),                    # ... over utf8mb4
+    ("mysql323-hex", "17687FAE14CE0509", "hunter2"),                     # upper-cased
     ("des-crypt", "abNANd1rDfiNc", "secret"),                            # glibc crypt(3)
     ("des-crypt", des_crypt.using(salt="Zz").hash("hunter2"), "hunter2"),
 ]
@@ -375,6 +391,16 @@ class TestBareHashShapes:
         assert hasher.verify(stored, "12345678-and-more").matched
         assert not hasher.verify(stored, "1234567").matched
 
+    def test_mysql323_is_mariadbs_old_password_blanks_and_all(self) -> None:
+        """OLD_PASSWORD() skips blanks and tabs (MariaDB says 'a b\\tc' = 'abc'); a match is
+        rehashed, so the stored argon2id is then of what was typed."""
+        assert mysql323("a b\tc") == mysql323("abc") == "7cd2b5942be28759"
+        hasher = Hasher(FAST_HASHING, password_scheme="mysql323-hex")
+        result = hasher.verify("7cd2b5942be28759", "a b c")
+        assert (result.matched, result.needs_rehash) == (True, True)
+        for stored in ("7cd2b5942be2875", "7cd2b5942be28759 ", "0x7cd2b5942be28759"):
+            assert not hasher.verify(stored, "abc").matched, stored
+
     def test_hex_schemes_take_nul_like_mysql(self) -> None:
         """MD5()/SHA1() hash bytes, NUL included: no refusal needed, just the digest."""
         hasher = Hasher(FAST_HASHING, password_scheme="md5-hex")
@@ -385,19 +411,65 @@ class TestBareHashShapes:
         ("0" * 32, "md5-hex"), ("F" * 40, "sha1-hex"), ("aB" * 28, "sha224-hex"),
         ("9" * 64, "sha256-hex"), ("e" * 96, "sha384-hex"), ("1" * 128, "sha512-hex"),
         ("./0123456789A", "des-crypt"), ("*" + "A" * 40, "mysql-native"),
-        ("0" * 31, None), ("0" * 33, None), ("g" * 32, None), ("./0123456789", None),
+        ("0" * 31, None), ("0" * 33, None), ("g" * 30, None), ("./0123456789", None),
         ("./0123456789A!", None), ("*" + "A" * 39, None), ("hunter2", None), ("", None),
-        ("0" * 31 + "\n", None), (" " + "0" * 32, None),
+        ("0" * 31 + "\n", None), (" " + "0" * 32, "md5-hex (padded)"),
+        ("0" * 16, "mysql323-hex"), ("0" * 15, None), ("0" * 34, "hex-digest"),
+        ("0x" + "0" * 16, "0x-hex"), ("0x" + "0" * 15, None),
+        ("g" * 32, "base64-salted-digest"),  # 24 bytes: SHA-1 + 4-byte salt, as {SSHA} writes
+        ("g" * 22 + "==", "base64-digest"), ("g" * 20 + "==", None),
+        ("_" + "." * 19, "bsdi-crypt"), ("_" + "." * 18, None), ("_" + "." * 19 + "!", None),
+        ("SHA1$x", "django"), ("pbkdf2_sha1$", "django"), ("pbkdf2:x", "werkzeug"),
+        ("0" * 32 + ":s", "salted-hex"), ("0" * 31 + ":s", None), ("0" * 32 + ":", None),
     ])
     def test_hash_shape(self, value: str, kind: str | None) -> None:
         """Exact lengths and alphabets, nothing looser or stricter."""
         assert hash_shape(value) == kind
         assert (identify_scheme(value)[0] is Scheme.PLAIN) is (kind is None)
 
+    @pytest.mark.parametrize("case", SHAPED, ids=shaped_ids)
+    def test_auto_refuses_every_known_hash_shape_as_its_own_password(
+            self, hasher: Hasher, case: tuple[str, str],
+            caplog: pytest.LogCaptureFixture) -> None:
+        """Under "auto" a bare OLD_PASSWORD(), base64 digest, unprefixed SSHA, Django, Werkzeug,
+        Joomla, 0x-hex, padded or BSDi value is unknown-scheme with its kind, never plaintext."""
+        kind, stored = case
+        with caplog.at_level(logging.DEBUG, "eximauthd"):
+            for attempt in (stored, stored.strip(), "secret"):
+                result = hasher.verify(stored, attempt)
+                assert (result.matched, result.reason) == (False, "unknown-scheme")
+                assert result.looks_like == kind
+        assert identify_scheme(stored) == (Scheme.UNKNOWN, stored, kind)
+        assert stored.strip() not in caplog.text
+
+    @pytest.mark.parametrize("stored", PHPASS)
+    def test_auto_refuses_phpass_as_an_unknown_crypt_id(self, hasher: Hasher,
+                                                        stored: str) -> None:
+        """phpass's $P$/$H$ is a $id$ string of no supported id: refused, never plaintext."""
+        for mode in LEGACY_PASSWORD_SCHEMES:
+            result = Hasher(FAST_HASHING, password_scheme=mode).verify(stored, stored)
+            assert (result.matched, result.reason) == (False, "unknown-scheme"), mode
+
+    @pytest.mark.parametrize("password", PLAINTEXTS)
+    def test_auto_still_verifies_realistic_plaintexts(self, hasher: Hasher,
+                                                      password: str) -> None:
+        """15 hex digits, short base64-looking words, passphrases with $ and : stay plaintext."""
+        assert hash_shape(password) is None
+        result = hasher.verify(password, password)
+        assert (result.matched, result.scheme, result.needs_rehash) == (True, Scheme.PLAIN, True)
+        assert not hasher.verify(password, password + "x").matched
+
+    @pytest.mark.parametrize("case", SHAPED, ids=shaped_ids)
+    def test_plain_is_the_escape_hatch_for_shaped_plaintexts(self, case: tuple[str, str]
+                                                             ) -> None:
+        """password_scheme = "plain" takes any shaped value as the plaintext it then is."""
+        _, stored = case
+        assert Hasher(FAST_HASHING, password_scheme="plain").verify(stored, stored).matched
+
     def test_scheme_names_agree_with_the_configuration(self) -> None:
         """Every value config accepts maps to a scheme here, and nothing else is accepted."""
         assert {bare_scheme(name) for name in LEGACY_PASSWORD_SCHEMES} == {
             None, Scheme.PLAIN, Scheme.MD5_HEX, Scheme.SHA1_HEX, Scheme.SHA256_HEX,
-            Scheme.SHA512_HEX, Scheme.MYSQL_NATIVE, Scheme.DES_CRYPT}
+            Scheme.SHA512_HEX, Scheme.MYSQL_NATIVE, Scheme.MYSQL323_HEX, Scheme.DES_CRYPT}
         with pytest.raises(ConfigError, match=r"legacy\.password_scheme"):
             Hasher(FAST_HASHING, password_scheme="MD5")

@@ -44,6 +44,7 @@ from .conftest import (
     create_address_table,
     create_seed_table,
 )
+from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED
 
 VECTORS = {v["id"]: v for v in json.loads(
     (Path(__file__).parent / "fixtures" / "legacy_vectors.json").read_text())}
@@ -308,6 +309,34 @@ class TestBareHashShapes:
             assert stored.lower() not in (warnings + summary).lower()
         assert migrate(legacy_accounts).migrated == 0  # a rerun does not hash them either
 
+    def test_auto_keeps_every_known_hash_shape_and_reports_it_by_kind(
+            self, database: Database) -> None:
+        """OLD_PASSWORD(), base64 digests, unprefixed SSHA, Django, Werkzeug, Joomla, 0x-hex,
+        padded hex, BSDi and phpass rows are kept byte for byte, never hashed as plaintext."""
+        accounts = _accounts("address", database)
+        shaped = {f"s{i}@example.test": stored for i, (_, stored) in enumerate(SHAPED)}
+        phpass = {f"p{i}@example.test": stored for i, stored in enumerate(PHPASS)}
+        plain = {f"t{i}@example.test": text for i, text in enumerate(PLAINTEXTS)}
+        accounts.insert(shaped | phpass | plain)
+        report = migrate(accounts)
+        after = accounts.snapshot()
+        for address, stored in shaped.items() | phpass.items():
+            assert after[address] == stored, address
+        hasher = Hasher(STRICT)
+        for address, text in plain.items():
+            assert hasher.verify(after[address], text).reason == "ok", address
+        kinds: dict[str, int] = {}
+        for kind, _ in SHAPED:
+            kinds[kind] = kinds.get(kind, 0) + 1
+        assert dict(report.hash_shaped) == kinds
+        assert (report.migrated, report.unknown) == (len(PLAINTEXTS), len(PHPASS))
+        warnings = "\n".join(report.warnings())
+        assert "django: 6 row(s) kept" in warnings
+        assert 'password_scheme = "django"' not in warnings
+        for stored in shaped.values():
+            assert stored.strip() not in warnings
+        assert migrate(accounts).migrated == 0
+
     def test_named_scheme_keeps_them_as_legacy_hashes(self, legacy_accounts: Accounts) -> None:
         """Under password_scheme = "md5-hex" md5 rows are legacy hashes (kept, upgraded at
         login); rows of another shape cannot log in and are never hashed either."""
@@ -365,7 +394,8 @@ class TestBareHashShapes:
         assert wrong.returncode == 2
         assert wrong.stderr.strip().splitlines() == [
             "eximauthd: error: legacy.password_scheme: 'md5' is not one of auto, "
-            "plain, md5-hex, sha1-hex, sha256-hex, sha512-hex, mysql-native, des-crypt"]
+            "plain, md5-hex, sha1-hex, sha256-hex, sha512-hex, mysql-native, mysql323-hex, "
+            "des-crypt"]
 
 
 class TestConcurrentChange:
