@@ -454,7 +454,7 @@ _SHA_CRYPT = {
     Scheme.SHA256_CRYPT: sha256_crypt,
     Scheme.SHA512_CRYPT: sha512_crypt,
 }
-_ROUNDS_RE = re.compile(r"\$[56]\$rounds=(\d{1,10})\$")
+_ROUNDS_RE = re.compile(r"\$[56]\$rounds=([0-9]{1,10})\$")
 
 
 def _verify_sha_crypt(scheme: Scheme, body: str, password: str) -> VerifyResult:
@@ -470,7 +470,7 @@ def _verify_sha_crypt(scheme: Scheme, body: str, password: str) -> VerifyResult:
     return _result(ok, scheme, needs_rehash=True)
 
 
-_BCRYPT_RE = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+_BCRYPT_RE = re.compile(r"\$2[aby]\$([0-9][0-9])\$[./A-Za-z0-9]{53}")
 
 
 def _verify_bcrypt(body: str, password: str) -> VerifyResult:

@@ -12,7 +12,7 @@ __all__ = ["KINDS", "Limit", "format_window", "parse_limit", "parse_limits"]
 KINDS = ("recipients", "messages")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_SPEC = re.compile(r"(\d{1,9})/(\d{0,6})([smhd])")
+_SPEC = re.compile(r"([0-9]{1,9})/([0-9]{0,6})([smhd])")
 # A day is the longest window worth a fixed-window counter; longer ones belong to accounting.
 _MAX_WINDOW = 7 * 86400
 

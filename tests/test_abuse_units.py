@@ -71,7 +71,7 @@ def test_limits_parse_count_and_window(spec: str, limit: Limit) -> None:
 
 
 @pytest.mark.parametrize("spec", ["", "100", "100/", "100/1w", "0/1h", "-1/1h", "1/8d", "1/0s",
-                                  "a/1h", "100/1h/2"])
+                                  "a/1h", "100/1h/2", "\u0661\u0660/1h", "10/\u0661h"])
 def test_bad_limits_are_refused_with_the_expected_form(spec: str) -> None:
     with pytest.raises(ConfigError, match=r"COUNT/WINDOW|window|count"):
         parse_limit(spec)
