@@ -243,24 +243,27 @@ def hash_shape(value: str) -> str | None:
     return None
 
 
+# Shapes told by one pattern each, tried in this order; prefixes (Django, Werkzeug) match at
+# the start, the others the whole value.
+_FIXED_SHAPES: tuple[tuple[Callable[[str], object], str], ...] = (
+    (_DES_CRYPT_RE.fullmatch, "des-crypt"),
+    (_MYSQL_NATIVE_RE.fullmatch, "mysql-native"),
+    (_BSDI_CRYPT_RE.fullmatch, "bsdi-crypt"),
+    (_DJANGO_RE.match, "django"),
+    (_WERKZEUG_RE.match, "werkzeug"),
+    (_SALTED_HEX_RE.fullmatch, "salted-hex"),
+)
+
+
 def _bare_shape(value: str) -> str | None:
     digits = value[2:] if value[:2] in ("0x", "0X") else value
     if len(digits) >= _MIN_HEX_DIGITS and len(digits) % 2 == 0 and _HEX_RE.fullmatch(digits):
         if digits is not value:
             return "0x-hex"
         return _HEX_SHAPES.get(len(value), "hex-digest")
-    if _DES_CRYPT_RE.fullmatch(value):
-        return "des-crypt"
-    if _MYSQL_NATIVE_RE.fullmatch(value):
-        return "mysql-native"
-    if _BSDI_CRYPT_RE.fullmatch(value):
-        return "bsdi-crypt"
-    if _DJANGO_RE.match(value):
-        return "django"
-    if _WERKZEUG_RE.match(value):
-        return "werkzeug"
-    if _SALTED_HEX_RE.fullmatch(value):
-        return "salted-hex"
+    for matches, kind in _FIXED_SHAPES:
+        if matches(value):
+            return kind
     if _BASE64_RE.fullmatch(value):
         # 3 bytes per 4 characters, less one per "=".
         size = len(value) // 4 * 3 - value.count("=")
