@@ -271,3 +271,26 @@ def test_a_failed_upgrade_is_still_yes_and_logged_without_secrets(
     assert caplog.messages[0].startswith(
         f"could not upgrade plain password of {ALICE} to argon2id: rehash password: ")
     assert PASSWORD not in caplog.text
+
+
+def test_a_hash_shaped_row_is_reported_once_per_account_with_the_fix(
+        database: Database, hasher: CountingHasher, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One error line per account, naming the kind and the setting; the memory of it bounded."""
+    from eximauthd import authn  # noqa: PLC0415
+
+    monkeypatch.setattr(authn, "_REPORTED_MAX", 2)
+    store = OwnAccountStore(database)
+    md5_of_secret = "5ebe2294ecd0e0f08eab7690d2a6ee69"
+    users = ["a@example.test", "b@example.test", "c@example.test"]
+    for user in users:
+        store.add(parse_address(user), md5_of_secret)
+    checker = Authenticator(store, hasher)
+    with caplog.at_level(logging.ERROR, "eximauthd.authn"):
+        for user in [*users, "a@example.test", "c@example.test"]:
+            assert checker.verify(user, md5_of_secret).result is Result.NO
+    expected = ("refusing the stored password of {}: a bare value shaped like md5-hex is never "
+                "taken as plaintext; set [legacy] password_scheme (docs/passwords.md)")
+    # a, b; c finds the memory full (2) and starts it afresh; a is then new again; c is known.
+    assert caplog.messages == [expected.format(u) for u in [*users, "a@example.test"]]
+    assert md5_of_secret not in caplog.text
