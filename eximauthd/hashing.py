@@ -233,13 +233,63 @@ def hash_shape(value: str) -> str | None:
     kind = _bare_shape(value)
     if kind is not None:
         return kind
-    stripped = value.strip(" \t\r\n")
+    stripped = value.strip(_BLANKS)
     if stripped and stripped != value:
         if _MCF_RE.match(stripped) or _PREFIX_RE.match(stripped):
             return "crypt-or-prefixed" + _PADDED
         kind = _bare_shape(stripped)
         if kind is not None:
             return kind + _PADDED
+    return _encoded_shape(stripped)
+
+
+# Stripped before looking again: what a CHAR column, an export or an editor leaves around a value.
+_BLANKS = " \t\r\n\v\f\x00\ufeff\xa0"
+_HEX_SEPARATORS_RE = re.compile(r"[:\-\s]")
+_BASE64ISH_RE = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+_BASE32_RE = re.compile(r"[A-Z2-7]+={0,6}")
+# A long run of hex or base64 characters inside a value that also holds "$" or ":": a salted
+# or framework format (Magento "hex:salt:1", "salt:hex", "md5:hex", a crypt string without its
+# leading "$", argon2 "argon2id$v=19$...").
+_RUN_RE = re.compile(r"[A-Za-z0-9+/=._-]{20,}")
+_MIN_ENCODED_BYTES = 16  # the shortest digest, MD5
+# argon2, bcrypt and SHA-crypt strings that lost their leading "$" on the way into the table.
+_CRYPT_WITHOUT_DOLLAR_RE = re.compile(r"(?:argon2(?:id|i|d)\$v=|2[abxy]\$[0-9]{2}\$"
+                                      r"|[56]\$rounds=)")
+
+
+def _looks_random(text: str) -> bool:
+    """Upper and lower case and a digit or a base64 symbol: how encoded bytes look, and how a
+    typed word (all lower case, a passphrase without digits) seldom does."""
+    return (any(c.isupper() for c in text) and any(c.islower() for c in text)
+            and any(c.isdigit() or c in "+/_-" for c in text))
+
+
+def _encoded_shape(value: str) -> str | None:
+    """The catch-alls, by content rather than by exact format: bytes of a hash written as hex
+    with separators or a prefix, base64 without padding or URL-safe or wrapped, base32, or such
+    a run inside a salted or framework format."""
+    if len(value) < _MIN_HEX_DIGITS:
+        return None
+    if _CRYPT_WITHOUT_DOLLAR_RE.match(value):
+        return "crypt-without-dollar"
+    hexish = _HEX_SEPARATORS_RE.sub("", value.removeprefix("\\x").removeprefix("0x")
+                                    .removeprefix("0X").removeprefix("*"))
+    if (hexish != value and len(hexish) >= _MIN_HEX_DIGITS and len(hexish) % 2 == 0
+            and _HEX_RE.fullmatch(hexish)):
+        return "hex-encoded"
+    joined = "".join(value.split())
+    body = joined.rstrip("=")
+    if (_BASE64ISH_RE.fullmatch(joined) and len(body) * 3 // 4 >= _MIN_ENCODED_BYTES
+            and _looks_random(body)):
+        return "base64-encoded"
+    if _BASE32_RE.fullmatch(joined) and len(body) * 5 // 8 >= _MIN_ENCODED_BYTES \
+            and any(c.isdigit() for c in body):
+        return "base32-encoded"
+    if "$" in value or ":" in value:
+        for run in _RUN_RE.findall(value):
+            if (len(run) % 2 == 0 and _HEX_RE.fullmatch(run)) or _looks_random(run):
+                return "salted-or-framework"
     return None
 
 
@@ -277,7 +327,10 @@ def _bare_shape(value: str) -> str | None:
 _SHAPE_BASE_KINDS = frozenset({*_HEX_SHAPES.values(), "hex-digest", "0x-hex", "des-crypt",
                                "mysql-native", "bsdi-crypt", "django", "werkzeug", "salted-hex",
                                "base64-digest", "base64-salted-digest", "crypt-or-prefixed"})
-_SHAPE_KINDS = _SHAPE_BASE_KINDS | {k + _PADDED for k in _SHAPE_BASE_KINDS}
+# Kinds of the catch-alls (_encoded_shape), never with " (padded)": they strip blanks first.
+_ENCODED_KINDS = frozenset({"hex-encoded", "base64-encoded", "base32-encoded",
+                            "salted-or-framework", "crypt-without-dollar"})
+_SHAPE_KINDS = _SHAPE_BASE_KINDS | {k + _PADDED for k in _SHAPE_BASE_KINDS} | _ENCODED_KINDS
 
 
 def identify_scheme(stored: str, bare: Scheme | None = None) -> tuple[Scheme, str, str]:

@@ -71,6 +71,37 @@ SHAPED: list[tuple[str, str]] = [
     ("bsdi-crypt", bsdi_crypt.using(rounds=5001).hash("secret")),
     ("bsdi-crypt", bsdi_crypt.using(rounds=725, salt="J9..").hash("hunter2")),
 ]
+_S256 = hashlib.sha256(b"secret")
+_S512 = hashlib.sha512(b"secret")
+_B64_SSHA512 = _b64(_S512.digest() + b"S" * 16)
+# Encodings of the same bytes that an exact format list missed (an attacker review found each
+# taken as plaintext): separators, prefixes, other base64 alphabets, wrapping, stray blanks,
+# salted and framework formats, crypt strings that lost their "$".
+SHAPED += [
+    ("base64-encoded", base64.urlsafe_b64encode(_S256.digest()).decode().rstrip("=")),
+    ("base64-encoded", base64.b64encode(_h("md5", b"secret").digest()).decode().rstrip("=")),
+    ("base64-encoded", base64.urlsafe_b64encode(_S512.digest()).decode()),
+    ("base64-encoded", _b64(_S512.digest() + b"S" * 32)),            # {SSHA512}, long salt
+    ("base64-encoded", _b64(_S256.digest() + b"S" * 24)),
+    ("base64-encoded", _B64_SSHA512[:76] + "\n" + _B64_SSHA512[76:]),  # wrapped at 76
+    ("hex-encoded", ":".join(_MD5[i:i + 2] for i in range(0, 32, 2))),
+    ("hex-encoded", "-".join(_h("sha1", b"secret").hexdigest()[i:i + 8] for i in range(0, 40, 8))),
+    ("hex-encoded", " ".join(_MD5[i:i + 2] for i in range(0, 32, 2))),
+    ("hex-encoded", "\\x" + _S256.hexdigest()),                    # PostgreSQL bytea
+    ("hex-encoded", _MD5[:16] + "\r\n" + _MD5[16:]),
+    ("hex-encoded", "* " + _h("sha1", b"secret").hexdigest()),
+    ("salted-or-framework", _S256.hexdigest() + ":abcdefgh:1"),      # Magento 2
+    ("salted-or-framework", "abcdefgh:" + _MD5),
+    ("salted-or-framework", _MD5 + "$abcd"),
+    ("salted-or-framework", "md5:" + _MD5),
+    ("md5-hex (padded)", _MD5 + "\x00"),
+    ("md5-hex (padded)", _MD5 + "\x0b"),
+    ("md5-hex (padded)", _MD5 + "\xa0"),
+    ("md5-hex (padded)", "\ufeff" + _MD5),
+    ("crypt-without-dollar", "argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$" + "A" * 43),
+    ("crypt-without-dollar", "2y$10$" + "a" * 53),
+]
+
 # phpass's "$P$"/"$H$" are "$id$" strings of no supported id: refused as unknown schemes.
 PHPASS = [phpass.using(rounds=7).hash("secret"), phpass.using(rounds=7, ident="H").hash("secret")]
 
@@ -102,4 +133,10 @@ PLAINTEXTS: list[str] = [
     "0xCAFE",                    # 0x-hex of 4 digits
     "abcdefghijklmnopqrstuvwxyz",
     "ssha256",
+    "CorrectHorseBatteryStaple",    # a long passphrase: letters only, no digit
+    "correcthorsebatterystaple1",   # lower case and a digit, no upper case
+    "Summer2024Summer2024",         # 20 base64 characters: 15 bytes, shorter than any digest
+    "user:correcthorsebatterystaple",  # ":" and a long run, but a typed one
+    "my:Passw0rd:here",
+    "1234-5678-9012-345",           # 15 digits with dashes
 ]

@@ -420,7 +420,7 @@ class TestBareHashShapes:
         ("g" * 22 + "==", "base64-digest"), ("g" * 20 + "==", None),
         ("_" + "." * 19, "bsdi-crypt"), ("_" + "." * 18, None), ("_" + "." * 19 + "!", None),
         ("SHA1$x", "django"), ("pbkdf2_sha1$", "django"), ("pbkdf2:x", "werkzeug"),
-        ("0" * 32 + ":s", "salted-hex"), ("0" * 31 + ":s", None), ("0" * 32 + ":", None),
+        ("0" * 32 + ":s", "salted-hex"), ("0" * 31 + ":s", None), ("0" * 32 + ":", "hex-encoded"),
     ])
     def test_hash_shape(self, value: str, kind: str | None) -> None:
         """Exact lengths and alphabets, nothing looser or stricter."""
