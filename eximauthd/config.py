@@ -502,6 +502,12 @@ def _parse_enabled_rule(text: str) -> EnabledRule:
             f"\"= 'y'\", got {text[:40]!r}"
         )
     operator, literal = match.groups()
+    if literal.startswith("'") and operator not in {"=", "!=", "<>"}:
+        # The database orders text by its collation (MariaDB's default folds to upper case, so
+        # "_" sorts after "A" there and before "a" here): only equality means the same in both.
+        raise ConfigError(f"legacy.enabled_when: {operator} compares text in the database's "
+                          f"collation order, which eximauthd cannot reproduce; use = or != with "
+                          f"a text value, e.g. \"= 'y'\"")
     value: int | str = literal[1:-1] if literal.startswith("'") else int(literal)
     return EnabledRule(operator, value)
 

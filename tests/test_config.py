@@ -250,3 +250,12 @@ def test_database_url_with_bad_port_is_one_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"database\.url: not a valid database URL") as info:
         load_config(_write(tmp_path, text), environ={})
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("when", ["< 'a'", "<= 'm'", "> 'n'", ">= 'y'"])
+def test_an_ordered_text_rule_is_refused(tmp_path: Path, when: str) -> None:
+    """'_' < 'a' in Python but not in MariaDB's default collation: only = and != take text."""
+    text = (f"[legacy]\ntable = 'u'\naddress_column = 'a'\nenabled_column = 'e'\n"
+            f"enabled_when = \"{when}\"\n")
+    with pytest.raises(ConfigError, match=r"legacy\.enabled_when: .* collation order"):
+        load_config(_write(tmp_path, text), environ={})
