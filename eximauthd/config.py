@@ -320,6 +320,9 @@ class ThrottleConfig:
     exempt_networks: tuple[str, ...] = ()
     # Wait this long before answering a failed AUTH (slows one connection's guessing).
     failure_delay_ms: int = 0
+    # Every failed AUTH that looked at an account lasts at least this long, and at least as
+    # long as the costliest password check of the last 10 minutes (0: that learnt floor only).
+    failure_floor_ms: int = 0
     # A network a user logged in from successfully within this time is not locked out by
     # failures counted against that user elsewhere (0: no such exemption).
     trusted_network_seconds: int = 604800
@@ -628,6 +631,8 @@ def _validate_abuse(config: Config) -> None:
         ("throttle.ipv6_prefix", t.ipv6_prefix, 16, 128),
         # The delay is spent inside Exim's readsocket timeout: keep it well below 5 s.
         ("throttle.failure_delay_ms", t.failure_delay_ms, 0, 2000),
+        # Padded inside the request timeout's budget too (capped at 0.6 of it when applied).
+        ("throttle.failure_floor_ms", t.failure_floor_ms, 0, 2000),
         ("throttle.trusted_network_seconds", t.trusted_network_seconds, 0, 90 * 86400),
         ("ratelimit.sync_interval_ms", r.sync_interval_ms, 50, 60_000),
         ("ratelimit.max_staleness_seconds", r.max_staleness_seconds, 1, 3600),

@@ -25,6 +25,10 @@ class FailureFloor:
     """
 
     cap: float
+    # Never less than this (the admin's setting): what a fresh process, which has seen no
+    # costly check yet, pads to.  Without it the first probe of a costly account after a start
+    # or a quiet window still stands out.
+    minimum: float = 0.0
     window: float = 600.0
     buckets: int = 10
     _slices: dict[int, float] = field(default_factory=dict)
@@ -42,7 +46,7 @@ class FailureFloor:
         """The longest check of the window ending at *now*, at most *cap*."""
         oldest = int(now // self._width) - self.buckets
         longest = max((v for i, v in self._slices.items() if i > oldest), default=0.0)
-        return min(longest, self.cap)
+        return min(max(longest, self.minimum), self.cap)
 
     def padding(self, elapsed: float, now: float) -> float:
         """How much longer a failure that took *elapsed* must wait (0 when none)."""

@@ -138,7 +138,8 @@ class Service:
         self._user_limits = LimitStore(self.decider.db)
         self._failure_delay = config.throttle.failure_delay_ms / 1000
         # Well inside Exim's readsocket timeout, whatever a stalled check measured.
-        self._failure_floor = FailureFloor(cap=0.6 * self._timeout)
+        self._failure_floor = FailureFloor(cap=0.6 * self._timeout,
+                                           minimum=config.throttle.failure_floor_ms / 1000)
         self._pruned_at = 0
         # RELAYs waiting for a sync to read their user's totals; the sync that takes them
         # answers them, whatever its outcome (admit() then decides, failing closed).

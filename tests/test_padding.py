@@ -81,3 +81,12 @@ def test_an_unknown_user_takes_as_long_as_a_costly_account(tmp_path: Path) -> No
     costly_ms = min(_ms(log, "dave@example.test"))
     unknown_ms = min(_ms(log, "nobody0@example.test") + _ms(log, "nobody1@example.test"))
     assert unknown_ms >= 0.8 * costly_ms, (unknown_ms, costly_ms)
+
+
+def test_a_configured_minimum_holds_before_any_check_was_seen() -> None:
+    """A fresh process pads to the admin's floor: the first costly probe does not stand out."""
+    floor = FailureFloor(cap=3.0, minimum=0.7)
+    assert floor.floor(now=0.0) == 0.7
+    floor.observe(0.9, now=1.0)
+    assert floor.floor(now=1.0) == 0.9
+    assert FailureFloor(cap=0.5, minimum=0.7).floor(now=0.0) == 0.5
