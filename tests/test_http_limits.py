@@ -267,14 +267,14 @@ class TestHttpWork:
 
     def test_client_that_does_not_read_its_answers_is_disconnected(self,
                                                                    sqlite_url: str) -> None:
-        """300 pipelined requests, nothing read: the connection is cut within the deadline."""
+        """400 pipelined requests, nothing read: the connection is cut within the deadline."""
         _populate(sqlite_url)
         with kit.running(sqlite_url) as served:
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.connect(("127.0.0.1", _port(served)))
             with contextlib.closing(sock):
-                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 80)
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 400)
                 time.sleep(httpguard.REQUEST_DEADLINE_S + 3)  # not reading meanwhile
                 assert _closed_by_peer(sock, within=5)
             assert served.ask(b"PING\n") == b"yes\n"
