@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["Metrics"]
+
+# /metrics is open and rendering every series is the most expensive thing HTTP does: a
+# scraper needs no fresher numbers than this, a flood of requests gets one render a second.
+RENDER_CACHE_S = 1.0
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -16,6 +21,7 @@ class Metrics:
     """Requests by verb/transport/result, latency, pool queue depth, database errors."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _rendered: tuple[float, bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -47,6 +53,16 @@ class Metrics:
                                   "AUTHs answered from the positive cache.", registry=r)
         self.sync_errors = Counter("eximauthd_ratelimit_sync_errors",
                                    "Failed synchronisations of the rate counters.", registry=r)
+        self.http_refused = Counter("eximauthd_http_refused",
+                                    "HTTP connections cut: over the connection cap, past a "
+                                    "deadline, over the request budget.", ["reason"],
+                                    registry=r)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, now: float | None = None) -> bytes:
+        """The text format, rendered at most once per :data:`RENDER_CACHE_S`."""
+        now = time.monotonic() if now is None else now
+        if self._rendered is not None and 0 <= now - self._rendered[0] < RENDER_CACHE_S:
+            return self._rendered[1]
+        text = generate_latest(self.registry)
+        self._rendered = (now, text)
+        return text

@@ -511,16 +511,26 @@ class Service:
         host, _, port = self.config.http.listen.rpartition(":")
         # HTTP may hold only part of the descriptors: the rest stay for Exim's socket.
         cap = httpguard.http_connection_cap(open_files)
-        protocol = httpguard.guarded_h11(cap, httpguard.REQUEST_DEADLINE_S,
-                                         httpguard.Throttled())
+        # Our answer gets as long as a decision may take, and a little more to be read.
+        answer_within = max(httpguard.REQUEST_DEADLINE_S,
+                            self.config.service.request_timeout_ms / 1000 + 2)
+        refused = self.metrics.http_refused
+        protocol = httpguard.guarded_h11(
+            cap, httpguard.REQUEST_DEADLINE_S, httpguard.Throttled(),
+            response_deadline=answer_within,
+            budget=httpguard.TokenBucket(httpguard.HTTP_REQUEST_RATE,
+                                         httpguard.HTTP_REQUEST_BURST),
+            on_refused=lambda reason: refused.labels(reason).inc())
         server = _QuietServer(uvicorn.Config(
             create_app(self, token), host=host.strip("[]"), port=int(port), lifespan="off",
             access_log=False, log_config=None, log_level="warning", http=protocol,
             timeout_keep_alive=int(httpguard.REQUEST_DEADLINE_S),
             backlog=httpguard.HTTP_BACKLOG,
         ))
-        _log.info("HTTP: at most %d connections, %gs to send each request", cap,
-                  httpguard.REQUEST_DEADLINE_S)
+        _log.info("HTTP: at most %d connections, %gs to send each request, %gs to read its "
+                  "answer, %d requests each, %g requests/s in all", cap,
+                  httpguard.REQUEST_DEADLINE_S, answer_within,
+                  httpguard.MAX_REQUESTS_PER_CONNECTION, httpguard.HTTP_REQUEST_RATE)
         task = asyncio.create_task(server.serve())
         while not server.started:
             if task.done():

@@ -251,3 +251,98 @@ class TestReadiness:
         assert log.count("readiness: unavailable") == 1
         assert log.count("readiness: ready again") == 1
         assert _http_pings(log) == []
+
+
+def _metrics(served: kit.Served) -> bytes:
+    with socket.create_connection(("127.0.0.1", _port(served)), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).partition(b"\r\n\r\n")[2]
+
+
+class TestHttpWork:
+    """What one HTTP connection, and all of HTTP, can make the shared event loop do (review 2)."""
+
+    def test_client_that_does_not_read_its_answers_is_disconnected(self,
+                                                                   sqlite_url: str) -> None:
+        """400 pipelined requests, nothing read: the connection is cut within the deadline."""
+        _populate(sqlite_url)
+        with kit.running(sqlite_url) as served:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", _port(served)))
+            with contextlib.closing(sock):
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 400)
+                time.sleep(httpguard.REQUEST_DEADLINE_S + 3)  # not reading meanwhile
+                assert _closed_by_peer(sock, within=5)
+            assert served.ask(b"PING\n") == b"yes\n"
+
+    def test_last_request_on_a_connection_closes_it(self, sqlite_url: str) -> None:
+        """N+1 pipelined /healthz on one connection: N answers, the last says close, then EOF."""
+        _populate(sqlite_url)
+        n = httpguard.MAX_REQUESTS_PER_CONNECTION
+        with kit.running(sqlite_url) as served, \
+                socket.create_connection(("127.0.0.1", _port(served)), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * (n + 1))
+            chunks = []
+            while chunk := sock.recv(65536):  # EOF: the server closed
+                chunks.append(chunk)
+        data = b"".join(chunks)
+        assert data.count(b"HTTP/1.1 200") == n
+        assert data.lower().count(b"connection: close") == 1
+
+    def test_over_the_request_budget_connections_close_and_the_socket_answers(
+            self, sqlite_url: str) -> None:
+        """A flood of 1,500 requests: some connections closed unanswered; PING stays yes."""
+        _populate(sqlite_url)
+        with kit.running(sqlite_url) as served:
+            port = _port(served)
+
+            async def one() -> int:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                try:
+                    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 50)
+                    await writer.drain()
+                    data = await asyncio.wait_for(reader.read(), 15)  # to EOF
+                    return data.count(b"HTTP/1.1 200")
+                except (OSError, TimeoutError):
+                    return 0
+                finally:
+                    writer.close()
+
+            async def flood() -> tuple[list[int], list[bytes]]:
+                loop = asyncio.get_running_loop()
+                tasks = [asyncio.create_task(one()) for _ in range(30)]
+                await asyncio.sleep(0.2)
+                pings = [await loop.run_in_executor(None, lambda: served.ask(b"PING\n",
+                                                                             timeout=5))
+                         for _ in range(3)]
+                return list(await asyncio.gather(*tasks)), pings
+
+            answered, pings = asyncio.run(flood())
+            time.sleep(1.5)  # the budget refills, the cached /metrics expires
+            text = _metrics(served).decode()
+            log = served.log()
+        assert pings == [b"yes\n"] * 3
+        assert sum(answered) < 30 * 50  # some requests never ran
+        assert 'eximauthd_http_refused_total{reason="budget"}' in text
+        assert log.count("closing connections without an answer") == 1
+
+    def test_metrics_are_rendered_at_most_once_a_second(self, sqlite_url: str) -> None:
+        """Within a second /metrics is the same text though a PING was counted; later it shows."""
+        _populate(sqlite_url)
+        with kit.running(sqlite_url) as served:
+            for _ in range(5):
+                started = time.monotonic()
+                first = _metrics(served)
+                assert served.ask(b"PING\n") == b"yes\n"
+                second = _metrics(served)
+                if time.monotonic() - started < 0.5:
+                    break
+            else:
+                pytest.skip("machine too slow to fetch /metrics twice within half a second")
+            assert second == first
+            time.sleep(1.2)
+            assert _metrics(served) != first
