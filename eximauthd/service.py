@@ -320,6 +320,9 @@ class Service:
         reopens its log file there, for logrotate).
         """
         loop = asyncio.get_running_loop()
+        # Before the socket is bound, and before anything is logged: a bad token file stops
+        # the start with one error line and nothing to undo.
+        token = self.http_token() if self.config.http.enabled else ""
         # Before anything can fail for want of descriptors (see httpguard).
         httpguard.install_loop_error_handler(loop, httpguard.Throttled())
         before, open_files = httpguard.raise_open_files_limit()
@@ -330,8 +333,6 @@ class Service:
             loop.add_signal_handler(sig, self._stopping.set)
         if on_hangup is not None:
             loop.add_signal_handler(signal.SIGHUP, on_hangup)
-        # Before the socket is bound: a bad token file stops the start with nothing to undo.
-        token = self.http_token() if self.config.http.enabled else ""
         sock_path = self.config.socket.path
         if self.limiter is not None:
             # A served instance starts knowing nobody's totals nor the per-user limits: each
