@@ -9,7 +9,7 @@ __all__ = ["Decision", "Result"]
 
 
 class Result(enum.Enum):
-    """The three answers Exim understands (see DESIGN.md, "The socket protocol")."""
+    """The three answers Exim understands (docs/service.md, "Socket protocol")."""
 
     YES = "yes"
     NO = "no"

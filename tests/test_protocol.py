@@ -24,7 +24,7 @@ from eximauthd.protocol import (
     parse_request,
 )
 
-# The documented reasons of parse_request (DESIGN.md, "The socket protocol").
+# The documented reasons of parse_request (docs/service.md, "Socket protocol").
 REASONS = frozenset({
     "empty", "too-long", "missing-newline", "several-lines", "not-ascii", "unknown-verb",
     "wrong-field-count", "bad-base64", "unsupported-mechanism", "bad-client-ip",
