@@ -28,7 +28,7 @@ class TestDefaults:
         assert not config.legacy.configured
 
     def test_design_example_file_loads(self, tmp_path: Path) -> None:
-        """The file shown in DESIGN.md is valid as written."""
+        """The example file of docs/configuration.md's shape is valid as written."""
         path = _write(tmp_path, """
 [database]
 url = "mysql+pymysql://eximauthd:secret@127.0.0.1/mail"
