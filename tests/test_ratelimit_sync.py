@@ -95,6 +95,45 @@ class TestCountsInFlight:
         limiter.take()
         assert limiter.admit(ALICE, "1.2") == OVER
 
+    def test_a_failed_sync_then_a_good_one_leaves_the_exact_quota(self) -> None:
+        """Counts carried through a failed sync are counted once, not twice, after the retry."""
+        clock = Clock()
+        limiter = _limiter(clock)
+        assert _send(limiter, "1.1") == [None] * 3
+        limiter.failed(limiter.take())
+        retry = limiter.take()
+        limiter.synced(retry, dict(retry.deltas), {})
+        assert _send(limiter, "1.2") == [None] * 3  # the second of two messages still fits
+        assert limiter.admit(ALICE, "1.3") == OVER
+
+    def test_a_sync_answering_takes_back_only_its_own_batch(self) -> None:
+        """Two batches in flight: the first one's read back leaves the second's counts counted;
+        once both have answered nothing is left in flight."""
+        clock = Clock()
+        limiter = _limiter(clock)
+        assert _send(limiter, "1.1") == [None] * 3
+        first = limiter.take()
+        assert _send(limiter, "1.2") == [None] * 3
+        second = limiter.take()
+        limiter.synced(first, dict(first.deltas), {})
+        assert limiter.admit(ALICE, "1.3") == OVER  # the second message is still in flight
+        limiter.failed(second)
+        assert limiter.admit(ALICE, "1.3") == OVER  # and back to pending, still counted
+        again = limiter.take()
+        assert again.deltas == second.deltas
+        limiter.synced(again, {key: 2 * n for key, n in again.deltas.items()}, {})
+        assert (limiter._inflight, limiter._pending) == ({}, {})  # memory: no zero entries
+
+    def test_a_sync_failing_gives_back_only_its_own_batch(self) -> None:
+        """Two batches in flight, the first fails: the second's counts are still counted."""
+        limiter = _limiter(Clock())
+        assert _send(limiter, "1.1") == [None] * 3
+        first = limiter.take()
+        assert _send(limiter, "1.2") == [None] * 3
+        limiter.take()
+        limiter.failed(first)
+        assert limiter.admit(ALICE, "1.3") == OVER
+
 
 def test_the_shared_table_and_the_limiter_agree_across_a_sync(db_url: str) -> None:
     """With the real counters table: RELAYs during a sync, then its read back, never pass 2."""
