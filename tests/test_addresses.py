@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eximauthd.addresses import Address, parse_address
+from eximauthd.addresses import Address, parse_address, stored_address
 from eximauthd.errors import AddressError
 
 
@@ -127,3 +127,44 @@ def test_an_error_quotes_at_most_the_first_64_characters(text: str) -> None:
         parse_address(text)
     assert repr(text[:64]) in str(refused.value)
     assert repr(text[:65]) not in str(refused.value)
+
+
+ALICE = Address("alice", "example.test")
+
+
+@pytest.mark.parametrize("parts", [
+    ("alice@example.test",),
+    ("Alice@Example.TEST",),
+    (b"alice@example.test",),
+    (bytearray(b"alice@example.test"),),
+    (memoryview(b"ALICE@example.test"),),
+    ("alice", "example.test"),
+    ("ALICE", b"Example.Test"),
+])
+def test_a_stored_row_names_its_account_whatever_the_case_or_column_type(
+        parts: tuple[object, ...]) -> None:
+    """One address column or local part + domain, text or binary: the same folded account."""
+    assert stored_address(*parts) == ALICE
+
+
+@pytest.mark.parametrize("parts", [
+    (),                                          # no column at all
+    ("alice", "example", "test"),                # three parts
+    ("alice@example.test ",),                    # padding (a CHAR column, a trailing blank)
+    (" alice@example.test",),
+    ("alice@example.test\n",),
+    ("alice\u212a@example.test",),               # a look-alike (Kelvin sign) folds to k
+    (b"alice@example.test\xff",),               # not ASCII bytes
+    (b"\xc3\xa4lice@example.test",),
+    (None,),                                     # NULL
+    (42,),                                       # a number column
+    ("alice", None),
+    ("alice@example.test", "example.test"),      # an "@" inside the local-part column
+    ("alice", "evil.test@example.test"),         # an "@" inside the domain column
+    ("", "example.test"),
+    ("alice", ""),
+])
+def test_a_stored_row_that_is_not_exactly_an_address_names_no_account(
+        parts: tuple[object, ...]) -> None:
+    """Padding, look-alikes, undecodable bytes, NULLs and "@" inside a column name nobody."""
+    assert stored_address(*parts) is None
