@@ -51,7 +51,7 @@ from bench_service import (
 )
 
 from eximauthd.config import HashingConfig
-from eximauthd.hashing import Hasher
+from eximauthd.core.hashing import Hasher
 
 NCPU = os.cpu_count() or 1
 PASSWORD = "correct horse battery staple"  # noqa: S105 -- the bench's own accounts

@@ -17,7 +17,7 @@ from pathlib import Path
 
 CHILD = """
 import resource, sys, time
-from eximauthd.audit import Auditor
+from eximauthd.exim.audit import Auditor
 start = time.perf_counter()
 auditor = Auditor()
 with open(sys.argv[1], encoding="utf-8") as handle:

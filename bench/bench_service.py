@@ -746,8 +746,8 @@ class BenchDatabase:
                 f"{MARIADB_PORT}/{self.name}")
 
     def create(self) -> None:
-        from eximauthd import dbschema  # noqa: PLC0415
-        from eximauthd.store import Database  # noqa: PLC0415
+        from eximauthd.db import upgrade  # noqa: PLC0415
+        from eximauthd.db.accounts import Database  # noqa: PLC0415
 
         with self.admin.cursor() as cur:
             # Generated names, never input: DDL cannot bind identifiers.
@@ -759,7 +759,7 @@ class BenchDatabase:
                 cur.execute(f"GRANT SELECT ON `{self.name}`.* TO '{self.ro_user}'@'{host}'")
         db = Database(DatabaseConfig(url=self.url))
         try:
-            dbschema.upgrade(db)
+            upgrade.upgrade(db)
         finally:
             db.dispose()
 

@@ -5,10 +5,11 @@ The public surface is small and re-exported here; everything else is an implemen
 
 from __future__ import annotations
 
-from .addresses import Address, parse_address
-from .authn import Authenticator
+from .auth.authn import Authenticator
 from .config import Config, load_config
-from .decision import Decision, Result
+from .core.addresses import Address, parse_address
+from .core.decision import Decision, Result
+from .core.hashing import Hasher, Scheme, VerifyResult
 from .errors import (
     AddressError,
     ColumnTooNarrowError,
@@ -20,7 +21,6 @@ from .errors import (
     UserExistsError,
     UserNotFoundError,
 )
-from .hashing import Hasher, Scheme, VerifyResult
 
 __all__ = [
     "Address",

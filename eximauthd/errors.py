@@ -2,7 +2,7 @@
 
 Every exception eximauthd raises on purpose derives from :class:`EximauthdError`, so a caller can
 catch the root for "something broke" and a narrow class for an expected condition.  A *decision*
-(yes/no) is never an exception: see :class:`eximauthd.decision.Decision`.
+(yes/no) is never an exception: see :class:`eximauthd.core.decision.Decision`.
 
 No message built here ever contains a password, a hash or a database URL with its password.
 """

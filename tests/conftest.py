@@ -18,10 +18,10 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 
-from eximauthd import dbschema
 from eximauthd.config import Config, DatabaseConfig, HashingConfig, LegacyConfig
-from eximauthd.hashing import Hasher
-from eximauthd.store import Database
+from eximauthd.core.hashing import Hasher
+from eximauthd.db import upgrade
+from eximauthd.db.accounts import Database
 
 # scripts/mutation runs pytest with --hypothesis-profile=mutation: the same examples on every
 # run (a mutant is killed or not, never by luck), and no timing checks, which every test fails
@@ -123,7 +123,7 @@ def db_url(request: pytest.FixtureRequest) -> str:
 def database(db_url: str) -> Iterator[Database]:
     """A Database at the current schema revision."""
     db = Database(DatabaseConfig(url=db_url))
-    dbschema.upgrade(db)
+    upgrade.upgrade(db)
     yield db
     db.dispose()
 

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from eximauthd.addresses import parse_address
 from eximauthd.config import DatabaseConfig
-from eximauthd.hashing import Hasher
-from eximauthd.store import Database, OwnAccountStore
+from eximauthd.core.addresses import parse_address
+from eximauthd.core.hashing import Hasher
+from eximauthd.db.accounts import Database, OwnAccountStore
 
 from . import servicekit as kit
 from .conftest import FAST_HASHING, MARIADB_HOST, MARIADB_PORT

@@ -6,21 +6,21 @@ import datetime as dt
 
 import pytest
 
-from eximauthd.abusestore import (
+from eximauthd.auth.cache import AuthCache
+from eximauthd.auth.throttle import network_of, password_tag
+from eximauthd.config import DatabaseConfig, RateLimitConfig
+from eximauthd.core.decision import Decision
+from eximauthd.core.limits import Limit, parse_limit, parse_limits
+from eximauthd.core.ratelimit import RateLimiter, estimate
+from eximauthd.db.accounts import Database
+from eximauthd.db.counters import (
     AttemptStore,
     KnownNetworkStore,
     LimitStore,
     RateStore,
     Reserved,
 )
-from eximauthd.authcache import AuthCache
-from eximauthd.config import DatabaseConfig, RateLimitConfig
-from eximauthd.decision import Decision
 from eximauthd.errors import ConfigError
-from eximauthd.limits import Limit, parse_limit, parse_limits
-from eximauthd.ratelimit import RateLimiter, estimate
-from eximauthd.store import Database
-from eximauthd.throttle import network_of, password_tag
 
 HOUR = 3600
 
@@ -357,7 +357,7 @@ def test_user_limits_replace_clear_and_mean_unlimited(database: Database) -> Non
 def test_throttle_prunes_windows_that_are_over_and_networks_too_old(
         database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both tables would otherwise only grow: an old counter and an old network go."""
-    from eximauthd import throttle as throttle_module  # noqa: PLC0415
+    from eximauthd.auth import throttle as throttle_module  # noqa: PLC0415
     from eximauthd.config import ThrottleConfig  # noqa: PLC0415
 
     monkeypatch.setattr(throttle_module, "_PRUNE_EVERY", 2)

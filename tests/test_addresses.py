@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eximauthd.addresses import Address, parse_address, stored_address
+from eximauthd.core.addresses import Address, parse_address, stored_address
 from eximauthd.errors import AddressError
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eximauthd.audit import Arrival, Auditor, Delivery, parse_line
+from eximauthd.exim.audit import Arrival, Auditor, Delivery, parse_line
 
 SEED = Path(__file__).resolve().parent / "fixtures" / "seed-mainlog.txt"
 SEED_LINES = [

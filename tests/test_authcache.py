@@ -1,11 +1,11 @@
-"""The positive AUTH cache (eximauthd.authcache): what it stores, and every way it forgets."""
+"""The positive AUTH cache (eximauthd.auth.cache): what it stores, and every way it forgets."""
 
 from __future__ import annotations
 
 import pytest
 
-from eximauthd.authcache import AuthCache
-from eximauthd.throttle import network_of
+from eximauthd.auth.cache import AuthCache
+from eximauthd.auth.throttle import network_of
 
 USER = "alice@example.test"
 

@@ -12,13 +12,13 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eximauthd.addresses import parse_address
-from eximauthd.authn import Authenticator
+from eximauthd.auth.authn import Authenticator
 from eximauthd.config import DatabaseConfig
-from eximauthd.decision import Result
+from eximauthd.core.addresses import parse_address
+from eximauthd.core.decision import Result
+from eximauthd.core.hashing import Hasher, Scheme, identify_scheme
+from eximauthd.db.accounts import AccountStore, Database, LegacyAccountStore, OwnAccountStore
 from eximauthd.errors import StorageError
-from eximauthd.hashing import Hasher, Scheme, identify_scheme
-from eximauthd.store import AccountStore, Database, LegacyAccountStore, OwnAccountStore
 
 from .conftest import (
     ADDRESS_LEGACY,
@@ -402,12 +402,12 @@ def test_no_secret_in_any_log_line(accounts: Accounts, hasher: Hasher,
 @pytest.fixture(scope="module")
 def property_authn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Authenticator]:
     """One SQLite account store for the property test (hypothesis reuses it across examples)."""
-    from eximauthd import dbschema  # noqa: PLC0415
+    from eximauthd.db import upgrade  # noqa: PLC0415
     from tests.conftest import FAST_HASHING  # noqa: PLC0415
 
     path = tmp_path_factory.mktemp("prop") / "p.sqlite3"
     db = Database(DatabaseConfig(url=f"sqlite:///{path}"))
-    dbschema.upgrade(db)
+    upgrade.upgrade(db)
     hasher = Hasher(FAST_HASHING)
     store = OwnAccountStore(db)
     store.add(parse_address("real@example.test"), hasher.hash("the-real-password"))

@@ -1,4 +1,4 @@
-"""Every refusal of eximauthd.authn, pinned by the decision Exim gets (``yes``/``no``), on
+"""Every refusal of eximauthd.auth.authn, pinned by the decision Exim gets (``yes``/``no``), on
 SQLite and MariaDB: the password-size edge, ambiguous and disabled accounts, the dummy work
 that hides which users exist, and what a success leaves in the AUTH cache."""
 
@@ -9,12 +9,12 @@ import logging
 import pytest
 import sqlalchemy as sa
 
-from eximauthd.addresses import parse_address
-from eximauthd.authcache import AuthCache
-from eximauthd.authn import MAX_PASSWORD_BYTES, Authenticator, precheck
-from eximauthd.decision import Decision, Result
-from eximauthd.hashing import Hasher
-from eximauthd.store import Database, LegacyAccountStore, OwnAccountStore
+from eximauthd.auth.authn import MAX_PASSWORD_BYTES, Authenticator, precheck
+from eximauthd.auth.cache import AuthCache
+from eximauthd.core.addresses import parse_address
+from eximauthd.core.decision import Decision, Result
+from eximauthd.core.hashing import Hasher
+from eximauthd.db.accounts import Database, LegacyAccountStore, OwnAccountStore
 
 from .conftest import FAST_HASHING, SEED_LEGACY, create_seed_table
 
@@ -277,7 +277,7 @@ def test_a_hash_shaped_row_is_reported_once_per_account_with_the_fix(
         database: Database, hasher: CountingHasher, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """One error line per account, naming the kind and the setting; the memory of it bounded."""
-    from eximauthd import authn  # noqa: PLC0415
+    from eximauthd.auth import authn  # noqa: PLC0415
 
     monkeypatch.setattr(authn, "_REPORTED_MAX", 2)
     store = OwnAccountStore(database)

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from eximauthd.config import DatabaseConfig
-from eximauthd.store import Database
+from eximauthd.db.accounts import Database
 
 from .conftest import FAST_HASHING_ENV, create_seed_table
 from .hash_shapes import SHAPED
@@ -278,11 +278,11 @@ def test_installed_wheel_ships_migrations(tmp_path: Path) -> None:
                    capture_output=True)
     (wheel,) = wheel_dir.glob("eximauthd-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "eximauthd/migrations/env.py" in names
-    assert "eximauthd/migrations/versions/0001_initial.py" in names
-    assert "eximauthd/migrations/versions/0002_abuse_defenses.py" in names
-    assert "eximauthd/migrations/versions/0003_auth_attempts.py" in names
-    assert "eximauthd/migrations/versions/0004_exact_addresses.py" in names
+    assert "eximauthd/db/migrations/env.py" in names
+    assert "eximauthd/db/migrations/versions/0001_initial.py" in names
+    assert "eximauthd/db/migrations/versions/0002_abuse_defenses.py" in names
+    assert "eximauthd/db/migrations/versions/0003_auth_attempts.py" in names
+    assert "eximauthd/db/migrations/versions/0004_exact_addresses.py" in names
     assert "eximauthd/py.typed" in names
 
     venv = tmp_path / "venv"

@@ -114,10 +114,10 @@ def rig(request: pytest.FixtureRequest, mariadb_admin: sa.Engine) -> Iterator[Ri
 
 
 def _add_strict_users(url: str) -> None:
-    from eximauthd.addresses import parse_address  # noqa: PLC0415
     from eximauthd.config import DatabaseConfig  # noqa: PLC0415
-    from eximauthd.hashing import Hasher  # noqa: PLC0415
-    from eximauthd.store import Database, OwnAccountStore  # noqa: PLC0415
+    from eximauthd.core.addresses import parse_address  # noqa: PLC0415
+    from eximauthd.core.hashing import Hasher  # noqa: PLC0415
+    from eximauthd.db.accounts import Database, OwnAccountStore  # noqa: PLC0415
 
     from .conftest import FAST_HASHING  # noqa: PLC0415
 
@@ -536,7 +536,7 @@ def test_unadvertised_auth_reaches_the_log_only_where_lint_flags_it(
         build: eximkit.Builder, leaks: bool) -> None:
     """AUTH before STARTTLS: 503; its base64 password is logged exactly when lint warns."""
     _require_exim()
-    from eximauthd.lint import lint, read_config  # noqa: PLC0415
+    from eximauthd.exim.lint import lint, read_config  # noqa: PLC0415
 
     token = base64.b64encode(f"\0alice@example.test\0{PASSWORD}".encode()).decode()
     sock_dir = Path(tempfile.mkdtemp(prefix="eadl-", dir="/tmp"))

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from eximauthd import dbschema
+from eximauthd.auth.throttle import load_secret
 from eximauthd.config import DatabaseConfig
+from eximauthd.db import upgrade
+from eximauthd.db.accounts import Database
 from eximauthd.files import create_private, warn_if_readable_by_others
-from eximauthd.store import Database
-from eximauthd.throttle import load_secret
 
 from .conftest import FAST_HASHING_ENV
 
@@ -42,7 +42,7 @@ def test_sqlite_database_and_its_wal_and_shm_are_0600(tmp_path: Path,
     path = tmp_path / "eximauthd.sqlite3"
     db = Database(DatabaseConfig(url=f"sqlite:///{path}"))
     try:
-        dbschema.upgrade(db)
+        upgrade.upgrade(db)
         with db.primary.connect() as conn:  # an open connection keeps -wal and -shm
             conn.execute(sa.text("SELECT 1"))
             names = sorted(p.name for p in tmp_path.iterdir())

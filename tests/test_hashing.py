@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 from passlib.hash import des_crypt
 
 from eximauthd.config import LEGACY_PASSWORD_SCHEMES, HashingConfig
-from eximauthd.errors import ConfigError
-from eximauthd.hashing import (
+from eximauthd.core.hashing import (
     Hasher,
     Scheme,
     bare_scheme,
@@ -26,6 +25,7 @@ from eximauthd.hashing import (
     identify_scheme,
     mysql323,
 )
+from eximauthd.errors import ConfigError
 
 from .conftest import FAST_HASHING
 from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED, shaped_ids

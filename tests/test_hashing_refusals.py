@@ -1,4 +1,4 @@
-"""Every refusal of eximauthd.hashing, pinned by its outcome: a refused value never matches.
+"""Every refusal of eximauthd.core.hashing, pinned by its outcome: a refused value never matches.
 
 Each test asserts ``matched`` (what authn turns into Exim's ``yes``/``no``), not only the
 reason; ceilings are tested exactly at the limit and one past it.  Values are made here with
@@ -17,8 +17,8 @@ import bcrypt
 import pytest
 from passlib.hash import md5_crypt, sha256_crypt, sha512_crypt
 
-from eximauthd import hashing
-from eximauthd.hashing import Hasher, Scheme, VerifyResult, identify_scheme
+from eximauthd.core import hashing
+from eximauthd.core.hashing import Hasher, Scheme, VerifyResult, identify_scheme
 
 from .conftest import FAST_HASHING
 

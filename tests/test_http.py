@@ -18,9 +18,9 @@ import falcon.testing
 import pytest
 
 from eximauthd.errors import ConfigError
-from eximauthd.http import create_app
-from eximauthd.metrics import Metrics
-from eximauthd.service import Service
+from eximauthd.service.http import create_app
+from eximauthd.service.metrics import Metrics
+from eximauthd.service.server import Service
 
 from . import servicekit as kit
 from .conftest import config_for

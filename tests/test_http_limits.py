@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from eximauthd import httpguard
+from eximauthd.service.server import httpguard
 
 from . import servicekit as kit
 from .conftest import MARIADB_HOST, MARIADB_PORT

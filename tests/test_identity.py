@@ -20,17 +20,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.dialects import mysql
 
-from eximauthd import dbschema, schema
-from eximauthd.abusestore import AttemptStore, KnownNetworkStore, LimitStore, RateStore
-from eximauthd.addresses import parse_address
 from eximauthd.config import Config, DatabaseConfig
-from eximauthd.decider import Decider
-from eximauthd.decision import Decision, Result
+from eximauthd.core.addresses import parse_address
+from eximauthd.core.decision import Decision, Result
+from eximauthd.core.limits import Limit
+from eximauthd.core.policy import RelayPolicy, may_relay
+from eximauthd.core.protocol import AuthRequest, RelayRequest
+from eximauthd.db import tables, upgrade
+from eximauthd.db.accounts import Database, Grant, GrantStore
+from eximauthd.db.counters import AttemptStore, KnownNetworkStore, LimitStore, RateStore
 from eximauthd.errors import UserExistsError, UserNotFoundError
-from eximauthd.limits import Limit
-from eximauthd.policy import RelayPolicy, may_relay
-from eximauthd.protocol import AuthRequest, RelayRequest
-from eximauthd.store import Database, Grant, GrantStore
+from eximauthd.service.decider import Decider
 
 from .conftest import (
     ADDRESS_LEGACY,
@@ -126,13 +126,13 @@ class Rig:
 
     def grant(self, user: str, sender: str) -> None:
         with self.db.write("test grant") as conn:
-            conn.execute(sa.insert(schema.grants).values(user_address=user, sender=sender))
+            conn.execute(sa.insert(tables.grants).values(user_address=user, sender=sender))
 
     def clear(self) -> None:
         present = set(sa.inspect(self.db.primary).get_table_names())
         with self.db.write("test clear") as conn:
-            for table in (self.table, schema.users, schema.grants, schema.auth_attempts,
-                          schema.known_clients, schema.rate_counters, schema.user_limits):
+            for table in (self.table, tables.users, tables.grants, tables.auth_attempts,
+                          tables.known_clients, tables.rate_counters, tables.user_limits):
                 if table.name in present:
                     conn.execute(sa.delete(table))
 
@@ -140,7 +140,7 @@ class Rig:
 def _make_table(rig: str, db: Database) -> sa.Table:
     backend, layout, variant = rig.split(":")
     if layout == "own":
-        return schema.users
+        return tables.users
     text = lambda n: _text(n, backend, variant)  # noqa: E731
     if layout == "address":
         table = sa.Table(
@@ -187,7 +187,7 @@ class RigPool:
             self.mariadb_names.append(_create_mariadb_database(admin))
             url = f"mysql+pymysql://root@{MARIADB_HOST}:{MARIADB_PORT}/{self.mariadb_names[-1]}"
         db = Database(DatabaseConfig(url=url))
-        dbschema.upgrade(db, "0003" if variant == "0003" else "head")
+        upgrade.upgrade(db, "0003" if variant == "0003" else "head")
         legacy = {"own": None, "address": ADDRESS_LEGACY, "parts": SEED_LEGACY}[layout]
         return Rig(name, db, config_for(url, legacy), _make_table(name, db), layout)
 
@@ -376,12 +376,12 @@ def test_limits_counters_and_networks_of_a_user_never_touch_a_lookalike(rig: Rig
     db, boss, fake = rig.db, "boss@muller.test", "boss@müller.test"
     now = dt.datetime(2026, 11, 29, 12, 0, 0)
     with db.write("test insert") as conn:
-        conn.execute(sa.insert(schema.user_limits).values(
+        conn.execute(sa.insert(tables.user_limits).values(
             address=fake, kind="recipients", window_seconds=0, maximum=0))
-        conn.execute(sa.insert(schema.rate_counters).values(
+        conn.execute(sa.insert(tables.rate_counters).values(
             address=fake, kind="recipients", window_seconds=3600, bucket=1, count=7,
             expires_at=2**40))
-        conn.execute(sa.insert(schema.known_clients).values(
+        conn.execute(sa.insert(tables.known_clients).values(
             address=fake, network="192.0.2.0/24", last_success_at=now))
     limits = LimitStore(db)
     limits.set(boss, "recipients", (Limit(3600, 10),))
@@ -404,14 +404,14 @@ def test_limits_counters_and_networks_of_a_user_never_touch_a_lookalike(rig: Rig
 def test_upgrade_keeps_uppercase_own_rows_working(mariadb_url: str, hasher: Any) -> None:
     """Revision 0004 lower-cases ASCII own rows, so one that matched caselessly still logs in."""
     db = Database(DatabaseConfig(url=mariadb_url))
-    dbschema.upgrade(db, "0002")
+    upgrade.upgrade(db, "0002")
     with db.write("test insert") as conn:
-        conn.execute(sa.insert(schema.users).values(
+        conn.execute(sa.insert(tables.users).values(
             address="Alice@Example.TEST", domain="Example.TEST",
             password_hash=hasher.hash(PASSWORD)))
-        conn.execute(sa.insert(schema.grants).values(user_address="Alice@Example.TEST",
+        conn.execute(sa.insert(tables.grants).values(user_address="Alice@Example.TEST",
                                                      sender="Boss@Other.TEST"))
-    dbschema.upgrade(db)
+    upgrade.upgrade(db)
     decider = Decider(config_for(mariadb_url), db=db)
     assert _auth(decider, "alice@example.test").result is Result.YES
     assert _relay(decider, "alice@example.test", "boss@other.test").result is Result.YES
@@ -488,7 +488,7 @@ def test_a_row_names_a_login_only_if_it_is_that_address(rig: Rig, argon: str,
     decider = rig.decider
     same = _same_identity(login, stored)
     # A byte-for-byte table does not find a case variant; eximauthd_grants is one on every
-    # rig but the pre-0004 schema.
+    # rig but the pre-0004 tables.
     auth = _auth(decider, login).result
     assert auth is (Result.YES if same and (stored == login or not rig.caseful)
                     else Result.NO), (login, stored)

@@ -1,11 +1,12 @@
-"""Outbound limits ``COUNT/WINDOW``: parsing and formatting at every edge (eximauthd.limits)."""
+"""Outbound limits ``COUNT/WINDOW`` (eximauthd.core.limits): parsing and formatting at every
+edge."""
 
 from __future__ import annotations
 
 import pytest
 
+from eximauthd.core.limits import KINDS, Limit, format_window, parse_limit, parse_limits
 from eximauthd.errors import ConfigError
-from eximauthd.limits import KINDS, Limit, format_window, parse_limit, parse_limits
 
 
 def test_the_kinds_are_recipients_and_messages() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eximauthd.lint import lint, logs_protocol_errors, read_config
+from eximauthd.exim.lint import lint, logs_protocol_errors, read_config
 
 from . import eximkit
 from .conftest import in_ci

@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from eximauthd import schema
-from eximauthd.authn import Authenticator
+from eximauthd.auth.authn import Authenticator
 from eximauthd.config import Config, DatabaseConfig, LegacyConfig
+from eximauthd.core.hashing import Hasher, Scheme, identify_scheme
+from eximauthd.db import tables
+from eximauthd.db.accounts import Database, LegacyAccountStore, OwnAccountStore, make_account_store
 from eximauthd.errors import ConfigError, SchemaMissingError
-from eximauthd.hashing import Hasher, Scheme, identify_scheme
-from eximauthd.migrate import (
+from eximauthd.migrate.run import (
     ColumnTooNarrowError,
     MigrationOptions,
     MigrationReport,
@@ -33,7 +34,6 @@ from eximauthd.migrate import (
     check_column,
     migrate_passwords,
 )
-from eximauthd.store import Database, LegacyAccountStore, OwnAccountStore, make_account_store
 
 from .conftest import (
     ADDRESS_LEGACY,
@@ -145,7 +145,7 @@ def accounts(request: pytest.FixtureRequest, database: Database) -> Accounts:
 def _accounts(kind: str, database: Database) -> Accounts:
     url = database.config.url
     if kind == "own":
-        return Accounts("own", config_for(url), database, schema.users)
+        return Accounts("own", config_for(url), database, tables.users)
     if kind == "seed":
         return Accounts("seed", config_for(url, SEED_LEGACY), database,
                         create_seed_table(database))
@@ -422,7 +422,7 @@ class TestConcurrentChange:
             # Rows come in key order, one per batch: the second batch is b's.
             seen.append(keys)
             if len(seen) == 2:
-                from eximauthd.addresses import parse_address  # noqa: PLC0415
+                from eximauthd.core.addresses import parse_address  # noqa: PLC0415
                 other_store.set_password(parse_address("b@example.test"), changed)
 
         try:

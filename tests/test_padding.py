@@ -12,11 +12,11 @@ from pathlib import Path
 
 from passlib.hash import sha512_crypt
 
-from eximauthd import dbschema
-from eximauthd.addresses import parse_address
+from eximauthd.auth.padding import FailureFloor
 from eximauthd.config import DatabaseConfig
-from eximauthd.padding import FailureFloor
-from eximauthd.store import Database, OwnAccountStore
+from eximauthd.core.addresses import parse_address
+from eximauthd.db import upgrade
+from eximauthd.db.accounts import Database, OwnAccountStore
 
 from . import servicekit as kit
 
@@ -68,7 +68,7 @@ def test_an_unknown_user_takes_as_long_as_a_costly_account(tmp_path: Path) -> No
     """After a wrong password for a SHA-crypt account, an unknown user is no faster."""
     url = f"sqlite:///{tmp_path / 'eximauthd.sqlite3'}"
     db = Database(DatabaseConfig(url=url))
-    dbschema.upgrade(db)
+    upgrade.upgrade(db)
     costly = sha512_crypt.using(rounds=100_000).hash("the-right-one")
     OwnAccountStore(db).add(parse_address("dave@example.test"), costly)
     db.dispose()

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eximauthd.addresses import parse_address
-from eximauthd.decision import Result
+from eximauthd.core.addresses import parse_address
+from eximauthd.core.decision import Result
+from eximauthd.core.policy import RelayPolicy, may_relay
 from eximauthd.errors import AddressError
-from eximauthd.policy import RelayPolicy, may_relay
 
 DEFAULT = RelayPolicy()
 STRICT = RelayPolicy(frozenset({"example.test"}))

@@ -10,9 +10,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from eximauthd.decision import Decision, Result
-from eximauthd.errors import EximauthdError, ProtocolError
-from eximauthd.protocol import (
+from eximauthd.core.decision import Decision, Result
+from eximauthd.core.protocol import (
     MAX_REQUEST_BYTES,
     AuthRequest,
     ForgetRequest,
@@ -23,6 +22,7 @@ from eximauthd.protocol import (
     is_valid_reply,
     parse_request,
 )
+from eximauthd.errors import EximauthdError, ProtocolError
 
 # The documented reasons of parse_request (docs/service.md, "Socket protocol").
 REASONS = frozenset({

@@ -1,4 +1,4 @@
-"""Per-user outbound limits on RELAY (eximauthd.ratelimit): each edge decides the reply."""
+"""Per-user outbound limits on RELAY (eximauthd.core.ratelimit): each edge decides the reply."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import logging
 
 import pytest
 
-from eximauthd import ratelimit
 from eximauthd.config import RateLimitConfig
-from eximauthd.decision import Decision
-from eximauthd.limits import Limit
-from eximauthd.ratelimit import RateLimiter, estimate
+from eximauthd.core import ratelimit
+from eximauthd.core.decision import Decision
+from eximauthd.core.limits import Limit
+from eximauthd.core.ratelimit import RateLimiter, estimate
 
 HOUR = 3600
 DAY = 86400

@@ -11,13 +11,13 @@ import time
 
 import sqlalchemy as sa
 
-from eximauthd import schema
-from eximauthd.abusestore import RateKey, RateStore
 from eximauthd.config import DatabaseConfig, RateLimitConfig
-from eximauthd.decision import Decision
-from eximauthd.limits import Limit
-from eximauthd.ratelimit import RateLimiter
-from eximauthd.store import Database
+from eximauthd.core.decision import Decision
+from eximauthd.core.limits import Limit
+from eximauthd.core.ratelimit import RateLimiter
+from eximauthd.db import tables
+from eximauthd.db.accounts import Database
+from eximauthd.db.counters import RateKey, RateStore
 
 from . import servicekit as kit
 from .conftest import MARIADB_HOST, MARIADB_PORT
@@ -139,9 +139,9 @@ def test_the_shared_table_and_the_limiter_agree_across_a_sync(db_url: str) -> No
     """With the real counters table: RELAYs during a sync, then its read back, never pass 2."""
     db = Database(DatabaseConfig(url=db_url))
     try:
-        from eximauthd import dbschema  # noqa: PLC0415
+        from eximauthd.db import upgrade  # noqa: PLC0415
 
-        dbschema.upgrade(db)
+        upgrade.upgrade(db)
         rates = RateStore(db)
         clock = Clock(time.time())
         limiter = _limiter(clock)
@@ -174,7 +174,7 @@ def test_a_relay_while_a_sync_waits_on_the_database_is_still_limited(db_url: str
             # An uncommitted row on the key the next sync writes: that sync waits for it
             # (MariaDB: the row lock; SQLite: the write lock, within its 3 s busy timeout).
             with db.write("hold the rate counters") as conn:
-                conn.execute(sa.insert(schema.rate_counters).values(
+                conn.execute(sa.insert(tables.rate_counters).values(
                     address=ALICE, kind="messages", window_seconds=HOUR, bucket=bucket,
                     count=0, expires_at=(bucket + 2) * HOUR))
                 sent = [_relay(served, ALICE, f"4242.{m}") for m in (1, 2) for _ in range(3)]

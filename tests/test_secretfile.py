@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from eximauthd import secretfile
 from eximauthd.errors import ConfigError
+from eximauthd.service.server import secretfile
 
 from .conftest import FAST_HASHING_ENV
 

@@ -20,11 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eximauthd.addresses import parse_address
 from eximauthd.config import DatabaseConfig
-from eximauthd.hashing import Hasher
-from eximauthd.protocol import is_valid_reply
-from eximauthd.store import Database, Grant, GrantStore, OwnAccountStore
+from eximauthd.core.addresses import parse_address
+from eximauthd.core.hashing import Hasher
+from eximauthd.core.protocol import is_valid_reply
+from eximauthd.db.accounts import Database, Grant, GrantStore, OwnAccountStore
 
 from . import servicekit as kit
 from .conftest import FAST_HASHING, MARIADB_HOST, MARIADB_PORT
@@ -34,10 +34,10 @@ PASSWORD = "s3cret pass ✓"
 
 def _populate(db_url: str) -> None:
     """alice and bob in example.test, carol disabled, alice may send as @partner.test."""
-    from eximauthd import dbschema  # noqa: PLC0415
+    from eximauthd.db import upgrade  # noqa: PLC0415
 
     db = Database(DatabaseConfig(url=db_url))
-    dbschema.upgrade(db)
+    upgrade.upgrade(db)
     hasher = Hasher(FAST_HASHING)
     store = OwnAccountStore(db)
     for name in ("alice", "bob", "carol"):
@@ -413,10 +413,10 @@ class TestLimits:
         """An account whose stored hash costs ~0.1-0.3 s to verify (64 MiB, t=4)."""
         from dataclasses import replace  # noqa: PLC0415
 
-        from eximauthd import dbschema  # noqa: PLC0415
+        from eximauthd.db import upgrade  # noqa: PLC0415
 
         db = Database(DatabaseConfig(url=sqlite_url))
-        dbschema.upgrade(db)
+        upgrade.upgrade(db)
         slow = Hasher(replace(FAST_HASHING, memory_cost=65536, time_cost=4))
         OwnAccountStore(db).add(parse_address("slow@example.test"), slow.hash(PASSWORD))
         db.dispose()

@@ -1,6 +1,7 @@
 """Throttling as the service decides it: a limit of N runs at most N password checks.
 
-Real decisions (:class:`~eximauthd.decider.Decider`, real argon2 at the cheapest cost) against
+Real decisions (:class:`~eximauthd.service.decider.Decider`, real argon2 at the cheapest
+cost) against
 real databases, SQLite and MariaDB.  A ``bad-password`` or ``unknown-user`` answer is a
 password check that ran; ``throttled-*`` is one refused before any check.
 """
@@ -14,15 +15,15 @@ from dataclasses import replace
 
 import pytest
 
-from eximauthd.abusestore import AttemptStore, utcnow
-from eximauthd.addresses import parse_address
+from eximauthd.auth.throttle import NO_ADDRESS
 from eximauthd.config import ThrottleConfig
-from eximauthd.decider import Decider
-from eximauthd.decision import Result
-from eximauthd.hashing import Hasher
-from eximauthd.protocol import AuthRequest
-from eximauthd.store import Database, OwnAccountStore
-from eximauthd.throttle import NO_ADDRESS
+from eximauthd.core.addresses import parse_address
+from eximauthd.core.decision import Result
+from eximauthd.core.hashing import Hasher
+from eximauthd.core.protocol import AuthRequest
+from eximauthd.db.accounts import Database, OwnAccountStore
+from eximauthd.db.counters import AttemptStore, utcnow
+from eximauthd.service.decider import Decider
 
 from .conftest import FAST_HASHING, config_for
 
@@ -78,9 +79,9 @@ class TestConcurrentGuesses:
     def test_two_instances_share_one_limit_of_checks(self, mariadb_url: str) -> None:
         """Two instances on one MariaDB, 24 guesses at once: at most 5 checks in all."""
         db = Database(replace(config_for(mariadb_url).database))
-        from eximauthd import dbschema  # noqa: PLC0415
+        from eximauthd.db import upgrade  # noqa: PLC0415
 
-        dbschema.upgrade(db)
+        upgrade.upgrade(db)
         OwnAccountStore(db).add(parse_address(ALICE), Hasher(FAST_HASHING).hash(PASSWORD))
         deciders = [_decider(db, max_failures_per_ip=5, max_failures_per_user=5)
                     for _ in range(2)]

@@ -1,4 +1,4 @@
-"""The pure helpers of eximauthd.throttle: the network a failure counts against, the digest of
+"""The pure helpers of eximauthd.auth.throttle: the network a failure counts against, the digest of
 a wrong password, and the key of that digest.  (The Throttle class is tested with its tables
 in test_abuse_units.py and test_abuse_service.py.)"""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from eximauthd.auth.throttle import load_secret, network_of, password_tag
 from eximauthd.errors import ConfigError
-from eximauthd.throttle import load_secret, network_of, password_tag
 
 
 @pytest.mark.parametrize(("ip", "v4", "v6", "expected"), [

@@ -20,13 +20,13 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 
-from eximauthd import schema
-from eximauthd import throttle as throttle_module
-from eximauthd.abusestore import AttemptStore, KnownNetworkStore
+from eximauthd.auth import throttle as throttle_module
+from eximauthd.auth.throttle import NO_ADDRESS, Throttle, load_secret
 from eximauthd.config import ThrottleConfig
-from eximauthd.decision import Result
-from eximauthd.store import Database
-from eximauthd.throttle import NO_ADDRESS, Throttle, load_secret
+from eximauthd.core.decision import Result
+from eximauthd.db import tables
+from eximauthd.db.accounts import Database
+from eximauthd.db.counters import AttemptStore, KnownNetworkStore
 
 T0 = dt.datetime(2026, 11, 28, 12, 0, 0)
 KEY = b"throttle-unit-test-key-0123456789"
@@ -58,7 +58,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def monotonic(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The monotonic clock eximauthd.throttle reads (and only it); set ``[0]``."""
+    """The monotonic clock eximauthd.auth.throttle reads (and only it); set ``[0]``."""
     now = [1000.0]
     monkeypatch.setattr(throttle_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
     return now
@@ -82,7 +82,7 @@ def _known(database: Database, user: str, network: str, since: dt.datetime) -> b
 def _known_rows(database: Database) -> int:
     with database.read("count known networks") as conn:
         return int(conn.execute(
-            sa.select(sa.func.count()).select_from(schema.known_clients)).scalar_one())
+            sa.select(sa.func.count()).select_from(tables.known_clients)).scalar_one())
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -160,7 +160,7 @@ def test_a_reservation_nonce_is_random_and_fills_its_column(database: Database,
     """The nonce is 32 random hex digits, as wide as the column MariaDB stores it in."""
     guard = _throttle(database, clock)
     nonces = {guard.reserve(ALICE, f"guess-{i}", HOME)[1].nonce for i in range(3)}
-    width = schema.auth_attempts.c.nonce.type.length  # type: ignore[attr-defined]
+    width = tables.auth_attempts.c.nonce.type.length  # type: ignore[attr-defined]
     assert width == 32
     assert len(nonces) == 3
     for nonce in nonces:
@@ -215,7 +215,7 @@ def test_a_release_that_fails_is_logged_without_the_password(
     guard = _throttle(database, clock)
     _, abandoned = guard.reserve(BOB, "bobs-secret", ELSEWHERE)
     _, succeeded = guard.reserve(ALICE, "alices-secret", HOME)
-    schema.auth_attempts.drop(database.primary)
+    tables.auth_attempts.drop(database.primary)
     with caplog.at_level(logging.WARNING, logger="eximauthd.throttle"):
         guard.abandon(abandoned)
         guard.settle(succeeded, succeeded=True, username=ALICE, client_ip=HOME)
@@ -259,7 +259,7 @@ def test_a_prune_that_fails_is_logged_and_the_reservation_stands(
     monkeypatch.setattr(throttle_module, "_PRUNE_EVERY", 2)
     guard = _throttle(database, clock, window_seconds=900, trusted_network_seconds=86400)
     guard.reserve(BOB, "old-guess", ELSEWHERE)
-    schema.known_clients.drop(database.primary)
+    tables.known_clients.drop(database.primary)
     clock.advance(7200)
     with caplog.at_level(logging.WARNING, logger="eximauthd.throttle"):
         refused, reservation = guard.reserve(CAROL, "guess", ELSEWHERE)
@@ -333,7 +333,7 @@ def test_a_network_that_could_not_be_recorded_is_logged_and_tried_again(
     (however soon) writes it."""
     guard = _throttle(database, clock, trusted_network_seconds=86400)
     _, reservation = guard.reserve(ALICE, "alices-secret", HOME)
-    schema.known_clients.drop(database.primary)
+    tables.known_clients.drop(database.primary)
     with caplog.at_level(logging.WARNING, logger="eximauthd.throttle"):
         guard.settle(reservation, succeeded=True, username=ALICE, client_ip=HOME)
     assert _warnings(caplog) == [
@@ -341,7 +341,7 @@ def test_a_network_that_could_not_be_recorded_is_logged_and_tried_again(
         f"record known network: {MISSING}"]
     assert "alices-secret" not in caplog.text
     assert reservation.tag not in caplog.text
-    schema.known_clients.create(database.primary)
+    tables.known_clients.create(database.primary)
     monotonic[0] += 1
     guard.succeeded(ALICE, HOME)
     assert _known(database, ALICE, "192.0.2.1/32", T0)
@@ -373,7 +373,7 @@ def test_a_failed_write_survives_the_memory_being_cleared_meanwhile(
     guard = _throttle(database, clock, trusted_network_seconds=86400)
     guard.networks = _SuccessDuringWrite(  # type: ignore[assignment]
         guard.networks, lambda: guard.succeeded(BOB, ELSEWHERE))
-    schema.known_clients.drop(database.primary)
+    tables.known_clients.drop(database.primary)
     with caplog.at_level(logging.WARNING, logger="eximauthd.throttle"):
         guard.succeeded(ALICE, HOME)
     assert _warnings(caplog) == [

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import AddressError
+from ..errors import AddressError
 
 __all__ = ["Address", "parse_address", "stored_address"]
 

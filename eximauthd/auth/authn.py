@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 import threading
 
-from .addresses import Address, parse_address
-from .authcache import AuthCache
-from .decision import Decision
-from .errors import AddressError, HashingError, StorageError
-from .hashing import Hasher, Scheme
-from .store import AccountStore
+from ..core.addresses import Address, parse_address
+from ..core.decision import Decision
+from ..core.hashing import Hasher, Scheme
+from ..db.accounts import AccountStore
+from ..errors import AddressError, HashingError, StorageError
+from .cache import AuthCache
 
 __all__ = ["MAX_PASSWORD_BYTES", "Authenticator", "precheck"]
 
@@ -40,7 +40,7 @@ _ARGON2 = frozenset({Scheme.ARGON2ID, Scheme.ARGON2I})
 
 
 class Authenticator:
-    """Verify credentials against an :class:`~eximauthd.store.AccountStore`."""
+    """Verify credentials against an :class:`~eximauthd.db.accounts.AccountStore`."""
 
     def __init__(self, store: AccountStore, hasher: Hasher, cache: AuthCache | None = None) -> None:
         self.store = store

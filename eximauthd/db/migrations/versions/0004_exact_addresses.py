@@ -5,7 +5,7 @@ Revises: 0003
 Create Date: 2026-11-29
 
 Defence in depth: eximauthd decides who a row is in Python, byte for byte, whatever the
-collation (eximauthd.store).  A caseless collation still let a look-alike row (``alicé``,
+collation (eximauthd.db.accounts).  A caseless collation still let a look-alike row (``alicé``,
 ``ALICE``, ``alice ``) block the real address in a unique index, or share its counters.
 Before the change, ASCII rows of eximauthd_users and eximauthd_grants are lower-cased: they
 matched caselessly until now and keep matching (the unique indexes were caseless, so lowering

@@ -28,12 +28,18 @@ from typing import Any, NoReturn
 
 import click
 
-from . import dbschema
-from .abusestore import AttemptStore, LimitStore, RateStore, utcnow
-from .addresses import parse_address
-from .authn import Authenticator
-from .config import Config, load_config, mask_url
-from .errors import (
+from ..auth.authn import Authenticator
+from ..auth.throttle import NO_ADDRESS, network_of
+from ..config import Config, load_config, mask_url
+from ..core.addresses import parse_address
+from ..core.hashing import Hasher, Scheme, calibrate, hash_shape, identify_scheme
+from ..core.limits import KINDS, format_window, parse_limits
+from ..core.protocol import parse_client_ip
+from ..core.ratelimit import estimate
+from ..db import upgrade
+from ..db.accounts import AccountStore, Database, Grant, GrantStore, make_account_store
+from ..db.counters import AttemptStore, LimitStore, RateStore, utcnow
+from ..errors import (
     AddressError,
     ConfigError,
     EximauthdError,
@@ -43,13 +49,7 @@ from .errors import (
     UserExistsError,
     UserNotFoundError,
 )
-from .files import warn_if_readable_by_others
-from .hashing import Hasher, Scheme, calibrate, hash_shape, identify_scheme
-from .limits import KINDS, format_window, parse_limits
-from .protocol import parse_client_ip
-from .ratelimit import estimate
-from .store import AccountStore, Database, Grant, GrantStore, make_account_store
-from .throttle import NO_ADDRESS, network_of
+from ..files import warn_if_readable_by_others
 
 __all__ = ["EXIT_DB", "EXIT_NO", "EXIT_OK", "EXIT_USAGE", "cli", "main"]
 
@@ -147,7 +147,7 @@ def db() -> None:
 @pass_state
 def db_upgrade(state: _State) -> None:
     """Create or upgrade eximauthd's tables to the current revision."""
-    before, after = dbschema.upgrade(state.db)
+    before, after = upgrade.upgrade(state.db)
     if before == after:
         click.echo(f"schema already at revision {after}")
     else:
@@ -511,7 +511,7 @@ def audit_log(files: tuple[str, ...], as_json: bool, since: Any, burst: int) -> 
 
     Exit 0: clean; 1: findings.  Default file: /var/log/exim4/mainlog.
     """
-    from .audit import Auditor  # noqa: PLC0415
+    from ..exim.audit import Auditor  # noqa: PLC0415
 
     auditor = Auditor(burst_threshold=burst, since=since)
     for name in files or (DEFAULT_MAINLOG,):
@@ -572,7 +572,7 @@ def lint_exim_config(files: tuple[str, ...], as_json: bool) -> None:
     """
     from pathlib import Path  # noqa: PLC0415
 
-    from .lint import lint, read_config  # noqa: PLC0415
+    from ..exim.lint import lint, read_config  # noqa: PLC0415
 
     paths = [Path(f) for f in files] or [Path(_running_exim_config())]
     try:
@@ -613,9 +613,9 @@ def _running_exim_config() -> str:
 @pass_state
 def serve(state: _State, log_format: str | None, log_file: str | None) -> None:
     """Answer Exim on the Unix socket and serve the HTTP API until SIGTERM."""
-    from .decider import Decider  # noqa: PLC0415 -- keep other commands' start-up light
-    from .logs import configure_logging  # noqa: PLC0415
-    from .service import Service  # noqa: PLC0415
+    from ..service.decider import Decider  # noqa: PLC0415 -- keep other commands' start-up light
+    from ..service.logs import configure_logging  # noqa: PLC0415
+    from ..service.server import Service  # noqa: PLC0415
 
     config = state.config
     fmt = log_format or config.service.log_format
@@ -628,7 +628,7 @@ def serve(state: _State, log_format: str | None, log_file: str | None) -> None:
     if state.db.dialect == "sqlite":
         # The embedded default must work from an empty directory; a shared MySQL schema is
         # upgraded deliberately, with `eximauthd db upgrade`, by someone allowed to run DDL.
-        dbschema.upgrade(state.db)
+        upgrade.upgrade(state.db)
     service = Service(config, Decider(config, db=state.db))
 
     def ready() -> None:
@@ -658,14 +658,14 @@ def serve(state: _State, log_format: str | None, log_file: str | None) -> None:
 def migrate_passwords(state: _State, dry_run: bool, jobs: int | None, batch_size: int,
                       limit: int | None, alter_column: bool) -> None:
     """Hash every plaintext password with argon2id, in place; safe to stop and rerun."""
-    from . import migrate  # noqa: PLC0415 -- keep other commands' start-up light
+    from ..migrate import run  # noqa: PLC0415 -- keep other commands' start-up light
 
     # Without --jobs, MigrationOptions' own default: one process per CPU.
-    options = migrate.MigrationOptions(dry_run=dry_run, batch_size=batch_size, limit=limit,
+    options = run.MigrationOptions(dry_run=dry_run, batch_size=batch_size, limit=limit,
                                        alter_column=alter_column,
                                        **({"jobs": jobs} if jobs is not None else {}))
-    report = migrate.migrate_passwords(state.config, state.db, options,
-                                       progress=migrate.Progress(sys.stderr))
+    report = run.migrate_passwords(state.config, state.db, options,
+                                       progress=run.Progress(sys.stderr))
     for line in report.summary():
         click.echo(line)
     for warning in report.warnings():

@@ -15,18 +15,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-from . import schema
-from .config import Config
-from .errors import ConfigError, SchemaMissingError
-from .hashing import Hasher
-from .store import Database, translate_errors
+from ..config import Config
+from ..core.hashing import Hasher
+from ..db import tables
+from ..db.accounts import Database, translate_errors
+from ..errors import ConfigError, SchemaMissingError
 
 __all__ = ["ColumnCheck", "Target", "address_of", "check_column", "inspect_target", "widen"]
 
 _log = logging.getLogger("eximauthd.migrate")
 
 # The width suggested for a password column: eximauthd's own, room for any parameters allowed.
-_SUGGESTED_WIDTH = schema.HASH_LENGTH
+_SUGGESTED_WIDTH = tables.HASH_LENGTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +86,7 @@ def _reflect(db: Database, table: str) -> tuple[dict[str, Any], list[str]]:
 def _target(config: Config, columns: dict[str, Any], primary_key: list[str]) -> Target:
     legacy = config.legacy
     if not legacy.configured:
-        t = schema.users
+        t = tables.users
         return Target(t, (t.c.id,), (t.c.address,), t.c.password_hash, t.c.updated_at)
     names = ([legacy.address_column] if legacy.address_column
              else [legacy.local_part_column, legacy.domain_column])
@@ -103,7 +103,7 @@ def _target(config: Config, columns: dict[str, Any], primary_key: list[str]) -> 
 
 
 def inspect_target(db: Database, config: Config) -> tuple[Target, ColumnCheck]:
-    name = config.legacy.table if config.legacy.configured else schema.users.name
+    name = config.legacy.table if config.legacy.configured else tables.users.name
     columns, primary_key = _reflect(db, name)
     target = _target(config, columns, primary_key)
     table, column = target.table.name, target.password.name

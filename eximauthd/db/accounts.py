@@ -22,16 +22,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from . import schema
-from .addresses import Address, stored_address
-from .config import Config, DatabaseConfig, LegacyConfig
-from .errors import (
+from ..config import Config, DatabaseConfig, LegacyConfig
+from ..core.addresses import Address, stored_address
+from ..errors import (
     SchemaMissingError,
     StorageError,
     UserExistsError,
     UserNotFoundError,
 )
-from .files import create_private
+from ..files import create_private
+from . import tables
 
 __all__ = [
     "AccountStore",
@@ -230,7 +230,7 @@ def _caseless(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[A
 
 
 class AccountStore(Protocol):
-    """Where :mod:`eximauthd.authn` and the CLI find and change accounts."""
+    """Where :mod:`eximauthd.auth.authn` and the CLI find and change accounts."""
 
     db: Database
 
@@ -262,7 +262,7 @@ class OwnAccountStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._t = schema.users
+        self._t = tables.users
 
     def __repr__(self) -> str:
         return f"OwnAccountStore({self.db!r})"
@@ -551,10 +551,10 @@ class GrantStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._t = schema.grants
+        self._t = tables.grants
 
     def add(self, grant: Grant) -> bool:
-        """Record *grant* (canonical, as :func:`eximauthd.cli` builds it); False when it
+        """Record *grant* (canonical, as :func:`eximauthd.cli.commands` builds it); False when it
         already existed."""
         try:
             with self.db.write("add grant") as conn:

@@ -14,7 +14,7 @@ import secrets
 import stat
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["MAX_TOKEN_BYTES", "MIN_TOKEN_CHARS", "LoadedToken", "check_token", "load_or_create"]
 

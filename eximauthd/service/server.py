@@ -24,18 +24,12 @@ from typing import Any
 
 import uvicorn
 
-from . import httpguard, secretfile
-from .abusestore import LimitStore, RateStore
-from .addresses import parse_address
-from .authn import precheck
-from .config import Config
-from .decider import Decider
-from .decision import Decision, Result
-from .errors import ConfigError, ProtocolError, StorageError
-from .logs import decision_fields
-from .metrics import Metrics
-from .padding import FailureFloor
-from .protocol import (
+from ..auth.authn import precheck
+from ..auth.padding import FailureFloor
+from ..config import Config
+from ..core.addresses import parse_address
+from ..core.decision import Decision, Result
+from ..core.protocol import (
     MAX_REQUEST_BYTES,
     AuthRequest,
     ForgetRequest,
@@ -45,7 +39,14 @@ from .protocol import (
     format_reply,
     parse_request,
 )
-from .ratelimit import RateLimiter, SyncBatch
+from ..core.ratelimit import RateLimiter, SyncBatch
+from ..db.counters import LimitStore, RateStore
+from ..errors import ConfigError, ProtocolError, StorageError
+from . import httpguard, secretfile
+from .decider import Decider
+from .http import create_app
+from .logs import decision_fields
+from .metrics import Metrics
 
 __all__ = ["Service", "prepare_socket_path"]
 
@@ -203,7 +204,7 @@ class Service:
         """Make a ``no`` for an account take as long as the costliest check seen lately.
 
         Without it a wrong password for an account with a costly legacy hash takes longer than
-        an unknown user, which names the accounts that exist (see :mod:`eximauthd.padding`).
+        an unknown user, which names the accounts that exist (see :mod:`eximauthd.auth.padding`).
         Malformed credentials and ``defer`` are left alone: they look at no account.
         """
         if decision.result is Result.DEFER or precheck(request.username,
@@ -507,8 +508,6 @@ class Service:
 
     async def _start_http(self, token: str,
                           open_files: int) -> tuple[Any, asyncio.Task[None]]:
-        from .http import create_app  # noqa: PLC0415 -- http imports this module
-
         host, _, port = self.config.http.listen.rpartition(":")
         # HTTP may hold only part of the descriptors: the rest stay for Exim's socket.
         cap = httpguard.http_connection_cap(open_files)

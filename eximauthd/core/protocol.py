@@ -33,8 +33,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from ..errors import ProtocolError
 from .decision import Decision, Result
-from .errors import ProtocolError
 
 __all__ = [
     "MAX_REQUEST_BYTES",

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..errors import AddressError
 from .addresses import Address, parse_address
 from .decision import Decision
-from .errors import AddressError
 
 __all__ = ["RelayPolicy", "may_relay"]
 

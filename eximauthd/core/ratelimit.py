@@ -30,10 +30,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from .abusestore import RateKey
-from .config import RateLimitConfig
+from ..settings import RateLimitConfig
 from .decision import Decision
-from .limits import KINDS, Limit, format_window, parse_limits
+from .limits import KINDS, Limit, RateKey, format_window, parse_limits
 
 __all__ = ["RateLimiter", "SyncBatch", "estimate"]
 

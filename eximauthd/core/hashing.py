@@ -49,8 +49,8 @@ import bcrypt
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from passlib.hash import des_crypt, md5_crypt, sha256_crypt, sha512_crypt
 
-from .config import HashingConfig
-from .errors import ConfigError, HashingError
+from ..errors import ConfigError, HashingError
+from ..settings import HashingConfig
 
 __all__ = [
     "ARGON2ID_PREFIX",

@@ -9,8 +9,8 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from .errors import StorageError
-from .store import Database, translate_errors
+from ..errors import StorageError
+from .accounts import Database, translate_errors
 
 __all__ = ["current_revision", "head_revision", "upgrade"]
 
@@ -20,7 +20,7 @@ VERSION_TABLE = "eximauthd_alembic_version"
 def _alembic_config() -> AlembicConfig:
     cfg = AlembicConfig()
     # The environment ships inside the package, so this works from a wheel as well as a checkout.
-    cfg.set_main_option("script_location", str(resources.files("eximauthd.migrations")))
+    cfg.set_main_option("script_location", str(resources.files("eximauthd.db.migrations")))
     return cfg
 
 

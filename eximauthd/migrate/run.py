@@ -42,12 +42,12 @@ import argon2
 import sqlalchemy as sa
 from argon2.exceptions import InvalidHashError
 
-from .config import LEGACY_PASSWORD_SCHEMES, Config, HashingConfig
-from .errors import ColumnTooNarrowError, ConfigError, EximauthdError
-from .hashing import Hasher, Scheme, bare_scheme, hash_shape, identify_scheme
+from ..config import LEGACY_PASSWORD_SCHEMES, Config, HashingConfig
+from ..core.hashing import Hasher, Scheme, bare_scheme, hash_shape, identify_scheme
+from ..db.accounts import Database, translate_errors
+from ..errors import ColumnTooNarrowError, ConfigError, EximauthdError
+from .column import ColumnCheck, Target, address_of, check_column, inspect_target, widen
 from .progress import Progress
-from .pwcolumn import ColumnCheck, Target, address_of, check_column, inspect_target, widen
-from .store import Database, translate_errors
 
 __all__ = [
     "ColumnCheck",
@@ -459,7 +459,7 @@ def _write(db: Database, target: Target, batch: _Batch, tally: _Tally,
 def _swap_statement(target: Target, dialect: str) -> sa.Update:
     """``SET password = :new WHERE key = :key AND password = :old``, compared byte for byte.
 
-    The comparison is :func:`eximauthd.store._exactly`'s, with the old value as a parameter so
+    The comparison is :func:`eximauthd.db.accounts._exactly`'s, with the old value as a parameter so
     that one statement serves every row (building one per row costs the parent CPU the workers
     need).
     """

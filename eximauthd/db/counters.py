@@ -6,7 +6,7 @@ database never lose each other's counts and never race on a first insert.  Every
 the primary: a replica's lag would let a locked-out client through.
 
 Addresses here are canonical (:func:`eximauthd.addresses.parse_address`), and every read or
-delete by address is byte for byte (:func:`eximauthd.store._exactly`, or a filter in Python):
+delete by address is byte for byte (:func:`eximauthd.db.accounts._exactly`, or a filter in Python):
 a table still in a caseless collation must not hand one user's counters, known networks or
 limits to a look-alike (``boss@muller.test`` / ``boss@müller.test``).
 """
@@ -21,10 +21,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
 
-from . import schema
-from .errors import StorageError
-from .limits import Limit
-from .store import Database, _exactly
+from ..core.limits import Limit, RateKey
+from ..errors import StorageError
+from . import tables
+from .accounts import Database, _exactly
 
 __all__ = [
     "AttemptStore",
@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 Subject = tuple[str, str]  # (scope, subject): ("ip", "192.0.2.1/32") or ("user", "a@b.example")
-RateKey = tuple[str, str, int, int]  # (address, kind, window_seconds, bucket)
 
 
 def utcnow() -> dt.datetime:
@@ -104,7 +103,7 @@ class AttemptStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._t = schema.auth_attempts
+        self._t = tables.auth_attempts
 
     def __repr__(self) -> str:
         return f"AttemptStore({self.db!r})"
@@ -213,7 +212,7 @@ class KnownNetworkStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._t = schema.known_clients
+        self._t = tables.known_clients
 
     def is_known(self, address: str, network: str, since: dt.datetime) -> bool:
         t = self._t
@@ -242,7 +241,7 @@ class RateStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._t = schema.rate_counters
+        self._t = tables.rate_counters
 
     def add_and_read(self, deltas: dict[RateKey, int], addresses: Iterable[str],
                      now: int) -> dict[RateKey, int]:
@@ -303,7 +302,7 @@ class LimitStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._t = schema.user_limits
+        self._t = tables.user_limits
 
     def all(self) -> dict[str, dict[str, tuple[Limit, ...]]]:
         """Every override: address → kind → limits (empty tuple: unlimited)."""

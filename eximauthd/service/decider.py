@@ -1,6 +1,6 @@
 """The decisions the service makes, as plain synchronous calls.
 
-:class:`Decider` joins the pure parts (:mod:`~eximauthd.policy`) to storage (accounts, grants)
+:class:`Decider` joins the pure parts (:mod:`~eximauthd.core.policy`) to storage (accounts, grants)
 and turns every storage failure into ``defer``: this is the one place where an exception from
 the database becomes an answer, and that answer is never ``yes``.  The service runs these calls
 in its worker threads; the HTTP API and the socket share them, so both give the same answers.
@@ -12,17 +12,17 @@ import contextlib
 import logging
 import time
 
-from .addresses import Address, parse_address
-from .authcache import AuthCache
-from .authn import Authenticator, precheck
-from .config import Config
-from .decision import Decision, Result
-from .errors import AddressError, StorageError
-from .hashing import Hasher
-from .policy import RelayPolicy, may_relay
-from .protocol import AuthRequest, RelayRequest
-from .store import Database, GrantStore, make_account_store
-from .throttle import Throttle, load_secret, network_of
+from ..auth.authn import Authenticator, precheck
+from ..auth.cache import AuthCache
+from ..auth.throttle import Throttle, load_secret, network_of
+from ..config import Config
+from ..core.addresses import Address, parse_address
+from ..core.decision import Decision, Result
+from ..core.hashing import Hasher
+from ..core.policy import RelayPolicy, may_relay
+from ..core.protocol import AuthRequest, RelayRequest
+from ..db.accounts import Database, GrantStore, make_account_store
+from ..errors import AddressError, StorageError
 
 __all__ = ["Decider"]
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
-__all__ = ["KINDS", "Limit", "format_window", "parse_limit", "parse_limits"]
+__all__ = ["KINDS", "Limit", "RateKey", "format_window", "parse_limit", "parse_limits"]
 
 KINDS = ("recipients", "messages")
+# One counter: (address, kind, window_seconds, bucket).
+RateKey = tuple[str, str, int, int]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SPEC = re.compile(r"([0-9]{1,9})/([0-9]{0,6})([smhd])")

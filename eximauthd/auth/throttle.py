@@ -40,13 +40,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .abusestore import AttemptStore, KnownNetworkStore, Reserved, Subject, utcnow
-from .addresses import parse_address
-from .config import ThrottleConfig
-from .decision import Decision
-from .errors import AddressError, ConfigError, StorageError
-from .files import warn_if_readable_by_others
-from .store import Database
+from ..config import ThrottleConfig
+from ..core.addresses import parse_address
+from ..core.decision import Decision
+from ..db.accounts import Database
+from ..db.counters import AttemptStore, KnownNetworkStore, Reserved, Subject, utcnow
+from ..errors import AddressError, ConfigError, StorageError
+from ..files import warn_if_readable_by_others
 
 __all__ = ["NO_ADDRESS", "Reservation", "Throttle", "load_secret", "network_of", "password_tag"]
 

@@ -16,23 +16,31 @@ import hashlib
 import hmac
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import falcon
 import falcon.asgi
 
-from .decision import Decision, Result
-from .errors import ConfigError, ProtocolError
-from .protocol import (
+from ..core.decision import Decision, Result
+from ..core.protocol import (
     AuthRequest,
     RelayRequest,
     Request,
     is_valid_transaction,
     parse_client_ip,
 )
+from ..errors import ConfigError, ProtocolError
+from .metrics import Metrics
 
-if TYPE_CHECKING:
-    from .service import Service
+
+class Service(Protocol):
+    """What the API needs of the service that runs it (:class:`~.server.Service`)."""
+
+    metrics: Metrics
+
+    async def readiness(self) -> Decision: ...
+
+    async def decide(self, request: Request, transport: str = ...) -> Decision: ...
 
 __all__ = ["MAX_BODY_BYTES", "BearerToken", "create_app", "parse_json"]
 

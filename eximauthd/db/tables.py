@@ -53,7 +53,8 @@ def _ascii(length: int) -> String:
 
 # Addresses and domains compare byte for byte on MySQL too (revision 0004):
 # a caseless collation would call alicé, ALICE and "alice " equal to alice in the unique
-# indexes.  Who a row is, is still decided in Python (eximauthd.store), whatever the collation.
+# indexes.  Who a row is, is still decided in Python (eximauthd.db.accounts), whatever
+# the collation.
 _Address = String(ADDRESS_LENGTH).with_variant(
     mysql.VARCHAR(ADDRESS_LENGTH, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
 )
@@ -65,7 +66,7 @@ users = Table(
     "eximauthd_users",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    # Canonical (lower-case) local@domain, see eximauthd.addresses.
+    # Canonical (lower-case) local@domain, see eximauthd.core.addresses.
     Column("address", _Address, nullable=False, unique=True),
     Column("domain", _Domain, nullable=False, index=True),
     Column("password_hash", _Hash, nullable=False),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from eximauthd.schema import metadata
+from eximauthd.db.tables import metadata
 
 VERSION_TABLE = "eximauthd_alembic_version"
 

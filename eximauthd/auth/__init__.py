@@ -1,0 +1,2 @@
+"""Checking a credential and the defenses around it: verification, the positive cache,
+brute-force throttling, failure padding."""

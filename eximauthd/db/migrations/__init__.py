@@ -1,0 +1,1 @@
+"""Alembic environment for eximauthd's own tables (eximauthd.db.migrations)."""

@@ -1,0 +1,1 @@
+"""Reading Exim's own files: the mainlog auditor and the configuration linter."""

@@ -1,0 +1,1 @@
+"""``eximauthd migrate-passwords``: the password column, the run, its progress line."""

@@ -1,1 +1,0 @@
-"""Alembic environment for eximauthd's own tables (shipped as ``eximauthd.migrations``)."""
