@@ -1,8 +1,9 @@
-"""Settings: a TOML file plus ``EXIMAUTHD_<SECTION>_<KEY>`` environment overrides.
+"""Reading the settings: a TOML file plus ``EXIMAUTHD_<SECTION>_<KEY>`` environment overrides.
 
-Everything is parsed into frozen dataclasses and validated up front, so a typo stops the program
-with one line naming the key instead of surfacing later as a wrong decision.  With no file at all
-the embedded default applies: a SQLite file and a socket in the working directory.
+Everything is parsed into the frozen dataclasses of :mod:`eximauthd.settings` and validated up
+front, so a typo stops the program with one line naming the key instead of surfacing later as a
+wrong decision.  With no file at all the embedded default applies: a SQLite file and a socket in
+the working directory.
 """
 
 from __future__ import annotations
