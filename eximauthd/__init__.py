@@ -1,6 +1,15 @@
 """eximauthd: SMTP AUTH and relay decisions for Exim, with argon2id credentials, fail-closed.
 
-The public surface is small and re-exported here; everything else is an implementation detail.
+The public surface is small and re-exported here (docs/library.md); everything else is an
+implementation detail.
+
+- verify a credential: :class:`Authenticator` (``verify() -> Decision``);
+- decide a relay: :func:`may_relay` with a :class:`RelayPolicy` (pure);
+- hash and verify passwords: :class:`Hasher` (``hash()``, ``verify() -> VerifyResult``),
+  :class:`Scheme`, with the argon2id parameters of a :class:`HashingConfig`;
+- configuration: :func:`load_config` returns a frozen :class:`Config`;
+- values: :class:`Decision` and :class:`Result`, :class:`Address` from :func:`parse_address`;
+- errors: :class:`EximauthdError` and its subclasses.  A decision is never an exception.
 """
 
 from __future__ import annotations
@@ -10,17 +19,20 @@ from .config import Config, load_config
 from .core.addresses import Address, parse_address
 from .core.decision import Decision, Result
 from .core.hashing import Hasher, Scheme, VerifyResult
+from .core.policy import RelayPolicy, may_relay
 from .errors import (
     AddressError,
     ColumnTooNarrowError,
     ConfigError,
     EximauthdError,
     HashingError,
+    ProtocolError,
     SchemaMissingError,
     StorageError,
     UserExistsError,
     UserNotFoundError,
 )
+from .settings import HashingConfig
 
 __all__ = [
     "Address",
@@ -32,7 +44,10 @@ __all__ = [
     "Decision",
     "EximauthdError",
     "Hasher",
+    "HashingConfig",
     "HashingError",
+    "ProtocolError",
+    "RelayPolicy",
     "Result",
     "SchemaMissingError",
     "Scheme",
@@ -41,5 +56,6 @@ __all__ = [
     "UserNotFoundError",
     "VerifyResult",
     "load_config",
+    "may_relay",
     "parse_address",
 ]
