@@ -12,7 +12,7 @@ import click
 from ..auth.throttle import NO_ADDRESS, network_of
 from ..core.addresses import parse_address
 from ..core.limits import KINDS, format_window, parse_limits
-from ..core.ratelimit import estimate
+from ..core.ratelimit import RateLimiter, estimate
 from ..db.counters import AttemptStore, LimitStore, RateStore, utcnow
 from ..errors import ConfigError
 from .app import State, cli, client_ip_option, pass_state, print_table
@@ -50,16 +50,23 @@ def throttle_list(state: State, as_json: bool) -> None:
                 [[r["user"], r["kind"], r["window"], r["count"], r["limit"]] for r in rates])
 
 
+def _limits_in_force(state: State, store: LimitStore) -> RateLimiter:
+    """The limits as the service applies them (:meth:`.RateLimiter.limits`): the configured
+    ones, replaced per user and kind by the overrides in *store*."""
+    limiter = RateLimiter(state.config.ratelimit)
+    limiter.overrides = store.all()
+    return limiter
+
+
 def _rate_rows(state: State, now: int) -> list[dict[str, Any]]:
     live = RateStore(state.db).live(now)
-    overrides = LimitStore(state.db).all()
-    defaults = {kind: parse_limits(getattr(state.config.ratelimit, kind)) for kind in KINDS}
+    in_force = _limits_in_force(state, LimitStore(state.db))
     rows = []
     for address, kind, window in sorted({(a, k, w) for a, k, w, _ in live}):
         bucket = now // window
         count = estimate(live.get((address, kind, window, bucket - 1), 0),
                          live.get((address, kind, window, bucket), 0), now, window)
-        limits = overrides.get(address, {}).get(kind, defaults[kind])
+        limits = in_force.limits(address, kind)
         maximum = next((lim.maximum for lim in limits if lim.window_seconds == window), None)
         rows.append({"user": address, "kind": kind, "window": format_window(window),
                      "count": round(count), "limit": maximum if maximum is not None else "-"})
@@ -121,11 +128,11 @@ def user_limits(state: State, address: str, recipients: str | None,
                 store.set(user, kind, parse_limits(text.split(",")))
             except ConfigError as exc:
                 raise ConfigError(f"--{kind}: {exc}") from None
-    overrides = store.all().get(user, {})
+    in_force = _limits_in_force(state, store)
+    overrides = in_force.overrides.get(user, {})
     for kind in KINDS:
+        shown = ", ".join(map(str, in_force.limits(user, kind)))
         if kind in overrides:
-            shown = ", ".join(map(str, overrides[kind])) or "none (unlimited)"
-            click.echo(f"{user} {kind}: {shown}")
+            click.echo(f"{user} {kind}: {shown or 'none (unlimited)'}")
         else:
-            defaults = parse_limits(getattr(state.config.ratelimit, kind))
-            click.echo(f"{user} {kind}: {', '.join(map(str, defaults)) or 'none'} (default)")
+            click.echo(f"{user} {kind}: {shown or 'none'} (default)")
