@@ -21,8 +21,9 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from .core.addresses import parse_address
 from .core.limits import KINDS, parse_limits
-from .errors import ConfigError
+from .errors import AddressError, ConfigError
 from .settings import (
     INTEGER_RE,
     LEGACY_PASSWORD_SCHEMES,
@@ -65,8 +66,6 @@ _ENV_NOT_SETTINGS = frozenset({"EXIMAUTHD_CONFIG"})
 
 _SUPPORTED_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "mysql+pymysql", "mariadb+pymysql"})
 _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -282,10 +281,18 @@ def _validate_hashing(h: HashingConfig) -> None:
 
 def _validate_policy(policy: PolicyConfig) -> None:
     for domain in policy.strict_domains:
-        if not _DOMAIN_RE.fullmatch(domain) or domain != domain.lower():
+        if not _is_lower_case_domain(domain):
             raise ConfigError(
                 f"policy.strict_domains: {domain[:40]!r} is not a lower-case domain name"
             )
+
+
+def _is_lower_case_domain(text: str) -> bool:
+    """Whether *text* is a domain as an account address has it, in its canonical lower case."""
+    try:
+        return parse_address("postmaster@" + text).domain == text
+    except AddressError:
+        return False
 
 
 def _validate_service(service: ServiceConfig) -> None:
