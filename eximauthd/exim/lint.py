@@ -86,7 +86,6 @@ class LintFinding:
 class _Reader:
     macros: dict[str, str] = field(default_factory=dict)
     lines: list[ConfigLine] = field(default_factory=list)
-    section: str = "main"
 
     def read(self, path: Path, depth: int = 0) -> None:
         if depth > _MAX_INCLUDE_DEPTH:
@@ -153,10 +152,7 @@ class _Reader:
             if op == "==" or name not in self.macros:
                 self.macros[name] = self._expand(value)
             return
-        expanded = self._expand(text)
-        if expanded.startswith("begin "):
-            self.section = expanded.split()[1]
-        self.lines.append(ConfigLine(str(path), lineno, expanded))
+        self.lines.append(ConfigLine(str(path), lineno, self._expand(text)))
 
     def _expand(self, text: str) -> str:
         if not self.macros:
