@@ -87,7 +87,8 @@ def lint_exim_config(files: tuple[str, ...], as_json: bool) -> None:
     """
     from pathlib import Path  # noqa: PLC0415
 
-    from ..exim.lint import lint, read_config  # noqa: PLC0415
+    from ..exim.configfile import read_config  # noqa: PLC0415
+    from ..exim.lint import lint  # noqa: PLC0415
 
     paths = [Path(f) for f in files] or [Path(_running_exim_config())]
     try:
