@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
 import json
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -44,10 +50,6 @@ def audit_log(files: tuple[str, ...], as_json: bool, since: Any, burst: int) -> 
 
 
 def _open_log(name: str) -> Any:
-    import contextlib  # noqa: PLC0415
-    import gzip  # noqa: PLC0415
-    import io  # noqa: PLC0415
-
     if name == "-":
         return contextlib.nullcontext(io.TextIOWrapper(sys.stdin.buffer, "utf-8", "replace"))
     if name.endswith(".gz"):
@@ -85,8 +87,6 @@ def lint_exim_config(files: tuple[str, ...], as_json: bool) -> None:
     Without FILE: the configuration Exim itself uses (exim4 -bP configure_file).
     Exit 0: nothing found; 1: findings.
     """
-    from pathlib import Path  # noqa: PLC0415
-
     from ..exim.configfile import read_config  # noqa: PLC0415
     from ..exim.lint import lint  # noqa: PLC0415
 
@@ -105,9 +105,6 @@ def lint_exim_config(files: tuple[str, ...], as_json: bool) -> None:
 
 
 def _running_exim_config() -> str:
-    import shutil  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-
     exim = shutil.which("exim4") or shutil.which("exim")
     if exim is None:
         raise ConfigError("no FILE given and no exim4 on PATH to ask for its configuration")
