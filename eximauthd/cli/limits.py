@@ -16,7 +16,7 @@ from ..core.ratelimit import RateLimiter, estimate
 from ..db.counters import AttemptStore, LimitStore, RateStore, utcnow
 from ..errors import ConfigError
 from .app import State, cli, client_ip_option, pass_state, print_table
-from .users import user
+from .users import user as user_group
 
 
 @cli.group()
@@ -104,7 +104,7 @@ def throttle_reset(state: State, client_ip: str | None, address: str | None,
                    f"{rates.reset(user)} rate counter(s) of {user}")
 
 
-@user.command("limits")
+@user_group.command("limits")
 @click.argument("address")
 @click.option("--recipients", metavar="SPEC",
               help="COUNT/WINDOW[,COUNT/WINDOW...], 'none' (unlimited) or 'default'.")
