@@ -72,7 +72,7 @@ def child_migrate(url: str, jobs: int, params: dict[str, int]) -> dict[str, Any]
         "EXIMAUTHD_LEGACY_DOMAIN_COLUMN": "domain", "EXIMAUTHD_LEGACY_PASSWORD_COLUMN": "password",
         "EXIMAUTHD_LEGACY_ENABLED_COLUMN": "smtp",
     })
-    from eximauthd.cli.commands import cli  # noqa: PLC0415 -- after the environment is set
+    from eximauthd.cli import cli  # noqa: PLC0415 -- after the environment is set
 
     start = time.perf_counter()
     cli.main(["migrate-passwords", "--jobs", str(jobs)], prog_name="eximauthd",

@@ -1,5 +1,5 @@
 """``python -m eximauthd`` is the ``eximauthd`` command."""
 
-from eximauthd.cli.commands import main
+from eximauthd.cli import main
 
 main()

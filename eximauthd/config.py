@@ -22,8 +22,9 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from .core.addresses import parse_address
 from .core.limits import KINDS, parse_limits
-from .errors import ConfigError
+from .errors import AddressError, ConfigError
 from .settings import (
     INTEGER_RE,
     LEGACY_PASSWORD_SCHEMES,
@@ -66,8 +67,6 @@ _ENV_NOT_SETTINGS = frozenset({"EXIMAUTHD_CONFIG"})
 
 _SUPPORTED_DRIVERS = frozenset({"sqlite", "sqlite+pysqlite", "mysql+pymysql", "mariadb+pymysql"})
 _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -261,8 +260,15 @@ def _validate_http(http: HttpConfig) -> None:
                           "http.token_file to be set")
 
 
+def _in_ranges(checks: list[tuple[str, int, int, int]]) -> None:
+    """Refuse the first ``(key, value, low, high)`` whose value is outside ``low..high``."""
+    for key, value, low, high in checks:
+        if not low <= value <= high:
+            raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+
+
 def _validate_hashing(h: HashingConfig) -> None:
-    checks = [
+    _in_ranges([
         ("hashing.time_cost", h.time_cost, 1, h.max_time_cost),
         ("hashing.parallelism", h.parallelism, 1, h.max_parallelism),
         ("hashing.memory_cost", h.memory_cost, 8 * h.parallelism, h.max_memory_cost),
@@ -271,30 +277,32 @@ def _validate_hashing(h: HashingConfig) -> None:
         ("hashing.max_memory_cost", h.max_memory_cost, 8, 4 * 1024 * 1024),
         ("hashing.max_time_cost", h.max_time_cost, 1, 1000),
         ("hashing.max_parallelism", h.max_parallelism, 1, 255),
-    ]
-    for key, value, low, high in checks:
-        if not low <= value <= high:
-            raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+    ])
 
 
 def _validate_policy(policy: PolicyConfig) -> None:
     for domain in policy.strict_domains:
-        if not _DOMAIN_RE.fullmatch(domain) or domain != domain.lower():
+        if not _is_lower_case_domain(domain):
             raise ConfigError(
                 f"policy.strict_domains: {domain[:40]!r} is not a lower-case domain name"
             )
 
 
+def _is_lower_case_domain(text: str) -> bool:
+    """Whether *text* is a domain as an account address has it, in its canonical lower case."""
+    try:
+        return parse_address("postmaster@" + text).domain == text
+    except AddressError:
+        return False
+
+
 def _validate_service(service: ServiceConfig) -> None:
-    checks = [
+    _in_ranges([
         ("service.workers", service.workers, 0, 256),
         ("service.request_timeout_ms", service.request_timeout_ms, 50, 60000),
         ("service.read_timeout_ms", service.read_timeout_ms, 50, 60000),
         ("service.max_pending", service.max_pending, 1, 100000),
-    ]
-    for key, value, low, high in checks:
-        if not low <= value <= high:
-            raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+    ])
     if service.log_format not in {"text", "json"}:
         raise ConfigError(f"service.log_format: expected 'text' or 'json', got "
                           f"{service.log_format[:20]!r}")
@@ -302,7 +310,7 @@ def _validate_service(service: ServiceConfig) -> None:
 
 def _validate_abuse(config: Config) -> None:
     t, r, c = config.throttle, config.ratelimit, config.cache
-    checks = [
+    _in_ranges([
         ("throttle.window_seconds", t.window_seconds, 1, 86400),
         ("throttle.max_failures_per_ip", t.max_failures_per_ip, 1, 1_000_000),
         ("throttle.max_failures_per_user", t.max_failures_per_user, 1, 1_000_000),
@@ -318,10 +326,7 @@ def _validate_abuse(config: Config) -> None:
         ("cache.ttl_seconds", c.ttl_seconds, 0, 86400),
         ("cache.max_entries", c.max_entries, 1, 10_000_000),
         ("cache.revalidate_seconds", c.revalidate_seconds, 1, 3600),
-    ]
-    for key, value, low, high in checks:
-        if not low <= value <= high:
-            raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+    ])
     for network in t.exempt_networks:
         try:
             ipaddress.ip_network(network, strict=True)

@@ -91,6 +91,20 @@ class TestEnvironment:
     ("[http]\nlisten = 'localhost'\n", {}, "http.listen: expected HOST:PORT"),
     ("[hashing]\nmemory_cost = 1000000\n", {}, "hashing.memory_cost: 1000000 is outside"),
     ("[hashing]\ntime_cost = 0\n", {}, "hashing.time_cost: 0 is outside"),
+    ("[service]\nworkers = 257\n", {}, "service.workers: 257 is outside 0..256"),
+    ("[cache]\nmax_entries = 0\n", {}, "cache.max_entries: 0 is outside 1..10000000"),
+    ("[policy]\nstrict_domains = ['Example.test']\n", {},
+     "policy.strict_domains: 'Example.test' is not a lower-case domain name"),
+    ("[policy]\nstrict_domains = ['example.test', 'exa mple.test']\n", {},
+     "policy.strict_domains: 'exa mple.test' is not a lower-case domain name"),
+    ("[policy]\nstrict_domains = ['-x.test']\n", {}, "policy.strict_domains: '-x.test' is not"),
+    ("[policy]\nstrict_domains = ['x..test']\n", {}, "policy.strict_domains: 'x..test' is not"),
+    ("[policy]\nstrict_domains = ['x.test.']\n", {}, "policy.strict_domains: 'x.test.' is not"),
+    ("[policy]\nstrict_domains = ['a@x.test']\n", {},
+     "policy.strict_domains: 'a@x.test' is not"),
+    ("[policy]\nstrict_domains = ['m\u00fcller.test']\n", {},
+     "policy.strict_domains: 'm\u00fcller.test' is not"),
+    ("[policy]\nstrict_domains = ['']\n", {}, "policy.strict_domains: '' is not"),
     ("[legacy]\nlocal_part_column = 'u'\n", {}, "legacy.table: required"),
     ("[legacy]\ntable = 'users'\n", {}, "legacy.address_column: set address_column"),
     ("[legacy]\ntable = 'users; drop'\naddress_column = 'a'\n", {},
@@ -125,6 +139,13 @@ def test_invalid_configuration_names_the_key(tmp_path: Path, text: str, env: dic
         load_config(_write(tmp_path, text), environ=env)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_strict_domains_take_lower_case_domain_names(tmp_path: Path) -> None:
+    """Lower-case names, one label or many, with digits and inner hyphens, load as written."""
+    names = ["example.test", "x", "mail-1.example.test", "0.example.test", "a" * 63 + ".test"]
+    path = _write(tmp_path, f"[policy]\nstrict_domains = {names!r}\n")
+    assert list(load_config(path, environ={}).policy.strict_domains) == names
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:

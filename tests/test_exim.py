@@ -536,7 +536,8 @@ def test_unadvertised_auth_reaches_the_log_only_where_lint_flags_it(
         build: eximkit.Builder, leaks: bool) -> None:
     """AUTH before STARTTLS: 503; its base64 password is logged exactly when lint warns."""
     _require_exim()
-    from eximauthd.exim.lint import lint, read_config  # noqa: PLC0415
+    from eximauthd.exim.configfile import read_config  # noqa: PLC0415
+    from eximauthd.exim.lint import lint  # noqa: PLC0415
 
     token = base64.b64encode(f"\0alice@example.test\0{PASSWORD}".encode()).decode()
     sock_dir = Path(tempfile.mkdtemp(prefix="eadl-", dir="/tmp"))

@@ -225,7 +225,10 @@ def _auth(decider: Decider, user: str, password: str = PASSWORD) -> Decision:
 
 
 def _relay(decider: Decider, user: str, sender: str) -> Decision:
-    return decider.relay(RelayRequest(user, sender, "someone@remote.test", IP))
+    """The RELAY decision as the service makes it: the pure policy, then the grants."""
+    request = RelayRequest(user, sender, "someone@remote.test", IP)
+    settled = decider.relay_without_storage(request)
+    return settled if settled is not None else decider.relay_with_grants(request)
 
 
 # --- AUTH --------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from eximauthd.exim.lint import lint, logs_protocol_errors, read_config
+from eximauthd.exim.configfile import read_config
+from eximauthd.exim.lint import lint, logs_protocol_errors
 
 from . import eximkit
 from .conftest import in_ci

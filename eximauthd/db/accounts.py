@@ -554,7 +554,7 @@ class GrantStore:
         self._t = tables.grants
 
     def add(self, grant: Grant) -> bool:
-        """Record *grant* (canonical, as :func:`eximauthd.cli.commands` builds it); False when it
+        """Record *grant* (canonical, as :mod:`eximauthd.cli.grants` builds it); False when it
         already existed."""
         try:
             with self.db.write("add grant") as conn:

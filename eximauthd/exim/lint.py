@@ -1,10 +1,8 @@
 """``eximauthd lint-exim-config``: find the configuration mistakes that make Exim an open relay.
 
-:func:`read_config` turns Exim configuration files into logical lines the way Exim reads them:
-comments dropped, continuation lines joined, ``.include``/``.include_if_exists`` followed,
-macros defined and substituted, ``.ifdef``/``.ifndef``/``.else``/``.endif`` applied.  Each line
-keeps the file and line number it came from.  :func:`lint` applies the rules to them.  Only file
-reading is I/O; the rules are pure.
+:func:`lint` applies the rules to the logical lines that :func:`.configfile.read_config` reads
+from Exim configuration files.  The rules are pure but for one read: an ACL file that
+``acl_smtp_rcpt`` names by its path.
 
 Rules (each finding names file:line and the fix):
 
@@ -37,32 +35,17 @@ nothing to flag.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ConfigLine", "LintFinding", "lint", "logs_protocol_errors", "read_config"]
+from .configfile import ConfigLine, read_config
 
-_MACRO_DEF = re.compile(r"([A-Z][A-Za-z0-9_]*)\s*(==?)\s*(.*)")
-_MACRO_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*")
+__all__ = ["LintFinding", "lint", "logs_protocol_errors"]
+
 _OPTION = re.compile(r"(?:no_|not_)?([a-z][a-z0-9_]*)(?:\s*=\s*(.*))?$")
 _ACL_VERBS = frozenset({"accept", "deny", "defer", "require", "warn", "drop", "discard"})
 _PASSWORD_VAR = re.compile(r"\$(?:auth[1-3]|[1-3])\b|\$\{auth[1-3]\}")
 _EMPTY_CHECK = re.compile(r"eq\s*\{\s*\$\{?(auth[1-3]|[1-3])\}?\s*\}\s*\{\s*\}")
-_MAX_INCLUDE_DEPTH = 20
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigLine:
-    """One logical line of configuration with its origin."""
-
-    path: str
-    lineno: int
-    text: str
-
-    @property
-    def where(self) -> str:
-        return f"{self.path}:{self.lineno}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,106 +61,6 @@ class LintFinding:
     def as_dict(self) -> dict[str, str]:
         return {"rule": self.rule, "severity": self.severity, "where": self.where,
                 "message": self.message, "fix": self.fix}
-
-
-# --- reading -----------------------------------------------------------------------------------
-
-@dataclass
-class _Reader:
-    macros: dict[str, str] = field(default_factory=dict)
-    lines: list[ConfigLine] = field(default_factory=list)
-    section: str = "main"
-
-    def read(self, path: Path, depth: int = 0) -> None:
-        if depth > _MAX_INCLUDE_DEPTH:
-            raise OSError(f"{path}: .include nested too deeply")
-        stack: list[bool] = []  # for each open .if: is this branch active?
-        physical = path.read_text("utf-8", "replace").splitlines()
-        index = 0
-        while index < len(physical):
-            start = index + 1
-            text = physical[index].strip()
-            index += 1
-            if text.startswith("#"):
-                continue
-            while text.endswith("\\") and index < len(physical):
-                text = text[:-1] + physical[index].strip()
-                index += 1
-            if not text:
-                continue
-            if text.startswith("."):
-                self._directive(text, stack, path, start, depth)
-                continue
-            if not all(stack):
-                continue
-            self._logical(text, path, start)
-
-    def _directive(self, text: str, stack: list[bool], path: Path, lineno: int,
-                   depth: int) -> None:
-        word, _, arg = text.partition(" ")
-        arg = arg.strip()
-        match word:
-            case ".ifdef" | ".ifndef":
-                defined = arg in self.macros
-                stack.append(defined if word == ".ifdef" else not defined)
-            case ".elifdef" | ".elifndef":
-                if stack:
-                    defined = arg in self.macros
-                    stack[-1] = (not stack[-1]) and (defined if word == ".elifdef"
-                                                     else not defined)
-            case ".else":
-                if stack:
-                    stack[-1] = not stack[-1]
-            case ".endif":
-                if stack:
-                    stack.pop()
-            case ".include" | ".include_if_exists":
-                if all(stack):
-                    self._include(word, arg, path, lineno, depth)
-            case _:
-                pass
-
-    def _include(self, word: str, arg: str, path: Path, lineno: int, depth: int) -> None:
-        target = Path(self._expand(arg))
-        if not target.is_absolute():
-            target = path.parent / target
-        if target.exists():
-            self.read(target, depth + 1)
-        elif word == ".include":
-            raise OSError(f"{path}:{lineno}: included file {target} does not exist")
-
-    def _logical(self, text: str, path: Path, lineno: int) -> None:
-        definition = _MACRO_DEF.fullmatch(text)
-        if definition is not None and not text.startswith("begin "):
-            name, op, value = definition.groups()
-            if op == "==" or name not in self.macros:
-                self.macros[name] = self._expand(value)
-            return
-        expanded = self._expand(text)
-        if expanded.startswith("begin "):
-            self.section = expanded.split()[1]
-        self.lines.append(ConfigLine(str(path), lineno, expanded))
-
-    def _expand(self, text: str) -> str:
-        if not self.macros:
-            return text
-        for _ in range(10):  # macros may use macros
-            new = _MACRO_NAME.sub(lambda m: self.macros.get(m.group(0), m.group(0)), text)
-            if new == text:
-                break
-            text = new
-        return text
-
-
-def read_config(paths: Iterable[Path]) -> list[ConfigLine]:
-    """Read configuration files as Exim would, into logical lines.
-
-    :raises OSError: a file or a non-optional ``.include`` cannot be read.
-    """
-    reader = _Reader()
-    for path in paths:
-        reader.read(path)
-    return reader.lines
 
 
 # --- structure ---------------------------------------------------------------------------------

@@ -131,15 +131,6 @@ class Decider:
             return first
         return None
 
-    def relay(self, request: RelayRequest) -> Decision:
-        """May the authenticated id relay with this envelope sender?
-
-        The pure policy answers first without grants; only a sender outside the login's own
-        address and domain costs a database read of its send-as grants.
-        """
-        settled = self.relay_without_storage(request)
-        return settled if settled is not None else self.relay_with_grants(request)
-
     def relay_with_grants(self, request: RelayRequest) -> Decision:
         """The relay decision for a sender the policy alone refused: read the id's grants.
 

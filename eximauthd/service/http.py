@@ -23,6 +23,7 @@ import falcon.asgi
 
 from ..core.decision import Decision, Result
 from ..core.protocol import (
+    MECHANISMS,
     AuthRequest,
     RelayRequest,
     Request,
@@ -31,6 +32,10 @@ from ..core.protocol import (
 )
 from ..errors import ConfigError, ProtocolError
 from .metrics import Metrics
+
+__all__ = ["MAX_BODY_BYTES", "BearerToken", "create_app", "parse_json"]
+
+MAX_BODY_BYTES = 16384
 
 
 class Service(Protocol):
@@ -41,11 +46,6 @@ class Service(Protocol):
     async def readiness(self) -> Decision: ...
 
     async def decide(self, request: Request, transport: str = ...) -> Decision: ...
-
-__all__ = ["MAX_BODY_BYTES", "BearerToken", "create_app", "parse_json"]
-
-MAX_BODY_BYTES = 16384
-_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 
 
 def _answer(resp: falcon.asgi.Response, decision: Decision) -> None:
@@ -184,7 +184,7 @@ class Auth:
         data = _fields(await _read_json(req), ("username", "password"),
                        ("mechanism", "client_ip"))
         mechanism = data.get("mechanism", "PLAIN")
-        if mechanism not in _MECHANISMS:
+        if mechanism not in MECHANISMS:
             raise falcon.HTTPBadRequest(title="unsupported mechanism")
         request: Request = AuthRequest(mechanism, data["username"], data["password"],
                                        data.get("client_ip", ""))

@@ -1,0 +1,150 @@
+"""The root of the ``eximauthd`` command: its group, its exit codes and what commands share.
+
+Each command group lives in a module of its own that registers on :data:`cli` when imported;
+the package imports them all, so :func:`main` always sees every command.
+
+Exit codes (also in ``docs/cli.md``):
+
+==  =====================================================================================
+0   success; for ``check``: the credentials are accepted (yes)
+1   ``check`` only: the credentials are refused (no)
+2   bad usage or input: unknown option, invalid configuration, malformed address,
+    duplicate or missing user, no password given
+3   the database could not answer (unreachable, locked, schema missing): nothing was changed
+==  =====================================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, NoReturn
+
+import click
+
+from ..config import Config, load_config
+from ..core.hashing import Hasher
+from ..core.protocol import parse_client_ip
+from ..db.accounts import AccountStore, Database, make_account_store
+from ..errors import (
+    AddressError,
+    ConfigError,
+    EximauthdError,
+    HashingError,
+    ProtocolError,
+    StorageError,
+    UserExistsError,
+    UserNotFoundError,
+)
+
+__all__ = ["EXIT_DB", "EXIT_NO", "EXIT_OK", "EXIT_USAGE", "cli", "main"]
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_USAGE = 2
+EXIT_DB = 3
+
+_INPUT_ERRORS = (ConfigError, AddressError, UserExistsError, UserNotFoundError)
+
+
+@dataclass
+class State:
+    """What a command needs, built on first use so ``--help`` never touches a database."""
+
+    config_path: str | None
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.config.database)
+
+    @cached_property
+    def hasher(self) -> Hasher:
+        return Hasher(self.config.hashing, password_scheme=self.config.legacy.password_scheme)
+
+    @cached_property
+    def accounts(self) -> AccountStore:
+        return make_account_store(self.config, self.db)
+
+
+class _Group(click.Group):
+    """Turns eximauthd's errors into one line on stderr and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _INPUT_ERRORS as exc:
+            _fail(str(exc), EXIT_USAGE)
+        except (StorageError, HashingError) as exc:
+            _fail(str(exc), EXIT_DB)
+        except EximauthdError as exc:
+            _fail(str(exc), EXIT_USAGE)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"eximauthd: error: {message}", err=True)
+    sys.exit(code)
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", envvar="EXIMAUTHD_CONFIG", metavar="FILE",
+              type=click.Path(dir_okay=False), help="TOML configuration (default: built-in).")
+@click.option("-v", "--verbose", is_flag=True, help="Log informational events to stderr.")
+@click.version_option(package_name="eximauthd")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
+    """SMTP AUTH and relay decisions for Exim, fail-closed."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="eximauthd: %(levelname)s %(name)s: %(message)s")
+    ctx.obj = State(config_path)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="eximauthd")
+
+
+# --- shared by the commands ----------------------------------------------------------------------
+
+stdin_option = click.option("--password-stdin", is_flag=True,
+                            help="Read the password as one line from standard input.")
+
+
+def read_password(from_stdin: bool, *, confirm: bool, prompt: str = "Password",
+                  allow_empty: bool = False) -> str:
+    """One password: a line of stdin (without its newline) or a hidden prompt on a terminal."""
+    if from_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+    elif sys.stdin.isatty():
+        password = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm,
+                                default="", show_default=False)
+    else:
+        raise ConfigError("standard input is not a terminal: pass --password-stdin")
+    if not password and not allow_empty:
+        # The empty password is the hole this project exists to close.
+        raise ConfigError("empty password refused")
+    return password
+
+
+def client_ip_option(value: str, option: str = "--client-ip") -> str:
+    """*value* if the socket protocol would accept it as a client address; else ConfigError."""
+    try:
+        return parse_client_ip(value)
+    except ProtocolError:
+        raise ConfigError(f"{option}: {value[:64]!r} is not an IPv4 or IPv6 address "
+                          "(no scope id)") from None
+
+
+def print_table(header: list[str], rows: list[list[Any]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,53 @@
+"""``eximauthd serve``: answer Exim on the Unix socket and serve the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import click
+
+from ..config import mask_url
+from ..db import upgrade
+from ..files import warn_if_readable_by_others
+from .app import State, cli, pass_state
+
+
+@cli.command("serve")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="Log lines as key=value text or JSON (default: service.log_format).")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Append logs to FILE instead of stderr; reopened on SIGHUP.")
+@pass_state
+def serve(state: State, log_format: str | None, log_file: str | None) -> None:
+    """Answer Exim on the Unix socket and serve the HTTP API until SIGTERM."""
+    from ..service.decider import Decider  # noqa: PLC0415 -- keep other commands' start-up light
+    from ..service.logs import configure_logging  # noqa: PLC0415
+    from ..service.server import Service  # noqa: PLC0415
+
+    config = state.config
+    fmt = log_format or config.service.log_format
+    configure_logging(fmt, log_file)
+    log = logging.getLogger("eximauthd.serve")
+    if config.source != "built-in defaults":
+        # The file may hold the database password or http.token: warn, do not refuse (an
+        # upgrade must not stop mail over a mode the admin can fix at leisure).
+        warn_if_readable_by_others(config.source, "the configuration (database URL, token)")
+    if state.db.dialect == "sqlite":
+        # The embedded default must work from an empty directory; a shared MySQL schema is
+        # upgraded deliberately, with `eximauthd db upgrade`, by someone allowed to run DDL.
+        upgrade.upgrade(state.db)
+    service = Service(config, Decider(config, db=state.db))
+
+    def ready() -> None:
+        http = f"http://{config.http.listen}" if config.http.enabled else "disabled"
+        log.info("serving socket=%s http=%s database=%s workers=%d config=%s",
+                 os.path.abspath(config.socket.path), http,
+                 mask_url(config.database.url), service.workers, config.source)
+
+    def reopen_logs() -> None:
+        configure_logging(fmt, log_file)
+
+    asyncio.run(service.run(ready, on_hangup=reopen_logs))
+    log.info("stopped")

@@ -1,0 +1,120 @@
+"""``eximauthd user``: add, change, disable and list accounts (their limits: :mod:`.limits`)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import socket
+
+import click
+
+from ..core.addresses import parse_address
+from ..core.hashing import Scheme, hash_shape, identify_scheme
+from .app import State, cli, pass_state, print_table, read_password, stdin_option
+
+
+@cli.group()
+def user() -> None:
+    """Add, change and list accounts."""
+
+
+@user.command("add")
+@click.argument("address")
+@stdin_option
+@pass_state
+def user_add(state: State, address: str, password_stdin: bool) -> None:
+    """Create an account with an argon2id password."""
+    parsed = parse_address(address)
+    password = read_password(password_stdin, confirm=True)
+    state.accounts.add(parsed, state.hasher.hash(password))
+    click.echo(f"added {parsed}")
+
+
+@user.command("passwd")
+@click.argument("address")
+@stdin_option
+@pass_state
+def user_passwd(state: State, address: str, password_stdin: bool) -> None:
+    """Set a new password for an account."""
+    parsed = parse_address(address)
+    password = read_password(password_stdin, confirm=True, prompt="New password")
+    state.accounts.set_password(parsed, state.hasher.hash(password))
+    _tell_service(state, str(parsed))
+    click.echo(f"password changed for {parsed}")
+
+
+@user.command("disable")
+@click.argument("address")
+@pass_state
+def user_disable(state: State, address: str) -> None:
+    """Refuse logins for an account (its password is kept)."""
+    parsed = parse_address(address)
+    state.accounts.set_enabled(parsed, False)
+    _tell_service(state, str(parsed))
+    click.echo(f"disabled {parsed}")
+
+
+@user.command("enable")
+@click.argument("address")
+@pass_state
+def user_enable(state: State, address: str) -> None:
+    """Allow logins for a disabled account again."""
+    parsed = parse_address(address)
+    state.accounts.set_enabled(parsed, True)
+    click.echo(f"enabled {parsed}")
+
+
+@user.command("delete")
+@click.argument("address")
+@pass_state
+def user_delete(state: State, address: str) -> None:
+    """Delete an account."""
+    parsed = parse_address(address)
+    state.accounts.delete(parsed)
+    _tell_service(state, str(parsed))
+    click.echo(f"deleted {parsed}")
+
+
+def _tell_service(state: State, address: str) -> None:
+    """Have the local service forget its cached logins of *address* (``FORGET``).
+
+    Best effort: without a running service there is nothing cached here; services on other
+    hosts drop the entries at their next revalidation (``cache.revalidate_seconds``).
+    """
+    line = f"FORGET {base64.b64encode(address.encode()).decode()}\n".encode()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2.0)
+            sock.connect(state.config.socket.path)
+            sock.sendall(line)
+            sock.recv(64)
+    except OSError:
+        logging.getLogger("eximauthd.cli").info("no service at %s to notify",
+                                                state.config.socket.path)
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
+@pass_state
+def user_list(state: State, as_json: bool) -> None:
+    """List accounts with their state and password scheme (never the hash)."""
+    rows = [
+        {"address": r.address, "enabled": r.enabled,
+         "scheme": _scheme_name(r.password, state.hasher.bare)}
+        for r in state.accounts.list()
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    print_table(["ADDRESS", "ENABLED", "SCHEME"],
+                [[r["address"], "yes" if r["enabled"] else "no", r["scheme"]] for r in rows])
+
+
+def _scheme_name(stored: str | None, bare: Scheme | None) -> str:
+    if not stored:
+        return "none"
+    scheme, _, label = identify_scheme(stored, bare)
+    if scheme is Scheme.UNKNOWN and hash_shape(stored) == label:
+        return f"unknown ({label}?)"  # a bare hash of a kind password_scheme does not name
+    return scheme.value
