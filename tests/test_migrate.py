@@ -23,7 +23,8 @@ from eximauthd.auth.authn import Authenticator
 from eximauthd.config import Config, DatabaseConfig, LegacyConfig
 from eximauthd.core.hashing import Hasher, Scheme, identify_scheme
 from eximauthd.db import tables
-from eximauthd.db.accounts import Database, LegacyAccountStore, OwnAccountStore, make_account_store
+from eximauthd.db.accounts import LegacyAccountStore, OwnAccountStore, make_account_store
+from eximauthd.db.engine import Database
 from eximauthd.errors import ConfigError, SchemaMissingError
 from eximauthd.migrate.run import (
     ColumnTooNarrowError,

@@ -1,8 +1,7 @@
 """Account storage: eximauthd's own tables or an existing (legacy) table, same interface.
 
-All SQL is built with SQLAlchemy Core expressions and bound parameters.  Database exceptions are
-turned into :class:`~eximauthd.errors.StorageError` with a message made only of the error class and
-its code: SQLAlchemy's own messages can carry bound parameters (hashes) and URLs (passwords).
+Every statement goes through :class:`~eximauthd.db.engine.Database`, which turns database errors
+into log-safe StorageErrors.
 
 Who a row is, is decided here in Python, never by the database's collation: a lookup asks the
 database for the rows its collation calls equal to the login (so the login columns' index
@@ -13,36 +12,27 @@ that very account, byte for byte.  Writes go to those rows only, compared byte f
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import Connection
 
-from ..config import Config, DatabaseConfig, LegacyConfig
+from ..config import Config, LegacyConfig
 from ..core.addresses import Address, stored_address
-from ..errors import (
-    SchemaMissingError,
-    StorageError,
-    UserExistsError,
-    UserNotFoundError,
-)
-from ..files import create_private
+from ..errors import StorageError, UserExistsError, UserNotFoundError
 from . import tables
+from .engine import Database, is_duplicate
 
 __all__ = [
     "AccountStore",
-    "Database",
     "Grant",
     "GrantStore",
     "LegacyAccountStore",
     "OwnAccountStore",
     "UserRecord",
     "make_account_store",
-    "translate_errors",
 ]
 
 # The rows one lookup may read before the filter: the database's collation can call many rows
@@ -50,18 +40,6 @@ __all__ = [
 # keep the look-alikes and drop the account itself.  Past this, the lookup fails (defer)
 # rather than guess; in a sane table the group is one row.
 MAX_CANDIDATES = 100
-
-# MySQL/MariaDB error codes worth a specific message.
-_MYSQL_NO_TABLE = 1146
-_MYSQL_MESSAGES = {
-    1044: "access denied to the database",
-    1045: "access denied (user or password wrong)",
-    1049: "unknown database",
-    1146: "table missing",
-    2003: "cannot connect to the database server",
-    2006: "database server has gone away",
-    2013: "lost connection to the database server",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,113 +61,6 @@ class Grant:
 
     user: str
     sender: str
-
-
-def _safe_error(exc: SQLAlchemyError, what: str) -> StorageError:
-    orig = exc.orig if isinstance(exc, DBAPIError) else None
-    args = orig.args if orig is not None else ()
-    code = args[0] if args and isinstance(args[0], int) else None
-    text = str(orig) if orig is not None else ""
-    if code == _MYSQL_NO_TABLE or "no such table" in text:
-        return SchemaMissingError(
-            f"{what}: table missing; run `eximauthd db upgrade` (or check the [legacy] table name)"
-        )
-    detail = _MYSQL_MESSAGES.get(code, "") if code is not None else ""
-    if not detail and "unable to open database file" in text:
-        detail = "cannot open the SQLite file"
-    if not detail and "database is locked" in text:
-        detail = "SQLite database is locked"
-    label = type(orig).__name__ if orig is not None else type(exc).__name__
-    suffix = f" {code}" if code is not None else ""
-    return StorageError(f"{what}: {detail or 'database error'} ({label}{suffix})")
-
-
-@contextlib.contextmanager
-def translate_errors(what: str) -> Iterator[None]:
-    """Turn SQLAlchemy exceptions raised inside the block into log-safe StorageErrors."""
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        raise _safe_error(exc, what) from None
-
-
-def create_engine(url: str, connect_timeout: int = 3) -> Engine:
-    """Make an engine with the settings eximauthd needs on either backend.
-
-    ``hide_parameters`` keeps bound values (hashes) out of every SQLAlchemy message; the
-    connect timeout keeps a dead database from stalling a decision past Exim's readsocket timeout.
-    A SQLite file is created mode 0600 (its -wal and -shm follow) before SQLite opens it.
-    """
-    parsed = sa.engine.make_url(url)
-    if parsed.drivername.startswith("sqlite"):
-        if parsed.database and parsed.database != ":memory:" and "uri" not in parsed.query:
-            # Every hash is in this file: it must not be born world-readable (umask 022),
-            # whether the CLI, `serve` or Alembic opens it first.
-            create_private(parsed.database)
-        engine = sa.create_engine(
-            parsed, hide_parameters=True, connect_args={"timeout": connect_timeout}
-        )
-        sa.event.listen(engine, "connect", _sqlite_on_connect)
-        return engine
-    return sa.create_engine(
-        parsed,
-        hide_parameters=True,
-        pool_pre_ping=True,
-        pool_recycle=1800,
-        connect_args={
-            "connect_timeout": connect_timeout,
-            "read_timeout": max(connect_timeout, 5),
-            "write_timeout": max(connect_timeout, 5),
-            "charset": "utf8mb4",
-        },
-    )
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the service read while the CLI writes; busy_timeout waits instead of failing.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=3000")
-    cursor.close()
-
-
-class Database:
-    """The primary engine (writes) and, when configured, a replica engine (reads)."""
-
-    def __init__(self, config: DatabaseConfig) -> None:
-        self.config = config
-        self.primary = create_engine(config.url, config.connect_timeout)
-        self.replica = (
-            create_engine(config.replica_url, config.connect_timeout)
-            if config.replica_url else self.primary
-        )
-
-    def __repr__(self) -> str:
-        return f"Database({self.config!r})"
-
-    @property
-    def dialect(self) -> str:
-        return self.primary.dialect.name
-
-    @contextlib.contextmanager
-    def read(self, what: str) -> Iterator[Connection]:
-        with translate_errors(what), self.replica.connect() as conn:
-            yield conn
-
-    @contextlib.contextmanager
-    def write(self, what: str) -> Iterator[Connection]:
-        with translate_errors(what), self.primary.begin() as conn:
-            yield conn
-
-    def ping(self) -> None:
-        """Raise :class:`StorageError` unless the read database answers."""
-        with self.read("ping") as conn:
-            conn.execute(sa.select(sa.literal(1)))
-
-    def dispose(self) -> None:
-        self.primary.dispose()
-        if self.replica is not self.primary:
-            self.replica.dispose()
 
 
 def _exactly(column: sa.ColumnElement[Any], value: str | bytes,
@@ -319,7 +190,7 @@ class OwnAccountStore:
             with self.db.write("add user") as conn:
                 conn.execute(query)
         except StorageError as exc:
-            if _is_duplicate(exc):
+            if is_duplicate(exc):
                 raise UserExistsError(f"user already exists: {address}") from None
             raise
 
@@ -365,11 +236,6 @@ def _chunks(items: list[Any], size: int = 200) -> Iterator[list[Any]]:
     # Bounded statements: a few hundred parameters each, whatever the number of items.
     for i in range(0, len(items), size):
         yield items[i:i + size]
-
-
-def _is_duplicate(exc: StorageError) -> bool:
-    """Was *exc* made from a uniqueness violation (IntegrityError) by translate_errors?"""
-    return isinstance(exc.__context__, IntegrityError)
 
 
 class LegacyAccountStore:
@@ -503,7 +369,7 @@ class LegacyAccountStore:
                     raise UserExistsError(f"user already exists: {address}")
                 conn.execute(sa.insert(self._t).values(values))
         except StorageError as exc:
-            if _is_duplicate(exc):
+            if is_duplicate(exc):
                 # The table's unique index collates a look-alike row equal to this address.
                 raise UserExistsError(f"cannot add {address}: the table's unique index holds "
                                       "a row its collation calls equal") from None
@@ -561,7 +427,7 @@ class GrantStore:
                 conn.execute(sa.insert(self._t).values(user_address=grant.user,
                                                       sender=grant.sender))
         except StorageError as exc:
-            if not _is_duplicate(exc):
+            if not is_duplicate(exc):
                 raise
             with self.db.write("add grant") as conn:
                 if self._exact_ids(conn, grant):

@@ -24,7 +24,8 @@ from sqlalchemy.dialects import mysql, sqlite
 from ..core.limits import Limit, RateKey
 from ..errors import StorageError
 from . import tables
-from .accounts import Database, _exactly
+from .accounts import _exactly
+from .engine import Database
 
 __all__ = [
     "AttemptStore",

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Dialect
 from ..config import Config
 from ..core.hashing import Hasher
 from ..db import tables
-from ..db.accounts import Database, translate_errors
+from ..db.engine import Database, translate_errors
 from ..errors import ConfigError, SchemaMissingError
 
 __all__ = ["ColumnCheck", "Target", "address_of", "check_column", "inspect_target", "widen"]

@@ -44,7 +44,7 @@ from argon2.exceptions import InvalidHashError
 
 from ..config import LEGACY_PASSWORD_SCHEMES, Config, HashingConfig
 from ..core.hashing import Hasher, Scheme, bare_scheme, hash_shape, identify_scheme
-from ..db.accounts import Database, translate_errors
+from ..db.engine import Database, translate_errors
 from ..errors import ColumnTooNarrowError, ConfigError, EximauthdError
 from .column import ColumnCheck, Target, address_of, check_column, inspect_target, widen
 from .progress import Progress
