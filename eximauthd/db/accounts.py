@@ -5,9 +5,9 @@ into log-safe StorageErrors.
 
 Who a row is, is decided here in Python, never by the database's collation: a lookup asks the
 database for the rows its collation calls equal to the login (so the login columns' index
-serves it), then keeps only those that :func:`~eximauthd.addresses.stored_address` says are
-that very account, byte for byte.  Writes go to those rows only, compared byte for byte
-(:func:`_exactly`), so ``alicé`` is never changed by a command for ``alice``.
+serves it), then keeps only those that :func:`~eximauthd.core.addresses.stored_address` says
+are that very account, byte for byte.  Writes go to those rows only, compared byte for byte
+(:func:`~eximauthd.db.engine.exactly`), so ``alicé`` is never changed by a command for ``alice``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ..config import Config, LegacyConfig
 from ..core.addresses import Address, stored_address
 from ..errors import StorageError, UserExistsError, UserNotFoundError
 from . import tables
-from .engine import Database, is_duplicate
+from .engine import Database, caseless, exactly, is_duplicate
 
 __all__ = [
     "AccountStore",
@@ -63,41 +63,12 @@ class Grant:
     sender: str
 
 
-def _exactly(column: sa.ColumnElement[Any], value: str | bytes,
-             dialect: str) -> sa.ColumnElement[bool]:
-    """Compare byte for byte: MySQL's default collations ignore case, accents and trailing
-    spaces, and an SQLite column may be declared ``NOCASE`` or ``RTRIM``.
-
-    (A legacy column in a charset other than utf8 only matches ASCII values this way, so a
-    non-ASCII old value is never swapped there: safe, the upgrade is just skipped.)
-    """
-    raw = value if isinstance(value, bytes) else value.encode("utf-8")
-    if dialect in {"mysql", "mariadb"}:
-        return sa.cast(column, sa.LargeBinary) == raw
-    if isinstance(value, bytes):
-        return sa.cast(column, sa.LargeBinary) == raw
-    return column.collate("BINARY") == value
-
-
 def _bounded(rows: Sequence[Any], address: Address) -> Sequence[Any]:
     """*rows* unless there are more than :data:`MAX_CANDIDATES` (then StorageError: defer)."""
     if len(rows) > MAX_CANDIDATES:
         raise StorageError(f"look up user: more than {MAX_CANDIDATES} rows collate equal to "
                            f"{address}; refusing to decide (clean up the table)")
     return rows
-
-
-def _caseless(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
-    """Find the candidates for a lower-case value caselessly (the caller filters them).
-
-    MySQL's default collations already compare caselessly and can use the column's index;
-    SQLite compares bytes, so it lower-cases the column.  (A legacy column with a ``_bin``
-    collation on MySQL is matched case-sensitively: keep its values lower-case.)  What the
-    collation calls equal is only a candidate: :func:`stored_address` decides.
-    """
-    if dialect in {"mysql", "mariadb"}:
-        return column
-    return sa.func.lower(column)
 
 
 class AccountStore(Protocol):
@@ -178,7 +149,7 @@ class OwnAccountStore:
             if len(ids) != 1:
                 return False
             query = (sa.update(t)
-                     .where(t.c.id == ids[0], _exactly(t.c.password_hash, old, self.db.dialect))
+                     .where(t.c.id == ids[0], exactly(t.c.password_hash, old, self.db.dialect))
                      .values(password_hash=new, updated_at=sa.func.now()))
             return conn.execute(query).rowcount == 1
 
@@ -277,10 +248,10 @@ class LegacyAccountStore:
     def _match(self, address: Address) -> sa.ColumnElement[bool]:
         c, dialect = self._t.c, self.db.dialect
         if self.legacy.address_column:
-            return _caseless(c[self.legacy.address_column], dialect) == str(address)
+            return caseless(c[self.legacy.address_column], dialect) == str(address)
         return sa.and_(
-            _caseless(c[self.legacy.local_part_column], dialect) == address.local,
-            _caseless(c[self.legacy.domain_column], dialect) == address.domain,
+            caseless(c[self.legacy.local_part_column], dialect) == address.local,
+            caseless(c[self.legacy.domain_column], dialect) == address.domain,
         )
 
     def _select(self) -> sa.Select[Any]:
@@ -315,7 +286,7 @@ class LegacyAccountStore:
         narrowed byte for byte, so a look-alike row is never written."""
         dialect = self.db.dialect
         return sa.and_(self._match(address), *(
-            _exactly(column, value, dialect)
+            exactly(column, value, dialect)
             for column, value in zip(self._address_columns(), key, strict=True)))
 
     def find(self, address: Address, limit: int = 2) -> list[UserRecord]:
@@ -345,7 +316,7 @@ class LegacyAccountStore:
                 return False
             query = (sa.update(self._t)
                      .where(self._exact_match(address, keys[0]),
-                            _exactly(self._password, old, self.db.dialect))
+                            exactly(self._password, old, self.db.dialect))
                      .values({self.legacy.password_column: new}))
             result = conn.execute(query)
             if result.rowcount > 1:

@@ -1,4 +1,4 @@
-"""The database: its engines, connections and transactions, and log-safe errors.
+"""The database: its engines, connections and transactions, log-safe errors, dialect helpers.
 
 All SQL is built with SQLAlchemy Core expressions and bound parameters.  Database exceptions are
 turned into :class:`~eximauthd.errors.StorageError` with a message made only of the error class and
@@ -12,14 +12,25 @@ from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from ..config import DatabaseConfig
 from ..errors import SchemaMissingError, StorageError
 from ..files import create_private
 
-__all__ = ["Database", "create_engine", "is_duplicate", "translate_errors"]
+__all__ = [
+    "MYSQL_DIALECTS",
+    "Database",
+    "caseless",
+    "create_engine",
+    "exactly",
+    "is_duplicate",
+    "translate_errors",
+]
+
+MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
+"""SQLAlchemy's names of MySQL and MariaDB, which share their SQL and their collations."""
 
 # MySQL/MariaDB error codes worth a specific message.
 _MYSQL_NO_TABLE = 1146
@@ -120,6 +131,11 @@ class Database:
     def dialect(self) -> str:
         return self.primary.dialect.name
 
+    @property
+    def is_mysql(self) -> bool:
+        """MySQL or MariaDB (else SQLite)."""
+        return self.dialect in MYSQL_DIALECTS
+
     @contextlib.contextmanager
     def read(self, what: str) -> Iterator[Connection]:
         with translate_errors(what), self.replica.connect() as conn:
@@ -139,3 +155,42 @@ class Database:
 def is_duplicate(exc: StorageError) -> bool:
     """Was *exc* made from a uniqueness violation (IntegrityError) by translate_errors?"""
     return isinstance(exc.__context__, IntegrityError)
+
+
+class _Utf8Bytes(sa.TypeDecorator[bytes]):
+    """A value compared as bytes: text is sent as its UTF-8 encoding."""
+
+    impl = sa.LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: str | bytes | None, dialect: Dialect) -> bytes | None:
+        return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def exactly(column: sa.ColumnElement[Any], value: str | bytes | sa.BindParameter[Any],
+            dialect: str) -> sa.ColumnElement[bool]:
+    """Compare byte for byte: MySQL's default collations ignore case, accents and trailing
+    spaces, and an SQLite column may be declared ``NOCASE`` or ``RTRIM``.
+
+    *value* may be an untyped :func:`sqlalchemy.bindparam`, so that one statement serves many
+    values; it is sent as bytes where the comparison is of bytes, like a value given here.
+    (A legacy column in a charset other than utf8 only matches ASCII values this way, so a
+    non-ASCII old value is never swapped there: safe, the upgrade is just skipped.)
+    """
+    if dialect in MYSQL_DIALECTS or isinstance(value, bytes):
+        return sa.cast(column, sa.LargeBinary) == sa.type_coerce(value, _Utf8Bytes())
+    return column.collate("BINARY") == value
+
+
+def caseless(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
+    """Find the candidates for a lower-case value caselessly (the caller filters them).
+
+    MySQL's default collations already compare caselessly and can use the column's index;
+    SQLite compares bytes, so it lower-cases the column.  (A legacy column with a ``_bin``
+    collation on MySQL is matched case-sensitively: keep its values lower-case.)  What the
+    collation calls equal is only a candidate: the caller decides, with
+    :func:`~eximauthd.core.addresses.stored_address`.
+    """
+    if dialect in MYSQL_DIALECTS:
+        return column
+    return sa.func.lower(column)

@@ -44,7 +44,7 @@ from argon2.exceptions import InvalidHashError
 
 from ..config import LEGACY_PASSWORD_SCHEMES, Config, HashingConfig
 from ..core.hashing import Hasher, Scheme, bare_scheme, hash_shape, identify_scheme
-from ..db.engine import Database, translate_errors
+from ..db.engine import Database, exactly, translate_errors
 from ..errors import ColumnTooNarrowError, ConfigError, EximauthdError
 from .column import ColumnCheck, Target, address_of, check_column, inspect_target, widen
 from .progress import Progress
@@ -71,7 +71,6 @@ _CHUNK = 16
 # How many addresses a warning names before it just counts.
 _EXAMPLES = 20
 _PR_SET_PDEATHSIG = 1
-_MYSQL = frozenset({"mysql", "mariadb"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,7 +436,7 @@ def _write(db: Database, target: Target, batch: _Batch, tally: _Tally,
     migrated = changed = 0
     swap = _swap_statement(target, db.dialect)
     with db.write("write argon2id hashes") as conn:
-        if db.dialect in _MYSQL:
+        if db.is_mysql:
             # Belt and braces for the width check: a server in a non-strict sql_mode would
             # silently truncate a hash that does not fit; strict mode makes it an error.
             conn.execute(sa.text(
@@ -445,7 +444,7 @@ def _write(db: Database, target: Target, batch: _Batch, tally: _Tally,
         for candidate, (key, new) in zip(batch.candidates, hashed, strict=True):
             if key != candidate.key:
                 raise EximauthdError("migrate-passwords: a hashing worker answered out of order")
-            if conn.execute(swap, _swap_values(candidate, new, db.dialect)).rowcount:
+            if conn.execute(swap, _swap_values(candidate, new)).rowcount:
                 migrated += 1
             else:
                 changed += 1
@@ -459,25 +458,21 @@ def _write(db: Database, target: Target, batch: _Batch, tally: _Tally,
 def _swap_statement(target: Target, dialect: str) -> sa.Update:
     """``SET password = :new WHERE key = :key AND password = :old``, compared byte for byte.
 
-    The comparison is :func:`eximauthd.db.accounts._exactly`'s, with the old value as a parameter so
-    that one statement serves every row (building one per row costs the parent CPU the workers
-    need).
+    The comparison is :func:`eximauthd.db.engine.exactly`'s, with the old value as a parameter
+    so that one statement serves every row (building one per row costs the parent CPU the
+    workers need).
     """
     values: dict[str, Any] = {target.password.name: sa.bindparam("swap_new")}
     if target.stamp is not None:
         values[target.stamp.name] = sa.func.now()
     key = [column == sa.bindparam(f"swap_key{i}", type_=column.type)
            for i, column in enumerate(target.key)]
-    old: sa.ColumnElement[bool] = target.password == sa.bindparam("swap_old")
-    if dialect in _MYSQL:
-        old = (sa.cast(target.password, sa.LargeBinary)
-               == sa.bindparam("swap_old", type_=sa.LargeBinary))
+    old = exactly(target.password, sa.bindparam("swap_old"), dialect)
     return sa.update(target.table).where(*key, old).values(values)
 
 
-def _swap_values(candidate: _Candidate, new: str, dialect: str) -> dict[str, Any]:
-    old = candidate.old.encode("utf-8") if dialect in _MYSQL else candidate.old
-    return {"swap_new": new, "swap_old": old,
+def _swap_values(candidate: _Candidate, new: str) -> dict[str, Any]:
+    return {"swap_new": new, "swap_old": candidate.old,
             **{f"swap_key{i}": value for i, value in enumerate(candidate.key)}}
 
 
