@@ -32,6 +32,7 @@ __all__ = [
     "LegacyAccountStore",
     "OwnAccountStore",
     "UserRecord",
+    "legacy_address_columns",
     "make_account_store",
 ]
 
@@ -209,6 +210,14 @@ def _chunks(items: list[Any], size: int = 200) -> Iterator[list[Any]]:
         yield items[i:i + size]
 
 
+def legacy_address_columns(legacy: LegacyConfig) -> tuple[str, ...]:
+    """The columns of a ``[legacy]`` table that hold a row's address: ``address_column``, or
+    ``local_part_column`` and ``domain_column``."""
+    if legacy.address_column:
+        return (legacy.address_column,)
+    return (legacy.local_part_column, legacy.domain_column)
+
+
 class LegacyAccountStore:
     """Accounts in an existing table, described by ``[legacy]`` without changing its shape.
 
@@ -221,12 +230,8 @@ class LegacyAccountStore:
         self.db = db
         self.legacy = legacy
         self._rule = legacy.enabled_rule
-        columns = [sa.Column(legacy.password_column, sa.String)]
-        if legacy.address_column:
-            columns.append(sa.Column(legacy.address_column, sa.String))
-        else:
-            columns += [sa.Column(legacy.local_part_column, sa.String),
-                        sa.Column(legacy.domain_column, sa.String)]
+        self._names = legacy_address_columns(legacy)
+        columns = [sa.Column(name, sa.String) for name in (legacy.password_column, *self._names)]
         if legacy.enabled_column:
             columns.append(sa.Column(legacy.enabled_column, sa.String))
         # A detached description of the table: nothing is reflected or created from it.
@@ -240,19 +245,16 @@ class LegacyAccountStore:
         return self._t.c[self.legacy.password_column]
 
     def _address_columns(self) -> list[sa.ColumnElement[Any]]:
-        c = self._t.c
-        if self.legacy.address_column:
-            return [c[self.legacy.address_column]]
-        return [c[self.legacy.local_part_column], c[self.legacy.domain_column]]
+        return [self._t.c[name] for name in self._names]
+
+    def _address_values(self, address: Address) -> tuple[str, ...]:
+        """*address* as the address columns hold it, in their order."""
+        return (str(address),) if self.legacy.address_column else (address.local, address.domain)
 
     def _match(self, address: Address) -> sa.ColumnElement[bool]:
-        c, dialect = self._t.c, self.db.dialect
-        if self.legacy.address_column:
-            return caseless(c[self.legacy.address_column], dialect) == str(address)
-        return sa.and_(
-            caseless(c[self.legacy.local_part_column], dialect) == address.local,
-            caseless(c[self.legacy.domain_column], dialect) == address.domain,
-        )
+        dialect = self.db.dialect
+        return sa.and_(*(caseless(column, dialect) == value for column, value in zip(
+            self._address_columns(), self._address_values(address), strict=True)))
 
     def _select(self) -> sa.Select[Any]:
         columns: list[sa.ColumnElement[Any]] = [*self._address_columns(), self._password]
@@ -262,7 +264,7 @@ class LegacyAccountStore:
 
     @property
     def _width(self) -> int:
-        return 1 if self.legacy.address_column else 2
+        return len(self._names)
 
     def _identity(self, row: Sequence[Any]) -> Address | None:
         """The account a row (address columns first) names, decided by our rule alone."""
@@ -327,11 +329,7 @@ class LegacyAccountStore:
 
     def add(self, address: Address, password_hash: str) -> None:
         values: dict[str, Any] = {self.legacy.password_column: password_hash}
-        if self.legacy.address_column:
-            values[self.legacy.address_column] = str(address)
-        else:
-            values[self.legacy.local_part_column] = address.local
-            values[self.legacy.domain_column] = address.domain
+        values.update(zip(self._names, self._address_values(address), strict=True))
         if self.legacy.enabled_column:
             values[self.legacy.enabled_column] = self.legacy.enabled_value
         try:
