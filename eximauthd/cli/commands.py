@@ -37,9 +37,10 @@ from ..core.limits import KINDS, format_window, parse_limits
 from ..core.protocol import parse_client_ip
 from ..core.ratelimit import estimate
 from ..db import upgrade
-from ..db.accounts import AccountStore, Grant, GrantStore, make_account_store
+from ..db.accounts import AccountStore, make_account_store
 from ..db.counters import AttemptStore, LimitStore, RateStore, utcnow
 from ..db.engine import Database
+from ..db.grants import Grant, GrantStore
 from ..errors import (
     AddressError,
     ConfigError,
