@@ -25,16 +25,11 @@ from eximauthd.core.hashing import Hasher, Scheme, identify_scheme
 from eximauthd.db import tables
 from eximauthd.db.accounts import LegacyAccountStore, OwnAccountStore, make_account_store
 from eximauthd.db.engine import Database
-from eximauthd.errors import ConfigError, SchemaMissingError
-from eximauthd.migrate.run import (
-    ColumnTooNarrowError,
-    MigrationOptions,
-    MigrationReport,
-    Progress,
-    _Candidate,
-    check_column,
-    migrate_passwords,
-)
+from eximauthd.errors import ColumnTooNarrowError, ConfigError, SchemaMissingError
+from eximauthd.migrate.candidates import Candidate
+from eximauthd.migrate.column import check_column
+from eximauthd.migrate.progress import Progress
+from eximauthd.migrate.run import MigrationOptions, MigrationReport, migrate_passwords
 
 from .conftest import (
     ADDRESS_LEGACY,
@@ -617,7 +612,7 @@ class TestOutput:
             assert password not in text
         assert "$argon2" not in text
         assert "empty@example.test" in "\n".join(report.warnings())
-        assert "hunter2" not in repr(_Candidate(("k",), "a@example.test", "hunter2"))
+        assert "hunter2" not in repr(Candidate(("k",), "a@example.test", "hunter2"))
 
 
 def run_cli(accounts: Accounts, cwd: Path, *args: str, stdin: str = "",
