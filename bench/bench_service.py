@@ -747,7 +747,7 @@ class BenchDatabase:
 
     def create(self) -> None:
         from eximauthd.db import upgrade  # noqa: PLC0415
-        from eximauthd.db.accounts import Database  # noqa: PLC0415
+        from eximauthd.db.engine import Database  # noqa: PLC0415
 
         with self.admin.cursor() as cur:
             # Generated names, never input: DDL cannot bind identifiers.

@@ -12,7 +12,6 @@ from eximauthd.config import DatabaseConfig, RateLimitConfig
 from eximauthd.core.decision import Decision
 from eximauthd.core.limits import Limit, parse_limit, parse_limits
 from eximauthd.core.ratelimit import RateLimiter, estimate
-from eximauthd.db.accounts import Database
 from eximauthd.db.counters import (
     AttemptStore,
     KnownNetworkStore,
@@ -20,6 +19,7 @@ from eximauthd.db.counters import (
     RateStore,
     Reserved,
 )
+from eximauthd.db.engine import Database
 from eximauthd.errors import ConfigError
 
 HOUR = 3600

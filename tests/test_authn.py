@@ -17,7 +17,8 @@ from eximauthd.config import DatabaseConfig
 from eximauthd.core.addresses import parse_address
 from eximauthd.core.decision import Result
 from eximauthd.core.hashing import Hasher, Scheme, identify_scheme
-from eximauthd.db.accounts import AccountStore, Database, LegacyAccountStore, OwnAccountStore
+from eximauthd.db.accounts import AccountStore, LegacyAccountStore, OwnAccountStore
+from eximauthd.db.engine import Database
 from eximauthd.errors import StorageError
 
 from .conftest import (

@@ -14,7 +14,8 @@ from eximauthd.auth.cache import AuthCache
 from eximauthd.core.addresses import parse_address
 from eximauthd.core.decision import Decision, Result
 from eximauthd.core.hashing import Hasher
-from eximauthd.db.accounts import Database, LegacyAccountStore, OwnAccountStore
+from eximauthd.db.accounts import LegacyAccountStore, OwnAccountStore
+from eximauthd.db.engine import Database
 
 from .conftest import FAST_HASHING, SEED_LEGACY, create_seed_table
 

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from eximauthd.config import DatabaseConfig
-from eximauthd.db.accounts import Database
+from eximauthd.db.engine import Database
 
 from .conftest import FAST_HASHING_ENV, create_seed_table
 from .hash_shapes import SHAPED

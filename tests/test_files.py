@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from eximauthd.auth.throttle import load_secret
 from eximauthd.config import DatabaseConfig
 from eximauthd.db import upgrade
-from eximauthd.db.accounts import Database
+from eximauthd.db.engine import Database
 from eximauthd.files import create_private, warn_if_readable_by_others
 
 from .conftest import FAST_HASHING_ENV

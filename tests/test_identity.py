@@ -27,8 +27,9 @@ from eximauthd.core.limits import Limit
 from eximauthd.core.policy import RelayPolicy, may_relay
 from eximauthd.core.protocol import AuthRequest, RelayRequest
 from eximauthd.db import tables, upgrade
-from eximauthd.db.accounts import Database, Grant, GrantStore
 from eximauthd.db.counters import AttemptStore, KnownNetworkStore, LimitStore, RateStore
+from eximauthd.db.engine import Database
+from eximauthd.db.grants import Grant, GrantStore
 from eximauthd.errors import UserExistsError, UserNotFoundError
 from eximauthd.service.decider import Decider
 

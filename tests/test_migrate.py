@@ -23,17 +23,13 @@ from eximauthd.auth.authn import Authenticator
 from eximauthd.config import Config, DatabaseConfig, LegacyConfig
 from eximauthd.core.hashing import Hasher, Scheme, identify_scheme
 from eximauthd.db import tables
-from eximauthd.db.accounts import Database, LegacyAccountStore, OwnAccountStore, make_account_store
-from eximauthd.errors import ConfigError, SchemaMissingError
-from eximauthd.migrate.run import (
-    ColumnTooNarrowError,
-    MigrationOptions,
-    MigrationReport,
-    Progress,
-    _Candidate,
-    check_column,
-    migrate_passwords,
-)
+from eximauthd.db.accounts import LegacyAccountStore, OwnAccountStore, make_account_store
+from eximauthd.db.engine import Database
+from eximauthd.errors import ColumnTooNarrowError, ConfigError, SchemaMissingError
+from eximauthd.migrate.candidates import Candidate
+from eximauthd.migrate.column import check_column
+from eximauthd.migrate.progress import Progress
+from eximauthd.migrate.run import MigrationOptions, MigrationReport, migrate_passwords
 
 from .conftest import (
     ADDRESS_LEGACY,
@@ -437,6 +433,31 @@ class TestConcurrentChange:
         assert strict.verify(after["a@example.test"], "pw-a").reason == "ok"
         assert not strict.verify(after["b@example.test"], "pw-b").matched
 
+    def test_case_change_in_a_nocase_sqlite_column_is_not_overwritten(self,
+                                                                     sqlite_url: str) -> None:
+        """A password column declared NOCASE still compares the old value byte for byte."""
+        db = Database(DatabaseConfig(url=sqlite_url))
+        table = sa.Table("users", sa.MetaData(),
+                         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+                         sa.Column("username", sa.String(64)), sa.Column("domain", sa.String(255)),
+                         sa.Column("password", sa.String(255, collation="NOCASE")),
+                         sa.Column("smtp", sa.Integer))
+        table.create(db.primary)
+        accounts = Accounts("seed", config_for(sqlite_url, SEED_LEGACY), db, table)
+        accounts.insert({"b@example.test": "pw-b"})
+
+        def upper_b(_keys: Sequence[tuple[Any, ...]]) -> None:
+            with db.primary.begin() as conn:
+                conn.execute(sa.update(table).values(password="PW-B"))
+
+        try:
+            report = migrate(accounts, before_write=upper_b)
+            after = accounts.snapshot()
+        finally:
+            db.dispose()
+        assert (report.migrated, report.changed) == (0, 1)
+        assert after == {"b@example.test": "PW-B"}
+
     def test_rows_tied_by_the_collation_are_all_migrated(self, database: Database) -> None:
         """Without a primary key, 'alice', 'ALICE' and 'Alice ' page as one key on MariaDB."""
         table = sa.Table("users", sa.MetaData(), sa.Column("username", sa.String(64)),
@@ -591,7 +612,7 @@ class TestOutput:
             assert password not in text
         assert "$argon2" not in text
         assert "empty@example.test" in "\n".join(report.warnings())
-        assert "hunter2" not in repr(_Candidate(("k",), "a@example.test", "hunter2"))
+        assert "hunter2" not in repr(Candidate(("k",), "a@example.test", "hunter2"))
 
 
 def run_cli(accounts: Accounts, cwd: Path, *args: str, stdin: str = "",

@@ -16,7 +16,8 @@ from eximauthd.auth.padding import FailureFloor
 from eximauthd.config import DatabaseConfig
 from eximauthd.core.addresses import parse_address
 from eximauthd.db import upgrade
-from eximauthd.db.accounts import Database, OwnAccountStore
+from eximauthd.db.accounts import OwnAccountStore
+from eximauthd.db.engine import Database
 
 from . import servicekit as kit
 

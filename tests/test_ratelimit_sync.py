@@ -16,8 +16,8 @@ from eximauthd.core.decision import Decision
 from eximauthd.core.limits import Limit
 from eximauthd.core.ratelimit import RateLimiter
 from eximauthd.db import tables
-from eximauthd.db.accounts import Database
 from eximauthd.db.counters import RateKey, RateStore
+from eximauthd.db.engine import Database
 
 from . import servicekit as kit
 from .conftest import MARIADB_HOST, MARIADB_PORT

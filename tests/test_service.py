@@ -24,7 +24,9 @@ from eximauthd.config import DatabaseConfig
 from eximauthd.core.addresses import parse_address
 from eximauthd.core.hashing import Hasher
 from eximauthd.core.protocol import is_valid_reply
-from eximauthd.db.accounts import Database, Grant, GrantStore, OwnAccountStore
+from eximauthd.db.accounts import OwnAccountStore
+from eximauthd.db.engine import Database
+from eximauthd.db.grants import Grant, GrantStore
 
 from . import servicekit as kit
 from .conftest import FAST_HASHING, MARIADB_HOST, MARIADB_PORT

@@ -21,8 +21,9 @@ from eximauthd.core.addresses import parse_address
 from eximauthd.core.decision import Result
 from eximauthd.core.hashing import Hasher
 from eximauthd.core.protocol import AuthRequest
-from eximauthd.db.accounts import Database, OwnAccountStore
+from eximauthd.db.accounts import OwnAccountStore
 from eximauthd.db.counters import AttemptStore, utcnow
+from eximauthd.db.engine import Database
 from eximauthd.service.decider import Decider
 
 from .conftest import FAST_HASHING, config_for

@@ -25,8 +25,8 @@ from eximauthd.auth.throttle import NO_ADDRESS, Throttle, load_secret
 from eximauthd.config import ThrottleConfig
 from eximauthd.core.decision import Result
 from eximauthd.db import tables
-from eximauthd.db.accounts import Database
 from eximauthd.db.counters import AttemptStore, KnownNetworkStore
+from eximauthd.db.engine import Database
 
 T0 = dt.datetime(2026, 11, 28, 12, 0, 0)
 KEY = b"throttle-unit-test-key-0123456789"

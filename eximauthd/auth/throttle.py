@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from ..config import ThrottleConfig
 from ..core.addresses import parse_address
 from ..core.decision import Decision
-from ..db.accounts import Database
 from ..db.counters import AttemptStore, KnownNetworkStore, Reserved, Subject, utcnow
+from ..db.engine import Database
 from ..errors import AddressError, ConfigError, StorageError
 from ..files import warn_if_readable_by_others
 

@@ -27,7 +27,8 @@ import click
 from ..config import Config, load_config
 from ..core.hashing import Hasher
 from ..core.protocol import parse_client_ip
-from ..db.accounts import AccountStore, Database, make_account_store
+from ..db.accounts import AccountStore, make_account_store
+from ..db.engine import Database
 from ..errors import (
     AddressError,
     ConfigError,

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..core.addresses import parse_address
-from ..db.accounts import Grant, GrantStore
+from ..db.grants import Grant, GrantStore
 from ..errors import UserNotFoundError
 from .app import State, cli, pass_state, print_table
 

@@ -82,14 +82,14 @@ def check(state: State, address: str, password_stdin: bool, client_ip: str) -> N
 def migrate_passwords(state: State, dry_run: bool, jobs: int | None, batch_size: int,
                       limit: int | None, alter_column: bool) -> None:
     """Hash every plaintext password with argon2id, in place; safe to stop and rerun."""
-    from ..migrate import run  # noqa: PLC0415 -- keep other commands' start-up light
+    from ..migrate import progress, run  # noqa: PLC0415 -- keep other commands' start-up light
 
     # Without --jobs, MigrationOptions' own default: one process per CPU.
     options = run.MigrationOptions(dry_run=dry_run, batch_size=batch_size, limit=limit,
                                    alter_column=alter_column,
                                    **({"jobs": jobs} if jobs is not None else {}))
     report = run.migrate_passwords(state.config, state.db, options,
-                                   progress=run.Progress(sys.stderr))
+                                   progress=progress.Progress(sys.stderr))
     for line in report.summary():
         click.echo(line)
     for warning in report.warnings():

@@ -1,48 +1,37 @@
 """Account storage: eximauthd's own tables or an existing (legacy) table, same interface.
 
-All SQL is built with SQLAlchemy Core expressions and bound parameters.  Database exceptions are
-turned into :class:`~eximauthd.errors.StorageError` with a message made only of the error class and
-its code: SQLAlchemy's own messages can carry bound parameters (hashes) and URLs (passwords).
+Every statement goes through :class:`~eximauthd.db.engine.Database`, which turns database errors
+into log-safe StorageErrors.
 
 Who a row is, is decided here in Python, never by the database's collation: a lookup asks the
 database for the rows its collation calls equal to the login (so the login columns' index
-serves it), then keeps only those that :func:`~eximauthd.addresses.stored_address` says are
-that very account, byte for byte.  Writes go to those rows only, compared byte for byte
-(:func:`_exactly`), so ``alicé`` is never changed by a command for ``alice``.
+serves it), then keeps only those that :func:`~eximauthd.core.addresses.stored_address` says
+are that very account, byte for byte.  Writes go to those rows only, compared byte for byte
+(:func:`~eximauthd.db.engine.exactly`), so ``alicé`` is never changed by a command for ``alice``.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import Connection
 
-from ..config import Config, DatabaseConfig, LegacyConfig
+from ..config import Config, LegacyConfig
 from ..core.addresses import Address, stored_address
-from ..errors import (
-    SchemaMissingError,
-    StorageError,
-    UserExistsError,
-    UserNotFoundError,
-)
-from ..files import create_private
+from ..errors import StorageError, UserExistsError, UserNotFoundError
 from . import tables
+from .engine import Database, caseless, exactly, is_duplicate
 
 __all__ = [
     "AccountStore",
-    "Database",
-    "Grant",
-    "GrantStore",
     "LegacyAccountStore",
     "OwnAccountStore",
     "UserRecord",
+    "legacy_address_columns",
     "make_account_store",
-    "translate_errors",
 ]
 
 # The rows one lookup may read before the filter: the database's collation can call many rows
@@ -50,18 +39,6 @@ __all__ = [
 # keep the look-alikes and drop the account itself.  Past this, the lookup fails (defer)
 # rather than guess; in a sane table the group is one row.
 MAX_CANDIDATES = 100
-
-# MySQL/MariaDB error codes worth a specific message.
-_MYSQL_NO_TABLE = 1146
-_MYSQL_MESSAGES = {
-    1044: "access denied to the database",
-    1045: "access denied (user or password wrong)",
-    1049: "unknown database",
-    1146: "table missing",
-    2003: "cannot connect to the database server",
-    2006: "database server has gone away",
-    2013: "lost connection to the database server",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,156 +54,12 @@ class UserRecord:
         return f"UserRecord(address={self.address!r}, enabled={self.enabled}, password={shown})"
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """``user`` may send with envelope sender ``sender`` (an address or ``@domain``)."""
-
-    user: str
-    sender: str
-
-
-def _safe_error(exc: SQLAlchemyError, what: str) -> StorageError:
-    orig = exc.orig if isinstance(exc, DBAPIError) else None
-    args = orig.args if orig is not None else ()
-    code = args[0] if args and isinstance(args[0], int) else None
-    text = str(orig) if orig is not None else ""
-    if code == _MYSQL_NO_TABLE or "no such table" in text:
-        return SchemaMissingError(
-            f"{what}: table missing; run `eximauthd db upgrade` (or check the [legacy] table name)"
-        )
-    detail = _MYSQL_MESSAGES.get(code, "") if code is not None else ""
-    if not detail and "unable to open database file" in text:
-        detail = "cannot open the SQLite file"
-    if not detail and "database is locked" in text:
-        detail = "SQLite database is locked"
-    label = type(orig).__name__ if orig is not None else type(exc).__name__
-    suffix = f" {code}" if code is not None else ""
-    return StorageError(f"{what}: {detail or 'database error'} ({label}{suffix})")
-
-
-@contextlib.contextmanager
-def translate_errors(what: str) -> Iterator[None]:
-    """Turn SQLAlchemy exceptions raised inside the block into log-safe StorageErrors."""
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        raise _safe_error(exc, what) from None
-
-
-def create_engine(url: str, connect_timeout: int = 3) -> Engine:
-    """Make an engine with the settings eximauthd needs on either backend.
-
-    ``hide_parameters`` keeps bound values (hashes) out of every SQLAlchemy message; the
-    connect timeout keeps a dead database from stalling a decision past Exim's readsocket timeout.
-    A SQLite file is created mode 0600 (its -wal and -shm follow) before SQLite opens it.
-    """
-    parsed = sa.engine.make_url(url)
-    if parsed.drivername.startswith("sqlite"):
-        if parsed.database and parsed.database != ":memory:" and "uri" not in parsed.query:
-            # Every hash is in this file: it must not be born world-readable (umask 022),
-            # whether the CLI, `serve` or Alembic opens it first.
-            create_private(parsed.database)
-        engine = sa.create_engine(
-            parsed, hide_parameters=True, connect_args={"timeout": connect_timeout}
-        )
-        sa.event.listen(engine, "connect", _sqlite_on_connect)
-        return engine
-    return sa.create_engine(
-        parsed,
-        hide_parameters=True,
-        pool_pre_ping=True,
-        pool_recycle=1800,
-        connect_args={
-            "connect_timeout": connect_timeout,
-            "read_timeout": max(connect_timeout, 5),
-            "write_timeout": max(connect_timeout, 5),
-            "charset": "utf8mb4",
-        },
-    )
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the service read while the CLI writes; busy_timeout waits instead of failing.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=3000")
-    cursor.close()
-
-
-class Database:
-    """The primary engine (writes) and, when configured, a replica engine (reads)."""
-
-    def __init__(self, config: DatabaseConfig) -> None:
-        self.config = config
-        self.primary = create_engine(config.url, config.connect_timeout)
-        self.replica = (
-            create_engine(config.replica_url, config.connect_timeout)
-            if config.replica_url else self.primary
-        )
-
-    def __repr__(self) -> str:
-        return f"Database({self.config!r})"
-
-    @property
-    def dialect(self) -> str:
-        return self.primary.dialect.name
-
-    @contextlib.contextmanager
-    def read(self, what: str) -> Iterator[Connection]:
-        with translate_errors(what), self.replica.connect() as conn:
-            yield conn
-
-    @contextlib.contextmanager
-    def write(self, what: str) -> Iterator[Connection]:
-        with translate_errors(what), self.primary.begin() as conn:
-            yield conn
-
-    def ping(self) -> None:
-        """Raise :class:`StorageError` unless the read database answers."""
-        with self.read("ping") as conn:
-            conn.execute(sa.select(sa.literal(1)))
-
-    def dispose(self) -> None:
-        self.primary.dispose()
-        if self.replica is not self.primary:
-            self.replica.dispose()
-
-
-def _exactly(column: sa.ColumnElement[Any], value: str | bytes,
-             dialect: str) -> sa.ColumnElement[bool]:
-    """Compare byte for byte: MySQL's default collations ignore case, accents and trailing
-    spaces, and an SQLite column may be declared ``NOCASE`` or ``RTRIM``.
-
-    (A legacy column in a charset other than utf8 only matches ASCII values this way, so a
-    non-ASCII old value is never swapped there: safe, the upgrade is just skipped.)
-    """
-    raw = value if isinstance(value, bytes) else value.encode("utf-8")
-    if dialect in {"mysql", "mariadb"}:
-        return sa.cast(column, sa.LargeBinary) == raw
-    if isinstance(value, bytes):
-        return sa.cast(column, sa.LargeBinary) == raw
-    return column.collate("BINARY") == value
-
-
 def _bounded(rows: Sequence[Any], address: Address) -> Sequence[Any]:
     """*rows* unless there are more than :data:`MAX_CANDIDATES` (then StorageError: defer)."""
     if len(rows) > MAX_CANDIDATES:
         raise StorageError(f"look up user: more than {MAX_CANDIDATES} rows collate equal to "
                            f"{address}; refusing to decide (clean up the table)")
     return rows
-
-
-def _caseless(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
-    """Find the candidates for a lower-case value caselessly (the caller filters them).
-
-    MySQL's default collations already compare caselessly and can use the column's index;
-    SQLite compares bytes, so it lower-cases the column.  (A legacy column with a ``_bin``
-    collation on MySQL is matched case-sensitively: keep its values lower-case.)  What the
-    collation calls equal is only a candidate: :func:`stored_address` decides.
-    """
-    if dialect in {"mysql", "mariadb"}:
-        return column
-    return sa.func.lower(column)
 
 
 class AccountStore(Protocol):
@@ -307,7 +140,7 @@ class OwnAccountStore:
             if len(ids) != 1:
                 return False
             query = (sa.update(t)
-                     .where(t.c.id == ids[0], _exactly(t.c.password_hash, old, self.db.dialect))
+                     .where(t.c.id == ids[0], exactly(t.c.password_hash, old, self.db.dialect))
                      .values(password_hash=new, updated_at=sa.func.now()))
             return conn.execute(query).rowcount == 1
 
@@ -319,7 +152,7 @@ class OwnAccountStore:
             with self.db.write("add user") as conn:
                 conn.execute(query)
         except StorageError as exc:
-            if _is_duplicate(exc):
+            if is_duplicate(exc):
                 raise UserExistsError(f"user already exists: {address}") from None
             raise
 
@@ -367,9 +200,12 @@ def _chunks(items: list[Any], size: int = 200) -> Iterator[list[Any]]:
         yield items[i:i + size]
 
 
-def _is_duplicate(exc: StorageError) -> bool:
-    """Was *exc* made from a uniqueness violation (IntegrityError) by translate_errors?"""
-    return isinstance(exc.__context__, IntegrityError)
+def legacy_address_columns(legacy: LegacyConfig) -> tuple[str, ...]:
+    """The columns of a ``[legacy]`` table that hold a row's address: ``address_column``, or
+    ``local_part_column`` and ``domain_column``."""
+    if legacy.address_column:
+        return (legacy.address_column,)
+    return (legacy.local_part_column, legacy.domain_column)
 
 
 class LegacyAccountStore:
@@ -384,12 +220,8 @@ class LegacyAccountStore:
         self.db = db
         self.legacy = legacy
         self._rule = legacy.enabled_rule
-        columns = [sa.Column(legacy.password_column, sa.String)]
-        if legacy.address_column:
-            columns.append(sa.Column(legacy.address_column, sa.String))
-        else:
-            columns += [sa.Column(legacy.local_part_column, sa.String),
-                        sa.Column(legacy.domain_column, sa.String)]
+        self._names = legacy_address_columns(legacy)
+        columns = [sa.Column(name, sa.String) for name in (legacy.password_column, *self._names)]
         if legacy.enabled_column:
             columns.append(sa.Column(legacy.enabled_column, sa.String))
         # A detached description of the table: nothing is reflected or created from it.
@@ -403,19 +235,16 @@ class LegacyAccountStore:
         return self._t.c[self.legacy.password_column]
 
     def _address_columns(self) -> list[sa.ColumnElement[Any]]:
-        c = self._t.c
-        if self.legacy.address_column:
-            return [c[self.legacy.address_column]]
-        return [c[self.legacy.local_part_column], c[self.legacy.domain_column]]
+        return [self._t.c[name] for name in self._names]
+
+    def _address_values(self, address: Address) -> tuple[str, ...]:
+        """*address* as the address columns hold it, in their order."""
+        return (str(address),) if self.legacy.address_column else (address.local, address.domain)
 
     def _match(self, address: Address) -> sa.ColumnElement[bool]:
-        c, dialect = self._t.c, self.db.dialect
-        if self.legacy.address_column:
-            return _caseless(c[self.legacy.address_column], dialect) == str(address)
-        return sa.and_(
-            _caseless(c[self.legacy.local_part_column], dialect) == address.local,
-            _caseless(c[self.legacy.domain_column], dialect) == address.domain,
-        )
+        dialect = self.db.dialect
+        return sa.and_(*(caseless(column, dialect) == value for column, value in zip(
+            self._address_columns(), self._address_values(address), strict=True)))
 
     def _select(self) -> sa.Select[Any]:
         columns: list[sa.ColumnElement[Any]] = [*self._address_columns(), self._password]
@@ -425,7 +254,7 @@ class LegacyAccountStore:
 
     @property
     def _width(self) -> int:
-        return 1 if self.legacy.address_column else 2
+        return len(self._names)
 
     def _identity(self, row: Sequence[Any]) -> Address | None:
         """The account a row (address columns first) names, decided by our rule alone."""
@@ -449,7 +278,7 @@ class LegacyAccountStore:
         narrowed byte for byte, so a look-alike row is never written."""
         dialect = self.db.dialect
         return sa.and_(self._match(address), *(
-            _exactly(column, value, dialect)
+            exactly(column, value, dialect)
             for column, value in zip(self._address_columns(), key, strict=True)))
 
     def find(self, address: Address, limit: int = 2) -> list[UserRecord]:
@@ -479,7 +308,7 @@ class LegacyAccountStore:
                 return False
             query = (sa.update(self._t)
                      .where(self._exact_match(address, keys[0]),
-                            _exactly(self._password, old, self.db.dialect))
+                            exactly(self._password, old, self.db.dialect))
                      .values({self.legacy.password_column: new}))
             result = conn.execute(query)
             if result.rowcount > 1:
@@ -490,11 +319,7 @@ class LegacyAccountStore:
 
     def add(self, address: Address, password_hash: str) -> None:
         values: dict[str, Any] = {self.legacy.password_column: password_hash}
-        if self.legacy.address_column:
-            values[self.legacy.address_column] = str(address)
-        else:
-            values[self.legacy.local_part_column] = address.local
-            values[self.legacy.domain_column] = address.domain
+        values.update(zip(self._names, self._address_values(address), strict=True))
         if self.legacy.enabled_column:
             values[self.legacy.enabled_column] = self.legacy.enabled_value
         try:
@@ -503,7 +328,7 @@ class LegacyAccountStore:
                     raise UserExistsError(f"user already exists: {address}")
                 conn.execute(sa.insert(self._t).values(values))
         except StorageError as exc:
-            if _is_duplicate(exc):
+            if is_duplicate(exc):
                 # The table's unique index collates a look-alike row equal to this address.
                 raise UserExistsError(f"cannot add {address}: the table's unique index holds "
                                       "a row its collation calls equal") from None
@@ -544,78 +369,6 @@ class LegacyAccountStore:
                 conn.rollback()
                 raise UserNotFoundError(f"{count} rows match {address}; refusing to change "
                                         "them")
-
-
-class GrantStore:
-    """Send-as grants in ``eximauthd_grants``."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self._t = tables.grants
-
-    def add(self, grant: Grant) -> bool:
-        """Record *grant* (canonical, as :mod:`eximauthd.cli.grants` builds it); False when it
-        already existed."""
-        try:
-            with self.db.write("add grant") as conn:
-                conn.execute(sa.insert(self._t).values(user_address=grant.user,
-                                                      sender=grant.sender))
-        except StorageError as exc:
-            if not _is_duplicate(exc):
-                raise
-            with self.db.write("add grant") as conn:
-                if self._exact_ids(conn, grant):
-                    return False
-            # Only a look-alike is there (a table still in a caseless collation).
-            raise UserExistsError(f"cannot add the grant {grant.user} -> {grant.sender}: a "
-                                  "grant the database's collation calls equal exists; run "
-                                  "`eximauthd db upgrade`") from None
-        return True
-
-    def remove(self, grant: Grant) -> bool:
-        """Delete *grant*, byte for byte (never a look-alike); False when there was none."""
-        t = self._t
-        with self.db.write("remove grant") as conn:
-            ids = self._exact_ids(conn, grant)
-            if not ids:
-                return False
-            return conn.execute(sa.delete(t).where(t.c.id.in_(ids))).rowcount > 0
-
-    def _exact_ids(self, conn: Connection, grant: Grant) -> list[int]:
-        t = self._t
-        rows = conn.execute(sa.select(t.c.id, t.c.user_address, t.c.sender).where(
-            t.c.user_address == grant.user, t.c.sender == grant.sender)).all()
-        want = (stored_address(grant.user), _grant_sender(grant.sender))
-        return [int(r.id) for r in rows
-                if want[0] is not None and want[1] is not None
-                and (stored_address(r.user_address), _grant_sender(r.sender)) == want]
-
-    def list(self, user: str | None = None) -> list[Grant]:
-        """Every grant, or the grants of *user*: only rows whose user is that very account
-        under :func:`stored_address`, never a row the collation calls equal."""
-        t = self._t
-        query = sa.select(t.c.user_address, t.c.sender).order_by(t.c.user_address, t.c.sender)
-        owner: Address | None = None
-        if user is not None:
-            owner = stored_address(user)
-            if owner is None:
-                return []
-            query = query.where(t.c.user_address == str(owner))
-        with self.db.read("list grants") as conn:
-            rows = conn.execute(query).all()
-        if owner is None:
-            return [Grant(r.user_address, r.sender) for r in rows]
-        return [Grant(str(owner), r.sender) for r in rows
-                if stored_address(r.user_address) == owner]
-
-
-def _grant_sender(sender: str) -> str | None:
-    """The canonical form of a stored grant's sender (``local@domain`` or ``@domain``)."""
-    if sender.startswith("@"):
-        domain = stored_address("postmaster" + sender)
-        return None if domain is None else "@" + domain.domain
-    address = stored_address(sender)
-    return None if address is None else str(address)
 
 
 def make_account_store(config: Config, db: Database) -> AccountStore:

@@ -5,8 +5,8 @@ MySQL/MariaDB, ``INSERT ... ON CONFLICT DO UPDATE`` on SQLite), so instances sha
 database never lose each other's counts and never race on a first insert.  Everything goes to
 the primary: a replica's lag would let a locked-out client through.
 
-Addresses here are canonical (:func:`eximauthd.addresses.parse_address`), and every read or
-delete by address is byte for byte (:func:`eximauthd.db.accounts._exactly`, or a filter in Python):
+Addresses here are canonical (:func:`eximauthd.core.addresses.parse_address`), and every read or
+delete by address is byte for byte (:func:`eximauthd.db.engine.exactly`, or a filter in Python):
 a table still in a caseless collation must not hand one user's counters, known networks or
 limits to a look-alike (``boss@muller.test`` / ``boss@müller.test``).
 """
@@ -24,7 +24,7 @@ from sqlalchemy.dialects import mysql, sqlite
 from ..core.limits import Limit, RateKey
 from ..errors import StorageError
 from . import tables
-from .accounts import Database, _exactly
+from .engine import Database, exactly
 
 __all__ = [
     "AttemptStore",
@@ -50,7 +50,7 @@ def _upsert(db: Database, table: sa.Table, keys: Sequence[str],
             update: Any) -> Any:
     """An INSERT that updates the row with the same *keys* instead; *update* maps
     (table, inserted-values) to the ordered ``(column, expression)`` assignments."""
-    if db.dialect in {"mysql", "mariadb"}:
+    if db.is_mysql:
         stmt = mysql.insert(table)
         # A list keeps the order: MySQL evaluates the assignments left to right, each one
         # seeing the columns already assigned.
@@ -191,7 +191,7 @@ class AttemptStore:
             query = query.where(t.c.scope == scope)
         if subject is not None:
             query = query.where(t.c.subject == subject,
-                                _exactly(t.c.subject, subject, self.db.dialect))
+                                exactly(t.c.subject, subject, self.db.dialect))
         with self.db.write("reset auth failures") as conn:
             return int(conn.execute(query).rowcount)
 
@@ -217,7 +217,7 @@ class KnownNetworkStore:
     def is_known(self, address: str, network: str, since: dt.datetime) -> bool:
         t = self._t
         query = sa.select(t.c.id).where(t.c.address == address,
-                                        _exactly(t.c.address, address, self.db.dialect),
+                                        exactly(t.c.address, address, self.db.dialect),
                                         t.c.network == network,
                                         t.c.last_success_at >= since).limit(1)
         with self.db.write("read known networks") as conn:
@@ -283,7 +283,7 @@ class RateStore:
     def reset(self, address: str | None = None) -> int:
         t = self._t
         query = sa.delete(t) if address is None else sa.delete(t).where(
-            t.c.address == address, _exactly(t.c.address, address, self.db.dialect))
+            t.c.address == address, exactly(t.c.address, address, self.db.dialect))
         with self.db.write("reset rate counters") as conn:
             return int(conn.execute(query).rowcount)
 
@@ -322,7 +322,7 @@ class LimitStore:
         t = self._t
         with self.db.write("set user limits") as conn:
             conn.execute(sa.delete(t).where(t.c.address == address,
-                                            _exactly(t.c.address, address, self.db.dialect),
+                                            exactly(t.c.address, address, self.db.dialect),
                                             t.c.kind == kind))
             if limits is None:
                 return

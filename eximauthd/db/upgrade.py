@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from ..errors import StorageError
-from .accounts import Database, translate_errors
+from .engine import Database, translate_errors
 
 __all__ = ["current_revision", "head_revision", "upgrade"]
 

@@ -1,1 +1,2 @@
-"""``eximauthd migrate-passwords``: the password column, the run, its progress line."""
+"""``eximauthd migrate-passwords``: the password column, the rows and the hashing workers, the run
+and its report, its progress line."""

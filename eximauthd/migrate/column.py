@@ -18,7 +18,8 @@ from sqlalchemy.engine import Dialect
 from ..config import Config
 from ..core.hashing import Hasher
 from ..db import tables
-from ..db.accounts import Database, translate_errors
+from ..db.accounts import legacy_address_columns
+from ..db.engine import Database, translate_errors
 from ..errors import ConfigError, SchemaMissingError
 
 __all__ = ["ColumnCheck", "Target", "address_of", "check_column", "inspect_target", "widen"]
@@ -88,8 +89,7 @@ def _target(config: Config, columns: dict[str, Any], primary_key: list[str]) -> 
     if not legacy.configured:
         t = tables.users
         return Target(t, (t.c.id,), (t.c.address,), t.c.password_hash, t.c.updated_at)
-    names = ([legacy.address_column] if legacy.address_column
-             else [legacy.local_part_column, legacy.domain_column])
+    names = list(legacy_address_columns(legacy))
     for name in [*names, legacy.password_column]:
         if name.lower() not in columns:
             raise ConfigError(f"table {legacy.table} has no column {name} (check [legacy])")

@@ -21,7 +21,9 @@ from ..core.decision import Decision, Result
 from ..core.hashing import Hasher
 from ..core.policy import RelayPolicy, may_relay
 from ..core.protocol import AuthRequest, RelayRequest
-from ..db.accounts import Database, GrantStore, make_account_store
+from ..db.accounts import make_account_store
+from ..db.engine import Database
+from ..db.grants import GrantStore
 from ..errors import AddressError, StorageError
 
 __all__ = ["Decider"]
