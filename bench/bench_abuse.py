@@ -50,8 +50,8 @@ from bench_service import (
     wait_for,
 )
 
-from eximauthd.config import HashingConfig
 from eximauthd.core.hashing import Hasher
+from eximauthd.settings import HashingConfig
 
 NCPU = os.cpu_count() or 1
 PASSWORD = "correct horse battery staple"  # noqa: S105 -- the bench's own accounts

@@ -51,7 +51,7 @@ from typing import Any
 import argon2
 import pymysql
 
-from eximauthd.config import DatabaseConfig, HashingConfig
+from eximauthd.settings import DatabaseConfig, HashingConfig
 
 MARIADB_HOST = os.environ.get("ETEST_MARIADB_HOST", "127.0.0.1")
 MARIADB_PORT = int(os.environ.get("ETEST_MARIADB_PORT", "3306"))

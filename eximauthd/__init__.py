@@ -15,7 +15,7 @@ implementation detail.
 from __future__ import annotations
 
 from .auth.authn import Authenticator
-from .config import Config, load_config
+from .config import load_config
 from .core.addresses import Address, parse_address
 from .core.decision import Decision, Result
 from .core.hashing import Hasher, Scheme, VerifyResult
@@ -32,7 +32,7 @@ from .errors import (
     UserExistsError,
     UserNotFoundError,
 )
-from .settings import HashingConfig
+from .settings import Config, HashingConfig
 
 __all__ = [
     "Address",

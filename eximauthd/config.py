@@ -31,7 +31,6 @@ from .settings import (
     CacheConfig,
     Config,
     DatabaseConfig,
-    EnabledRule,
     HashingConfig,
     HttpConfig,
     LegacyConfig,
@@ -40,26 +39,9 @@ from .settings import (
     ServiceConfig,
     SocketConfig,
     ThrottleConfig,
-    mask_url,
 )
 
-__all__ = [
-    "LEGACY_PASSWORD_SCHEMES",
-    "CacheConfig",
-    "Config",
-    "DatabaseConfig",
-    "EnabledRule",
-    "HashingConfig",
-    "HttpConfig",
-    "LegacyConfig",
-    "PolicyConfig",
-    "RateLimitConfig",
-    "ServiceConfig",
-    "SocketConfig",
-    "ThrottleConfig",
-    "load_config",
-    "mask_url",
-]
+__all__ = ["ENV_PREFIX", "load_config"]
 
 ENV_PREFIX = "EXIMAUTHD_"
 # Variables with the prefix that are not settings.

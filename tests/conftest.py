@@ -18,10 +18,10 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 
-from eximauthd.config import Config, DatabaseConfig, HashingConfig, LegacyConfig
 from eximauthd.core.hashing import Hasher
 from eximauthd.db import upgrade
 from eximauthd.db.engine import Database
+from eximauthd.settings import Config, DatabaseConfig, HashingConfig, LegacyConfig
 
 # scripts/mutation runs pytest with --hypothesis-profile=mutation: the same examples on every
 # run (a mutant is killed or not, never by luck), and no timing checks, which every test fails

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from eximauthd.config import DatabaseConfig
 from eximauthd.core.addresses import parse_address
 from eximauthd.core.hashing import Hasher
 from eximauthd.db.accounts import OwnAccountStore
 from eximauthd.db.engine import Database
+from eximauthd.settings import DatabaseConfig
 
 from . import servicekit as kit
 from .conftest import FAST_HASHING, MARIADB_HOST, MARIADB_PORT

@@ -8,7 +8,6 @@ import pytest
 
 from eximauthd.auth.cache import AuthCache
 from eximauthd.auth.throttle import network_of, password_tag
-from eximauthd.config import DatabaseConfig, RateLimitConfig
 from eximauthd.core.decision import Decision
 from eximauthd.core.limits import Limit, parse_limit, parse_limits
 from eximauthd.core.ratelimit import RateLimiter, estimate
@@ -21,6 +20,7 @@ from eximauthd.db.counters import (
 )
 from eximauthd.db.engine import Database
 from eximauthd.errors import ConfigError
+from eximauthd.settings import DatabaseConfig, RateLimitConfig
 
 HOUR = 3600
 
@@ -358,7 +358,7 @@ def test_throttle_prunes_windows_that_are_over_and_networks_too_old(
         database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both tables would otherwise only grow: an old counter and an old network go."""
     from eximauthd.auth import throttle as throttle_module  # noqa: PLC0415
-    from eximauthd.config import ThrottleConfig  # noqa: PLC0415
+    from eximauthd.settings import ThrottleConfig  # noqa: PLC0415
 
     monkeypatch.setattr(throttle_module, "_PRUNE_EVERY", 2)
     now = [T0]

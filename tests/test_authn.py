@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eximauthd.auth.authn import Authenticator
-from eximauthd.config import DatabaseConfig
 from eximauthd.core.addresses import parse_address
 from eximauthd.core.decision import Result
 from eximauthd.core.hashing import Hasher, Scheme, identify_scheme
 from eximauthd.db.accounts import AccountStore, LegacyAccountStore, OwnAccountStore
 from eximauthd.db.engine import Database
 from eximauthd.errors import StorageError
+from eximauthd.settings import DatabaseConfig
 
 from .conftest import (
     ADDRESS_LEGACY,

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from eximauthd.config import DatabaseConfig
 from eximauthd.db.engine import Database
+from eximauthd.settings import DatabaseConfig
 
 from .conftest import FAST_HASHING_ENV, create_seed_table
 from .hash_shapes import SHAPED

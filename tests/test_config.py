@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from eximauthd.config import Config, DatabaseConfig, LegacyConfig, load_config
+from eximauthd.config import load_config
 from eximauthd.errors import ConfigError
+from eximauthd.settings import Config, DatabaseConfig, LegacyConfig
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -114,11 +114,11 @@ def rig(request: pytest.FixtureRequest, mariadb_admin: sa.Engine) -> Iterator[Ri
 
 
 def _add_strict_users(url: str) -> None:
-    from eximauthd.config import DatabaseConfig  # noqa: PLC0415
     from eximauthd.core.addresses import parse_address  # noqa: PLC0415
     from eximauthd.core.hashing import Hasher  # noqa: PLC0415
     from eximauthd.db.accounts import OwnAccountStore  # noqa: PLC0415
     from eximauthd.db.engine import Database  # noqa: PLC0415
+    from eximauthd.settings import DatabaseConfig  # noqa: PLC0415
 
     from .conftest import FAST_HASHING  # noqa: PLC0415
 

@@ -14,10 +14,10 @@ import pytest
 import sqlalchemy as sa
 
 from eximauthd.auth.throttle import load_secret
-from eximauthd.config import DatabaseConfig
 from eximauthd.db import upgrade
 from eximauthd.db.engine import Database
 from eximauthd.files import create_private, warn_if_readable_by_others
+from eximauthd.settings import DatabaseConfig
 
 from .conftest import FAST_HASHING_ENV
 

@@ -15,7 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from passlib.hash import des_crypt
 
-from eximauthd.config import LEGACY_PASSWORD_SCHEMES, HashingConfig
 from eximauthd.core.hashing import (
     Hasher,
     Scheme,
@@ -26,6 +25,7 @@ from eximauthd.core.hashing import (
     mysql323,
 )
 from eximauthd.errors import ConfigError
+from eximauthd.settings import LEGACY_PASSWORD_SCHEMES, HashingConfig
 
 from .conftest import FAST_HASHING
 from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED, shaped_ids

@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.dialects import mysql
 
-from eximauthd.config import Config, DatabaseConfig
 from eximauthd.core.addresses import parse_address
 from eximauthd.core.decision import Decision, Result
 from eximauthd.core.limits import Limit
@@ -32,6 +31,7 @@ from eximauthd.db.engine import Database
 from eximauthd.db.grants import Grant, GrantStore
 from eximauthd.errors import UserExistsError, UserNotFoundError
 from eximauthd.service.decider import Decider
+from eximauthd.settings import Config, DatabaseConfig
 
 from .conftest import (
     ADDRESS_LEGACY,

@@ -20,7 +20,6 @@ import pytest
 import sqlalchemy as sa
 
 from eximauthd.auth.authn import Authenticator
-from eximauthd.config import Config, DatabaseConfig, LegacyConfig
 from eximauthd.core.hashing import Hasher, Scheme, identify_scheme
 from eximauthd.db import tables
 from eximauthd.db.accounts import LegacyAccountStore, OwnAccountStore, make_account_store
@@ -30,6 +29,7 @@ from eximauthd.migrate.candidates import Candidate
 from eximauthd.migrate.column import check_column
 from eximauthd.migrate.progress import Progress
 from eximauthd.migrate.run import MigrationOptions, MigrationReport, migrate_passwords
+from eximauthd.settings import Config, DatabaseConfig, LegacyConfig
 
 from .conftest import (
     ADDRESS_LEGACY,

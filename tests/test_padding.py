@@ -13,11 +13,11 @@ from pathlib import Path
 from passlib.hash import sha512_crypt
 
 from eximauthd.auth.padding import FailureFloor
-from eximauthd.config import DatabaseConfig
 from eximauthd.core.addresses import parse_address
 from eximauthd.db import upgrade
 from eximauthd.db.accounts import OwnAccountStore
 from eximauthd.db.engine import Database
+from eximauthd.settings import DatabaseConfig
 
 from . import servicekit as kit
 

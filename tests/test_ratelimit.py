@@ -6,11 +6,11 @@ import logging
 
 import pytest
 
-from eximauthd.config import RateLimitConfig
 from eximauthd.core import ratelimit
 from eximauthd.core.decision import Decision
 from eximauthd.core.limits import Limit
 from eximauthd.core.ratelimit import RateLimiter, estimate
+from eximauthd.settings import RateLimitConfig
 
 HOUR = 3600
 DAY = 86400

@@ -11,13 +11,13 @@ import time
 
 import sqlalchemy as sa
 
-from eximauthd.config import DatabaseConfig, RateLimitConfig
 from eximauthd.core.decision import Decision
 from eximauthd.core.limits import Limit
 from eximauthd.core.ratelimit import RateLimiter
 from eximauthd.db import tables
 from eximauthd.db.counters import RateKey, RateStore
 from eximauthd.db.engine import Database
+from eximauthd.settings import DatabaseConfig, RateLimitConfig
 
 from . import servicekit as kit
 from .conftest import MARIADB_HOST, MARIADB_PORT

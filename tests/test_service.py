@@ -20,13 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eximauthd.config import DatabaseConfig
 from eximauthd.core.addresses import parse_address
 from eximauthd.core.hashing import Hasher
 from eximauthd.core.protocol import is_valid_reply
 from eximauthd.db.accounts import OwnAccountStore
 from eximauthd.db.engine import Database
 from eximauthd.db.grants import Grant, GrantStore
+from eximauthd.settings import DatabaseConfig
 
 from . import servicekit as kit
 from .conftest import FAST_HASHING, MARIADB_HOST, MARIADB_PORT

@@ -16,7 +16,6 @@ from dataclasses import replace
 import pytest
 
 from eximauthd.auth.throttle import NO_ADDRESS
-from eximauthd.config import ThrottleConfig
 from eximauthd.core.addresses import parse_address
 from eximauthd.core.decision import Result
 from eximauthd.core.hashing import Hasher
@@ -25,6 +24,7 @@ from eximauthd.db.accounts import OwnAccountStore
 from eximauthd.db.counters import AttemptStore, utcnow
 from eximauthd.db.engine import Database
 from eximauthd.service.decider import Decider
+from eximauthd.settings import ThrottleConfig
 
 from .conftest import FAST_HASHING, config_for
 

@@ -22,11 +22,11 @@ import sqlalchemy as sa
 
 from eximauthd.auth import throttle as throttle_module
 from eximauthd.auth.throttle import NO_ADDRESS, Throttle, load_secret
-from eximauthd.config import ThrottleConfig
 from eximauthd.core.decision import Result
 from eximauthd.db import tables
 from eximauthd.db.counters import AttemptStore, KnownNetworkStore
 from eximauthd.db.engine import Database
+from eximauthd.settings import ThrottleConfig
 
 T0 = dt.datetime(2026, 11, 28, 12, 0, 0)
 KEY = b"throttle-unit-test-key-0123456789"

@@ -40,13 +40,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..config import ThrottleConfig
 from ..core.addresses import parse_address
 from ..core.decision import Decision
 from ..db.counters import AttemptStore, KnownNetworkStore, Reserved, Subject, utcnow
 from ..db.engine import Database
 from ..errors import AddressError, ConfigError, StorageError
 from ..files import warn_if_readable_by_others
+from ..settings import ThrottleConfig
 
 __all__ = ["NO_ADDRESS", "Reservation", "Throttle", "load_secret", "network_of", "password_tag"]
 

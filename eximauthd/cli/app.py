@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import click
 
-from ..config import Config, load_config
+from ..config import load_config
 from ..core.hashing import Hasher
 from ..core.protocol import parse_client_ip
 from ..db.accounts import AccountStore, make_account_store
@@ -39,6 +39,7 @@ from ..errors import (
     UserExistsError,
     UserNotFoundError,
 )
+from ..settings import Config
 
 __all__ = ["EXIT_DB", "EXIT_NO", "EXIT_OK", "EXIT_USAGE", "cli", "main"]
 

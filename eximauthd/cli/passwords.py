@@ -7,9 +7,9 @@ import sys
 import click
 
 from ..auth.authn import Authenticator
-from ..config import Config
 from ..core.hashing import calibrate
 from ..errors import ConfigError
+from ..settings import Config
 from .app import (
     EXIT_NO,
     EXIT_OK,

@@ -8,9 +8,9 @@ import os
 
 import click
 
-from ..config import mask_url
 from ..db import upgrade
 from ..files import warn_if_readable_by_others
+from ..settings import mask_url
 from .app import State, cli, pass_state
 
 

@@ -19,9 +19,9 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..config import Config, LegacyConfig
 from ..core.addresses import Address, stored_address
 from ..errors import StorageError, UserExistsError, UserNotFoundError
+from ..settings import Config, LegacyConfig
 from . import tables
 from .engine import Database, caseless, exactly, is_duplicate
 

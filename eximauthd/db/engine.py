@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from ..config import DatabaseConfig
 from ..errors import SchemaMissingError, StorageError
 from ..files import create_private
+from ..settings import DatabaseConfig
 
 __all__ = [
     "MYSQL_DIALECTS",

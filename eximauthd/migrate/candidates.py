@@ -25,10 +25,10 @@ import argon2
 import sqlalchemy as sa
 from argon2.exceptions import InvalidHashError
 
-from ..config import HashingConfig
 from ..core.hashing import Hasher, Scheme, hash_shape, identify_scheme
 from ..db.engine import Database, translate_errors
 from ..errors import EximauthdError
+from ..settings import HashingConfig
 from .column import Target, address_of
 
 __all__ = [

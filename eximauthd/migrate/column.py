@@ -15,12 +15,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-from ..config import Config
 from ..core.hashing import Hasher
 from ..db import tables
 from ..db.accounts import legacy_address_columns
 from ..db.engine import Database, translate_errors
 from ..errors import ConfigError, SchemaMissingError
+from ..settings import Config
 
 __all__ = ["ColumnCheck", "Target", "address_of", "check_column", "inspect_target", "widen"]
 

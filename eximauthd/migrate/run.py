@@ -34,10 +34,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..config import LEGACY_PASSWORD_SCHEMES, Config, HashingConfig
 from ..core.hashing import Scheme, bare_scheme
 from ..db.engine import Database, exactly
 from ..errors import ColumnTooNarrowError, ConfigError, EximauthdError
+from ..settings import LEGACY_PASSWORD_SCHEMES, Config, HashingConfig
 from .candidates import (
     CHUNK,
     Batch,

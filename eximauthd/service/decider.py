@@ -15,7 +15,6 @@ import time
 from ..auth.authn import Authenticator, precheck
 from ..auth.cache import AuthCache
 from ..auth.throttle import Throttle, load_secret, network_of
-from ..config import Config
 from ..core.addresses import Address, parse_address
 from ..core.decision import Decision, Result
 from ..core.hashing import Hasher
@@ -25,6 +24,7 @@ from ..db.accounts import make_account_store
 from ..db.engine import Database
 from ..db.grants import GrantStore
 from ..errors import AddressError, StorageError
+from ..settings import Config
 
 __all__ = ["Decider"]
 

@@ -26,7 +26,6 @@ import uvicorn
 
 from ..auth.authn import precheck
 from ..auth.padding import FailureFloor
-from ..config import Config
 from ..core.addresses import parse_address
 from ..core.decision import Decision, Result
 from ..core.protocol import (
@@ -42,6 +41,7 @@ from ..core.protocol import (
 from ..core.ratelimit import RateLimiter, SyncBatch
 from ..db.counters import LimitStore, RateStore
 from ..errors import ConfigError, ProtocolError, StorageError
+from ..settings import Config
 from . import httpguard, secretfile
 from .decider import Decider
 from .http import create_app
