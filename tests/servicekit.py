@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -13,11 +14,14 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .conftest import FAST_HASHING_ENV
+from .support import FAST_HASHING_ENV
 
 
 def b64(value: str) -> str:
@@ -214,3 +218,27 @@ class TcpProxy:
             for sock in (src, dst):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+def http_call(served: Served, method: str, path: str, body: Any = None,
+          headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """One request; the service's bearer token is sent unless *headers* say otherwise."""
+    data = None if body is None else (body if isinstance(body, bytes)
+                                      else json.dumps(body).encode())
+    sent = served.http_headers() if headers is None else headers
+    request = urllib.request.Request(served.http_url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **sent})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        raw, status = exc.read(), exc.code
+    if path == "/metrics":
+        return status, raw.decode()
+    return status, json.loads(raw) if raw else None
+
+
+def relay(served: Served, user: str, txn: str = "") -> bytes:
+    line = relay_line(user, user, "someone@remote.test")
+    return served.ask(line[:-1] + (f" {txn}".encode() if txn else b"") + b"\n")

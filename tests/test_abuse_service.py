@@ -18,25 +18,25 @@ from eximauthd.db.engine import Database
 from eximauthd.settings import DatabaseConfig
 
 from . import servicekit as kit
-from .conftest import FAST_HASHING, MARIADB_HOST, MARIADB_PORT
-from .test_service import PASSWORD, _populate
+from .servicekit import relay
+from .support import (
+    ALICE,
+    BOB,
+    FAST_HASHING,
+    MARIADB_HOST,
+    MARIADB_PORT,
+    PASSWORD,
+    SYNC_MS,
+    populate,
+    rate_env,
+    wait_for,
+)
 
-ALICE = "alice@example.test"
-BOB = "bob@example.test"
 ATTACKER_IPS = ["198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4"]
 OWNER_IP = "192.0.2.50"
 
-# Rate counters are synchronised this often in these tests (the default is 1 s).
-SYNC_MS = 100
-
-
 def _auth(served: kit.Served, user: str, password: str, ip: str) -> bytes:
     return served.ask(kit.auth_line(user, password, ip))
-
-
-def _relay(served: kit.Served, user: str, txn: str = "") -> bytes:
-    line = kit.relay_line(user, user, "someone@remote.test")
-    return served.ask(line[:-1] + (f" {txn}".encode() if txn else b"") + b"\n")
 
 
 def _cli(served: kit.Served, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -44,19 +44,10 @@ def _cli(served: kit.Served, *args: str, stdin: str = "") -> subprocess.Complete
                           capture_output=True, env=served.env, timeout=60, check=False)
 
 
-def _wait_for(predicate: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.fixture
 def throttled(db_url: str) -> Iterator[kit.Served]:
     """Three failures lock a network, four a user; rate limits off (not under test here)."""
-    _populate(db_url)
+    populate(db_url)
     env = {"EXIMAUTHD_THROTTLE_MAX_FAILURES_PER_IP": "3",
            "EXIMAUTHD_THROTTLE_MAX_FAILURES_PER_USER": "4",
            "EXIMAUTHD_RATELIMIT_ENABLED": "false"}
@@ -131,7 +122,7 @@ class TestThrottling:
 
 
 def test_failures_are_forgotten_when_the_window_ends(db_url: str) -> None:
-    _populate(db_url)
+    populate(db_url)
     env = {"EXIMAUTHD_THROTTLE_MAX_FAILURES_PER_IP": "2",
            "EXIMAUTHD_THROTTLE_WINDOW_SECONDS": "2"}
     with kit.running(db_url, extra_env=env) as served:
@@ -139,12 +130,12 @@ def test_failures_are_forgotten_when_the_window_ends(db_url: str) -> None:
         for i in range(2):
             _auth(served, BOB, f"guess-{i}", ip)
         assert _auth(served, ALICE, PASSWORD, ip) == b"no\n"
-        assert _wait_for(lambda: _auth(served, ALICE, PASSWORD, ip) == b"yes\n", timeout=6)
+        assert wait_for(lambda: _auth(served, ALICE, PASSWORD, ip) == b"yes\n", timeout=6)
 
 
 def test_failures_on_one_instance_lock_out_on_another(mariadb_url: str) -> None:
     """Two services on one MariaDB share the counters: brute force is slow on every MX."""
-    _populate(mariadb_url)
+    populate(mariadb_url)
     env = {"EXIMAUTHD_THROTTLE_MAX_FAILURES_PER_USER": "3"}
     with kit.running(mariadb_url, extra_env=env) as mx1, \
             kit.running(mariadb_url, extra_env=env) as mx2:
@@ -157,11 +148,6 @@ def test_failures_on_one_instance_lock_out_on_another(mariadb_url: str) -> None:
 
 # --- outbound rate limits ----------------------------------------------------------------
 
-def _rate_env(**limits: str) -> dict[str, str]:
-    return {"EXIMAUTHD_RATELIMIT_SYNC_INTERVAL_MS": str(SYNC_MS)} | {
-        f"EXIMAUTHD_RATELIMIT_{k.upper()}": v for k, v in limits.items()}
-
-
 def _metric(served: kit.Served, name: str) -> str:
     with urllib.request.urlopen(served.http_url + "/metrics", timeout=10) as resp:
         text: str = resp.read().decode()
@@ -170,63 +156,63 @@ def _metric(served: kit.Served, name: str) -> str:
 
 class TestRateLimits:
     def test_recipients_over_the_limit_defer_and_a_reset_lifts_it(self, db_url: str) -> None:
-        _populate(db_url)
-        with kit.running(db_url, extra_env=_rate_env(recipients="3/1h,100/1d")) as served:
-            assert [_relay(served, ALICE) for _ in range(3)] == [b"yes\n"] * 3
-            assert _relay(served, ALICE) == b"defer rate-limit-recipients-1h\n"
-            assert _relay(served, ALICE) == b"defer rate-limit-recipients-1h\n"
-            assert _relay(served, BOB) == b"yes\n"
+        populate(db_url)
+        with kit.running(db_url, extra_env=rate_env(recipients="3/1h,100/1d")) as served:
+            assert [relay(served, ALICE) for _ in range(3)] == [b"yes\n"] * 3
+            assert relay(served, ALICE) == b"defer rate-limit-recipients-1h\n"
+            assert relay(served, ALICE) == b"defer rate-limit-recipients-1h\n"
+            assert relay(served, BOB) == b"yes\n"
             assert served.log().count("rate limit reached: alice@example.test") == 1
             assert 'eximauthd_rate_limited_total{limit="recipients-1h"} 2.0' in _metric(
                 served, "eximauthd_rate_limited_total")
             reset = _cli(served, "throttle", "reset", "--user", ALICE)
             assert reset.returncode == 0, reset.stderr
-            assert _wait_for(lambda: _relay(served, ALICE) == b"yes\n")
+            assert wait_for(lambda: relay(served, ALICE) == b"yes\n")
 
     def test_a_message_counts_once_whatever_its_recipients(self, db_url: str) -> None:
-        _populate(db_url)
-        env = _rate_env(recipients="1000/1h", messages="2/1h")
+        populate(db_url)
+        env = rate_env(recipients="1000/1h", messages="2/1h")
         with kit.running(db_url, extra_env=env) as served:
             for txn in ("4242.100", "4242.200"):
-                assert [_relay(served, ALICE, txn) for _ in range(4)] == [b"yes\n"] * 4
-            assert _relay(served, ALICE, "4243.300") == b"defer rate-limit-messages-1h\n"
+                assert [relay(served, ALICE, txn) for _ in range(4)] == [b"yes\n"] * 4
+            assert relay(served, ALICE, "4243.300") == b"defer rate-limit-messages-1h\n"
 
     def test_user_limits_override_the_defaults(self, db_url: str) -> None:
-        _populate(db_url)
-        with kit.running(db_url, extra_env=_rate_env(recipients="2/1h")) as served:
+        populate(db_url)
+        with kit.running(db_url, extra_env=rate_env(recipients="2/1h")) as served:
             shown = _cli(served, "user", "limits", BOB, "--recipients", "none")
             assert shown.returncode == 0, shown.stderr
             assert f"{BOB} recipients: none (unlimited)" in shown.stdout
             assert f"{BOB} messages: 300/1h, 2000/1d (default)" in shown.stdout
             time.sleep(5 * SYNC_MS / 1000)  # the service reads overrides at each sync
-            assert all(_relay(served, BOB) == b"yes\n" for _ in range(5))
-            assert [_relay(served, ALICE) for _ in range(3)][-1] == \
+            assert all(relay(served, BOB) == b"yes\n" for _ in range(5))
+            assert [relay(served, ALICE) for _ in range(3)][-1] == \
                 b"defer rate-limit-recipients-1h\n"
 
     def test_instances_share_the_counts(self, mariadb_url: str) -> None:
-        _populate(mariadb_url)
-        env = _rate_env(recipients="4/1h")
+        populate(mariadb_url)
+        env = rate_env(recipients="4/1h")
         with kit.running(mariadb_url, extra_env=env) as mx1, \
                 kit.running(mariadb_url, extra_env=env) as mx2:
-            assert [_relay(mx1, ALICE) for _ in range(2)] == [b"yes\n"] * 2
-            assert [_relay(mx2, ALICE) for _ in range(2)] == [b"yes\n"] * 2
-            assert _wait_for(lambda: _relay(mx1, ALICE) == b"defer rate-limit-recipients-1h\n")
+            assert [relay(mx1, ALICE) for _ in range(2)] == [b"yes\n"] * 2
+            assert [relay(mx2, ALICE) for _ in range(2)] == [b"yes\n"] * 2
+            assert wait_for(lambda: relay(mx1, ALICE) == b"defer rate-limit-recipients-1h\n")
 
     def test_rate_limiting_defers_once_the_database_is_gone_too_long(self,
                                                                      mariadb_url: str) -> None:
-        _populate(mariadb_url)
+        populate(mariadb_url)
         proxy = kit.TcpProxy(MARIADB_HOST, MARIADB_PORT)
         proxy.start()
         url = mariadb_url.replace(f":{MARIADB_PORT}/", f":{proxy.port}/")
-        env = _rate_env() | {"EXIMAUTHD_RATELIMIT_MAX_STALENESS_SECONDS": "1"}
+        env = rate_env() | {"EXIMAUTHD_RATELIMIT_MAX_STALENESS_SECONDS": "1"}
         try:
             with kit.running(url, extra_env=env) as served:
-                assert _relay(served, ALICE) == b"yes\n"
+                assert relay(served, ALICE) == b"yes\n"
                 proxy.stop()
-                assert _wait_for(lambda: _relay(served, ALICE) ==
+                assert wait_for(lambda: relay(served, ALICE) ==
                                  b"defer ratelimit-unavailable\n")
                 proxy.start()
-                assert _wait_for(lambda: _relay(served, ALICE) == b"yes\n", timeout=20)
+                assert wait_for(lambda: relay(served, ALICE) == b"yes\n", timeout=20)
         finally:
             proxy.stop()
 
@@ -235,7 +221,7 @@ class TestRateLimits:
 
 @pytest.fixture
 def cached(db_url: str) -> Iterator[kit.Served]:
-    _populate(db_url)
+    populate(db_url)
     env = {"EXIMAUTHD_CACHE_TTL_SECONDS": "300", "EXIMAUTHD_CACHE_REVALIDATE_SECONDS": "1"}
     with kit.running(db_url, extra_env=env) as served:
         yield served
@@ -280,10 +266,10 @@ class TestAuthCache:
                                              Hasher(FAST_HASHING).hash("panel-set-pw"))
         finally:
             db.dispose()
-        assert _wait_for(lambda: _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"no\n")
+        assert wait_for(lambda: _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"no\n")
 
     def test_cached_logins_stop_when_the_database_is_gone(self, mariadb_url: str) -> None:
-        _populate(mariadb_url)
+        populate(mariadb_url)
         proxy = kit.TcpProxy(MARIADB_HOST, MARIADB_PORT)
         proxy.start()
         url = mariadb_url.replace(f":{MARIADB_PORT}/", f":{proxy.port}/")
@@ -292,7 +278,7 @@ class TestAuthCache:
             with kit.running(url, extra_env=env) as served:
                 assert _auth(served, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
                 proxy.stop()
-                assert _wait_for(lambda: _auth(served, ALICE, PASSWORD, OWNER_IP) ==
+                assert wait_for(lambda: _auth(served, ALICE, PASSWORD, OWNER_IP) ==
                                  b"defer database-unavailable\n")
         finally:
             proxy.stop()

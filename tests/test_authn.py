@@ -21,14 +21,14 @@ from eximauthd.db.engine import Database
 from eximauthd.errors import StorageError
 from eximauthd.settings import DatabaseConfig
 
-from .conftest import (
+from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED
+from .support import (
     ADDRESS_LEGACY,
     FAST_HASHING,
     SEED_LEGACY,
     create_address_table,
     create_seed_table,
 )
-from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED
 
 PASSWORD = "correct horse ✓ 'quote\" \\"
 

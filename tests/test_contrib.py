@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import in_ci
+from .support import in_ci
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
 UNIT = CONTRIB / "eximauthd.service"

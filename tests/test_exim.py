@@ -29,14 +29,15 @@ import sqlalchemy as sa
 
 from . import eximkit
 from . import servicekit as kit
-from .conftest import (
+from .support import (
     MARIADB_HOST,
     MARIADB_PORT,
-    _create_mariadb_database,
-    _drop_mariadb_database,
+    PASSWORD,
+    create_mariadb_database,
+    drop_mariadb_database,
     in_ci,
+    populate,
 )
-from .test_service import PASSWORD, _populate
 
 pytestmark = pytest.mark.exim
 
@@ -91,9 +92,9 @@ def rig(request: pytest.FixtureRequest, mariadb_admin: sa.Engine) -> Iterator[Ri
     is Debian's template with exim-snippets/debian/monolithic applied.
     """
     _require_exim()
-    name = _create_mariadb_database(mariadb_admin)
+    name = create_mariadb_database(mariadb_admin)
     direct = f"mysql+pymysql://root@{MARIADB_HOST}:{MARIADB_PORT}/{name}"
-    _populate(direct)
+    populate(direct)
     _add_strict_users(direct)
     proxy = kit.TcpProxy(MARIADB_HOST, MARIADB_PORT)
     proxy.start()
@@ -110,7 +111,7 @@ def rig(request: pytest.FixtureRequest, mariadb_admin: sa.Engine) -> Iterator[Ri
         rig.stop_service()
         proxy.stop()
         shutil.rmtree(sock_dir, ignore_errors=True)
-        _drop_mariadb_database(mariadb_admin, name)
+        drop_mariadb_database(mariadb_admin, name)
 
 
 def _add_strict_users(url: str) -> None:
@@ -120,7 +121,7 @@ def _add_strict_users(url: str) -> None:
     from eximauthd.db.engine import Database  # noqa: PLC0415
     from eximauthd.settings import DatabaseConfig  # noqa: PLC0415
 
-    from .conftest import FAST_HASHING  # noqa: PLC0415
+    from .support import FAST_HASHING  # noqa: PLC0415
 
     db = Database(DatabaseConfig(url=url))
     store, hasher = OwnAccountStore(db), Hasher(FAST_HASHING)

@@ -19,7 +19,7 @@ from eximauthd.db.engine import Database
 from eximauthd.files import create_private, warn_if_readable_by_others
 from eximauthd.settings import DatabaseConfig
 
-from .conftest import FAST_HASHING_ENV
+from .support import FAST_HASHING_ENV
 
 
 def _mode(path: Path) -> int:

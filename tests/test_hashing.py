@@ -27,8 +27,8 @@ from eximauthd.core.hashing import (
 from eximauthd.errors import ConfigError
 from eximauthd.settings import LEGACY_PASSWORD_SCHEMES, HashingConfig
 
-from .conftest import FAST_HASHING
 from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED, shaped_ids
+from .support import FAST_HASHING
 
 VECTORS: list[dict[str, Any]] = json.loads(
     (Path(__file__).parent / "fixtures" / "legacy_vectors.json").read_text("utf-8")

@@ -20,7 +20,7 @@ from passlib.hash import md5_crypt, sha256_crypt, sha512_crypt
 from eximauthd.core import hashing
 from eximauthd.core.hashing import Hasher, Scheme, VerifyResult, identify_scheme
 
-from .conftest import FAST_HASHING
+from .support import FAST_HASHING
 
 PASSWORD = "correct horse"
 

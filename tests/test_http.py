@@ -23,8 +23,7 @@ from eximauthd.service.metrics import Metrics
 from eximauthd.service.server import Service
 
 from . import servicekit as kit
-from .conftest import config_for
-from .test_service import PASSWORD, _populate
+from .support import PASSWORD, config_for, populate
 
 TOKEN = "test-token-0123456789abcdefghij"
 AUTH_BODY = {"username": "alice@example.test", "password": PASSWORD}
@@ -71,7 +70,7 @@ def http_decisions(metrics: Metrics) -> float:
 @pytest.fixture
 def service(sqlite_url: str) -> Iterator[Service]:
     """An in-process service on a populated SQLite database (the door does not touch storage)."""
-    _populate(sqlite_url)
+    populate(sqlite_url)
     svc = Service(config_for(sqlite_url))
     yield svc
     svc.decider.close()
@@ -241,7 +240,7 @@ def _log_decisions(served: kit.Served) -> list[str]:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kit.Served]:
     """One real service for the raw-HTTP tests, its token created by ``serve`` itself."""
     url = f"sqlite:///{tmp_path_factory.mktemp('http') / 'http.sqlite3'}"
-    _populate(url)
+    populate(url)
     with kit.running(url) as served:
         yield served
 
@@ -317,7 +316,7 @@ def test_default_service_creates_a_private_token_and_requires_it(sqlite_url: str
                                                                   tmp_path: Path) -> None:
     """With no token configured, serve creates eximauthd-http.token (0600), logs its path
     but not its value, and /v1/auth answers 401 without it."""
-    _populate(sqlite_url)
+    populate(sqlite_url)
     path = tmp_path / "eximauthd-http.token"
     with kit.running(sqlite_url, workdir=tmp_path) as served:
         assert path.stat().st_mode & 0o777 == 0o600

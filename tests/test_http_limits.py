@@ -19,8 +19,8 @@ import pytest
 from eximauthd.service.server import httpguard
 
 from . import servicekit as kit
-from .conftest import MARIADB_HOST, MARIADB_PORT
-from .test_service import PASSWORD, _http, _populate
+from .servicekit import http_call
+from .support import MARIADB_HOST, MARIADB_PORT, PASSWORD, populate
 
 UNFINISHED = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"  # no blank line: the header never ends
 
@@ -62,7 +62,7 @@ class TestDescriptors:
 
     def test_idle_http_connections_leave_the_socket_answering(self, sqlite_url: str) -> None:
         """700 unfinished HTTP requests under a 512-descriptor limit: PING and AUTH still yes."""
-        _populate(sqlite_url)
+        populate(sqlite_url)
         with kit.running(sqlite_url, open_files=(512, 512)) as served:
             with _held(_port(served), 700):
                 time.sleep(0.5)
@@ -72,7 +72,7 @@ class TestDescriptors:
                                   timeout=1.0) == b"yes\n"
                 time.sleep(1.0)
                 assert served.ask(b"PING\n", timeout=1.0) == b"yes\n"
-            assert _http(served, "GET", "/healthz") == (200, {"status": "ok"})
+            assert http_call(served, "GET", "/healthz") == (200, {"status": "ok"})
             log = served.log()
         assert len(log) < 20_000
         assert log.count("closing new ones") == 1
@@ -81,7 +81,7 @@ class TestDescriptors:
     def test_unfinished_request_is_disconnected_after_the_deadline(self,
                                                                    sqlite_url: str) -> None:
         """Silent, half-sent header, half-sent body, half-sent second request: all cut in 5 s."""
-        _populate(sqlite_url)
+        populate(sqlite_url)
         with kit.running(sqlite_url) as served:
             port = _port(served)
             body = (b"POST /v1/auth HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -93,11 +93,11 @@ class TestDescriptors:
                 for sock in (*silent, *header, *partial_body, *after_one):
                     assert _closed_by_peer(sock, within=httpguard.REQUEST_DEADLINE_S + 3)
                 assert time.monotonic() - started < httpguard.REQUEST_DEADLINE_S + 3
-            assert _http(served, "GET", "/healthz") == (200, {"status": "ok"})
+            assert http_call(served, "GET", "/healthz") == (200, {"status": "ok"})
 
     def test_open_files_soft_limit_is_raised_to_the_hard_limit(self, sqlite_url: str) -> None:
         """Started with a soft limit of 100 under a hard 400: serves with 400, and says so."""
-        _populate(sqlite_url)
+        populate(sqlite_url)
         with kit.running(sqlite_url, open_files=(100, 400)) as served:
             limits = Path(f"/proc/{served.process.pid}/limits").read_text()
             assert served.ask(b"PING\n") == b"yes\n"
@@ -108,7 +108,7 @@ class TestDescriptors:
 
     def test_accept_errors_are_logged_once_per_interval(self, sqlite_url: str) -> None:
         """Out of descriptors for a while: one accept error line, then PING yes again."""
-        _populate(sqlite_url)
+        populate(sqlite_url)
         extra = {"EXIMAUTHD_SERVICE_READ_TIMEOUT_MS": "3000"}
         with kit.running(sqlite_url, extra_env=extra, open_files=(64, 64)) as served:
             held: list[socket.socket] = []
@@ -183,7 +183,7 @@ class TestReadiness:
 
     def test_readyz_flood_takes_no_worker_and_logs_no_decision(self, db_url: str) -> None:
         """40 AUTHs during a /readyz flood with max_pending=1: all yes; no PING decision line."""
-        _populate(db_url)
+        populate(db_url)
         extra = {"EXIMAUTHD_SERVICE_MAX_PENDING": "1", "EXIMAUTHD_SERVICE_WORKERS": "1"}
         with kit.running(db_url, extra_env=extra) as served:
             port = _port(served)
@@ -219,7 +219,7 @@ class TestReadiness:
 
     def test_readyz_turns_503_when_the_database_is_cut(self, mariadb_url: str) -> None:
         """MariaDB cut: /readyz 503 within a second or two, back to 200; one log line each way."""
-        _populate(mariadb_url)
+        populate(mariadb_url)
         proxy = kit.TcpProxy(MARIADB_HOST, MARIADB_PORT)
         proxy.start()
         proxied = mariadb_url.replace(f":{MARIADB_PORT}/", f":{proxy.port}/")
@@ -227,7 +227,7 @@ class TestReadiness:
         def wait_for(status: int) -> float:
             started = time.monotonic()
             while time.monotonic() - started < 10:
-                if _http(served, "GET", "/readyz")[0] == status:
+                if http_call(served, "GET", "/readyz")[0] == status:
                     return time.monotonic() - started
                 time.sleep(0.1)
             raise AssertionError(f"/readyz never answered {status}")
@@ -237,7 +237,7 @@ class TestReadiness:
 
         try:
             with kit.running(proxied) as served:
-                assert _http(served, "GET", "/readyz") == (200, {"status": "ready",
+                assert http_call(served, "GET", "/readyz") == (200, {"status": "ready",
                                                                  "reason": "ready"})
                 proxy.stop()
                 assert wait_for(503) < 5
@@ -268,7 +268,7 @@ class TestHttpWork:
     def test_client_that_does_not_read_its_answers_is_disconnected(self,
                                                                    sqlite_url: str) -> None:
         """400 pipelined requests, nothing read: the connection is cut within the deadline."""
-        _populate(sqlite_url)
+        populate(sqlite_url)
         with kit.running(sqlite_url) as served:
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -281,7 +281,7 @@ class TestHttpWork:
 
     def test_last_request_on_a_connection_closes_it(self, sqlite_url: str) -> None:
         """N+1 pipelined /healthz on one connection: N answers, the last says close, then EOF."""
-        _populate(sqlite_url)
+        populate(sqlite_url)
         n = httpguard.MAX_REQUESTS_PER_CONNECTION
         with kit.running(sqlite_url) as served, \
                 socket.create_connection(("127.0.0.1", _port(served)), timeout=10) as sock:
@@ -296,7 +296,7 @@ class TestHttpWork:
     def test_over_the_request_budget_connections_close_and_the_socket_answers(
             self, sqlite_url: str) -> None:
         """A flood of 1,500 requests: some connections closed unanswered; PING stays yes."""
-        _populate(sqlite_url)
+        populate(sqlite_url)
         with kit.running(sqlite_url) as served:
             port = _port(served)
 
@@ -332,7 +332,7 @@ class TestHttpWork:
 
     def test_metrics_are_rendered_at_most_once_a_second(self, sqlite_url: str) -> None:
         """Within a second /metrics is the same text though a PING was counted; later it shows."""
-        _populate(sqlite_url)
+        populate(sqlite_url)
         with kit.running(sqlite_url) as served:
             for _ in range(5):
                 started = time.monotonic()

@@ -33,14 +33,14 @@ from eximauthd.errors import UserExistsError, UserNotFoundError
 from eximauthd.service.decider import Decider
 from eximauthd.settings import Config, DatabaseConfig
 
-from .conftest import (
+from .support import (
     ADDRESS_LEGACY,
     MARIADB_HOST,
     MARIADB_PORT,
     SEED_LEGACY,
-    _create_mariadb_database,
-    _drop_mariadb_database,
     config_for,
+    create_mariadb_database,
+    drop_mariadb_database,
     require_mariadb,
 )
 
@@ -185,7 +185,7 @@ class RigPool:
             url = f"sqlite:///{self.tmp.mktemp('identity') / 'eximauthd.sqlite3'}"
         else:
             admin = self.request.getfixturevalue("mariadb_admin")
-            self.mariadb_names.append(_create_mariadb_database(admin))
+            self.mariadb_names.append(create_mariadb_database(admin))
             url = f"mysql+pymysql://root@{MARIADB_HOST}:{MARIADB_PORT}/{self.mariadb_names[-1]}"
         db = Database(DatabaseConfig(url=url))
         upgrade.upgrade(db, "0003" if variant == "0003" else "head")
@@ -201,7 +201,7 @@ def rig_pool(request: pytest.FixtureRequest,
     for made in pool.rigs.values():
         made.db.dispose()
     for name in pool.mariadb_names:
-        _drop_mariadb_database(request.getfixturevalue("mariadb_admin"), name)
+        drop_mariadb_database(request.getfixturevalue("mariadb_admin"), name)
 
 
 @pytest.fixture(params=RIGS)

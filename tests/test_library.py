@@ -12,7 +12,7 @@ from pathlib import Path
 import eximauthd
 from eximauthd import errors
 
-from .conftest import FAST_HASHING_ENV
+from .support import FAST_HASHING_ENV
 
 LIBRARY_MD = Path(__file__).resolve().parent.parent / "docs" / "library.md"
 

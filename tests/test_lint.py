@@ -13,7 +13,7 @@ from eximauthd.exim.configfile import read_config
 from eximauthd.exim.lint import lint, logs_protocol_errors
 
 from . import eximkit
-from .conftest import in_ci
+from .support import in_ci
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 

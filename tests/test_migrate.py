@@ -31,7 +31,8 @@ from eximauthd.migrate.progress import Progress
 from eximauthd.migrate.run import MigrationOptions, MigrationReport, migrate_passwords
 from eximauthd.settings import Config, DatabaseConfig, LegacyConfig
 
-from .conftest import (
+from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED
+from .support import (
     ADDRESS_LEGACY,
     FAST_HASHING,
     FAST_HASHING_ENV,
@@ -40,7 +41,6 @@ from .conftest import (
     create_address_table,
     create_seed_table,
 )
-from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED
 
 VECTORS = {v["id"]: v for v in json.loads(
     (Path(__file__).parent / "fixtures" / "legacy_vectors.json").read_text())}

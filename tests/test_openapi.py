@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, settings
 
 from . import servicekit as kit
-from .test_service import _populate
+from .support import populate
 
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 schema = schemathesis.openapi.from_path(str(SPEC))
@@ -20,7 +20,7 @@ schema = schemathesis.openapi.from_path(str(SPEC))
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kit.Served]:
     url = f"sqlite:///{tmp_path_factory.mktemp('api') / 'api.sqlite3'}"
-    _populate(url)
+    populate(url)
     with kit.running(url) as served:
         yield served
 

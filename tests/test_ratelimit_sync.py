@@ -20,9 +20,17 @@ from eximauthd.db.engine import Database
 from eximauthd.settings import DatabaseConfig, RateLimitConfig
 
 from . import servicekit as kit
-from .conftest import MARIADB_HOST, MARIADB_PORT
-from .test_abuse_service import ALICE, BOB, SYNC_MS, _rate_env, _relay, _wait_for
-from .test_service import _populate
+from .servicekit import relay
+from .support import (
+    ALICE,
+    BOB,
+    MARIADB_HOST,
+    MARIADB_PORT,
+    SYNC_MS,
+    populate,
+    rate_env,
+    wait_for,
+)
 
 HOUR = 3600
 OVER = Decision.defer("rate-limit-messages-1h")
@@ -164,8 +172,8 @@ def test_the_shared_table_and_the_limiter_agree_across_a_sync(db_url: str) -> No
 
 def test_a_relay_while_a_sync_waits_on_the_database_is_still_limited(db_url: str) -> None:
     """The real service: a sync stuck on a locked counter does not open the limit meanwhile."""
-    _populate(db_url)
-    env = _rate_env(recipients="1000/1h", messages="2/1h")
+    populate(db_url)
+    env = rate_env(recipients="1000/1h", messages="2/1h")
     with kit.running(db_url, extra_env=env) as served:
         time.sleep(5 * SYNC_MS / 1000)  # past the first sync (and its prune, a write too)
         db = Database(DatabaseConfig(url=db_url))
@@ -177,10 +185,10 @@ def test_a_relay_while_a_sync_waits_on_the_database_is_still_limited(db_url: str
                 conn.execute(sa.insert(tables.rate_counters).values(
                     address=ALICE, kind="messages", window_seconds=HOUR, bucket=bucket,
                     count=0, expires_at=(bucket + 2) * HOUR))
-                sent = [_relay(served, ALICE, f"4242.{m}") for m in (1, 2) for _ in range(3)]
+                sent = [relay(served, ALICE, f"4242.{m}") for m in (1, 2) for _ in range(3)]
                 time.sleep(5 * SYNC_MS / 1000)  # a sync has taken both messages and waits
-                during = [_relay(served, ALICE, "4242.3") for _ in range(3)]
-            after = _relay(served, ALICE, "4242.3")
+                during = [relay(served, ALICE, "4242.3") for _ in range(3)]
+            after = relay(served, ALICE, "4242.3")
         finally:
             db.dispose()
     assert sent == [b"yes\n"] * 6
@@ -254,7 +262,7 @@ class TestUsersNotReadYet:
 
 def test_a_restarted_service_knows_the_counts_from_its_first_relay(db_url: str) -> None:
     """A user at its limit before a restart (or on another instance) is deferred at once."""
-    _populate(db_url)
+    populate(db_url)
     db = Database(DatabaseConfig(url=db_url))
     try:
         bucket = int(time.time() // HOUR)
@@ -263,24 +271,24 @@ def test_a_restarted_service_knows_the_counts_from_its_first_relay(db_url: str) 
         db.dispose()
     # The default sync interval (1 s): the first RELAY comes well before a second sync.
     with kit.running(db_url, extra_env={"EXIMAUTHD_RATELIMIT_MESSAGES": "2/1h"}) as served:
-        first = [_relay(served, ALICE, "4242.1") for _ in range(3)]
-        assert _relay(served, BOB, "4243.1") == b"yes\n"  # its own count, read as fast
+        first = [relay(served, ALICE, "4242.1") for _ in range(3)]
+        assert relay(served, BOB, "4243.1") == b"yes\n"  # its own count, read as fast
     assert first == [b"defer rate-limit-messages-1h\n"] * 3
 
 
 def test_a_user_never_read_is_deferred_while_the_database_is_cut(mariadb_url: str) -> None:
     """Database gone: a user whose totals were never read here gets a 4xx, never a blind yes."""
-    _populate(mariadb_url)
+    populate(mariadb_url)
     proxy = kit.TcpProxy(MARIADB_HOST, MARIADB_PORT)
     proxy.start()
     url = mariadb_url.replace(f":{MARIADB_PORT}/", f":{proxy.port}/")
     try:
-        with kit.running(url, extra_env=_rate_env(messages="2/1h")) as served:
-            assert _relay(served, ALICE, "4242.1") == b"yes\n"
+        with kit.running(url, extra_env=rate_env(messages="2/1h")) as served:
+            assert relay(served, ALICE, "4242.1") == b"yes\n"
             proxy.stop()
-            during = (_relay(served, ALICE, "4242.2"), _relay(served, BOB, "4243.1"))
+            during = (relay(served, ALICE, "4242.2"), relay(served, BOB, "4243.1"))
             proxy.start()
-            assert _wait_for(lambda: _relay(served, BOB, "4243.1") == b"yes\n")
+            assert wait_for(lambda: relay(served, BOB, "4243.1") == b"yes\n")
     finally:
         proxy.stop()
     # alice's totals were read before the cut; bob's never were.

@@ -10,8 +10,6 @@ import signal
 import socket
 import stat
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,55 +23,19 @@ from eximauthd.core.hashing import Hasher
 from eximauthd.core.protocol import is_valid_reply
 from eximauthd.db.accounts import OwnAccountStore
 from eximauthd.db.engine import Database
-from eximauthd.db.grants import Grant, GrantStore
 from eximauthd.settings import DatabaseConfig
 
 from . import servicekit as kit
-from .conftest import FAST_HASHING, MARIADB_HOST, MARIADB_PORT
-
-PASSWORD = "s3cret pass ✓"
-
-
-def _populate(db_url: str) -> None:
-    """alice and bob in example.test, carol disabled, alice may send as @partner.test."""
-    from eximauthd.db import upgrade  # noqa: PLC0415
-
-    db = Database(DatabaseConfig(url=db_url))
-    upgrade.upgrade(db)
-    hasher = Hasher(FAST_HASHING)
-    store = OwnAccountStore(db)
-    for name in ("alice", "bob", "carol"):
-        store.add(parse_address(f"{name}@example.test"), hasher.hash(PASSWORD))
-    store.set_enabled(parse_address("carol@example.test"), False)
-    GrantStore(db).add(Grant("alice@example.test", "@partner.test"))
-    db.dispose()
+from .servicekit import http_call
+from .support import FAST_HASHING, MARIADB_HOST, MARIADB_PORT, PASSWORD, populate
 
 
 @pytest.fixture
 def served(db_url: str) -> Iterator[kit.Served]:
     """A running service on a populated database (SQLite or MariaDB)."""
-    _populate(db_url)
+    populate(db_url)
     with kit.running(db_url) as s:
         yield s
-
-
-def _http(served: kit.Served, method: str, path: str, body: Any = None,
-          headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    """One request; the service's bearer token is sent unless *headers* say otherwise."""
-    data = None if body is None else (body if isinstance(body, bytes)
-                                      else json.dumps(body).encode())
-    sent = served.http_headers() if headers is None else headers
-    request = urllib.request.Request(served.http_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **sent})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        raw, status = exc.read(), exc.code
-    if path == "/metrics":
-        return status, raw.decode()
-    return status, json.loads(raw) if raw else None
 
 
 AUTH_CASES = [
@@ -187,7 +149,7 @@ def test_fuzzed_requests_get_documented_replies(fuzz_service: kit.Served, data: 
 def fuzz_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kit.Served]:
     """One SQLite-backed service for the fuzzers (hypothesis reuses it)."""
     url = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'f.sqlite3'}"
-    _populate(url)
+    populate(url)
     with kit.running(url) as s:
         yield s
 
@@ -205,7 +167,7 @@ def test_random_bytes_never_crash_the_service(fuzz_service: kit.Served) -> None:
 
 def test_concurrent_clients_get_right_answers(db_url: str) -> None:
     """500 concurrent clients x 6 requests: no errors, no wrong answers."""
-    _populate(db_url)
+    populate(db_url)
     cases = [(kit.auth_line(u, p), e) for u, p, e in AUTH_CASES[:4]] + [
         (kit.relay_line(u, s, "x@remote.test"), e) for u, s, e in RELAY_CASES[:5]]
     extra = {"EXIMAUTHD_SERVICE_MAX_PENDING": "5000",
@@ -239,7 +201,7 @@ class TestDatabaseOutage:
 
     def test_mariadb_cut_and_restored(self, mariadb_url: str) -> None:
         """Through a TCP proxy we cut: AUTH, RELAY needing grants and PING defer."""
-        _populate(mariadb_url)
+        populate(mariadb_url)
         proxy = kit.TcpProxy(MARIADB_HOST, MARIADB_PORT)
         proxy.start()
         proxied = mariadb_url.replace(f":{MARIADB_PORT}/", f":{proxy.port}/")
@@ -255,7 +217,7 @@ class TestDatabaseOutage:
                     assert served.ask(good) == b"defer database-unavailable\n"
                     assert served.ask(granted) == b"defer database-unavailable\n"
                     assert served.ask(b"PING\n") == b"defer database-unavailable\n"
-                status, body = _http(served, "GET", "/readyz")
+                status, body = http_call(served, "GET", "/readyz")
                 assert (status, body["status"]) == (503, "unavailable")
                 # Needs no database: the pure policy, and the rate totals read before the cut
                 # (a user never read here would get `defer ratelimit-unavailable`).
@@ -264,7 +226,7 @@ class TestDatabaseOutage:
                 assert served.ask(good) == b"yes\n"
                 assert served.ask(granted) == b"yes\n"
                 assert served.ask(b"PING\n") == b"yes\n"
-                assert "eximauthd_db_errors_total" in _http(served, "GET", "/metrics")[1]
+                assert "eximauthd_db_errors_total" in http_call(served, "GET", "/metrics")[1]
         finally:
             proxy.stop()
 
@@ -284,7 +246,7 @@ class TestLifecycle:
 
     def test_stale_socket_is_replaced_live_one_is_not_stolen(self, db_url: str) -> None:
         """A leftover socket file is removed; a second instance refuses a live socket."""
-        _populate(db_url)
+        populate(db_url)
         first = kit.start_service(db_url)
         try:
             second = kit.start_service(
@@ -308,10 +270,10 @@ class TestHttp:
 
     def test_health_ready_metrics(self, served: kit.Served) -> None:
         """healthz, readyz and Prometheus metrics."""
-        assert _http(served, "GET", "/healthz") == (200, {"status": "ok"})
-        assert _http(served, "GET", "/readyz") == (200, {"status": "ready", "reason": "ready"})
+        assert http_call(served, "GET", "/healthz") == (200, {"status": "ok"})
+        assert http_call(served, "GET", "/readyz") == (200, {"status": "ready", "reason": "ready"})
         served.ask(kit.auth_line("alice@example.test", "wrong"))
-        status, text = _http(served, "GET", "/metrics")
+        status, text = http_call(served, "GET", "/metrics")
         assert status == 200
         assert 'eximauthd_requests_total{result="no",transport="socket",verb="AUTH"}' in text
         assert "eximauthd_request_duration_seconds_bucket" in text
@@ -320,11 +282,11 @@ class TestHttp:
     def test_auth_and_relay(self, served: kit.Served) -> None:
         """POST /v1/auth and /v1/relay answer like the socket."""
         for user, password, expected in AUTH_CASES:
-            status, body = _http(served, "POST", "/v1/auth",
+            status, body = http_call(served, "POST", "/v1/auth",
                                  {"username": user, "password": password})
             assert (status, body["result"]) == (200, expected.decode().strip())
         for user, sender, expected in RELAY_CASES:
-            status, body = _http(served, "POST", "/v1/relay", {
+            status, body = http_call(served, "POST", "/v1/relay", {
                 "authenticated_id": user, "sender": sender, "recipient": "r@remote.test",
                 "client_ip": "2001:db8::1"})
             assert (status, body["result"]) == (200, expected.decode().strip())
@@ -338,21 +300,21 @@ class TestHttp:
     ])
     def test_malformed_json_is_400(self, served: kit.Served, body: Any) -> None:
         """A malformed request is a 4xx, never a decision."""
-        status, _ = _http(served, "POST", "/v1/auth", body)
+        status, _ = http_call(served, "POST", "/v1/auth", body)
         assert status == 400
 
     def test_bearer_token(self, db_url: str) -> None:
         """With http.token set, /v1/* needs it; health endpoints do not."""
-        _populate(db_url)
+        populate(db_url)
         with kit.running(db_url, extra_env={"EXIMAUTHD_HTTP_TOKEN": "t0ken"}) as served:
             body = {"username": "alice@example.test", "password": PASSWORD}
-            assert _http(served, "POST", "/v1/auth", body, {})[0] == 401
-            assert _http(served, "POST", "/v1/auth", body,
+            assert http_call(served, "POST", "/v1/auth", body, {})[0] == 401
+            assert http_call(served, "POST", "/v1/auth", body,
                          {"Authorization": "Bearer wrong"})[0] == 401
-            assert _http(served, "POST", "/v1/auth", body,
+            assert http_call(served, "POST", "/v1/auth", body,
                          {"Authorization": "Bearer t0ken"}) == (200, {"result": "yes",
                                                                       "reason": "ok"})
-            assert _http(served, "GET", "/healthz", headers={})[0] == 200
+            assert http_call(served, "GET", "/healthz", headers={})[0] == 200
 
 
 def test_log_has_one_line_per_decision_and_no_secret(served: kit.Served) -> None:
@@ -374,7 +336,7 @@ def test_log_has_one_line_per_decision_and_no_secret(served: kit.Served) -> None
 
 def test_json_log_format(db_url: str) -> None:
     """--log-format json (here via config) writes one JSON object per line."""
-    _populate(db_url)
+    populate(db_url)
     with kit.running(db_url, extra_env={"EXIMAUTHD_SERVICE_LOG_FORMAT": "json"}) as served:
         served.ask(kit.auth_line("alice@example.test", "wrong", ip="192.0.2.99"))
         records = [json.loads(line) for line in served.log().splitlines() if line.strip()]
@@ -387,7 +349,7 @@ def test_json_log_format(db_url: str) -> None:
 def test_sighup_reopens_the_log_file(tmp_path: Path) -> None:
     """After logrotate moves the file, SIGHUP makes the service write to a new one."""
     url = f"sqlite:///{tmp_path / 'h.sqlite3'}"
-    _populate(url)
+    populate(url)
     log_file = tmp_path / "eximauthd.log"
     rotated = tmp_path / "eximauthd.log.1"
     served = kit.start_service(url, log_file=log_file)
@@ -430,7 +392,7 @@ class TestLimits:
                 "EXIMAUTHD_SERVICE_REQUEST_TIMEOUT_MS": "50"}) as served:
             reply = served.ask(kit.auth_line("slow@example.test", PASSWORD))
             assert reply == b"defer timeout\n"
-            assert "eximauthd_timeouts_total 1.0" in _http(served, "GET", "/metrics")[1]
+            assert "eximauthd_timeouts_total 1.0" in http_call(served, "GET", "/metrics")[1]
 
     def test_saturated_pool_answers_defer_overloaded(self, slow_db: str) -> None:
         """With max_pending=1, concurrent AUTHs beyond the first are refused at once."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from . import eximkit
-from .conftest import in_ci
+from .support import in_ci
 
 SNIPPETS = Path(__file__).resolve().parent.parent / "exim-snippets"
 
