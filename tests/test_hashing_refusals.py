@@ -18,7 +18,8 @@ import pytest
 from passlib.hash import md5_crypt, sha256_crypt, sha512_crypt
 
 from eximauthd import hashing
-from eximauthd.hashing import Hasher, Scheme, VerifyResult, identify_scheme
+from eximauthd.errors import HashingError
+from eximauthd.hashing import Hasher, Scheme, VerifyResult, identify_scheme, mysql323
 
 from .conftest import FAST_HASHING
 
@@ -310,3 +311,52 @@ def test_an_unexpected_error_in_a_verifier_is_a_malformed_hash(
         result = hasher.verify("$6$rounds=5000$", PASSWORD)
     assert (result.matched, result.reason) == (False, "malformed-hash")
     assert "sha512-crypt" in caplog.text
+
+
+# --- a verifier handed a value of another shape ---------------------------------------------
+# identify_scheme gives the bare-value verifiers only values of their own shape, so through
+# Hasher.verify these refusals cannot happen today; they are the verifiers' own fail-closed
+# guard (a later change to identify_scheme must not turn a plaintext into a compared digest).
+
+_MD5_SECRET = hashlib.md5(b"secret").hexdigest()  # noqa: S324  the legacy scheme under test
+_NATIVE_SECRET = hashlib.sha1(hashlib.sha1(b"secret").digest()).hexdigest()  # noqa: S324
+
+
+@pytest.mark.parametrize(("scheme", "body"), [
+    (Scheme.MD5_HEX, "secret"),                        # a leftover plaintext
+    (Scheme.MD5_HEX, _MD5_SECRET + " "),               # padded
+    (Scheme.SHA1_HEX, _MD5_SECRET),                    # another digest's length
+    (Scheme.SHA256_HEX, _MD5_SECRET),
+    (Scheme.SHA512_HEX, "0x" + _MD5_SECRET),
+    (Scheme.MYSQL_NATIVE, _NATIVE_SECRET.upper()),     # PASSWORD() without its "*"
+    (Scheme.MYSQL_NATIVE, "secret"),
+    (Scheme.MYSQL323_HEX, "0x" + mysql323("secret")),
+    (Scheme.MYSQL323_HEX, "secret"),
+], ids=lambda v: v.value if isinstance(v, Scheme) else str(len(v)))
+def test_a_bare_verifier_refuses_a_value_of_another_shape(
+        hasher: Hasher, scheme: Scheme, body: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Handed a value not of its scheme's shape, each bare-value verifier answers
+    malformed-hash without comparing (not even "secret" to itself), and logs the scheme only."""
+    with caplog.at_level(logging.WARNING, "eximauthd.hashing"):
+        for password in ("secret", body):
+            result = hasher._verify_scheme(scheme, body, scheme.value, password)
+            assert result == VerifyResult(False, scheme, "malformed-hash")
+    assert caplog.messages == [f"malformed stored {scheme.value} hash"] * 2
+    assert body.strip() not in caplog.text
+
+
+# --- hashing ----------------------------------------------------------------------------------
+
+def test_argon2_failing_to_hash_is_a_hashing_error_without_the_password(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When argon2 itself refuses to hash (here a real argon2-cffi hasher whose salt is below
+    argon2's minimum), hash() raises HashingError saying so, with no password and no chained
+    argon2 error in it."""
+    hasher = Hasher(FAST_HASHING)
+    broken = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, salt_len=4)
+    monkeypatch.setattr(hasher, "_ph", broken)
+    with pytest.raises(HashingError) as raised:
+        hasher.hash("hunter2-secret")
+    assert str(raised.value) == "argon2id hashing failed"
+    assert raised.value.__suppress_context__
+    assert raised.value.__cause__ is None
