@@ -427,6 +427,13 @@ class TestBareHashShapes:
         ("_" + "." * 19, "bsdi-crypt"), ("_" + "." * 18, None), ("_" + "." * 19 + "!", None),
         ("SHA1$x", "django"), ("pbkdf2_sha1$", "django"), ("pbkdf2:x", "werkzeug"),
         ("0" * 32 + ":s", "salted-hex"), ("0" * 31 + ":s", None), ("0" * 32 + ":", "hex-encoded"),
+        # The catch-alls: 16 characters at least, 16 bytes of base64 (22 characters, "=" not
+        # counted) or of base32 (26 characters, with a digit).
+        ("2b$04$" + "a" * 10, "crypt-without-dollar"), ("2b$04$" + "a" * 9, None),
+        ("Zz9" + "y" * 19, "base64-encoded"), ("Zz9" + "y" * 18, None),
+        ("Zz9" + "y" * 18 + "=", None), ("Zz9" + "y" * 18 + "X", "base64-encoded"),
+        ("ABCDEFGHIJKLMNOPQRSTUVWXY2", "base32-encoded"), ("ABCDEFGHIJKLMNOPQRSTUVWX2", None),
+        ("ABCDEFGHIJKLMNOPQRSTUVWXYZ", None),
     ])
     def test_hash_shape(self, value: str, kind: str | None) -> None:
         """Exact lengths and alphabets, nothing looser or stricter."""
