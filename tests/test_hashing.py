@@ -18,6 +18,7 @@ from passlib.hash import des_crypt
 from eximauthd.config import LEGACY_PASSWORD_SCHEMES, HashingConfig
 from eximauthd.errors import ConfigError
 from eximauthd.hashing import (
+    Calibration,
     Hasher,
     Scheme,
     bare_scheme,
@@ -247,6 +248,70 @@ def test_calibrate_returns_measured_fits() -> None:
     assert [f.memory_cost for f in fits] == [19456, 38912]
     assert all(f.time_cost == 10 and f.seconds < 0.5 for f in fits)
     assert calibrate(0.0005, max_memory_cost=19456, samples=1, clock=clock) == []
+
+
+class _ScriptedClock:
+    """An injectable clock under which the n-th verification takes the n-th scripted duration
+    (an hour once the script is used up).  It starts far from zero, as perf_counter does;
+    durations are binary fractions, so end - start gives them back exactly."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self._durations = iter(durations)
+        self._now = 1024.0
+        self._reads = 0
+
+    def __call__(self) -> float:
+        self._reads += 1
+        if self._reads % 2 == 0:  # every second read ends a verification
+            self._now += next(self._durations, 3600.0)
+        return self._now
+
+
+@pytest.fixture
+def measured(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """(m, t, p) of every hash calibration verifies: argon2-cffi's own PasswordHasher,
+    with the parameters of each verified hash noted."""
+    seen: list[tuple[int, int, int]] = []
+
+    class Recording(argon2.PasswordHasher):
+        def verify(self, encoded: str | bytes, password: str | bytes) -> bool:
+            text = encoded if isinstance(encoded, str) else encoded.decode()
+            params = argon2.extract_parameters(text)
+            seen.append((params.memory_cost, params.time_cost, params.parallelism))
+            return super().verify(encoded, password)  # the real verification still runs
+
+    monkeypatch.setattr(argon2, "PasswordHasher", Recording)
+    return seen
+
+
+def test_calibrate_measures_from_time_cost_one_and_keeps_a_time_equal_to_the_target(
+        measured: list[tuple[int, int, int]]) -> None:
+    """t=1 is tried first; a median exactly at the target still fits, the next one over it
+    ends the step; the fit and the hashes measured have the parameters asked for (p=1 by
+    default)."""
+    clock = _ScriptedClock([0.5, 0.75])
+    fits = calibrate(0.5, max_memory_cost=19456, samples=1, clock=clock)
+    assert fits == [Calibration(19456, 1, 1, 0.5)]
+    assert measured == [(19456, 1, 1), (19456, 2, 1)]
+
+
+def test_calibrate_keeps_the_median_of_three_samples_by_default(
+        measured: list[tuple[int, int, int]]) -> None:
+    """Three verifications per parameter set by default, and their median is what counts:
+    one slow sample of three does not drop t=1, two of three stop at t=2."""
+    clock = _ScriptedClock([0.75, 0.25, 0.25, 0.75, 0.75, 0.25])
+    fits = calibrate(0.5, max_memory_cost=19456, parallelism=2, clock=clock)
+    assert fits == [Calibration(19456, 1, 2, 0.25)]
+    assert measured == [(19456, 1, 2)] * 3 + [(19456, 2, 2)] * 3
+
+
+def test_calibrate_takes_the_middle_of_an_odd_number_of_samples(
+        measured: list[tuple[int, int, int]]) -> None:
+    """Of five samples the third smallest is the median, neither the second nor the mean."""
+    clock = _ScriptedClock([0.75, 0.125, 0.5, 0.25, 0.75])
+    fits = calibrate(0.5, max_memory_cost=19456, samples=5, clock=clock)
+    assert fits == [Calibration(19456, 1, 1, 0.5)]
+    assert len(measured) == 10
 
 
 def test_default_config_is_owasp_minimum() -> None:
