@@ -21,6 +21,7 @@ from eximauthd.hashing import (
     Calibration,
     Hasher,
     Scheme,
+    VerifyResult,
     bare_scheme,
     calibrate,
     hash_shape,
@@ -114,6 +115,17 @@ class TestArgon2id:
         assert encoded.startswith("{ARGON2ID}$argon2id$")
         assert prefixed.verify(encoded, "secret").matched
         assert not prefixed.needs_rehash(encoded)
+
+    @pytest.mark.parametrize("stored", [
+        "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ",         # no hash part
+        "{ARGON2ID}$argon2id$v=19$m=8,t=1,p=1",
+        "$argon2id$v=19$m=eight,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+    ])
+    def test_a_malformed_argon2id_value_needs_rehash(self, hasher: Hasher, stored: str) -> None:
+        """A value argon2 cannot parse is never taken as current: it needs a new hash (and
+        does not verify)."""
+        assert hasher.needs_rehash(stored)
+        assert not hasher.verify(stored, "secret").matched
 
     def test_other_parameters_need_rehash(self, hasher: Hasher) -> None:
         """A hash made with other parameters verifies but asks to be upgraded."""
@@ -451,7 +463,8 @@ class TestBareHashShapes:
         """crypt(3) takes a C string (NUL refused) and DES reads 8 characters, so a longer
         password sharing them matches; the upgrade then stores what was typed."""
         hasher = Hasher(FAST_HASHING, password_scheme="des-crypt")
-        assert hasher.verify("abNANd1rDfiNc", "secret\x00").reason == "unusable-password"
+        assert hasher.verify("abNANd1rDfiNc", "secret\x00") == VerifyResult(
+            False, Scheme.DES_CRYPT, "unusable-password")
         stored = des_crypt.using(salt="ab").hash("12345678")
         assert hasher.verify(stored, "12345678-and-more").matched
         assert not hasher.verify(stored, "1234567").matched
@@ -504,6 +517,16 @@ class TestBareHashShapes:
         """Exact lengths and alphabets, nothing looser or stricter."""
         assert hash_shape(value) == kind
         assert (identify_scheme(value)[0] is Scheme.PLAIN) is (kind is None)
+
+    @pytest.mark.parametrize("stored", [
+        "{SSHA}QUJD", "{SSHA512}" + "QUJD" * 30, "$6$s$h",
+        "$6$rounds=1000$AbCdEfGhIjKlMnOp$" + "a" * 86,
+    ])
+    def test_only_a_padded_crypt_or_prefixed_value_is_called_padded(self, stored: str) -> None:
+        """hash_shape says "(padded)" of a $id$ or {SCHEME} value only when blanks were
+        around it: the same value without them is no padded anything."""
+        assert hash_shape(" " + stored + "\n") == "crypt-or-prefixed (padded)"
+        assert not (hash_shape(stored) or "").endswith(" (padded)")
 
     @pytest.mark.parametrize("case", SHAPED, ids=shaped_ids)
     def test_auto_refuses_every_known_hash_shape_as_its_own_password(

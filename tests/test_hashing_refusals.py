@@ -332,6 +332,8 @@ _NATIVE_SECRET = hashlib.sha1(hashlib.sha1(b"secret").digest()).hexdigest()  # n
     (Scheme.MYSQL_NATIVE, "secret"),
     (Scheme.MYSQL323_HEX, "0x" + mysql323("secret")),
     (Scheme.MYSQL323_HEX, "secret"),
+    (Scheme.DES_CRYPT, "abNANd1rDfiN!"),              # not DES crypt's alphabet
+    (Scheme.DES_CRYPT, "secret"),
 ], ids=lambda v: v.value if isinstance(v, Scheme) else str(len(v)))
 def test_a_bare_verifier_refuses_a_value_of_another_shape(
         hasher: Hasher, scheme: Scheme, body: str, caplog: pytest.LogCaptureFixture) -> None:
