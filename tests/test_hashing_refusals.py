@@ -231,24 +231,35 @@ def test_ssha_values_verify_with_their_salt(hasher: Hasher, prefix: str, digest:
     pytest.param(lambda b: b[:4] + "\n" + b[4:], id="line-break"),
     pytest.param(lambda b: b.rstrip("="), id="no-padding"),
 ])
-def test_ssha_with_stray_characters_is_refused_and_does_not_match(hasher: Hasher,
-                                                                  damage: object) -> None:
+def test_ssha_with_stray_characters_is_refused_and_does_not_match(
+        hasher: Hasher, damage: object, caplog: pytest.LogCaptureFixture) -> None:
     """Base64 is decoded strictly: a damaged {SSHA} value is malformed even for the right
-    password (a lenient decoder would skip the junk and match)."""
+    password (a lenient decoder would skip the junk and match); the log names the scheme
+    only."""
     body = _ssha(salt=b"saltsalt9")  # 29 bytes: base64 with one "=" of padding
     assert body.endswith("=")
     assert not body.endswith("==")
     stored = "{SSHA}" + damage(body)  # type: ignore[operator]
-    result = hasher.verify(stored, PASSWORD)
-    assert (result.matched, result.reason) == (False, "malformed-hash")
+    with caplog.at_level(logging.WARNING, "eximauthd.hashing"):
+        result = hasher.verify(stored, PASSWORD)
+    assert result == VerifyResult(False, Scheme.SSHA, "malformed-hash")
+    assert caplog.messages == ["malformed stored ssha hash"]
 
 
-def test_ssha_of_exactly_a_digest_and_no_salt_is_malformed(hasher: Hasher) -> None:
-    """A bare SHA-1 digest (20 bytes, no salt) is refused, even when it is the password's."""
-    bare = hashlib.sha1(PASSWORD.encode()).digest()  # noqa: S324  the legacy scheme under test
-    stored = "{SSHA}" + base64.b64encode(bare).decode()
-    result = hasher.verify(stored, PASSWORD)
-    assert (result.matched, result.reason) == (False, "malformed-hash")
+@pytest.mark.parametrize(("prefix", "digest"), [
+    ("{SSHA}", hashlib.sha1), ("{SSHA256}", hashlib.sha256), ("{SSHA512}", hashlib.sha512),
+])
+def test_ssha_of_exactly_a_digest_and_no_salt_is_malformed(
+        hasher: Hasher, prefix: str, digest: type, caplog: pytest.LogCaptureFixture) -> None:
+    """A bare digest (no salt) is refused, even when it is the password's; so is one byte
+    less.  The log names the scheme only."""
+    scheme = identify_scheme(prefix)[0]
+    bare = digest(PASSWORD.encode()).digest()
+    with caplog.at_level(logging.WARNING, "eximauthd.hashing"):
+        for raw in (bare, bare[:-1]):
+            result = hasher.verify(prefix + base64.b64encode(raw).decode(), PASSWORD)
+            assert result == VerifyResult(False, scheme, "malformed-hash")
+    assert caplog.messages == [f"malformed stored {scheme.value} hash (no salt)"] * 2
 
 
 # --- plaintext ------------------------------------------------------------------------------
