@@ -217,11 +217,13 @@ def test_argon2_ceilings_are_inclusive(field: str, ceiling: int) -> None:
     ("{SSHA}", hashlib.sha1), ("{SSHA256}", hashlib.sha256), ("{SSHA512}", hashlib.sha512),
 ])
 def test_ssha_values_verify_with_their_salt(hasher: Hasher, prefix: str, digest: type) -> None:
-    """A salted digest matches its password only, with any salt length."""
+    """A salted digest matches its password only, with any salt length, and asks for an
+    argon2id upgrade."""
+    scheme = identify_scheme(prefix)[0]
     for salt in (b"s", b"saltsalt", b"x" * 32):
         stored = prefix + _ssha(salt=salt, digest=digest)
-        assert hasher.verify(stored, PASSWORD).matched
-        assert not hasher.verify(stored, PASSWORD + "x").matched
+        assert hasher.verify(stored, PASSWORD) == VerifyResult(True, scheme, "ok", True)
+        assert hasher.verify(stored, PASSWORD + "x") == VerifyResult(False, scheme, "mismatch")
 
 
 @pytest.mark.parametrize("damage", [
