@@ -102,6 +102,14 @@ SHAPED += [
     ("md5-hex (padded)", "\ufeff" + _MD5),
     ("crypt-without-dollar", "argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$" + "A" * 43),
     ("crypt-without-dollar", "2y$10$" + "a" * 53),
+    # "0x"/"0X" and separators together; 8 bytes (OLD_PASSWORD()), the fewest hex-encoded takes.
+    ("hex-encoded", "0x" + "-".join(_MD5[i:i + 8] for i in range(0, 32, 8))),
+    ("hex-encoded", "0X" + " ".join(_h("sha1", b"secret").hexdigest().upper()[i:i + 8]
+                                    for i in range(0, 40, 8))),
+    ("hex-encoded", ":".join("428567f408994404"[i:i + 2] for i in range(0, 16, 2))),
+    # RFC 4648 base32 of an MD5 digest, as some LDAP and TOTP-era tools write bytes.
+    ("base32-encoded", base64.b32encode(_h("md5", b"secret").digest()).decode()),
+    ("base32-encoded", base64.b32encode(_h("md5", b"secret").digest()).decode().rstrip("=")),
 ]
 
 # phpass's "$P$"/"$H$" are "$id$" strings of no supported id: refused as unknown schemes.
@@ -145,4 +153,6 @@ PLAINTEXTS: list[str] = [
     "user:correcthorsebatterystaple",  # ":" and a long run, but a typed one
     "my:Passw0rd:here",
     "1234-5678-9012-345",           # 15 digits with dashes
+    "XmasTreeCorrectHorseBattery",  # upper and lower case, an "X", but no digit or symbol
+    "correct horse battery staple 1",  # a digit, blanks, no upper case (not even once joined)
 ]

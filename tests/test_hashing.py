@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from passlib.hash import des_crypt
 
 from eximauthd.core.hashing import (
+    Calibration,
     Hasher,
     Scheme,
+    VerifyResult,
     bare_scheme,
     calibrate,
     hash_shape,
@@ -113,6 +115,17 @@ class TestArgon2id:
         assert encoded.startswith("{ARGON2ID}$argon2id$")
         assert prefixed.verify(encoded, "secret").matched
         assert not prefixed.needs_rehash(encoded)
+
+    @pytest.mark.parametrize("stored", [
+        "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ",         # no hash part
+        "{ARGON2ID}$argon2id$v=19$m=8,t=1,p=1",
+        "$argon2id$v=19$m=eight,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+    ])
+    def test_a_malformed_argon2id_value_needs_rehash(self, hasher: Hasher, stored: str) -> None:
+        """A value argon2 cannot parse is never taken as current: it needs a new hash (and
+        does not verify)."""
+        assert hasher.needs_rehash(stored)
+        assert not hasher.verify(stored, "secret").matched
 
     def test_other_parameters_need_rehash(self, hasher: Hasher) -> None:
         """A hash made with other parameters verifies but asks to be upgraded."""
@@ -247,6 +260,70 @@ def test_calibrate_returns_measured_fits() -> None:
     assert [f.memory_cost for f in fits] == [19456, 38912]
     assert all(f.time_cost == 10 and f.seconds < 0.5 for f in fits)
     assert calibrate(0.0005, max_memory_cost=19456, samples=1, clock=clock) == []
+
+
+class _ScriptedClock:
+    """An injectable clock under which the n-th verification takes the n-th scripted duration
+    (an hour once the script is used up).  It starts far from zero, as perf_counter does;
+    durations are binary fractions, so end - start gives them back exactly."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self._durations = iter(durations)
+        self._now = 1024.0
+        self._reads = 0
+
+    def __call__(self) -> float:
+        self._reads += 1
+        if self._reads % 2 == 0:  # every second read ends a verification
+            self._now += next(self._durations, 3600.0)
+        return self._now
+
+
+@pytest.fixture
+def measured(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """(m, t, p) of every hash calibration verifies: argon2-cffi's own PasswordHasher,
+    with the parameters of each verified hash noted."""
+    seen: list[tuple[int, int, int]] = []
+
+    class Recording(argon2.PasswordHasher):
+        def verify(self, encoded: str | bytes, password: str | bytes) -> bool:
+            text = encoded if isinstance(encoded, str) else encoded.decode()
+            params = argon2.extract_parameters(text)
+            seen.append((params.memory_cost, params.time_cost, params.parallelism))
+            return super().verify(encoded, password)  # the real verification still runs
+
+    monkeypatch.setattr(argon2, "PasswordHasher", Recording)
+    return seen
+
+
+def test_calibrate_measures_from_time_cost_one_and_keeps_a_time_equal_to_the_target(
+        measured: list[tuple[int, int, int]]) -> None:
+    """t=1 is tried first; a median exactly at the target still fits, the next one over it
+    ends the step; the fit and the hashes measured have the parameters asked for (p=1 by
+    default)."""
+    clock = _ScriptedClock([0.5, 0.75])
+    fits = calibrate(0.5, max_memory_cost=19456, samples=1, clock=clock)
+    assert fits == [Calibration(19456, 1, 1, 0.5)]
+    assert measured == [(19456, 1, 1), (19456, 2, 1)]
+
+
+def test_calibrate_keeps_the_median_of_three_samples_by_default(
+        measured: list[tuple[int, int, int]]) -> None:
+    """Three verifications per parameter set by default, and their median is what counts:
+    one slow sample of three does not drop t=1, two of three stop at t=2."""
+    clock = _ScriptedClock([0.75, 0.25, 0.25, 0.75, 0.75, 0.25])
+    fits = calibrate(0.5, max_memory_cost=19456, parallelism=2, clock=clock)
+    assert fits == [Calibration(19456, 1, 2, 0.25)]
+    assert measured == [(19456, 1, 2)] * 3 + [(19456, 2, 2)] * 3
+
+
+def test_calibrate_takes_the_middle_of_an_odd_number_of_samples(
+        measured: list[tuple[int, int, int]]) -> None:
+    """Of five samples the third smallest is the median, neither the second nor the mean."""
+    clock = _ScriptedClock([0.75, 0.125, 0.5, 0.25, 0.75])
+    fits = calibrate(0.5, max_memory_cost=19456, samples=5, clock=clock)
+    assert fits == [Calibration(19456, 1, 1, 0.5)]
+    assert len(measured) == 10
 
 
 def test_default_config_is_owasp_minimum() -> None:
@@ -386,15 +463,22 @@ class TestBareHashShapes:
         """crypt(3) takes a C string (NUL refused) and DES reads 8 characters, so a longer
         password sharing them matches; the upgrade then stores what was typed."""
         hasher = Hasher(FAST_HASHING, password_scheme="des-crypt")
-        assert hasher.verify("abNANd1rDfiNc", "secret\x00").reason == "unusable-password"
+        assert hasher.verify("abNANd1rDfiNc", "secret\x00") == VerifyResult(
+            False, Scheme.DES_CRYPT, "unusable-password")
         stored = des_crypt.using(salt="ab").hash("12345678")
         assert hasher.verify(stored, "12345678-and-more").matched
         assert not hasher.verify(stored, "1234567").matched
 
-    def test_mysql323_is_mariadbs_old_password_blanks_and_all(self) -> None:
-        """OLD_PASSWORD() skips blanks and tabs (MariaDB says 'a b\\tc' = 'abc'); a match is
-        rehashed, so the stored argon2id is then of what was typed."""
+    # Not named after the server: scripts/mutation deselects tests by "-k 'not mariadb'", which
+    # took this one (it was named test_mysql323_is_mariadbs_...) out of every mutation run.
+    def test_mysql323_skips_only_blanks_and_tabs_like_old_password(self) -> None:
+        """OLD_PASSWORD() skips blanks and tabs (MariaDB says 'a b\\tc' = 'abc') and nothing
+        else: '!' and a newline count; a match is rehashed, so the stored argon2id is then of
+        what was typed."""
         assert mysql323("a b\tc") == mysql323("abc") == "7cd2b5942be28759"
+        # mariadb -e "SELECT OLD_PASSWORD('a!b'), OLD_PASSWORD('ab'), OLD_PASSWORD('a\nb')"
+        assert (mysql323("a!b"), mysql323("ab"), mysql323("a\nb")) == (
+            "7cf0deba2be401cc", "077ba8cb491e16c5", "7ce98de92be480c6")
         hasher = Hasher(FAST_HASHING, password_scheme="mysql323-hex")
         result = hasher.verify("7cd2b5942be28759", "a b c")
         assert (result.matched, result.needs_rehash) == (True, True)
@@ -421,11 +505,28 @@ class TestBareHashShapes:
         ("_" + "." * 19, "bsdi-crypt"), ("_" + "." * 18, None), ("_" + "." * 19 + "!", None),
         ("SHA1$x", "django"), ("pbkdf2_sha1$", "django"), ("pbkdf2:x", "werkzeug"),
         ("0" * 32 + ":s", "salted-hex"), ("0" * 31 + ":s", None), ("0" * 32 + ":", "hex-encoded"),
+        # The catch-alls: 16 characters at least, 16 bytes of base64 (22 characters, "=" not
+        # counted) or of base32 (26 characters, with a digit).
+        ("2b$04$" + "a" * 10, "crypt-without-dollar"), ("2b$04$" + "a" * 9, None),
+        ("Zz9" + "y" * 19, "base64-encoded"), ("Zz9" + "y" * 18, None),
+        ("Zz9" + "y" * 18 + "=", None), ("Zz9" + "y" * 18 + "X", "base64-encoded"),
+        ("ABCDEFGHIJKLMNOPQRSTUVWXY2", "base32-encoded"), ("ABCDEFGHIJKLMNOPQRSTUVWX2", None),
+        ("ABCDEFGHIJKLMNOPQRSTUVWXYZ", None),
     ])
     def test_hash_shape(self, value: str, kind: str | None) -> None:
         """Exact lengths and alphabets, nothing looser or stricter."""
         assert hash_shape(value) == kind
         assert (identify_scheme(value)[0] is Scheme.PLAIN) is (kind is None)
+
+    @pytest.mark.parametrize("stored", [
+        "{SSHA}QUJD", "{SSHA512}" + "QUJD" * 30, "$6$s$h",
+        "$6$rounds=1000$AbCdEfGhIjKlMnOp$" + "a" * 86,
+    ])
+    def test_only_a_padded_crypt_or_prefixed_value_is_called_padded(self, stored: str) -> None:
+        """hash_shape says "(padded)" of a $id$ or {SCHEME} value only when blanks were
+        around it: the same value without them is no padded anything."""
+        assert hash_shape(" " + stored + "\n") == "crypt-or-prefixed (padded)"
+        assert not (hash_shape(stored) or "").endswith(" (padded)")
 
     @pytest.mark.parametrize("case", SHAPED, ids=shaped_ids)
     def test_auto_refuses_every_known_hash_shape_as_its_own_password(

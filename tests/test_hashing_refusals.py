@@ -18,7 +18,8 @@ import pytest
 from passlib.hash import md5_crypt, sha256_crypt, sha512_crypt
 
 from eximauthd.core import hashing
-from eximauthd.core.hashing import Hasher, Scheme, VerifyResult, identify_scheme
+from eximauthd.core.hashing import Hasher, Scheme, VerifyResult, identify_scheme, mysql323
+from eximauthd.errors import HashingError
 
 from .support import FAST_HASHING
 
@@ -216,11 +217,13 @@ def test_argon2_ceilings_are_inclusive(field: str, ceiling: int) -> None:
     ("{SSHA}", hashlib.sha1), ("{SSHA256}", hashlib.sha256), ("{SSHA512}", hashlib.sha512),
 ])
 def test_ssha_values_verify_with_their_salt(hasher: Hasher, prefix: str, digest: type) -> None:
-    """A salted digest matches its password only, with any salt length."""
+    """A salted digest matches its password only, with any salt length, and asks for an
+    argon2id upgrade."""
+    scheme = identify_scheme(prefix)[0]
     for salt in (b"s", b"saltsalt", b"x" * 32):
         stored = prefix + _ssha(salt=salt, digest=digest)
-        assert hasher.verify(stored, PASSWORD).matched
-        assert not hasher.verify(stored, PASSWORD + "x").matched
+        assert hasher.verify(stored, PASSWORD) == VerifyResult(True, scheme, "ok", True)
+        assert hasher.verify(stored, PASSWORD + "x") == VerifyResult(False, scheme, "mismatch")
 
 
 @pytest.mark.parametrize("damage", [
@@ -230,24 +233,35 @@ def test_ssha_values_verify_with_their_salt(hasher: Hasher, prefix: str, digest:
     pytest.param(lambda b: b[:4] + "\n" + b[4:], id="line-break"),
     pytest.param(lambda b: b.rstrip("="), id="no-padding"),
 ])
-def test_ssha_with_stray_characters_is_refused_and_does_not_match(hasher: Hasher,
-                                                                  damage: object) -> None:
+def test_ssha_with_stray_characters_is_refused_and_does_not_match(
+        hasher: Hasher, damage: object, caplog: pytest.LogCaptureFixture) -> None:
     """Base64 is decoded strictly: a damaged {SSHA} value is malformed even for the right
-    password (a lenient decoder would skip the junk and match)."""
+    password (a lenient decoder would skip the junk and match); the log names the scheme
+    only."""
     body = _ssha(salt=b"saltsalt9")  # 29 bytes: base64 with one "=" of padding
     assert body.endswith("=")
     assert not body.endswith("==")
     stored = "{SSHA}" + damage(body)  # type: ignore[operator]
-    result = hasher.verify(stored, PASSWORD)
-    assert (result.matched, result.reason) == (False, "malformed-hash")
+    with caplog.at_level(logging.WARNING, "eximauthd.hashing"):
+        result = hasher.verify(stored, PASSWORD)
+    assert result == VerifyResult(False, Scheme.SSHA, "malformed-hash")
+    assert caplog.messages == ["malformed stored ssha hash"]
 
 
-def test_ssha_of_exactly_a_digest_and_no_salt_is_malformed(hasher: Hasher) -> None:
-    """A bare SHA-1 digest (20 bytes, no salt) is refused, even when it is the password's."""
-    bare = hashlib.sha1(PASSWORD.encode()).digest()  # noqa: S324  the legacy scheme under test
-    stored = "{SSHA}" + base64.b64encode(bare).decode()
-    result = hasher.verify(stored, PASSWORD)
-    assert (result.matched, result.reason) == (False, "malformed-hash")
+@pytest.mark.parametrize(("prefix", "digest"), [
+    ("{SSHA}", hashlib.sha1), ("{SSHA256}", hashlib.sha256), ("{SSHA512}", hashlib.sha512),
+])
+def test_ssha_of_exactly_a_digest_and_no_salt_is_malformed(
+        hasher: Hasher, prefix: str, digest: type, caplog: pytest.LogCaptureFixture) -> None:
+    """A bare digest (no salt) is refused, even when it is the password's; so is one byte
+    less.  The log names the scheme only."""
+    scheme = identify_scheme(prefix)[0]
+    bare = digest(PASSWORD.encode()).digest()
+    with caplog.at_level(logging.WARNING, "eximauthd.hashing"):
+        for raw in (bare, bare[:-1]):
+            result = hasher.verify(prefix + base64.b64encode(raw).decode(), PASSWORD)
+            assert result == VerifyResult(False, scheme, "malformed-hash")
+    assert caplog.messages == [f"malformed stored {scheme.value} hash (no salt)"] * 2
 
 
 # --- plaintext ------------------------------------------------------------------------------
@@ -310,3 +324,54 @@ def test_an_unexpected_error_in_a_verifier_is_a_malformed_hash(
         result = hasher.verify("$6$rounds=5000$", PASSWORD)
     assert (result.matched, result.reason) == (False, "malformed-hash")
     assert "sha512-crypt" in caplog.text
+
+
+# --- a verifier handed a value of another shape ---------------------------------------------
+# identify_scheme gives the bare-value verifiers only values of their own shape, so through
+# Hasher.verify these refusals cannot happen today; they are the verifiers' own fail-closed
+# guard (a later change to identify_scheme must not turn a plaintext into a compared digest).
+
+_MD5_SECRET = hashlib.md5(b"secret").hexdigest()  # noqa: S324  the legacy scheme under test
+_NATIVE_SECRET = hashlib.sha1(hashlib.sha1(b"secret").digest()).hexdigest()  # noqa: S324
+
+
+@pytest.mark.parametrize(("scheme", "body"), [
+    (Scheme.MD5_HEX, "secret"),                        # a leftover plaintext
+    (Scheme.MD5_HEX, _MD5_SECRET + " "),               # padded
+    (Scheme.SHA1_HEX, _MD5_SECRET),                    # another digest's length
+    (Scheme.SHA256_HEX, _MD5_SECRET),
+    (Scheme.SHA512_HEX, "0x" + _MD5_SECRET),
+    (Scheme.MYSQL_NATIVE, _NATIVE_SECRET.upper()),     # PASSWORD() without its "*"
+    (Scheme.MYSQL_NATIVE, "secret"),
+    (Scheme.MYSQL323_HEX, "0x" + mysql323("secret")),
+    (Scheme.MYSQL323_HEX, "secret"),
+    (Scheme.DES_CRYPT, "abNANd1rDfiN!"),              # not DES crypt's alphabet
+    (Scheme.DES_CRYPT, "secret"),
+], ids=lambda v: v.value if isinstance(v, Scheme) else str(len(v)))
+def test_a_bare_verifier_refuses_a_value_of_another_shape(
+        hasher: Hasher, scheme: Scheme, body: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Handed a value not of its scheme's shape, each bare-value verifier answers
+    malformed-hash without comparing (not even "secret" to itself), and logs the scheme only."""
+    with caplog.at_level(logging.WARNING, "eximauthd.hashing"):
+        for password in ("secret", body):
+            result = hasher._verify_scheme(scheme, body, scheme.value, password)
+            assert result == VerifyResult(False, scheme, "malformed-hash")
+    assert caplog.messages == [f"malformed stored {scheme.value} hash"] * 2
+    assert body.strip() not in caplog.text
+
+
+# --- hashing ----------------------------------------------------------------------------------
+
+def test_argon2_failing_to_hash_is_a_hashing_error_without_the_password(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When argon2 itself refuses to hash (here a real argon2-cffi hasher whose salt is below
+    argon2's minimum), hash() raises HashingError saying so, with no password and no chained
+    argon2 error in it."""
+    hasher = Hasher(FAST_HASHING)
+    broken = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, salt_len=4)
+    monkeypatch.setattr(hasher, "_ph", broken)
+    with pytest.raises(HashingError) as raised:
+        hasher.hash("hunter2-secret")
+    assert str(raised.value) == "argon2id hashing failed"
+    assert raised.value.__suppress_context__
+    assert raised.value.__cause__ is None
