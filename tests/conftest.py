@@ -7,6 +7,7 @@ cannot pass by testing nothing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,20 @@ from .support import (
 settings.register_profile("mutation", derandomize=True, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow,
                                                  HealthCheck.differing_executors])
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs MariaDB ``mariadb``, so ``-m "not mariadb"`` deselects exactly
+    those: the ``mariadb`` cases of ``db_url`` and the tests that take a MariaDB fixture.  (A
+    ``-k`` expression matches names too, and dropped tests that only mention MariaDB.)"""
+    for item in items:
+        params = getattr(item, "callspec", None)
+        # A parameter set whose id names MariaDB ("mariadb", "mariadb:address:utf8mb4_bin"):
+        # the test reaches the server through request.getfixturevalue.
+        case = re.split(r"[-:\[\]]", params.id) if params is not None else []
+        if {"mariadb_url", "mariadb_admin"} & set(getattr(item, "fixturenames", ())) \
+                or "mariadb" in case:
+            item.add_marker(pytest.mark.mariadb)
+
 
 @pytest.fixture(scope="session")
 def mariadb_admin() -> Iterator[sa.Engine]:
