@@ -58,6 +58,7 @@ def throttled(db_url: str) -> Iterator[kit.Served]:
 class TestThrottling:
     def test_a_network_over_its_limit_gets_no_even_with_the_right_password(
             self, throttled: kit.Served) -> None:
+        """Three failures lock an address even for the right password; other addresses log in."""
         ip = ATTACKER_IPS[0]
         assert [_auth(throttled, BOB, f"guess-{i}", ip) for i in range(3)] == [b"no\n"] * 3
         assert _auth(throttled, ALICE, PASSWORD, ip) == b"no\n"
@@ -65,6 +66,7 @@ class TestThrottling:
         assert _auth(throttled, ALICE, PASSWORD, ATTACKER_IPS[1]) == b"yes\n"
 
     def test_an_ipv6_64_is_one_network(self, throttled: kit.Served) -> None:
+        """Failures from addresses of one IPv6 /64 lock that whole /64, not the next one."""
         for i in range(3):
             assert _auth(throttled, BOB, f"guess-{i}", f"2001:db8:1:2::{i + 1}") == b"no\n"
         assert _auth(throttled, ALICE, PASSWORD, "2001:db8:1:2:ffff::9") == b"no\n"
@@ -78,6 +80,7 @@ class TestThrottling:
 
     def test_an_attacked_user_still_logs_in_from_a_network_he_used(
             self, throttled: kit.Served) -> None:
+        """Failures from many networks lock a user out of new networks, not of one he used."""
         assert _auth(throttled, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
         for i, ip in enumerate(ATTACKER_IPS):  # one failure per network: no network lock
             assert _auth(throttled, ALICE, f"guess-{i}", ip) == b"no\n"
@@ -115,6 +118,7 @@ class TestThrottling:
 
     def test_empty_credentials_are_refused_without_being_counted(
             self, throttled: kit.Served) -> None:
+        """An empty username gets no but is not counted: five leave the network unlocked."""
         ip = ATTACKER_IPS[0]
         for _ in range(5):
             assert throttled.ask(f"AUTH PLAIN  {kit.b64('x')} {ip}\n".encode()) == b"no\n"
@@ -122,6 +126,7 @@ class TestThrottling:
 
 
 def test_failures_are_forgotten_when_the_window_ends(db_url: str) -> None:
+    """A network locked by failures logs in again once the throttle window has passed, unaided."""
     populate(db_url)
     env = {"EXIMAUTHD_THROTTLE_MAX_FAILURES_PER_IP": "2",
            "EXIMAUTHD_THROTTLE_WINDOW_SECONDS": "2"}
@@ -156,6 +161,7 @@ def _metric(served: kit.Served, name: str) -> str:
 
 class TestRateLimits:
     def test_recipients_over_the_limit_defer_and_a_reset_lifts_it(self, db_url: str) -> None:
+        """Past her recipient limit a user is deferred, logged once; `throttle reset` lifts it."""
         populate(db_url)
         with kit.running(db_url, extra_env=rate_env(recipients="3/1h,100/1d")) as served:
             assert [relay(served, ALICE) for _ in range(3)] == [b"yes\n"] * 3
@@ -170,6 +176,7 @@ class TestRateLimits:
             assert wait_for(lambda: relay(served, ALICE) == b"yes\n")
 
     def test_a_message_counts_once_whatever_its_recipients(self, db_url: str) -> None:
+        """A message counts once however many recipients: the third message is deferred."""
         populate(db_url)
         env = rate_env(recipients="1000/1h", messages="2/1h")
         with kit.running(db_url, extra_env=env) as served:
@@ -178,6 +185,7 @@ class TestRateLimits:
             assert relay(served, ALICE, "4243.300") == b"defer rate-limit-messages-1h\n"
 
     def test_user_limits_override_the_defaults(self, db_url: str) -> None:
+        """`user limits --recipients none` unlimits that user; others keep the default."""
         populate(db_url)
         with kit.running(db_url, extra_env=rate_env(recipients="2/1h")) as served:
             shown = _cli(served, "user", "limits", BOB, "--recipients", "none")
@@ -190,6 +198,7 @@ class TestRateLimits:
                 b"defer rate-limit-recipients-1h\n"
 
     def test_instances_share_the_counts(self, mariadb_url: str) -> None:
+        """Two services on one MariaDB add up a user's recipients and together defer her."""
         populate(mariadb_url)
         env = rate_env(recipients="4/1h")
         with kit.running(mariadb_url, extra_env=env) as mx1, \
@@ -200,6 +209,7 @@ class TestRateLimits:
 
     def test_rate_limiting_defers_once_the_database_is_gone_too_long(self,
                                                                      mariadb_url: str) -> None:
+        """Relays defer once the database is gone past the staleness limit; pass when back."""
         populate(mariadb_url)
         proxy = kit.TcpProxy(MARIADB_HOST, MARIADB_PORT)
         proxy.start()
@@ -234,6 +244,7 @@ def _cached_answers(served: kit.Served) -> int:
 class TestAuthCache:
     def test_a_repeat_from_the_same_network_is_answered_from_the_cache(
             self, cached: kit.Served) -> None:
+        """A repeat from one network is answered from the cache; a new network is checked afresh."""
         assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
         assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
         assert _cached_answers(cached) == 1
@@ -242,6 +253,7 @@ class TestAuthCache:
         assert _cached_answers(cached) == 1
 
     def test_user_passwd_invalidates_the_old_password_at_once(self, cached: kit.Served) -> None:
+        """After `user passwd` the cached old password gets no at once and the new one gets yes."""
         assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
         changed = _cli(cached, "user", "passwd", ALICE, "--password-stdin",
                        stdin="brand-new-pw\n")
@@ -250,6 +262,7 @@ class TestAuthCache:
         assert _auth(cached, ALICE, "brand-new-pw", OWNER_IP) == b"yes\n"
 
     def test_user_disable_invalidates_at_once(self, cached: kit.Served) -> None:
+        """After `user disable` a login that was answered from the cache gets no at once."""
         assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
         assert _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"yes\n"
         disabled = _cli(cached, "user", "disable", ALICE)
@@ -269,6 +282,7 @@ class TestAuthCache:
         assert wait_for(lambda: _auth(cached, ALICE, PASSWORD, OWNER_IP) == b"no\n")
 
     def test_cached_logins_stop_when_the_database_is_gone(self, mariadb_url: str) -> None:
+        """A cached login is not served while the database is unreachable: AUTH defers instead."""
         populate(mariadb_url)
         proxy = kit.TcpProxy(MARIADB_HOST, MARIADB_PORT)
         proxy.start()

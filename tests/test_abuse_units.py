@@ -44,15 +44,18 @@ class Clock:
     ("not-an-ip", None),
 ])
 def test_failures_are_counted_per_ipv4_address_and_ipv6_64(ip: str, expected: str | None) -> None:
+    """Failures count per IPv4 address and IPv6 /64; mapped IPv4 is IPv4; junk has none."""
     assert network_of(ip, 32, 64) == expected
 
 
 def test_network_prefixes_are_configurable() -> None:
+    """The admin can widen the counted network, e.g. to an IPv4 /24 or an IPv6 /48."""
     assert network_of("192.0.2.7", 24, 64) == "192.0.2.0/24"
     assert network_of("2001:db8:1:2:3::1", 32, 48) == "2001:db8:1::/48"
 
 
 def test_password_tag_is_equal_only_for_the_same_user_password_and_key() -> None:
+    """A wrong password's tag differs by user, password and key and hides the password."""
     key = b"k" * 32
     tag = password_tag(key, "alice@example.test", "old-password")
     assert tag == password_tag(key, "alice@example.test", "old-password")
@@ -67,22 +70,26 @@ def test_password_tag_is_equal_only_for_the_same_user_password_and_key() -> None
     (" 7/30s ", Limit(30, 7)), ("1/7d", Limit(7 * 86400, 1)),
 ])
 def test_limits_parse_count_and_window(spec: str, limit: Limit) -> None:
+    """A limit COUNT/WINDOW is read in seconds, minutes, hours or days, spaces around ignored."""
     assert parse_limit(spec) == limit
 
 
 @pytest.mark.parametrize("spec", ["", "100", "100/", "100/1w", "0/1h", "-1/1h", "1/8d", "1/0s",
                                   "a/1h", "100/1h/2", "\u0661\u0660/1h", "10/\u0661h"])
 def test_bad_limits_are_refused_with_the_expected_form(spec: str) -> None:
+    """A malformed, zero, over-7-day or non-ASCII-digit limit is refused with a config error."""
     with pytest.raises(ConfigError, match=r"COUNT/WINDOW|window|count"):
         parse_limit(spec)
 
 
 def test_two_limits_for_one_window_are_refused() -> None:
+    """Two limits for the same window (10/1h and 20/60m) are refused as a config error."""
     with pytest.raises(ConfigError, match="same window"):
         parse_limits(["10/1h", "20/60m"])
 
 
 def test_sliding_estimate_weighs_the_previous_bucket_by_what_is_left_of_it() -> None:
+    """The sliding count adds the previous bucket by the part still inside the window."""
     assert estimate(100, 0, 0.0, 3600) == 100
     assert estimate(100, 10, 900.0, 3600) == 85
     assert estimate(100, 10, 3599.999, 3600) == pytest.approx(10, abs=0.01)
@@ -95,12 +102,14 @@ def _limiter(clock: Clock, **settings: object) -> RateLimiter:
 
 class TestRateLimiter:
     def test_recipients_over_the_limit_are_deferred_with_kind_and_window(self) -> None:
+        """A recipient over the limit is deferred naming kind and window; others unaffected."""
         limiter = _limiter(Clock())
         assert [limiter.admit("a@x.test") for _ in range(3)] == [None] * 3
         assert limiter.admit("a@x.test") == Decision.defer("rate-limit-recipients-1h")
         assert limiter.admit("b@x.test") is None  # per user
 
     def test_a_message_counts_once_per_transaction(self) -> None:
+        """A transaction counts one message; its further recipients, or no id, still pass."""
         limiter = _limiter(Clock(), recipients=("100/1h",))
         for txn in ("t1", "t2"):
             assert [limiter.admit("a@x.test", txn) for _ in range(5)] == [None] * 5
@@ -109,6 +118,7 @@ class TestRateLimiter:
         assert limiter.admit("a@x.test") is None  # no transaction id: recipients only
 
     def test_the_window_slides_on(self) -> None:
+        """Old recipients fade out as the window slides: the user sends again unaided."""
         clock = Clock(1_800_000_000 - 1_800_000_000 % HOUR)  # the start of a bucket
         limiter = _limiter(clock)
         for _ in range(3):
@@ -121,6 +131,7 @@ class TestRateLimiter:
         assert [limiter.admit("a@x.test") for _ in range(2)] == [None, None]
 
     def test_counts_read_back_from_other_instances_count(self) -> None:
+        """Recipients counted by other instances and read back at sync bring a user to his limit."""
         clock = Clock()
         limiter = _limiter(clock)
         batch = limiter.take()
@@ -129,6 +140,7 @@ class TestRateLimiter:
         assert limiter.admit("a@x.test") == Decision.defer("rate-limit-recipients-1h")
 
     def test_a_failed_sync_keeps_its_counts_and_turns_stale(self) -> None:
+        """A failed sync keeps its counts; past the staleness limit every relay defers."""
         clock = Clock()
         limiter = _limiter(clock, max_staleness_seconds=30)
         limiter.admit("a@x.test")
@@ -159,6 +171,7 @@ class TestRateLimiter:
         assert limiter.admit("a@x.test") == Decision.defer("rate-limit-recipients-1h")
 
     def test_a_reset_read_back_lowers_the_totals(self) -> None:
+        """After `throttle reset` a sync reads back no rows and the user may send again."""
         clock = Clock()
         limiter = _limiter(clock)
         assert [limiter.admit("a@x.test") for _ in range(3)] == [None] * 3
@@ -166,6 +179,7 @@ class TestRateLimiter:
         assert limiter.admit("a@x.test") is None
 
     def test_user_overrides_replace_the_defaults_of_their_kind(self) -> None:
+        """A per-user limit replaces the default of its kind; an empty one is unlimited."""
         limiter = _limiter(Clock())
         limiter.synced(limiter.take(), {}, {"a@x.test": {"recipients": (Limit(HOUR, 1),)},
                                             "b@x.test": {"recipients": ()}})
@@ -175,6 +189,7 @@ class TestRateLimiter:
 
     def test_the_first_trip_of_a_window_is_logged_once(self,
                                                        caplog: pytest.LogCaptureFixture) -> None:
+        """Reaching a limit logs one warning naming the user, not one per deferral."""
         limiter = _limiter(Clock(), recipients=("1/1h",))
         with caplog.at_level("WARNING", logger="eximauthd.ratelimit"):
             for _ in range(5):
@@ -186,6 +201,7 @@ class TestRateLimiter:
 
 class TestAuthCache:
     def test_hit_only_for_the_same_user_password_and_network(self) -> None:
+        """A cached login matches only the same user, exact password and network (an IPv6 /64)."""
         cache = AuthCache(60, 10, network=lambda ip: network_of(ip, 32, 64))
         cache.put("a@x.test", "pw", "2001:db8::1", "$argon2id$one", (0, 0))
         assert cache.hit("a@x.test", "pw", "2001:db8::2")  # the same /64
@@ -194,6 +210,7 @@ class TestAuthCache:
         assert not cache.hit("a@x.test", "pw", "2001:db8:0:1::1")  # another network
 
     def test_entries_expire(self) -> None:
+        """A cached login is used until its TTL ends, then no longer, and the entry is dropped."""
         clock = Clock(0)
         cache = AuthCache(60, 10, clock=clock)
         cache.put("a@x.test", "pw", "192.0.2.1", "h", (0, 0))
@@ -204,6 +221,7 @@ class TestAuthCache:
         assert len(cache) == 0
 
     def test_size_is_bounded_least_recently_used_first(self) -> None:
+        """A full cache drops its least recently used login to make room for a new one."""
         cache = AuthCache(60, 2)
         for user in ("a", "b", "c"):
             cache.put(user, "pw", "", "h", (0, 0))
@@ -213,6 +231,7 @@ class TestAuthCache:
         assert cache.users() == ["b", "c"]
 
     def test_forget_drops_every_entry_of_a_user(self) -> None:
+        """Forgetting a user drops all his cached logins, from every network, and nobody else's."""
         cache = AuthCache(60, 10)
         for ip in ("192.0.2.1", "192.0.2.2"):
             cache.put("a@x.test", "pw", ip, "h", (0, 0))
@@ -230,6 +249,7 @@ class TestAuthCache:
     ])
     def test_revalidation_keeps_only_unchanged_enabled_accounts(
             self, now: tuple[str | None, bool] | None, kept: bool) -> None:
+        """Revalidation keeps a cached login only while its account exists, enabled, same hash."""
         cache = AuthCache(60, 10)
         cache.put("a@x.test", "pw", "", "h", (0, 0))
         current = {} if now is None else {"a@x.test": now}
@@ -248,11 +268,13 @@ class TestAuthCache:
         assert cache.hit("a@x.test", "new-pw", "")
 
     def test_length_prefix_keeps_fields_apart(self) -> None:
+        """User "ab" with password "c" is no cached login for user "a" with password "bc"."""
         cache = AuthCache(60, 10)
         cache.put("ab", "c", "", "h", (0, 0))
         assert not cache.hit("a", "bc", "")
 
     def test_repr_shows_no_key_or_entry(self) -> None:
+        """The cache's repr shows its TTL and size only, never a user, password or hash."""
         cache = AuthCache(60, 10)
         cache.put("a@x.test", "secret-pw", "", "$argon2id$hash", (0, 0))
         assert repr(cache) == "AuthCache(ttl=60s, entries=1/10)"
@@ -331,6 +353,7 @@ class TestAttemptStore:
 
 
 def test_rate_counts_of_two_instances_add_up(database: Database) -> None:
+    """Two instances' counts for one user and bucket add up; a bucket past use is pruned."""
     other = _second_instance(database)
     try:
         key = ("a@x.test", "recipients", HOUR, 500_000)
@@ -345,6 +368,7 @@ def test_rate_counts_of_two_instances_add_up(database: Database) -> None:
 
 
 def test_user_limits_replace_clear_and_mean_unlimited(database: Database) -> None:
+    """Per-user limits are stored; an empty set stays (unlimited), None clears to default."""
     store = LimitStore(database)
     store.set("a@x.test", "recipients", (Limit(60, 5), Limit(86400, 50)))
     store.set("a@x.test", "messages", ())

@@ -391,8 +391,9 @@ class TestFailClosed:
 class TestSendingLimits:
     """A per-user message limit, counted once per SMTP transaction, answered 451 at RCPT."""
 
-    def test_second_message_over_the_limit_gets_451_saying_so(self, rig: Rig,
-                                                              exim: eximkit.Exim) -> None:
+    def test_a_message_over_the_limit_gets_451_at_every_rcpt_saying_so(
+            self, rig: Rig, exim: eximkit.Exim) -> None:
+        """With a 2/1h message limit, the third message is refused 451 at every RCPT, saying why."""
         assert rig.service is not None
         _eximauthd_env(rig, "user", "limits", "bob@example.test", "--messages", "2/1h")
         time.sleep(2.5)  # the service reads per-user limits at each sync (every second)
