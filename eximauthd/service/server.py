@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import grp
 import logging
 import os
 import signal
-import socket
-import stat
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,69 +38,15 @@ from .decider import Decider
 from .http import create_app
 from .logs import decision_fields
 from .metrics import Metrics
+from .unixsocket import BACKLOG, bind_unix_socket, prepare_socket_path
 
 __all__ = ["Service", "prepare_socket_path"]
 
 _log = logging.getLogger("eximauthd.service")
 _decisions = logging.getLogger("eximauthd.decision")
 
-# A burst of Exim processes connects at once; a short backlog turns the burst into refused
-# connections, which Exim reports as temporary failures.  The kernel caps it at somaxconn.
-_BACKLOG = 1024
 # /readyz answers from a check at most this old: a flood of probes costs one ping a second.
 _READY_TTL_S = 1.0
-
-
-def prepare_socket_path(path: str) -> None:
-    """Remove a stale socket at *path*; refuse to steal a live one or replace another file.
-
-    :raises ConfigError: another process answers on *path*, or *path* is not a socket.
-    """
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"socket.path: {path} exists and is not a socket; not replacing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # nobody listens: a leftover from a killed process
-        return
-    except OSError as exc:
-        if exc.errno not in {errno.ECONNREFUSED, errno.ENOENT}:
-            raise ConfigError(f"socket.path: cannot probe {path}: {exc.strerror}") from None
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise ConfigError(f"socket.path: another process is serving {path}; not stealing it")
-
-
-def _bind_unix_socket(path: str, mode: int, group: str) -> socket.socket:
-    prepare_socket_path(path)
-    gid = -1
-    if group:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ConfigError(f"socket.group: no such group {group!r}") from None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Bind under a umask that leaves the owner alone, then widen to the configured mode: the
-    # socket is never reachable by others, not even between bind() and chmod().
-    old_umask = os.umask(0o177)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old_umask)
-    if gid != -1:
-        os.chown(path, -1, gid)
-    os.chmod(path, mode)
-    sock.listen(_BACKLOG)
-    sock.setblocking(False)
-    return sock
 
 
 class Service:
@@ -290,11 +232,11 @@ class Service:
             loop.add_signal_handler(signal.SIGHUP, on_hangup)
         sock_path = self.config.socket.path
         self.defenses.begin_serving()
-        sock = _bind_unix_socket(sock_path, int(self.config.socket.mode, 8),
+        sock = bind_unix_socket(sock_path, int(self.config.socket.mode, 8),
                                  self.config.socket.group)
         unix_server = await asyncio.start_unix_server(self.handle_connection, sock=sock,
                                                       limit=MAX_REQUEST_BYTES * 2,
-                                                      backlog=_BACKLOG)
+                                                      backlog=BACKLOG)
         http = await self._start_http(token, open_files) if self.config.http.enabled else None
         self.defenses.start(on_sync_error=self.metrics.sync_errors.inc)
         try:
