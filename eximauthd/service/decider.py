@@ -8,13 +8,10 @@ in its worker threads; the HTTP API and the socket share them, so both give the 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
 
 from ..auth.authn import Authenticator, precheck
-from ..auth.cache import AuthCache
-from ..auth.throttle import Throttle, load_secret, network_of
+from ..auth.defenses import Defenses
 from ..core.addresses import Address, parse_address
 from ..core.decision import Decision, Result
 from ..core.hashing import Hasher
@@ -43,56 +40,18 @@ class Decider:
         self.hasher = Hasher(config.hashing, password_scheme=config.legacy.password_scheme)
         self.accounts = make_account_store(config, self.db)
         self.grants = GrantStore(self.db)
-        cache, t = config.cache, config.throttle
-        self.cache = (AuthCache(cache.ttl_seconds, cache.max_entries,
-                                network=lambda ip: network_of(ip, t.ipv4_prefix, t.ipv6_prefix))
-                      if cache.ttl_seconds else None)
-        self.authn = Authenticator(self.accounts, self.hasher, self.cache)
-        self._revalidated_at = time.monotonic()
-        # Entries are trusted only while revalidation keeps succeeding: with the database gone,
-        # cached logins stop too (and AUTH defers), as every other login does.
-        self._cache_trust = 3 * config.cache.revalidate_seconds
-        self.throttle = (Throttle(config.throttle, self.db,
-                                  load_secret(config.throttle.secret_file))
-                         if config.throttle.enabled else None)
+        # Throttle, cache, rate limiter, failure floor: the service reaches them here too.
+        self.defenses = Defenses(config, self.db, self.accounts)
+        self.authn = Authenticator(self.accounts, self.hasher, self.defenses.cache)
         self.policy = RelayPolicy(frozenset(config.policy.strict_domains))
 
     def __repr__(self) -> str:
         return f"Decider({self.db!r})"
 
-    def cached_auth(self, request: AuthRequest) -> Decision | None:
-        """``yes ok-cached`` for a repeat of a recent success, else None.  Memory only, so the
-        service may call it on its event loop."""
-        if self.cache is None or precheck(request.username, request.password) is not None:
-            return None
-        if time.monotonic() - self._revalidated_at > self._cache_trust:
-            return None
-        user = str(parse_address(request.username))
-        if self.cache.hit(user, request.password, request.client_ip):
-            return Decision.yes("ok-cached")
-        return None
-
     def forget(self, address: str) -> Decision:
         """Drop the cached successes of *address* (``FORGET``); always ``yes``."""
-        if self.cache is not None:
-            # Nothing can be cached under a malformed address.
-            with contextlib.suppress(AddressError):
-                self.cache.forget(str(parse_address(address)))
+        self.defenses.forget(address)
         return Decision.yes("forgotten")
-
-    def revalidate_cache(self) -> int:
-        """Re-read every cached user's row; drop entries whose account changed.
-
-        :raises StorageError: the database failed (the caller keeps the entries' TTL running).
-        """
-        if self.cache is None:
-            return 0
-        users = self.cache.users()
-        records = self.accounts.find_many([parse_address(u) for u in users]) if users else {}
-        current = {u: (r[0].password, r[0].enabled) for u, r in records.items() if len(r) == 1}
-        dropped = self.cache.revalidate(users, current)
-        self._revalidated_at = time.monotonic()
-        return dropped
 
     def auth(self, request: AuthRequest) -> Decision:
         """Verify credentials; a database failure is ``defer``, never ``yes`` or ``no``.
@@ -105,7 +64,7 @@ class Decider:
         if refused is not None:
             return refused
         user, password, ip = request.username, request.password, request.client_ip
-        throttle, reservation = self.throttle, None
+        throttle, reservation = self.defenses.throttle, None
         try:
             if throttle is not None:
                 throttled, reservation = throttle.reserve(user, password, ip)
@@ -160,5 +119,6 @@ class Decider:
         return Decision.yes("ready")
 
     def close(self) -> None:
+        self.defenses.close()
         self.db.dispose()
 

@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import grp
 import logging
 import os
 import signal
-import socket
-import stat
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,9 +20,6 @@ from typing import Any
 
 import uvicorn
 
-from ..auth.authn import precheck
-from ..auth.padding import FailureFloor
-from ..core.addresses import parse_address
 from ..core.decision import Decision, Result
 from ..core.protocol import (
     MAX_REQUEST_BYTES,
@@ -38,78 +31,22 @@ from ..core.protocol import (
     format_reply,
     parse_request,
 )
-from ..core.ratelimit import RateLimiter, SyncBatch
-from ..db.counters import LimitStore, RateStore
-from ..errors import ConfigError, ProtocolError, StorageError
+from ..errors import ConfigError, ProtocolError
 from ..settings import Config
 from . import httpguard, secretfile
 from .decider import Decider
 from .http import create_app
 from .logs import decision_fields
 from .metrics import Metrics
+from .unixsocket import BACKLOG, bind_unix_socket, prepare_socket_path
 
 __all__ = ["Service", "prepare_socket_path"]
 
 _log = logging.getLogger("eximauthd.service")
 _decisions = logging.getLogger("eximauthd.decision")
 
-# A burst of Exim processes connects at once; a short backlog turns the burst into refused
-# connections, which Exim reports as temporary failures.  The kernel caps it at somaxconn.
-_BACKLOG = 1024
 # /readyz answers from a check at most this old: a flood of probes costs one ping a second.
 _READY_TTL_S = 1.0
-
-
-def prepare_socket_path(path: str) -> None:
-    """Remove a stale socket at *path*; refuse to steal a live one or replace another file.
-
-    :raises ConfigError: another process answers on *path*, or *path* is not a socket.
-    """
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"socket.path: {path} exists and is not a socket; not replacing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # nobody listens: a leftover from a killed process
-        return
-    except OSError as exc:
-        if exc.errno not in {errno.ECONNREFUSED, errno.ENOENT}:
-            raise ConfigError(f"socket.path: cannot probe {path}: {exc.strerror}") from None
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise ConfigError(f"socket.path: another process is serving {path}; not stealing it")
-
-
-def _bind_unix_socket(path: str, mode: int, group: str) -> socket.socket:
-    prepare_socket_path(path)
-    gid = -1
-    if group:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ConfigError(f"socket.group: no such group {group!r}") from None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Bind under a umask that leaves the owner alone, then widen to the configured mode: the
-    # socket is never reachable by others, not even between bind() and chmod().
-    old_umask = os.umask(0o177)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old_umask)
-    if gid != -1:
-        os.chown(path, -1, gid)
-    os.chmod(path, mode)
-    sock.listen(_BACKLOG)
-    sock.setblocking(False)
-    return sock
 
 
 class Service:
@@ -129,23 +66,8 @@ class Service:
         self._connections: set[asyncio.Task[Any]] = set()
         self._stopping: asyncio.Event | None = None
         self.metrics.workers.set(self.workers)
-        # Trusting empty totals suits in-process use; run() replaces it with one that waits
-        # for the database's.
-        self.limiter = RateLimiter(config.ratelimit) if config.ratelimit.enabled else None
-        # Syncs of the rate counters get a thread of their own: they must not wait behind
-        # argon2 work, nor take a slot that counts against max_pending.
-        self._sync_pool = ThreadPoolExecutor(1, thread_name_prefix="eximauthd-sync")
-        self._rates = RateStore(self.decider.db)
-        self._user_limits = LimitStore(self.decider.db)
-        self._failure_delay = config.throttle.failure_delay_ms / 1000
-        # Well inside Exim's readsocket timeout, whatever a stalled check measured.
-        self._failure_floor = FailureFloor(cap=0.6 * self._timeout,
-                                           minimum=config.throttle.failure_floor_ms / 1000)
-        self._pruned_at = 0
-        # RELAYs waiting for a sync to read their user's totals; the sync that takes them
-        # answers them, whatever its outcome (admit() then decides, failing closed).
-        self._read_waiters: list[asyncio.Future[None]] = []
-        self._wake_sync = asyncio.Event()
+        # Throttle, cache, rate limiter and failure floor, with their loops: the decider's.
+        self.defenses = self.decider.defenses
         self._ready: Decision | None = None
         self._ready_at = 0.0
         self._ready_check: asyncio.Future[Decision] | None = None
@@ -161,10 +83,7 @@ class Service:
         except Exception:
             _log.exception("internal error while deciding %s", verb)
             decision = Decision.defer("internal-error")
-        if (self._failure_delay and isinstance(request, AuthRequest)
-                and decision.result is Result.NO):
-            # Slows one connection's guessing; waits on the loop, not in a worker.
-            await asyncio.sleep(self._failure_delay)
+        await self.defenses.delay_failure(request, decision)
         elapsed = time.perf_counter() - started
         self._account(request, verb, decision, transport, elapsed)
         return decision
@@ -172,12 +91,13 @@ class Service:
     async def _decide(self, request: Request) -> Decision:
         match request:
             case AuthRequest():
-                cached = self.decider.cached_auth(request)
+                cached = self.defenses.cached_auth(request)
                 if cached is not None:
                     return cached
                 checked_at = time.monotonic()
                 answer = await self._in_pool(lambda: self.decider.auth(request))
-                return await self._padded(request, answer, time.monotonic() - checked_at)
+                return await self.defenses.padded(request, answer,
+                                                  time.monotonic() - checked_at)
             case ForgetRequest():
                 return self.decider.forget(request.address)
             case RelayRequest():
@@ -187,37 +107,13 @@ class Service:
                 if decision is None:
                     decision = await self._in_pool(
                         lambda: self.decider.relay_with_grants(request))
-                if decision.result is Result.YES and self.limiter is not None:
-                    # Counted only once the sender check said yes, in memory (see ratelimit).
-                    address = str(parse_address(request.authenticated_id))
-                    if self.limiter.needs_read(address):
-                        await self._read_totals(self.limiter, address)
-                    over = self.limiter.admit(address, request.transaction)
+                if decision.result is Result.YES:
+                    over = await self.defenses.over_rate(request)
                     if over is not None:
                         return over
                 return decision
             case PingRequest():
                 return await self._in_pool(self.decider.ping)
-
-    async def _padded(self, request: AuthRequest, decision: Decision,
-                      elapsed: float) -> Decision:
-        """Make a ``no`` for an account take as long as the costliest check seen lately.
-
-        Without it a wrong password for an account with a costly legacy hash takes longer than
-        an unknown user, which names the accounts that exist (see :mod:`eximauthd.auth.padding`).
-        Malformed credentials and ``defer`` are left alone: they look at no account.
-        """
-        if decision.result is Result.DEFER or precheck(request.username,
-                                                        request.password) is not None:
-            return decision
-        now = time.monotonic()
-        if not decision.reason.startswith("throttled-"):  # a throttled answer checked nothing
-            self._failure_floor.observe(elapsed, now)
-        if decision.result is Result.NO:
-            pad = self._failure_floor.padding(elapsed, now)
-            if pad > 0:
-                await asyncio.sleep(pad)
-        return decision
 
     async def _in_pool(self, call: Callable[[], Decision]) -> Decision:
         if self._pending >= self.config.service.max_pending:
@@ -335,19 +231,14 @@ class Service:
         if on_hangup is not None:
             loop.add_signal_handler(signal.SIGHUP, on_hangup)
         sock_path = self.config.socket.path
-        if self.limiter is not None:
-            # A served instance starts knowing nobody's totals nor the per-user limits: each
-            # user's first RELAY waits for a sync to read them (see ratelimit).
-            self.limiter = RateLimiter(self.config.ratelimit, synced=False)
-        sock = _bind_unix_socket(sock_path, int(self.config.socket.mode, 8),
+        self.defenses.begin_serving()
+        sock = bind_unix_socket(sock_path, int(self.config.socket.mode, 8),
                                  self.config.socket.group)
         unix_server = await asyncio.start_unix_server(self.handle_connection, sock=sock,
                                                       limit=MAX_REQUEST_BYTES * 2,
-                                                      backlog=_BACKLOG)
+                                                      backlog=BACKLOG)
         http = await self._start_http(token, open_files) if self.config.http.enabled else None
-        syncing = asyncio.create_task(self._sync_forever()) if self.limiter else None
-        revalidating = (asyncio.create_task(self._revalidate_forever())
-                        if self.decider.cache is not None else None)
+        self.defenses.start(on_sync_error=self.metrics.sync_errors.inc)
         try:
             if ready is not None:
                 ready()
@@ -363,96 +254,9 @@ class Service:
                 server, task = http
                 server.should_exit = True
                 await task
-            if revalidating is not None:
-                revalidating.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await revalidating
-            if syncing is not None:
-                syncing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await syncing
-                await self.sync_rates()  # what this instance counted last
-            self._sync_pool.shutdown(wait=True)
+            await self.defenses.stop()
             self._pool.shutdown(wait=True)
-            self.decider.close()
-
-    # --- rate counters ---------------------------------------------------------------------
-
-    async def _sync_forever(self) -> None:
-        interval = self.config.ratelimit.sync_interval_ms / 1000
-        while True:
-            # At once on start: a restarted instance loads the overrides before long.
-            await self.sync_rates()
-            # Early when a RELAY waits for its user's totals.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_sync.wait(), interval)
-            self._wake_sync.clear()
-
-    async def _read_totals(self, limiter: RateLimiter, address: str) -> None:
-        """Wait (at most the request timeout) for a sync that reads *address*'s totals."""
-        limiter.touch(address)
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._read_waiters.append(waiter)
-        self._wake_sync.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
-
-    async def _revalidate_forever(self) -> None:
-        interval = self.config.cache.revalidate_seconds
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                dropped = await loop.run_in_executor(self._sync_pool,
-                                                     self.decider.revalidate_cache)
-            except StorageError as exc:
-                _log.warning("AUTH cache not revalidated: %s", exc)
-                continue
-            if dropped:
-                _log.info("AUTH cache: dropped %d entr%s of changed accounts", dropped,
-                          "y" if dropped == 1 else "ies")
-
-    async def sync_rates(self) -> bool:
-        """Write this instance's new counts and read everybody's back; False on failure."""
-        if self.limiter is None:
-            return True
-        limiter = self.limiter
-        batch = limiter.take()
-        waiters, self._read_waiters = self._read_waiters, []
-        try:
-            return await self._sync(limiter, batch)
-        finally:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-    async def _sync(self, limiter: RateLimiter, batch: SyncBatch) -> bool:
-
-        def work() -> tuple[Any, Any]:
-            # Only this write decides whether the batch is counted; what follows is best
-            # effort, or a failure there would have the same counts added twice.
-            shared = self._rates.add_and_read(batch.deltas, batch.addresses, batch.now)
-            overrides = None  # not read: the limiter keeps the last ones (never none at all)
-            try:
-                overrides = self._user_limits.all()
-                if batch.now - self._pruned_at >= 60:
-                    self._pruned_at = batch.now
-                    self._rates.prune(batch.now)
-            except StorageError as exc:
-                _log.warning("rate limits: overrides or pruning skipped: %s", exc)
-            return shared, overrides
-
-        try:
-            shared, overrides = await asyncio.get_running_loop().run_in_executor(
-                self._sync_pool, work)
-        except StorageError as exc:
-            limiter.failed(batch)
-            self.metrics.sync_errors.inc()
-            _log.warning("rate counters not synchronised (%s): %s", _age(limiter.staleness),
-                         exc)
-            return False
-        limiter.synced(batch, shared, overrides)
-        return True
+            self.decider.close()  # and the defenses' sync thread
 
     # --- readiness (/readyz) --------------------------------------------------------------
 
@@ -467,7 +271,8 @@ class Service:
             return self._ready
         check = self._ready_check
         if check is None or check.done():
-            check = asyncio.get_running_loop().run_in_executor(self._sync_pool, self._ping)
+            check = asyncio.get_running_loop().run_in_executor(self.defenses.sync_thread,
+                                                               self._ping)
             check.add_done_callback(self._readiness_checked)
             self._ready_check = check
         try:
@@ -558,10 +363,6 @@ def _verb(request: Request) -> str:
             return "PING"
         case ForgetRequest():
             return "FORGET"
-
-
-def _age(seconds: float) -> str:
-    return "none succeeded yet" if seconds == float("inf") else f"{seconds:.0f}s old"
 
 
 async def _read_request(reader: asyncio.StreamReader) -> bytes:
