@@ -10,10 +10,10 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck, settings
 
-from . import servicekit as kit
-from .support import populate
+from .. import servicekit as kit
+from ..support import populate
 
-SPEC = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
+SPEC = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 schema = schemathesis.openapi.from_path(str(SPEC))
 
 

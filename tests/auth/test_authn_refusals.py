@@ -17,7 +17,7 @@ from eximauthd.core.hashing import Hasher
 from eximauthd.db.accounts import LegacyAccountStore, OwnAccountStore
 from eximauthd.db.engine import Database
 
-from .support import FAST_HASHING, SEED_LEGACY, create_seed_table
+from ..support import FAST_HASHING, SEED_LEGACY, create_seed_table
 
 PASSWORD = "correct horse"
 ALICE = "alice@example.test"

@@ -15,7 +15,7 @@ import pytest
 from eximauthd.errors import ConfigError
 from eximauthd.service.server import secretfile
 
-from .support import FAST_HASHING_ENV
+from ..support import FAST_HASHING_ENV
 
 GOOD = "k" * 24
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from . import eximkit
-from .support import in_ci
+from .. import eximkit
+from ..support import in_ci
 
-SNIPPETS = Path(__file__).resolve().parent.parent / "exim-snippets"
+SNIPPETS = Path(__file__).resolve().parents[2] / "exim-snippets"
 
 
 def _statements(text: str) -> list[str]:

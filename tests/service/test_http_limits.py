@@ -18,9 +18,9 @@ import pytest
 
 from eximauthd.service.server import httpguard
 
-from . import servicekit as kit
-from .servicekit import http_call
-from .support import MARIADB_HOST, MARIADB_PORT, PASSWORD, populate
+from .. import servicekit as kit
+from ..servicekit import http_call
+from ..support import MARIADB_HOST, MARIADB_PORT, PASSWORD, populate
 
 UNFINISHED = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"  # no blank line: the header never ends
 

@@ -21,8 +21,8 @@ from eximauthd.db.engine import Database
 from eximauthd.errors import StorageError
 from eximauthd.settings import DatabaseConfig
 
-from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED
-from .support import (
+from ..hash_shapes import PHPASS, PLAINTEXTS, SHAPED
+from ..support import (
     ADDRESS_LEGACY,
     FAST_HASHING,
     SEED_LEGACY,

@@ -29,11 +29,11 @@ from eximauthd.core.hashing import (
 from eximauthd.errors import ConfigError
 from eximauthd.settings import LEGACY_PASSWORD_SCHEMES, HashingConfig
 
-from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED, shaped_ids
-from .support import FAST_HASHING
+from ..hash_shapes import PHPASS, PLAINTEXTS, SHAPED, shaped_ids
+from ..support import FAST_HASHING
 
 VECTORS: list[dict[str, Any]] = json.loads(
-    (Path(__file__).parent / "fixtures" / "legacy_vectors.json").read_text("utf-8")
+    (Path(__file__).parent.parent / "fixtures" / "legacy_vectors.json").read_text("utf-8")
 )
 
 

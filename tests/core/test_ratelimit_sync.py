@@ -19,9 +19,9 @@ from eximauthd.db.counters import RateKey, RateStore
 from eximauthd.db.engine import Database
 from eximauthd.settings import DatabaseConfig, RateLimitConfig
 
-from . import servicekit as kit
-from .servicekit import relay
-from .support import (
+from .. import servicekit as kit
+from ..servicekit import relay
+from ..support import (
     ALICE,
     BOB,
     MARIADB_HOST,

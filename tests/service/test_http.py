@@ -22,8 +22,8 @@ from eximauthd.service.http import create_app
 from eximauthd.service.metrics import Metrics
 from eximauthd.service.server import Service
 
-from . import servicekit as kit
-from .support import PASSWORD, config_for, populate
+from .. import servicekit as kit
+from ..support import PASSWORD, config_for, populate
 
 TOKEN = "test-token-0123456789abcdefghij"
 AUTH_BODY = {"username": "alice@example.test", "password": PASSWORD}

@@ -12,7 +12,7 @@ import pytest
 
 from eximauthd.exim.audit import Arrival, Auditor, Delivery, parse_line
 
-SEED = Path(__file__).resolve().parent / "fixtures" / "seed-mainlog.txt"
+SEED = Path(__file__).resolve().parent.parent / "fixtures" / "seed-mainlog.txt"
 SEED_LINES = [
     "2016-03-09 07:53:12 1adXzZ-0007sb-Pz <= [email protected] H=([127.0.0.1]) "
     "[129.137.152.170] P=esmtpa A=plain: S=1298 [email protected]",

@@ -12,10 +12,10 @@ import pytest
 from eximauthd.exim.configfile import read_config
 from eximauthd.exim.lint import lint, logs_protocol_errors
 
-from . import eximkit
-from .support import in_ci
+from .. import eximkit
+from ..support import in_ci
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 def _rules(*paths: Path) -> list[str]:

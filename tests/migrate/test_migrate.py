@@ -31,8 +31,8 @@ from eximauthd.migrate.progress import Progress
 from eximauthd.migrate.run import MigrationOptions, MigrationReport, migrate_passwords
 from eximauthd.settings import Config, DatabaseConfig, LegacyConfig
 
-from .hash_shapes import PHPASS, PLAINTEXTS, SHAPED
-from .support import (
+from ..hash_shapes import PHPASS, PLAINTEXTS, SHAPED
+from ..support import (
     ADDRESS_LEGACY,
     FAST_HASHING,
     FAST_HASHING_ENV,
@@ -43,7 +43,7 @@ from .support import (
 )
 
 VECTORS = {v["id"]: v for v in json.loads(
-    (Path(__file__).parent / "fixtures" / "legacy_vectors.json").read_text())}
+    (Path(__file__).parent.parent / "fixtures" / "legacy_vectors.json").read_text())}
 STRICT = replace(FAST_HASHING, allow_plaintext=False)
 
 # address -> (stored value, the password it stands for or None)

@@ -26,7 +26,7 @@ from eximauthd.db.engine import Database
 from eximauthd.service.decider import Decider
 from eximauthd.settings import ThrottleConfig
 
-from .support import FAST_HASHING, config_for
+from ..support import FAST_HASHING, config_for
 
 ALICE = "alice@example.test"
 PASSWORD = "right-password"

@@ -33,7 +33,7 @@ from eximauthd.errors import UserExistsError, UserNotFoundError
 from eximauthd.service.decider import Decider
 from eximauthd.settings import Config, DatabaseConfig
 
-from .support import (
+from ..support import (
     ADDRESS_LEGACY,
     MARIADB_HOST,
     MARIADB_PORT,

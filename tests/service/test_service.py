@@ -25,9 +25,9 @@ from eximauthd.db.accounts import OwnAccountStore
 from eximauthd.db.engine import Database
 from eximauthd.settings import DatabaseConfig
 
-from . import servicekit as kit
-from .servicekit import http_call
-from .support import FAST_HASHING, MARIADB_HOST, MARIADB_PORT, PASSWORD, populate
+from .. import servicekit as kit
+from ..servicekit import http_call
+from ..support import FAST_HASHING, MARIADB_HOST, MARIADB_PORT, PASSWORD, populate
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from eximauthd.db.engine import Database
 from eximauthd.settings import DatabaseConfig
 
-from .hash_shapes import SHAPED
-from .support import FAST_HASHING_ENV, create_seed_table
+from ..hash_shapes import SHAPED
+from ..support import FAST_HASHING_ENV, create_seed_table
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "Tr0ub4dor&3 ünïcode"
 
 

@@ -17,9 +17,9 @@ from eximauthd.db.accounts import OwnAccountStore
 from eximauthd.db.engine import Database
 from eximauthd.settings import DatabaseConfig
 
-from . import servicekit as kit
-from .servicekit import relay
-from .support import (
+from .. import servicekit as kit
+from ..servicekit import relay
+from ..support import (
     ALICE,
     BOB,
     FAST_HASHING,

@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from . import eximkit
-from . import servicekit as kit
-from .support import (
+from .. import eximkit
+from .. import servicekit as kit
+from ..support import (
     MARIADB_HOST,
     MARIADB_PORT,
     PASSWORD,
@@ -121,7 +121,7 @@ def _add_strict_users(url: str) -> None:
     from eximauthd.db.engine import Database  # noqa: PLC0415
     from eximauthd.settings import DatabaseConfig  # noqa: PLC0415
 
-    from .support import FAST_HASHING  # noqa: PLC0415
+    from ..support import FAST_HASHING  # noqa: PLC0415
 
     db = Database(DatabaseConfig(url=url))
     store, hasher = OwnAccountStore(db), Hasher(FAST_HASHING)

@@ -21,7 +21,7 @@ from eximauthd.core import hashing
 from eximauthd.core.hashing import Hasher, Scheme, VerifyResult, identify_scheme, mysql323
 from eximauthd.errors import HashingError
 
-from .support import FAST_HASHING
+from ..support import FAST_HASHING
 
 PASSWORD = "correct horse"
 

@@ -19,7 +19,7 @@ from eximauthd.db.accounts import OwnAccountStore
 from eximauthd.db.engine import Database
 from eximauthd.settings import DatabaseConfig
 
-from . import servicekit as kit
+from .. import servicekit as kit
 
 
 class TestFailureFloor:

@@ -1,0 +1,1 @@
+"""Tests of eximauthd.cli: the ``eximauthd`` command."""

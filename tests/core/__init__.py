@@ -1,0 +1,1 @@
+"""Tests of eximauthd.core: the pure decisions and parsers."""

@@ -1,0 +1,1 @@
+"""Tests of eximauthd.db: what the stores read and write."""

@@ -1,0 +1,1 @@
+"""Tests of eximauthd.migrate: ``migrate-passwords``."""

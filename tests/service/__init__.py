@@ -1,0 +1,1 @@
+"""Tests of eximauthd.service: ``eximauthd serve`` over the socket and HTTP."""
