@@ -99,6 +99,16 @@ class TestArgon2id:
         assert (params.type, params.memory_cost, params.time_cost, params.parallelism) == (
             argon2.Type.ID, 19456, 2, 1)
 
+    @pytest.mark.parametrize(("hash_len", "salt_len"), [(16, 16), (24, 12), (32, 8)])
+    def test_hash_uses_the_configured_tag_and_salt_lengths(self, hash_len: int,
+                                                           salt_len: int) -> None:
+        """The stored tag and salt are as long as configured, not argon2-cffi's defaults."""
+        config = replace(FAST_HASHING, hash_len=hash_len, salt_len=salt_len)
+        encoded = Hasher(config).hash("correct horse")
+        params = argon2.extract_parameters(encoded)
+        assert (params.hash_len, params.salt_len) == (hash_len, salt_len)
+        assert not Hasher(config).needs_rehash(encoded)
+
     def test_round_trip_and_no_rehash(self, hasher: Hasher) -> None:
         """A fresh hash verifies and needs no rehash."""
         encoded = hasher.hash("pässwörd ✓")
@@ -574,3 +584,11 @@ class TestBareHashShapes:
             Scheme.SHA512_HEX, Scheme.MYSQL_NATIVE, Scheme.MYSQL323_HEX, Scheme.DES_CRYPT}
         with pytest.raises(ConfigError, match=r"legacy\.password_scheme"):
             Hasher(FAST_HASHING, password_scheme="MD5")
+
+    def test_an_unknown_scheme_name_is_quoted_shortened_in_the_error(self) -> None:
+        """The error names the first 40 characters of an unknown name: enough to recognise a
+        typo, never a whole pasted secret."""
+        with pytest.raises(ConfigError) as caught:
+            bare_scheme("m" * 39 + "X" + "tail-never-shown")
+        assert str(caught.value) == (
+            "legacy.password_scheme: unknown scheme '" + "m" * 39 + "X'")

@@ -117,8 +117,9 @@ def test_a_password_with_nul_is_refused_by_sha_crypt_and_does_not_match(
 def test_a_password_with_nul_is_refused_by_bcrypt_and_does_not_match(hasher: Hasher) -> None:
     """bcrypt too: a NUL-containing password is refused, not truncated into a match."""
     stored = _bcrypt("secret")
-    result = hasher.verify(stored, "secret\x00tail")
-    assert (result.matched, result.reason) == (False, "unusable-password")
+    assert hasher.verify(stored, "secret\x00tail") == VerifyResult(
+        False, Scheme.BCRYPT, "unusable-password")
+    assert hasher.verify(stored, "secret").matched
 
 
 # --- cost ceilings, at the edge and one past it ---------------------------------------------
@@ -176,16 +177,28 @@ def test_bcrypt_over_the_cost_ceiling_is_refused_and_does_not_match(
     with caplog.at_level(logging.ERROR, "eximauthd.hashing"):
         result = hasher.verify(stored, PASSWORD)
     assert result == VerifyResult(False, Scheme.BCRYPT, "cost-over-ceiling")
-    assert "cost above 14" in caplog.text
+    assert caplog.messages == ["refusing stored bcrypt hash with cost above 14"]
 
 
 @pytest.mark.parametrize("stored", [
     "$2b$04$" + "a" * 52, "$2b$04$" + "a" * 54, "$2b$4$" + "a" * 53, "$2b$04$" + "!" * 53,
-    "x$2b$04$" + "a" * 53,
 ])
-def test_a_bcrypt_value_of_the_wrong_shape_is_malformed(hasher: Hasher, stored: str) -> None:
-    """Anything but $2?$NN$ and exactly 53 characters of bcrypt's alphabet is refused."""
-    assert not hasher.verify(stored, PASSWORD).matched
+def test_a_bcrypt_value_of_the_wrong_shape_is_malformed(
+        hasher: Hasher, stored: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Anything but $2?$NN$ and exactly 53 characters of bcrypt's alphabet is refused, with
+    one warning that names the scheme and not the value."""
+    with caplog.at_level(logging.WARNING, "eximauthd.hashing"):
+        result = hasher.verify(stored, PASSWORD)
+    assert result == VerifyResult(False, Scheme.BCRYPT, "malformed-hash")
+    assert caplog.messages == ["malformed stored bcrypt hash"]
+
+
+def test_a_bcrypt_value_behind_a_stray_character_is_not_bcrypt(hasher: Hasher) -> None:
+    """"x$2b$..." is not read as bcrypt (the MCF id must start the value): it does not match
+    the password the bcrypt part was made of."""
+    result = hasher.verify("x" + _bcrypt(), PASSWORD)
+    assert not result.matched
+    assert result.scheme is not Scheme.BCRYPT
 
 
 @pytest.mark.parametrize("extra", ["x", ".", "=", "\n"])
