@@ -8,7 +8,7 @@ implementation detail.
 - hash and verify passwords: :class:`Hasher` (``hash()``, ``verify() -> VerifyResult``),
   :class:`Scheme`, with the argon2id parameters of a :class:`HashingConfig`;
 - configuration: :func:`load_config` returns a frozen :class:`Config`;
-- values: :class:`Decision` and :class:`Result`, :class:`Address` from :func:`parse_address`;
+- values: :class:`Decision` with its :class:`Result` and :class:`Reason`, :class:`Address` from :func:`parse_address`;
 - errors: :class:`EximauthdError` and its subclasses.  A decision is never an exception.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from .auth.authn import Authenticator
 from .config import load_config
 from .core.addresses import Address, parse_address
-from .core.decision import Decision, Result
+from .core.decision import Decision, Reason, Result
 from .core.hashing import Hasher, Scheme, VerifyResult
 from .core.policy import RelayPolicy, may_relay
 from .errors import (
@@ -47,6 +47,7 @@ __all__ = [
     "HashingConfig",
     "HashingError",
     "ProtocolError",
+    "Reason",
     "RelayPolicy",
     "Result",
     "SchemaMissingError",

@@ -16,11 +16,17 @@ import pytest
 import sqlalchemy as sa
 
 from eximauthd.core.addresses import parse_address
+from eximauthd.core.clients import read_client
+from eximauthd.core.credentials import Credentials, read_credentials
+from eximauthd.core.decision import Decision
 from eximauthd.core.hashing import Hasher
+from eximauthd.core.policy import read_relay
+from eximauthd.core.protocol import AuthRequest, RelayRequest
 from eximauthd.db.accounts import OwnAccountStore
 from eximauthd.db.engine import Database
 from eximauthd.db.grants import Grant, GrantStore
-from eximauthd.settings import Config, DatabaseConfig, HashingConfig, LegacyConfig
+from eximauthd.service.decider import Decider
+from eximauthd.settings import Config, DatabaseConfig, HashingConfig, LegacyConfig, ThrottleConfig
 
 MARIADB_HOST = os.environ.get("ETEST_MARIADB_HOST", "127.0.0.1")
 MARIADB_PORT = int(os.environ.get("ETEST_MARIADB_PORT", "3306"))
@@ -141,3 +147,32 @@ def wait_for(predicate: object, timeout: float = 10.0) -> bool:
 def rate_env(**limits: str) -> dict[str, str]:
     return {"EXIMAUTHD_RATELIMIT_SYNC_INTERVAL_MS": str(SYNC_MS)} | {
         f"EXIMAUTHD_RATELIMIT_{k.upper()}": v for k, v in limits.items()}
+
+
+def credentials(username: str, password: str, client_ip: str = "",
+                throttle: ThrottleConfig | None = None) -> Credentials:
+    """The credentials the service reads from an AUTH of *username*, *password*, *client_ip*
+    (networks counted as *throttle* says); fails the test if they would be refused unread."""
+    t = throttle or ThrottleConfig()
+    read = read_credentials(username, password, read_client(client_ip, t.ipv4_prefix,
+                                                            t.ipv6_prefix))
+    assert isinstance(read, Credentials), read
+    return read
+
+
+def decide_auth(decider: Decider, request: AuthRequest) -> Decision:
+    """The AUTH decision as the service makes it, but never from its cache: read once at the
+    edge, then the throttle and the check."""
+    read = decider.defenses.credentials(request)
+    return read if isinstance(read, Decision) else decider.auth(read)
+
+
+def decide_relay(decider: Decider, request: RelayRequest) -> Decision:
+    """The RELAY decision as the service makes it (without the rate limit): read once at the
+    edge, the pure policy, then the grants if it needs them."""
+    relay = read_relay(request.authenticated_id, request.sender, request.recipient,
+                       request.transaction)
+    if isinstance(relay, Decision):
+        return relay
+    settled = decider.relay_without_storage(relay)
+    return settled if settled is not None else decider.relay_with_grants(relay)

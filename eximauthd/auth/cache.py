@@ -34,11 +34,9 @@ class AuthCache:
     """A bounded, thread-safe LRU of verified (user, password, network) digests with a TTL."""
 
     def __init__(self, ttl_seconds: float, max_entries: int,
-                 clock: Callable[[], float] = time.monotonic, *,
-                 network: Callable[[str], str | None] = lambda ip: ip) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
-        self._network = network
         self._key = os.urandom(32)
         self._clock = clock
         # slot -> (user, digest of the stored hash, expiry)
@@ -56,10 +54,9 @@ class AuthCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _slot(self, user: str, password: str, client_ip: str) -> bytes:
+    def _slot(self, user: str, password: str, network: str | None) -> bytes:
         # Length-prefixed, so ("ab", "c") and ("a", "bc") can never share a slot.
-        network = self._network(client_ip) or ""
-        parts = [p.encode("utf-8", "surrogateescape") for p in (user, password, network)]
+        parts = [p.encode("utf-8", "surrogateescape") for p in (user, password, network or "")]
         message = b"".join(len(p).to_bytes(4, "big") + p for p in parts)
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
@@ -67,10 +64,11 @@ class AuthCache:
     def _digest(stored: str) -> bytes:
         return hashlib.sha256(stored.encode("utf-8", "surrogateescape")).digest()
 
-    def hit(self, user: str, password: str, client_ip: str) -> bool:
-        """True when this user logged in with this password from this client's network within
-        the TTL and nothing about the account has changed since (that this process knows)."""
-        slot = self._slot(user, password, client_ip)
+    def hit(self, user: str, password: str, network: str | None) -> bool:
+        """True when this user logged in with this password from this client *network* (None:
+        no client address) within the TTL and nothing about the account has changed since
+        (that this process knows)."""
+        slot = self._slot(user, password, network)
         with self._lock:
             entry = self._entries.get(slot)
             if entry is None:
@@ -86,11 +84,11 @@ class AuthCache:
         with self._lock:
             return self._epoch, self._generation.get(user, 0)
 
-    def put(self, user: str, password: str, client_ip: str, stored: str,
+    def put(self, user: str, password: str, network: str | None, stored: str,
             generation: tuple[int, int]) -> None:
-        """Remember that *password* verified against *stored* for *user* from *client_ip*'s
-        network, unless the user was forgotten since *generation* was taken."""
-        slot = self._slot(user, password, client_ip)
+        """Remember that *password* verified against *stored* for *user* from client
+        *network*, unless the user was forgotten since *generation* was taken."""
+        slot = self._slot(user, password, network)
         with self._lock:
             if (self._epoch, self._generation.get(user, 0)) != generation:
                 return

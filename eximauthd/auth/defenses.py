@@ -18,18 +18,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..core.addresses import parse_address
-from ..core.decision import Decision, Result
-from ..core.protocol import AuthRequest, RelayRequest, Request
+from ..core.clients import Client, read_client
+from ..core.credentials import Credentials, read_credentials
+from ..core.decision import THROTTLED, Decision, Reason, Result
+from ..core.policy import Relay
+from ..core.protocol import AuthRequest, Request
 from ..core.ratelimit import RateLimiter, SyncBatch
 from ..db.accounts import AccountStore
 from ..db.counters import LimitStore, RateStore
 from ..db.engine import Database
 from ..errors import AddressError, StorageError
 from ..settings import Config
-from .authn import precheck
 from .cache import AuthCache
 from .padding import FailureFloor
-from .throttle import Throttle, load_secret, network_of
+from .throttle import Throttle, load_secret
 
 __all__ = ["Defenses"]
 
@@ -47,10 +49,8 @@ class Defenses:
     def __init__(self, config: Config, db: Database, accounts: AccountStore) -> None:
         self.config = config
         self._accounts = accounts
-        cache, t = config.cache, config.throttle
-        self.cache = (AuthCache(cache.ttl_seconds, cache.max_entries,
-                                network=lambda ip: network_of(ip, t.ipv4_prefix, t.ipv6_prefix))
-                      if cache.ttl_seconds else None)
+        cache = config.cache
+        self.cache = AuthCache(cache.ttl_seconds, cache.max_entries) if cache.ttl_seconds else None
         self._revalidated_at = time.monotonic()
         # Entries are trusted only while revalidation keeps succeeding: with the database gone,
         # cached logins stop too (and AUTH defers), as every other login does.
@@ -79,18 +79,27 @@ class Defenses:
         self._failure_floor = FailureFloor(cap=0.6 * self._timeout,
                                            minimum=config.throttle.failure_floor_ms / 1000)
 
+    # --- reading a request once ---------------------------------------------------------------
+
+    def client(self, client_ip: str) -> Client:
+        """The client of *client_ip*, its network counted as the throttle counts it."""
+        t = self.config.throttle
+        return read_client(client_ip, t.ipv4_prefix, t.ipv6_prefix)
+
+    def credentials(self, request: AuthRequest) -> Credentials | Decision:
+        """The typed credentials of *request*, or the ``no`` that refuses them unlooked-up."""
+        return read_credentials(request.username, request.password,
+                                self.client(request.client_ip))
+
     # --- the AUTH cache --------------------------------------------------------------------
 
-    def cached_auth(self, request: AuthRequest) -> Decision | None:
+    def cached_auth(self, credentials: Credentials) -> Decision | None:
         """``yes ok-cached`` for a repeat of a recent success, else None.  Memory only, so the
         service may call it on its event loop."""
-        if self.cache is None or precheck(request.username, request.password) is not None:
+        if self.cache is None or time.monotonic() - self._revalidated_at > self._cache_trust:
             return None
-        if time.monotonic() - self._revalidated_at > self._cache_trust:
-            return None
-        user = str(parse_address(request.username))
-        if self.cache.hit(user, request.password, request.client_ip):
-            return Decision.yes("ok-cached")
+        if self.cache.hit(credentials.user, credentials.password, credentials.client.network):
+            return Decision.yes(Reason.OK_CACHED)
         return None
 
     def forget(self, address: str) -> None:
@@ -116,19 +125,18 @@ class Defenses:
 
     # --- how long a failed AUTH takes ------------------------------------------------------
 
-    async def padded(self, request: AuthRequest, decision: Decision,
-                     elapsed: float) -> Decision:
+    async def padded(self, decision: Decision, elapsed: float) -> Decision:
         """Make a ``no`` for an account take as long as the costliest check seen lately.
 
         Without it a wrong password for an account with a costly legacy hash takes longer than
         an unknown user, which names the accounts that exist (see :mod:`eximauthd.auth.padding`).
-        Malformed credentials and ``defer`` are left alone: they look at no account.
+        Only for credentials that were checked (malformed ones never get here); ``defer`` is
+        left alone: it looked at no account.
         """
-        if decision.result is Result.DEFER or precheck(request.username,
-                                                        request.password) is not None:
+        if decision.result is Result.DEFER:
             return decision
         now = time.monotonic()
-        if not decision.reason.startswith("throttled-"):  # a throttled answer checked nothing
+        if decision.reason not in THROTTLED:  # a throttled answer checked nothing
             self._failure_floor.observe(elapsed, now)
         if decision.result is Result.NO:
             pad = self._failure_floor.padding(elapsed, now)
@@ -145,17 +153,17 @@ class Defenses:
 
     # --- the RELAY rate limit ----------------------------------------------------------------
 
-    async def over_rate(self, request: RelayRequest) -> Decision | None:
+    async def over_rate(self, relay: Relay) -> Decision | None:
         """The ``defer`` for a RELAY the sender check allowed but the rate limit does not.
 
         Counted only once the sender check said yes, in memory (see ratelimit).
         """
         if self.limiter is None:
             return None
-        address = str(parse_address(request.authenticated_id))
+        address = str(relay.login)
         if self.limiter.needs_read(address):
             await self._read_totals(self.limiter, address)
-        return self.limiter.admit(address, request.transaction)
+        return self.limiter.admit(address, relay.transaction)
 
     def begin_serving(self) -> None:
         """Forget the in-process trust: judge each user on the totals a sync read for it."""

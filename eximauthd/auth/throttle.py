@@ -20,7 +20,7 @@ to real users:
   built up against others.
 
 A request without a client address (a local submission) counts under one fixed network,
-:data:`NO_ADDRESS`, never under none.  Requests refused before any lookup (empty or malformed
+``no-address``, never under none.  Requests refused before any lookup (empty or malformed
 credentials) are not counted: they cannot guess anything, and counting them would need the
 database that an empty password must never wait for.
 """
@@ -28,7 +28,6 @@ database that an empty password must never wait for.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import hmac
 import ipaddress
@@ -40,15 +39,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.addresses import parse_address
-from ..core.decision import Decision
+from ..core.clients import NO_ADDRESS, Client
+from ..core.credentials import Credentials
+from ..core.decision import Decision, Reason
 from ..db.counters import AttemptStore, KnownNetworkStore, Reserved, Subject, utcnow
 from ..db.engine import Database
-from ..errors import AddressError, ConfigError, StorageError
+from ..errors import ConfigError, StorageError
 from ..files import warn_if_readable_by_others
 from ..settings import ThrottleConfig
 
-__all__ = ["NO_ADDRESS", "Reservation", "Throttle", "load_secret", "network_of", "password_tag"]
+__all__ = ["Reservation", "Throttle", "load_secret", "password_tag"]
 
 _log = logging.getLogger("eximauthd.throttle")
 
@@ -59,37 +59,6 @@ _TOUCHED_MAX = 100_000
 # One reservation in this many also deletes rows whose window is over and networks too old to
 # exempt anyone (both tables would otherwise only grow).
 _PRUNE_EVERY = 256
-
-# The network of a request that carries no client address (a local submission, say).
-NO_ADDRESS = "no-address"
-
-
-def _client_address(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The client's address, an IPv4-mapped IPv6 one as the IPv4 it carries; None if none."""
-    if not client_ip:
-        return None
-    try:
-        ip = ipaddress.ip_address(client_ip)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-@functools.lru_cache(maxsize=4096)
-def network_of(client_ip: str, ipv4_prefix: int, ipv6_prefix: int) -> str | None:
-    """``"2001:db8::1"`` → ``"2001:db8::/64"``; None for no (or an unparsable) address.  Pure.
-
-    An IPv4-mapped IPv6 address counts as the IPv4 address it carries.  Memoised: clients
-    come back, and :mod:`ipaddress` is slow next to everything else on the cached AUTH path.
-    """
-    ip = _client_address(client_ip)
-    if ip is None:
-        return None
-    prefix = ipv4_prefix if ip.version == 4 else ipv6_prefix
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
-
 
 def password_tag(key: bytes, user: str, password: str) -> str:
     """A keyed digest of *user* and *password*: equal for a repeat, useless without *key*.  Pure.
@@ -144,28 +113,17 @@ class Throttle:
         return (f"Throttle(window={c.window_seconds}s, ip={c.max_failures_per_ip}, "
                 f"user={c.max_failures_per_user})")
 
-    def _subjects(self, username: str, client_ip: str) -> tuple[str, str | None]:
-        network = network_of(client_ip, self.config.ipv4_prefix, self.config.ipv6_prefix)
-        try:
-            user: str | None = str(parse_address(username))
-        except AddressError:
-            user = None
-        # No (or an unusable) address still counts, under one fixed name: never under none.
-        return network or NO_ADDRESS, user
-
-    def reserve(self, username: str, password: str,
-                client_ip: str) -> tuple[Decision | None, Reservation]:
+    def reserve(self, credentials: Credentials) -> tuple[Decision | None, Reservation]:
         """Reserve a password check; ``no throttled-ip|throttled-user`` when over a limit.
 
         Call :meth:`settle` with the outcome of the check that follows (not needed when
         refused: a refused request has already taken its reservation back).
         """
-        network, user = self._subjects(username, client_ip)
-        exempt = self._is_exempt(client_ip)
-        subjects = _subjects(None if exempt else network, user)
+        network, user = credentials.client.counted_as, credentials.user
+        subjects = _subjects(None if self._is_exempt(credentials.client) else network, user)
         now = self._clock()
         since = now - dt.timedelta(seconds=self.config.window_seconds)
-        reservation = Reservation(subjects, password_tag(self._key, user or username, password),
+        reservation = Reservation(subjects, password_tag(self._key, user, credentials.password),
                                   secrets.token_hex(16))
         counts = self.attempts.reserve(subjects, reservation.tag, reservation.nonce, now, since)
         self._maybe_prune(now, since)
@@ -174,31 +132,30 @@ class Throttle:
             self._release(reservation, only_mine=True)
         return refused, reservation
 
-    def _is_exempt(self, client_ip: str) -> bool:
-        ip = _client_address(client_ip) if self._exempt else None
+    def _is_exempt(self, client: Client) -> bool:
+        ip = client.address
         return ip is not None and any(ip in net for net in self._exempt)
 
-    def _over_limit(self, counts: dict[Subject, Reserved], network: str, user: str | None,
+    def _over_limit(self, counts: dict[Subject, Reserved], network: str, user: str,
                     now: dt.datetime) -> Decision | None:
         ip = counts.get(("ip", network))
         if ip is not None and ip.count > self.config.max_failures_per_ip:
-            return Decision.no("throttled-ip")
-        if user is not None and counts[("user", user)].count > \
-                self.config.max_failures_per_user:
+            return Decision.no(Reason.THROTTLED_IP)
+        if counts[("user", user)].count > self.config.max_failures_per_user:
             if network != NO_ADDRESS and self.config.trusted_network_seconds and \
                     self.networks.is_known(user, network, now - dt.timedelta(
                         seconds=self.config.trusted_network_seconds)):
                 return None
-            return Decision.no("throttled-user")
+            return Decision.no(Reason.THROTTLED_USER)
         return None
 
-    def settle(self, reservation: Reservation, *, succeeded: bool, username: str,
-               client_ip: str) -> None:
+    def settle(self, reservation: Reservation, *, succeeded: bool,
+               credentials: Credentials) -> None:
         """Keep a failed check counted; take a successful one back and remember its network."""
         if not succeeded:
             return
         self._release(reservation, only_mine=False)
-        self.succeeded(username, client_ip)
+        self.succeeded(credentials)
 
     def abandon(self, reservation: Reservation) -> None:
         """Take back a reservation whose check never ran (the database failed meanwhile)."""
@@ -226,10 +183,10 @@ class Throttle:
         except StorageError as exc:
             _log.warning("could not prune throttling rows: %s", exc)
 
-    def succeeded(self, username: str, client_ip: str) -> None:
+    def succeeded(self, credentials: Credentials) -> None:
         """Remember the client's network as one this user logs in from."""
-        network, user = self._subjects(username, client_ip)
-        if network == NO_ADDRESS or user is None or not self.config.trusted_network_seconds:
+        network, user = credentials.client.network, credentials.user
+        if network is None or not self.config.trusted_network_seconds:
             return
         key = (user, network)
         moment = time.monotonic()
@@ -250,9 +207,9 @@ class Throttle:
                          exc)
 
 
-def _subjects(network: str | None, user: str | None) -> tuple[Subject, ...]:
+def _subjects(network: str | None, user: str) -> tuple[Subject, ...]:
     found: tuple[Subject, ...] = () if network is None else (("ip", network),)
-    return found if user is None else (*found, ("user", user))
+    return (*found, ("user", user))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from ..auth.throttle import NO_ADDRESS, network_of
 from ..core.addresses import parse_address
+from ..core.clients import NO_ADDRESS, read_client
 from ..core.limits import KINDS, format_window, parse_limits
 from ..core.ratelimit import RateLimiter, estimate
 from ..db.counters import AttemptStore, LimitStore, RateStore, utcnow
@@ -93,8 +93,8 @@ def throttle_reset(state: State, client_ip: str | None, address: str | None,
     elif client_ip:
         t = state.config.throttle
         network = (NO_ADDRESS if client_ip == NO_ADDRESS
-                   else network_of(client_ip_option(client_ip, "--ip"), t.ipv4_prefix,
-                                   t.ipv6_prefix))
+                   else read_client(client_ip_option(client_ip, "--ip"), t.ipv4_prefix,
+                                    t.ipv6_prefix).network)
         if network is None:
             raise ConfigError(f"throttle reset: {client_ip[:64]!r} is not an IP address")
         click.echo(f"forgot {failures.reset('ip', network)} failed check(s) of {network}")

@@ -64,7 +64,7 @@ def check(state: State, address: str, password_stdin: bool, client_ip: str) -> N
     # An empty password is passed on, so `check` shows the refusal Exim would get.
     password = read_password(password_stdin, confirm=False, allow_empty=True)
     decision = Authenticator(state.accounts, state.hasher).verify(address, password, client_ip)
-    click.echo(f"{decision.result.value} {decision.reason}")
+    click.echo(f"{decision.result.value} {decision.text}")
     sys.exit(EXIT_OK if decision.allowed else EXIT_NO)
 
 

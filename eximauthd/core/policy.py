@@ -13,6 +13,9 @@ The product's promise, in order:
    ``reject_authenticated_sender_login_mismatch``); elsewhere ``S.domain == X.domain`` is
    ``yes``.  Domains are compared whole: ``example.test.evil`` or ``sub.example.test`` are
    other domains.
+
+Rules 1 to 3 read the request (:func:`read_relay`), once, at the edge; rules 4 and 5 decide on
+what was read (:func:`decide_relay`), with the grants when needed.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from dataclasses import dataclass
 
 from ..errors import AddressError
 from .addresses import Address, parse_address
-from .decision import Decision
+from .decision import Decision, Reason
 
-__all__ = ["RelayPolicy", "may_relay"]
+__all__ = ["Relay", "RelayPolicy", "decide_relay", "may_relay", "read_relay"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,46 +49,73 @@ def _parse(text: str) -> Address | None:
         return None
 
 
-def _grant_matches(grant: str, sender: Address) -> str | None:
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A RELAY request that passed rules 1 to 3: the login's and the sender's addresses."""
+
+    login: Address
+    sender: Address
+    recipient: str
+    transaction: str = ""
+
+
+def _grant_matches(grant: str, sender: Address) -> Reason | None:
     """The yes-reason if *grant* (``user@domain`` or ``@domain``) covers *sender*, else None."""
     if grant.startswith("@"):
         # Parsed like an address, not lower-cased: str.lower() folds look-alikes such as the
         # Kelvin sign into ASCII ("@\u212aiel.test" would cover kiel.test).
         domain = _parse("postmaster" + grant)
-        return "grant-domain" if domain is not None and domain.domain == sender.domain else None
-    granted = _parse(grant)
-    return "grant-address" if granted == sender else None
+        if domain is not None and domain.domain == sender.domain:
+            return Reason.GRANT_DOMAIN
+        return None
+    return Reason.GRANT_ADDRESS if _parse(grant) == sender else None
 
 
-def may_relay(authenticated_id: str, sender: str, recipient: str, grants: Iterable[str],
-              policy: RelayPolicy) -> Decision:
-    """Decide whether *authenticated_id* may relay with envelope *sender* to *recipient*.
-
-    *grants* are the id's send-as grants as stored: addresses or ``@domain``.  Malformed
-    grants never match.  Reasons: ``same-address``, ``grant-address``, ``grant-domain``,
-    ``same-domain`` (yes); ``empty-id``, ``malformed-id``, ``null-sender``, ``malformed-sender``,
-    ``malformed-recipient``, ``sender-mismatch`` (no).
-    """
+def read_relay(authenticated_id: str, sender: str, recipient: str,
+               transaction: str = "") -> Relay | Decision:
+    """The typed RELAY request, or the ``no`` of rules 1 to 3 (``empty-id``, ``malformed-id``,
+    ``null-sender``, ``malformed-sender``, ``malformed-recipient``)."""
     if not authenticated_id:
-        return Decision.no("empty-id")
+        return Decision.no(Reason.EMPTY_ID)
     login = _parse(authenticated_id)
     if login is None:
-        return Decision.no("malformed-id")
+        return Decision.no(Reason.MALFORMED_ID)
     if not sender:
-        return Decision.no("null-sender")
+        return Decision.no(Reason.NULL_SENDER)
     envelope = _parse(sender)
     if envelope is None:
-        return Decision.no("malformed-sender")
+        return Decision.no(Reason.MALFORMED_SENDER)
     if not recipient or not recipient.isprintable() or any(c.isspace() for c in recipient):
-        return Decision.no("malformed-recipient")
+        return Decision.no(Reason.MALFORMED_RECIPIENT)
+    return Relay(login, envelope, recipient, transaction)
+
+
+def decide_relay(relay: Relay, grants: Iterable[str], policy: RelayPolicy) -> Decision:
+    """Rules 4 and 5: may *relay*'s login send as its sender?
+
+    *grants* are the login's send-as grants as stored: addresses or ``@domain``.  Malformed
+    grants never match.  Reasons: ``same-address``, ``grant-address``, ``grant-domain``,
+    ``same-domain`` (yes); ``sender-mismatch`` (no).
+    """
+    login, envelope = relay.login, relay.sender
     if envelope == login:
-        return Decision.yes("same-address")
+        return Decision.yes(Reason.SAME_ADDRESS)
     for grant in grants:
         reason = _grant_matches(grant, envelope)
         if reason is not None:
             return Decision.yes(reason)
     if login.domain in policy.strict_domains:
-        return Decision.no("sender-mismatch")
+        return Decision.no(Reason.SENDER_MISMATCH)
     if envelope.domain == login.domain:
-        return Decision.yes("same-domain")
-    return Decision.no("sender-mismatch")
+        return Decision.yes(Reason.SAME_DOMAIN)
+    return Decision.no(Reason.SENDER_MISMATCH)
+
+
+def may_relay(authenticated_id: str, sender: str, recipient: str, grants: Iterable[str],
+              policy: RelayPolicy) -> Decision:
+    """Decide whether *authenticated_id* may relay with envelope *sender* to *recipient*:
+    :func:`read_relay`, then :func:`decide_relay`.  For callers that hold strings."""
+    relay = read_relay(authenticated_id, sender, recipient)
+    if isinstance(relay, Decision):
+        return relay
+    return decide_relay(relay, grants, policy)

@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ProtocolError
-from .decision import Decision, Result
+from .decision import Decision, Reason, Result
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -110,7 +110,7 @@ def _decode(field: str) -> str:
     try:
         raw = base64.b64decode(field, validate=True)
     except (binascii.Error, ValueError):
-        raise ProtocolError("bad-base64") from None
+        raise ProtocolError(Reason.BAD_BASE64) from None
     # Invalid UTF-8 is not a protocol error: it is passed on (surrogate-escaped) and the
     # credential or policy check refuses it, as it refuses any other wrong value.
     return raw.decode("utf-8", "surrogateescape")
@@ -128,27 +128,27 @@ def parse_client_ip(field: str) -> str:
     """
     if field:
         if "%" in field:
-            raise ProtocolError("bad-client-ip")
+            raise ProtocolError(Reason.BAD_CLIENT_IP)
         try:
             ipaddress.ip_address(field)
         except ValueError:
-            raise ProtocolError("bad-client-ip") from None
+            raise ProtocolError(Reason.BAD_CLIENT_IP) from None
     return field
 
 
 def _line(data: bytes) -> str:
     """Check the framing of *data* and return its single line, without the newline."""
     if not data:
-        raise ProtocolError("empty")
+        raise ProtocolError(Reason.EMPTY)
     if len(data) > MAX_REQUEST_BYTES:
-        raise ProtocolError("too-long")
+        raise ProtocolError(Reason.TOO_LONG)
     if not data.endswith(b"\n"):
-        raise ProtocolError("missing-newline")
+        raise ProtocolError(Reason.MISSING_NEWLINE)
     body = data[:-1]
     if b"\n" in body or b"\r" in body:
-        raise ProtocolError("several-lines")
+        raise ProtocolError(Reason.SEVERAL_LINES)
     if not _PRINTABLE_LINE.fullmatch(body):
-        raise ProtocolError("not-ascii")
+        raise ProtocolError(Reason.NOT_ASCII)
     return body.decode("ascii")
 
 
@@ -163,24 +163,24 @@ def parse_request(data: bytes) -> Request:
     verb = fields[0]
     if verb == "PING":
         if len(fields) != 1:
-            raise ProtocolError("wrong-field-count")
+            raise ProtocolError(Reason.WRONG_FIELD_COUNT)
         return PingRequest()
     if verb == "FORGET":
         if len(fields) != 2:
-            raise ProtocolError("wrong-field-count")
+            raise ProtocolError(Reason.WRONG_FIELD_COUNT)
         return ForgetRequest(_decode(fields[1]))
     if verb not in {"AUTH", "RELAY"}:
-        raise ProtocolError("unknown-verb")
+        raise ProtocolError(Reason.UNKNOWN_VERB)
     if len(fields) != 5 and not (verb == "RELAY" and len(fields) == 6):
-        raise ProtocolError("wrong-field-count")
+        raise ProtocolError(Reason.WRONG_FIELD_COUNT)
     if verb == "AUTH":
         if fields[1] not in MECHANISMS:
-            raise ProtocolError("unsupported-mechanism")
+            raise ProtocolError(Reason.UNSUPPORTED_MECHANISM)
         return AuthRequest(fields[1], _decode(fields[2]), _decode(fields[3]),
                            parse_client_ip(fields[4]))
     transaction = fields[5] if len(fields) == 6 else ""
     if len(fields) == 6 and not is_valid_transaction(transaction):
-        raise ProtocolError("bad-transaction")
+        raise ProtocolError(Reason.BAD_TRANSACTION)
     return RelayRequest(_decode(fields[1]), _decode(fields[2]), _decode(fields[3]),
                         parse_client_ip(fields[4]), transaction)
 
@@ -200,7 +200,7 @@ def format_reply(decision: Decision) -> bytes:
         return b"yes\n"
     if decision.result is Result.NO:
         return b"no\n"
-    reason = _REASON_UNSAFE.sub("-", decision.reason)[:64] or "unavailable"
+    reason = _REASON_UNSAFE.sub("-", decision.text)[:64] or "unavailable"
     return b"defer " + reason.encode("ascii") + b"\n"
 
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..settings import RateLimitConfig
-from .decision import Decision
+from .decision import Decision, Reason
 from .limits import KINDS, Limit, RateKey, format_window, parse_limits
 
 __all__ = ["RateLimiter", "SyncBatch", "estimate"]
@@ -112,11 +112,11 @@ class RateLimiter:
         not been read for this user yet (see :meth:`needs_read`).
         """
         if self.staleness > self.config.max_staleness_seconds:
-            return Decision.defer("ratelimit-unavailable")
+            return Decision.defer(Reason.RATELIMIT_UNAVAILABLE)
         # Deferred users stay active too: their totals must keep being read back.
         self._active[address] = self._monotonic()
         if self.needs_read(address):
-            return Decision.defer("ratelimit-unavailable")
+            return Decision.defer(Reason.RATELIMIT_UNAVAILABLE)
         now = self._clock()
         new_message = bool(transaction) and (address, transaction) not in self._seen
         wanted = [("recipients", 1), ("messages", 1 if new_message else 0)]
@@ -132,7 +132,7 @@ class RateLimiter:
                         > limit.maximum:
                     self._trip(key, limit)
                     return Decision.defer(
-                        f"rate-limit-{kind}-{format_window(limit.window_seconds)}")
+                        Reason.RATE_LIMIT, f"{kind}-{format_window(limit.window_seconds)}")
                 adds.append(key)
         for key in adds:
             self._pending[key] = self._pending.get(key, 0) + 1

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import logging
 
-from ..auth.authn import Authenticator, precheck
+from ..auth.authn import Authenticator
 from ..auth.defenses import Defenses
-from ..core.addresses import Address, parse_address
-from ..core.decision import Decision, Result
+from ..core.addresses import Address
+from ..core.credentials import Credentials
+from ..core.decision import Decision, Reason, Result
 from ..core.hashing import Hasher
-from ..core.policy import RelayPolicy, may_relay
-from ..core.protocol import AuthRequest, RelayRequest
+from ..core.policy import Relay, RelayPolicy, decide_relay
 from ..db.accounts import make_account_store
 from ..db.engine import Database
 from ..db.grants import GrantStore
-from ..errors import AddressError, StorageError
+from ..errors import StorageError
 from ..settings import Config
 
 __all__ = ["Decider"]
@@ -51,62 +51,50 @@ class Decider:
     def forget(self, address: str) -> Decision:
         """Drop the cached successes of *address* (``FORGET``); always ``yes``."""
         self.defenses.forget(address)
-        return Decision.yes("forgotten")
+        return Decision.yes(Reason.FORGOTTEN)
 
-    def auth(self, request: AuthRequest) -> Decision:
+    def auth(self, credentials: Credentials) -> Decision:
         """Verify credentials; a database failure is ``defer``, never ``yes`` or ``no``.
 
-        Empty or malformed credentials are ``no`` before anything else, the database
-        included.  Then the throttle reserves the check (and may refuse it without a password
-        check); afterwards a failure stays counted and a success takes its reservation back.
+        The throttle reserves the check (and may refuse it without a password check);
+        afterwards a failure stays counted and a success takes its reservation back.
         """
-        refused = precheck(request.username, request.password)
-        if refused is not None:
-            return refused
-        user, password, ip = request.username, request.password, request.client_ip
         throttle, reservation = self.defenses.throttle, None
         try:
             if throttle is not None:
-                throttled, reservation = throttle.reserve(user, password, ip)
+                throttled, reservation = throttle.reserve(credentials)
                 if throttled is not None:
                     return throttled
-            decision = self.authn.verify(user, password, ip)
+            decision = self.authn.check(credentials)
         except StorageError as exc:
             _log.error("AUTH deferred: %s", exc)
             if throttle is not None and reservation is not None:
                 throttle.abandon(reservation)
-            return Decision.defer("database-unavailable")
+            return Decision.defer(Reason.DATABASE_UNAVAILABLE)
         if throttle is not None and reservation is not None:
             throttle.settle(reservation, succeeded=decision.result is Result.YES,
-                            username=user, client_ip=ip)
+                            credentials=credentials)
         return decision
 
-    def relay_without_storage(self, request: RelayRequest) -> Decision | None:
+    def relay_without_storage(self, relay: Relay) -> Decision | None:
         """The relay decision when the pure policy settles it, else None (grants needed).
 
         Cheap and free of I/O, so the service may call it on its event loop.
         """
-        first = may_relay(request.authenticated_id, request.sender, request.recipient, (),
-                          self.policy)
-        if first.result is not Result.NO or first.reason != "sender-mismatch":
-            return first
-        return None
+        first = decide_relay(relay, (), self.policy)
+        return None if first.reason is Reason.SENDER_MISMATCH else first
 
-    def relay_with_grants(self, request: RelayRequest) -> Decision:
+    def relay_with_grants(self, relay: Relay) -> Decision:
         """The relay decision for a sender the policy alone refused: read the id's grants.
 
         Call it only after :meth:`relay_without_storage` returned None.
         """
         try:
-            owner = str(parse_address(request.authenticated_id))
-            grants = [g.sender for g in self.grants.list(owner)]
-        except AddressError:  # pragma: no cover - may_relay already refused malformed ids
-            return Decision.no("malformed-id")
+            grants = [g.sender for g in self.grants.list(str(relay.login))]
         except StorageError as exc:
             _log.error("RELAY deferred: %s", exc)
-            return Decision.defer("database-unavailable")
-        return may_relay(request.authenticated_id, request.sender, request.recipient, grants,
-                         self.policy)
+            return Decision.defer(Reason.DATABASE_UNAVAILABLE)
+        return decide_relay(relay, grants, self.policy)
 
     def ping(self) -> Decision:
         """``yes`` when the account and grant tables answer, else ``defer``."""
@@ -115,8 +103,8 @@ class Decider:
             self.grants.list(str(_PROBE))
         except StorageError as exc:
             _log.warning("not ready: %s", exc)
-            return Decision.defer("database-unavailable")
-        return Decision.yes("ready")
+            return Decision.defer(Reason.DATABASE_UNAVAILABLE)
+        return Decision.yes(Reason.READY)
 
     def close(self) -> None:
         self.defenses.close()

@@ -50,7 +50,7 @@ class Service(Protocol):
 
 def _answer(resp: falcon.asgi.Response, decision: Decision) -> None:
     resp.status = falcon.HTTP_503 if decision.result is Result.DEFER else falcon.HTTP_200
-    resp.media = {"result": decision.result.value, "reason": decision.reason}
+    resp.media = {"result": decision.result.value, "reason": decision.text}
 
 
 class _Rejected(ValueError):
@@ -160,7 +160,7 @@ class Ready(_Open):
         decision = await self.service.readiness()
         ready = decision.allowed
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
-        resp.media = {"status": "ready" if ready else "unavailable", "reason": decision.reason}
+        resp.media = {"status": "ready" if ready else "unavailable", "reason": decision.text}
 
 
 class MetricsResource(_Open):

@@ -20,7 +20,8 @@ from typing import Any
 
 import uvicorn
 
-from ..core.decision import Decision, Result
+from ..core.decision import Decision, Reason, Result
+from ..core.policy import read_relay
 from ..core.protocol import (
     MAX_REQUEST_BYTES,
     AuthRequest,
@@ -82,7 +83,7 @@ class Service:
             decision = await self._decide(request)
         except Exception:
             _log.exception("internal error while deciding %s", verb)
-            decision = Decision.defer("internal-error")
+            decision = Decision.defer(Reason.INTERNAL_ERROR)
         await self.defenses.delay_failure(request, decision)
         elapsed = time.perf_counter() - started
         self._account(request, verb, decision, transport, elapsed)
@@ -91,24 +92,31 @@ class Service:
     async def _decide(self, request: Request) -> Decision:
         match request:
             case AuthRequest():
-                cached = self.defenses.cached_auth(request)
+                # Read once, here: every layer after this takes the typed credentials.
+                # Credentials refused unread need no worker, no database, no padding.
+                credentials = self.defenses.credentials(request)
+                if isinstance(credentials, Decision):
+                    return credentials
+                cached = self.defenses.cached_auth(credentials)
                 if cached is not None:
                     return cached
                 checked_at = time.monotonic()
-                answer = await self._in_pool(lambda: self.decider.auth(request))
-                return await self.defenses.padded(request, answer,
-                                                  time.monotonic() - checked_at)
+                answer = await self._in_pool(lambda: self.decider.auth(credentials))
+                return await self.defenses.padded(answer, time.monotonic() - checked_at)
             case ForgetRequest():
                 return self.decider.forget(request.address)
             case RelayRequest():
+                relay = read_relay(request.authenticated_id, request.sender, request.recipient,
+                                   request.transaction)
+                if isinstance(relay, Decision):
+                    return relay
                 # Most RELAYs (own address or domain) need no database: answer them here
                 # rather than paying a thread hand-off and a deadline for a pure function.
-                decision = self.decider.relay_without_storage(request)
+                decision = self.decider.relay_without_storage(relay)
                 if decision is None:
-                    decision = await self._in_pool(
-                        lambda: self.decider.relay_with_grants(request))
+                    decision = await self._in_pool(lambda: self.decider.relay_with_grants(relay))
                 if decision.result is Result.YES:
-                    over = await self.defenses.over_rate(request)
+                    over = await self.defenses.over_rate(relay)
                     if over is not None:
                         return over
                 return decision
@@ -118,7 +126,7 @@ class Service:
     async def _in_pool(self, call: Callable[[], Decision]) -> Decision:
         if self._pending >= self.config.service.max_pending:
             self.metrics.overloaded.inc()
-            return Decision.defer("overloaded")
+            return Decision.defer(Reason.OVERLOADED)
         self._pending += 1
         self.metrics.pending.set(self._pending)
         future = asyncio.get_running_loop().run_in_executor(self._pool, call)
@@ -129,7 +137,7 @@ class Service:
             return await asyncio.wait_for(asyncio.shield(future), self._timeout)
         except TimeoutError:
             self.metrics.timeouts.inc()
-            return Decision.defer("timeout")
+            return Decision.defer(Reason.TIMEOUT)
 
     def _release(self, _future: asyncio.Future[Decision]) -> None:
         self._pending -= 1
@@ -139,14 +147,17 @@ class Service:
                  elapsed: float) -> None:
         self.metrics.requests.labels(verb, transport, decision.result.value).inc()
         self.metrics.latency.labels(verb).observe(elapsed)
-        if decision.reason == "database-unavailable":
-            self.metrics.db_errors.inc()
-        elif decision.reason.startswith("throttled-"):
-            self.metrics.throttled.labels(decision.reason.removeprefix("throttled-")).inc()
-        elif decision.reason.startswith("rate-limit-"):
-            self.metrics.rate_limited.labels(decision.reason.removeprefix("rate-limit-")).inc()
-        elif decision.reason == "ok-cached":
-            self.metrics.cache_hits.inc()
+        match decision.reason:
+            case Reason.DATABASE_UNAVAILABLE:
+                self.metrics.db_errors.inc()
+            case Reason.THROTTLED_IP:
+                self.metrics.throttled.labels("ip").inc()
+            case Reason.THROTTLED_USER:
+                self.metrics.throttled.labels("user").inc()
+            case Reason.RATE_LIMIT:
+                self.metrics.rate_limited.labels(decision.detail).inc()
+            case Reason.OK_CACHED:
+                self.metrics.cache_hits.inc()
         fields: dict[str, Any] = {"verb": verb}
         match request:
             case AuthRequest():
@@ -159,7 +170,7 @@ class Service:
                     fields["txn"] = request.transaction
             case ForgetRequest():
                 fields["user"] = request.address
-        fields |= {"result": decision.result.value, "reason": decision.reason,
+        fields |= {"result": decision.result.value, "reason": decision.text,
                    "ms": round(elapsed * 1000, 1), "via": transport}
         _decisions.info("decision", extra=decision_fields(**fields))
 
@@ -192,7 +203,7 @@ class Service:
                 data = await _read_request(reader)
         except TimeoutError:
             data = b""
-            error: ProtocolError | None = ProtocolError("read-timeout")
+            error: ProtocolError | None = ProtocolError(Reason.READ_TIMEOUT)
         else:
             error = None
         if error is None:
@@ -204,7 +215,7 @@ class Service:
             self.metrics.protocol_errors.labels(error.reason).inc()
             _decisions.warning("bad request", extra=decision_fields(
                 verb="BAD", result="defer", reason=error.reason, bytes=len(data), via="socket"))
-            return format_reply(Decision.defer(error.reason))
+            return format_reply(Decision.defer(Reason(error.reason)))
         return format_reply(await self.decide(request))
 
     # --- running -------------------------------------------------------------------------
@@ -278,14 +289,14 @@ class Service:
         try:
             return await asyncio.wait_for(asyncio.shield(check), self._timeout)
         except TimeoutError:
-            return Decision.defer("timeout")
+            return Decision.defer(Reason.TIMEOUT)
 
     def _ping(self) -> Decision:
         try:
             return self.decider.ping()
         except Exception:
             _log.exception("internal error in the readiness check")
-            return Decision.defer("internal-error")
+            return Decision.defer(Reason.INTERNAL_ERROR)
 
     def _readiness_checked(self, check: asyncio.Future[Decision]) -> None:
         if check.cancelled():  # the pool shut down under it
@@ -296,7 +307,7 @@ class Service:
         if decision.allowed and before is not None and not before.allowed:
             _log.info("readiness: ready again")
         elif not decision.allowed and (before is None or before.allowed):
-            _log.warning("readiness: unavailable (%s)", decision.reason)
+            _log.warning("readiness: unavailable (%s)", decision.text)
 
     def http_token(self) -> str:
         """``http.token``, or the token in ``http.token_file`` (created if absent).

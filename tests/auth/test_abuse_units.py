@@ -7,8 +7,9 @@ import datetime as dt
 import pytest
 
 from eximauthd.auth.cache import AuthCache
-from eximauthd.auth.throttle import network_of, password_tag
-from eximauthd.core.decision import Decision
+from eximauthd.auth.throttle import password_tag
+from eximauthd.core.clients import read_client
+from eximauthd.core.decision import Decision, Reason
 from eximauthd.core.limits import Limit, parse_limit, parse_limits
 from eximauthd.core.ratelimit import RateLimiter, estimate
 from eximauthd.db.counters import (
@@ -22,6 +23,8 @@ from eximauthd.db.engine import Database
 from eximauthd.errors import ConfigError
 from eximauthd.settings import DatabaseConfig, RateLimitConfig
 
+from ..support import credentials
+
 HOUR = 3600
 
 
@@ -33,25 +36,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.mark.parametrize(("ip", "expected"), [
-    ("192.0.2.7", "192.0.2.7/32"),
-    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
-    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
-    ("::ffff:192.0.2.7", "192.0.2.7/32"),
-    ("", None),
-    ("not-an-ip", None),
-])
-def test_failures_are_counted_per_ipv4_address_and_ipv6_64(ip: str, expected: str | None) -> None:
-    """Failures count per IPv4 address and IPv6 /64; mapped IPv4 is IPv4; junk has none."""
-    assert network_of(ip, 32, 64) == expected
-
-
-def test_network_prefixes_are_configurable() -> None:
-    """The admin can widen the counted network, e.g. to an IPv4 /24 or an IPv6 /48."""
-    assert network_of("192.0.2.7", 24, 64) == "192.0.2.0/24"
-    assert network_of("2001:db8:1:2:3::1", 32, 48) == "2001:db8:1::/48"
 
 
 def test_password_tag_is_equal_only_for_the_same_user_password_and_key() -> None:
@@ -105,7 +89,7 @@ class TestRateLimiter:
         """A recipient over the limit is deferred naming kind and window; others unaffected."""
         limiter = _limiter(Clock())
         assert [limiter.admit("a@x.test") for _ in range(3)] == [None] * 3
-        assert limiter.admit("a@x.test") == Decision.defer("rate-limit-recipients-1h")
+        assert limiter.admit("a@x.test") == Decision.defer(Reason.RATE_LIMIT, "recipients-1h")
         assert limiter.admit("b@x.test") is None  # per user
 
     def test_a_message_counts_once_per_transaction(self) -> None:
@@ -113,7 +97,7 @@ class TestRateLimiter:
         limiter = _limiter(Clock(), recipients=("100/1h",))
         for txn in ("t1", "t2"):
             assert [limiter.admit("a@x.test", txn) for _ in range(5)] == [None] * 5
-        assert limiter.admit("a@x.test", "t3") == Decision.defer("rate-limit-messages-1h")
+        assert limiter.admit("a@x.test", "t3") == Decision.defer(Reason.RATE_LIMIT, "messages-1h")
         assert limiter.admit("a@x.test", "t2") is None  # more recipients of a counted message
         assert limiter.admit("a@x.test") is None  # no transaction id: recipients only
 
@@ -137,7 +121,7 @@ class TestRateLimiter:
         batch = limiter.take()
         bucket = int(clock.now // HOUR)
         limiter.synced(batch, {("a@x.test", "recipients", HOUR, bucket): 3}, {})
-        assert limiter.admit("a@x.test") == Decision.defer("rate-limit-recipients-1h")
+        assert limiter.admit("a@x.test") == Decision.defer(Reason.RATE_LIMIT, "recipients-1h")
 
     def test_a_failed_sync_keeps_its_counts_and_turns_stale(self) -> None:
         """A failed sync keeps its counts; past the staleness limit every relay defers."""
@@ -168,7 +152,7 @@ class TestRateLimiter:
         for _ in range(12):  # 12 minutes without a word from this user
             clock.now += 60
             sync()
-        assert limiter.admit("a@x.test") == Decision.defer("rate-limit-recipients-1h")
+        assert limiter.admit("a@x.test") == Decision.defer(Reason.RATE_LIMIT, "recipients-1h")
 
     def test_a_reset_read_back_lowers_the_totals(self) -> None:
         """After `throttle reset` a sync reads back no rows and the user may send again."""
@@ -184,7 +168,7 @@ class TestRateLimiter:
         limiter.synced(limiter.take(), {}, {"a@x.test": {"recipients": (Limit(HOUR, 1),)},
                                             "b@x.test": {"recipients": ()}})
         assert limiter.admit("a@x.test") is None
-        assert limiter.admit("a@x.test") == Decision.defer("rate-limit-recipients-1h")
+        assert limiter.admit("a@x.test") == Decision.defer(Reason.RATE_LIMIT, "recipients-1h")
         assert all(limiter.admit("b@x.test") is None for _ in range(50))  # unlimited
 
     def test_the_first_trip_of_a_window_is_logged_once(self,
@@ -202,12 +186,15 @@ class TestRateLimiter:
 class TestAuthCache:
     def test_hit_only_for_the_same_user_password_and_network(self) -> None:
         """A cached login matches only the same user, exact password and network (an IPv6 /64)."""
-        cache = AuthCache(60, 10, network=lambda ip: network_of(ip, 32, 64))
-        cache.put("a@x.test", "pw", "2001:db8::1", "$argon2id$one", (0, 0))
-        assert cache.hit("a@x.test", "pw", "2001:db8::2")  # the same /64
-        assert not cache.hit("a@x.test", "pW", "2001:db8::1")
-        assert not cache.hit("b@x.test", "pw", "2001:db8::1")
-        assert not cache.hit("a@x.test", "pw", "2001:db8:0:1::1")  # another network
+        def network(ip: str) -> str | None:
+            return read_client(ip, 32, 64).network
+
+        cache = AuthCache(60, 10)
+        cache.put("a@x.test", "pw", network("2001:db8::1"), "$argon2id$one", (0, 0))
+        assert cache.hit("a@x.test", "pw", network("2001:db8::2"))  # the same /64
+        assert not cache.hit("a@x.test", "pW", network("2001:db8::1"))
+        assert not cache.hit("b@x.test", "pw", network("2001:db8::1"))
+        assert not cache.hit("a@x.test", "pw", network("2001:db8:0:1::1"))  # another network
 
     def test_entries_expire(self) -> None:
         """A cached login is used until its TTL ends, then no longer, and the entry is dropped."""
@@ -389,12 +376,12 @@ def test_throttle_prunes_windows_that_are_over_and_networks_too_old(
     guard = throttle_module.Throttle(
         ThrottleConfig(window_seconds=900, trusted_network_seconds=3600), database,
         b"k" * 32, clock=lambda: now[0])
-    guard.succeeded("alice@example.test", "192.0.2.1")
-    guard.reserve("bob@example.test", "guess", "198.51.100.1")
+    guard.succeeded(credentials("alice@example.test", "pw", "192.0.2.1"))
+    guard.reserve(credentials("bob@example.test", "guess", "198.51.100.1"))
     assert KnownNetworkStore(database).is_known("alice@example.test", "192.0.2.1/32",
                                                 T0 - dt.timedelta(hours=1))
     now[0] = T0 + dt.timedelta(hours=2)
-    guard.reserve("carol@example.test", "guess", "198.51.100.2")  # the second one prunes
+    guard.reserve(credentials("carol@example.test", "guess", "198.51.100.2"))  # prunes
     subjects = {r.subject for r in AttemptStore(database).list(T0 - dt.timedelta(days=1))}
     assert subjects == {"198.51.100.2/32", "carol@example.test"}
     assert not KnownNetworkStore(database).is_known("alice@example.test", "192.0.2.1/32",

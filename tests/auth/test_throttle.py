@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import pytest
 
-from eximauthd.auth.throttle import NO_ADDRESS
 from eximauthd.core.addresses import parse_address
+from eximauthd.core.clients import NO_ADDRESS
 from eximauthd.core.decision import Result
 from eximauthd.core.hashing import Hasher
 from eximauthd.core.protocol import AuthRequest
@@ -26,7 +26,7 @@ from eximauthd.db.engine import Database
 from eximauthd.service.decider import Decider
 from eximauthd.settings import ThrottleConfig
 
-from ..support import FAST_HASHING, config_for
+from ..support import FAST_HASHING, config_for, decide_auth
 
 ALICE = "alice@example.test"
 PASSWORD = "right-password"
@@ -40,7 +40,7 @@ def _decider(database: Database, **throttle: int) -> Decider:
 
 
 def _auth(decider: Decider, user: str, password: str, ip: str) -> tuple[Result, str]:
-    decision = decider.auth(AuthRequest("PLAIN", user, password, ip))
+    decision = decide_auth(decider, AuthRequest("PLAIN", user, password, ip))
     return decision.result, decision.reason
 
 

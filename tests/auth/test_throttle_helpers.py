@@ -1,6 +1,6 @@
-"""The pure helpers of eximauthd.auth.throttle: the network a failure counts against, the digest of
-a wrong password, and the key of that digest.  (The Throttle class is tested with its tables
-in test_abuse_units.py and test_abuse_service.py.)"""
+"""The pure helpers of eximauthd.auth.throttle: the digest of a wrong password and its key.
+(The Throttle class is tested with its tables in test_abuse_units.py and
+test_abuse_service.py.)"""
 
 from __future__ import annotations
 
@@ -11,29 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from eximauthd.auth.throttle import load_secret, network_of, password_tag
+from eximauthd.auth.throttle import load_secret, password_tag
 from eximauthd.errors import ConfigError
-
-
-@pytest.mark.parametrize(("ip", "v4", "v6", "expected"), [
-    ("192.0.2.7", 32, 64, "192.0.2.7/32"),
-    ("192.0.2.7", 24, 64, "192.0.2.0/24"),
-    ("192.0.2.7", 0, 64, "0.0.0.0/0"),
-    ("::ffff:192.0.2.7", 24, 128, "192.0.2.0/24"),  # mapped: counted as the IPv4 address
-    ("::ffff:192.0.2.7", 32, 64, "192.0.2.7/32"),
-    ("2001:db8::1", 24, 128, "2001:db8::1/128"),
-    ("2001:db8:0:1::1", 32, 48, "2001:db8::/48"),
-    ("::1", 32, 64, "::/64"),
-])
-def test_each_family_uses_its_own_prefix(ip: str, v4: int, v6: int, expected: str) -> None:
-    """IPv4 (and IPv4-mapped IPv6) use the IPv4 prefix, IPv6 the IPv6 prefix."""
-    assert network_of(ip, v4, v6) == expected
-
-
-@pytest.mark.parametrize("ip", ["", "localhost", "192.0.2.300", "2001:db8::g", "1.2.3"])
-def test_no_or_an_unparsable_address_has_no_network(ip: str) -> None:
-    """Without a usable address nothing is counted per network (the user counter still is)."""
-    assert network_of(ip, 32, 64) is None
 
 
 def test_the_password_tag_is_a_keyed_digest_of_user_and_password() -> None:

@@ -21,12 +21,15 @@ import pytest
 import sqlalchemy as sa
 
 from eximauthd.auth import throttle as throttle_module
-from eximauthd.auth.throttle import NO_ADDRESS, Throttle, load_secret
+from eximauthd.auth.throttle import Throttle, load_secret
+from eximauthd.core.clients import NO_ADDRESS
 from eximauthd.core.decision import Result
 from eximauthd.db import tables
 from eximauthd.db.counters import AttemptStore, KnownNetworkStore
 from eximauthd.db.engine import Database
 from eximauthd.settings import ThrottleConfig
+
+from ..support import credentials
 
 T0 = dt.datetime(2026, 11, 28, 12, 0, 0)
 KEY = b"throttle-unit-test-key-0123456789"
@@ -103,12 +106,12 @@ def test_the_repr_shows_the_limits_and_never_the_key(database: Database, clock: 
 def test_ipv6_clients_are_counted_per_64(database: Database, clock: Clock) -> None:
     """Three hosts of one IPv6 /64 share its limit; the next /64 has its own."""
     guard = _throttle(database, clock, max_failures_per_ip=2, max_failures_per_user=100)
-    answers = [guard.reserve(user, "guess", f"2001:db8:1:2::{host}")[0]
+    answers = [guard.reserve(credentials(user, "guess", f"2001:db8:1:2::{host}"))[0]
                for user, host in ((ALICE, "a"), (BOB, "b"), (CAROL, "c"))]
     assert answers[:2] == [None, None]
     assert answers[2] is not None
     assert (answers[2].result, answers[2].reason) == (Result.NO, "throttled-ip")
-    assert guard.reserve(CAROL, "guess", "2001:db8:1:3::c")[0] is None
+    assert guard.reserve(credentials(CAROL, "guess", "2001:db8:1:3::c"))[0] is None
     assert _counts(database)[("ip", "2001:db8:1:2::/64")] == 2
 
 
@@ -117,7 +120,7 @@ def test_an_exempt_ipv6_network_is_never_locked(database: Database, clock: Clock
     guard = _throttle(database, clock, max_failures_per_ip=1, max_failures_per_user=100,
                       exempt_networks=("2001:db8:e::/48",))
     for user in (ALICE, BOB, CAROL):
-        assert guard.reserve(user, "guess", "2001:db8:e::5")[0] is None
+        assert guard.reserve(credentials(user, "guess", "2001:db8:e::5"))[0] is None
     assert not any(scope == "ip" for scope, _ in _counts(database))
 
 
@@ -127,31 +130,20 @@ def test_clients_outside_the_exempt_networks_keep_their_limit(database: Database
     guard = _throttle(database, clock, max_failures_per_ip=1, max_failures_per_user=100,
                       exempt_networks=("203.0.113.0/24",))
     for ip in (ELSEWHERE, ""):
-        assert guard.reserve(ALICE, f"guess from {ip!r}", ip)[0] is None
-        refused = guard.reserve(BOB, f"guess from {ip!r}", ip)[0]
+        assert guard.reserve(credentials(ALICE, f"guess from {ip!r}", ip))[0] is None
+        refused = guard.reserve(credentials(BOB, f"guess from {ip!r}", ip))[0]
         assert refused is not None
         assert (refused.result, refused.reason) == (Result.NO, "throttled-ip")
     assert _counts(database) == {("ip", "198.51.100.1/32"): 1, ("ip", NO_ADDRESS): 1,
                                  ("user", ALICE): 2}
 
 
-def test_a_malformed_username_is_counted_per_network_only(database: Database,
-                                                          clock: Clock) -> None:
-    """Names that are no address count against their network, never as one shared user."""
-    guard = _throttle(database, clock, max_failures_per_ip=100, max_failures_per_user=1)
-    first, reservation = guard.reserve("not-an-address", "guess-1", ELSEWHERE)
-    second, _ = guard.reserve("neither", "guess-2", ELSEWHERE)
-    assert (first, second) == (None, None)
-    assert reservation.subjects == (("ip", "198.51.100.1/32"),)
-    assert _counts(database) == {("ip", "198.51.100.1/32"): 2}
-
-
 def test_one_wrong_password_under_two_spellings_of_a_user_counts_once(
         database: Database, clock: Clock) -> None:
     """The password digest is of the canonical address: Alice@Example.TEST is alice."""
     guard = _throttle(database, clock, max_failures_per_ip=100, max_failures_per_user=1)
-    assert guard.reserve("Alice@Example.TEST", "stale", HOME)[0] is None
-    assert guard.reserve(ALICE, "stale", ELSEWHERE)[0] is None
+    assert guard.reserve(credentials("Alice@Example.TEST", "stale", HOME))[0] is None
+    assert guard.reserve(credentials(ALICE, "stale", ELSEWHERE))[0] is None
     assert _counts(database)[("user", ALICE)] == 1
 
 
@@ -159,7 +151,7 @@ def test_a_reservation_nonce_is_random_and_fills_its_column(database: Database,
                                                             clock: Clock) -> None:
     """The nonce is 32 random hex digits, as wide as the column MariaDB stores it in."""
     guard = _throttle(database, clock)
-    nonces = {guard.reserve(ALICE, f"guess-{i}", HOME)[1].nonce for i in range(3)}
+    nonces = {guard.reserve(credentials(ALICE, f"guess-{i}", HOME))[1].nonce for i in range(3)}
     width = tables.auth_attempts.c.nonce.type.length  # type: ignore[attr-defined]
     assert width == 32
     assert len(nonces) == 3
@@ -172,10 +164,10 @@ def test_a_refused_request_takes_back_only_the_rows_it_added(database: Database,
                                                              clock: Clock) -> None:
     """Refused over the network limit, a stale password keeps its earlier count for the user."""
     guard = _throttle(database, clock, max_failures_per_ip=2, max_failures_per_user=100)
-    assert guard.reserve(ALICE, "stale", HOME)[0] is None
-    assert guard.reserve(BOB, "guess-1", ELSEWHERE)[0] is None
-    assert guard.reserve(CAROL, "guess-2", ELSEWHERE)[0] is None
-    refused = guard.reserve(ALICE, "stale", ELSEWHERE)[0]
+    assert guard.reserve(credentials(ALICE, "stale", HOME))[0] is None
+    assert guard.reserve(credentials(BOB, "guess-1", ELSEWHERE))[0] is None
+    assert guard.reserve(credentials(CAROL, "guess-2", ELSEWHERE))[0] is None
+    refused = guard.reserve(credentials(ALICE, "stale", ELSEWHERE))[0]
     assert refused is not None
     assert (refused.result, refused.reason) == (Result.NO, "throttled-ip")
     assert _counts(database) == {("ip", "192.0.2.1/32"): 1, ("ip", "198.51.100.1/32"): 2,
@@ -186,12 +178,12 @@ def test_abandoning_takes_back_only_the_rows_the_reservation_added(database: Dat
                                                                    clock: Clock) -> None:
     """A check that never ran is uncounted; the same password counted before stays counted."""
     guard = _throttle(database, clock)
-    _, fresh = guard.reserve(BOB, "guess", ELSEWHERE)
+    _, fresh = guard.reserve(credentials(BOB, "guess", ELSEWHERE))
     guard.abandon(fresh)
     assert _counts(database) == {}
-    _, first = guard.reserve(ALICE, "stale", HOME)
-    guard.settle(first, succeeded=False, username=ALICE, client_ip=HOME)
-    _, second = guard.reserve(ALICE, "stale", ELSEWHERE)
+    _, first = guard.reserve(credentials(ALICE, "stale", HOME))
+    guard.settle(first, succeeded=False, credentials=credentials(ALICE, "pw", HOME))
+    _, second = guard.reserve(credentials(ALICE, "stale", ELSEWHERE))
     guard.abandon(second)
     assert _counts(database) == {("ip", "192.0.2.1/32"): 1, ("user", ALICE): 1}
 
@@ -200,11 +192,11 @@ def test_a_success_takes_back_its_password_counted_earlier_too(database: Databas
                                                                clock: Clock) -> None:
     """A password that failed (changed meanwhile) and then succeeded is no longer counted."""
     guard = _throttle(database, clock)
-    _, failed = guard.reserve(ALICE, "new-password", HOME)
-    guard.settle(failed, succeeded=False, username=ALICE, client_ip=HOME)
+    _, failed = guard.reserve(credentials(ALICE, "new-password", HOME))
+    guard.settle(failed, succeeded=False, credentials=credentials(ALICE, "pw", HOME))
     assert _counts(database) == {("ip", "192.0.2.1/32"): 1, ("user", ALICE): 1}
-    _, right = guard.reserve(ALICE, "new-password", HOME)
-    guard.settle(right, succeeded=True, username=ALICE, client_ip=HOME)
+    _, right = guard.reserve(credentials(ALICE, "new-password", HOME))
+    guard.settle(right, succeeded=True, credentials=credentials(ALICE, "pw", HOME))
     assert _counts(database) == {}
     assert _known(database, ALICE, "192.0.2.1/32", T0)
 
@@ -213,12 +205,12 @@ def test_a_release_that_fails_is_logged_without_the_password(
         database: Database, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
     """Abandon and a success on a lost table: one warning each, no exception, no secret."""
     guard = _throttle(database, clock)
-    _, abandoned = guard.reserve(BOB, "bobs-secret", ELSEWHERE)
-    _, succeeded = guard.reserve(ALICE, "alices-secret", HOME)
+    _, abandoned = guard.reserve(credentials(BOB, "bobs-secret", ELSEWHERE))
+    _, succeeded = guard.reserve(credentials(ALICE, "alices-secret", HOME))
     tables.auth_attempts.drop(database.primary)
     with caplog.at_level(logging.WARNING, logger="eximauthd.throttle"):
         guard.abandon(abandoned)
-        guard.settle(succeeded, succeeded=True, username=ALICE, client_ip=HOME)
+        guard.settle(succeeded, succeeded=True, credentials=credentials(ALICE, "pw", HOME))
     message = f"could not release a reserved password check: release password check: {MISSING}"
     assert _warnings(caplog) == [message, message]
     # The success is still remembered: the release failing does not stop it.
@@ -230,12 +222,12 @@ def test_one_reservation_in_prune_every_prunes(database: Database, clock: Clock,
     """With a prune every 4 reservations, an old row outlives the 2nd and 3rd, not the 4th."""
     monkeypatch.setattr(throttle_module, "_PRUNE_EVERY", 4)
     guard = _throttle(database, clock, window_seconds=900)
-    guard.reserve(BOB, "old-guess", ELSEWHERE)
+    guard.reserve(credentials(BOB, "old-guess", ELSEWHERE))
     clock.advance(7200)
-    guard.reserve(ALICE, "guess-1", HOME)
-    guard.reserve(ALICE, "guess-2", HOME)
+    guard.reserve(credentials(ALICE, "guess-1", HOME))
+    guard.reserve(credentials(ALICE, "guess-2", HOME))
     assert ("user", BOB) in _counts(database)
-    guard.reserve(ALICE, "guess-3", HOME)
+    guard.reserve(credentials(ALICE, "guess-3", HOME))
     assert _counts(database) == {("ip", "192.0.2.1/32"): 3, ("user", ALICE): 3}
 
 
@@ -244,10 +236,10 @@ def test_pruning_keeps_networks_still_trusted(database: Database, clock: Clock,
     """A network known for 2 hours of a trusted day outlives a prune that drops old counts."""
     monkeypatch.setattr(throttle_module, "_PRUNE_EVERY", 2)
     guard = _throttle(database, clock, window_seconds=900, trusted_network_seconds=86400)
-    guard.succeeded(ALICE, HOME)
-    guard.reserve(BOB, "old-guess", ELSEWHERE)
+    guard.succeeded(credentials(ALICE, "pw", HOME))
+    guard.reserve(credentials(BOB, "old-guess", ELSEWHERE))
     clock.advance(7200)
-    guard.reserve(CAROL, "guess", ELSEWHERE)  # the second reservation prunes
+    guard.reserve(credentials(CAROL, "guess", ELSEWHERE))  # the second reservation prunes
     assert ("user", BOB) not in _counts(database)
     assert _known(database, ALICE, "192.0.2.1/32", T0)
 
@@ -258,11 +250,11 @@ def test_a_prune_that_fails_is_logged_and_the_reservation_stands(
     """Known networks lost: the prune warns, the old counts still go, the request is answered."""
     monkeypatch.setattr(throttle_module, "_PRUNE_EVERY", 2)
     guard = _throttle(database, clock, window_seconds=900, trusted_network_seconds=86400)
-    guard.reserve(BOB, "old-guess", ELSEWHERE)
+    guard.reserve(credentials(BOB, "old-guess", ELSEWHERE))
     tables.known_clients.drop(database.primary)
     clock.advance(7200)
     with caplog.at_level(logging.WARNING, logger="eximauthd.throttle"):
-        refused, reservation = guard.reserve(CAROL, "guess", ELSEWHERE)
+        refused, reservation = guard.reserve(credentials(CAROL, "guess", ELSEWHERE))
     assert refused is None
     assert _warnings(caplog) == [
         f"could not prune throttling rows: prune known networks: {MISSING}"]
@@ -273,17 +265,17 @@ def test_a_prune_that_fails_is_logged_and_the_reservation_stands(
 @pytest.mark.parametrize(("username", "client_ip", "trusted"), [
     (ALICE, HOME, 0),                 # trusting known networks is off
     (ALICE, "", 86400),               # no client address: no network to trust
-    ("not-an-address", HOME, 86400),  # no user to trust it for
 ])
 def test_a_success_remembers_no_network_when_there_is_none_to_trust(
         database: Database, clock: Clock, caplog: pytest.LogCaptureFixture,
         username: str, client_ip: str, trusted: int) -> None:
-    """Nothing is written (and nothing fails) without a user, an address, or the setting."""
+    """Nothing is written (and nothing fails) without an address or the setting."""
     guard = _throttle(database, clock, trusted_network_seconds=trusted)
-    _, reservation = guard.reserve(username, "right-password", client_ip)
+    _, reservation = guard.reserve(credentials(username, "right-password", client_ip))
     with caplog.at_level(logging.WARNING, logger="eximauthd.throttle"):
-        guard.settle(reservation, succeeded=True, username=username, client_ip=client_ip)
-        guard.succeeded(username, client_ip)
+        guard.settle(reservation, succeeded=True,
+                     credentials=credentials(username, "pw", client_ip))
+        guard.succeeded(credentials(username, "pw", client_ip))
     assert _known_rows(database) == 0
     assert _warnings(caplog) == []
     assert _counts(database) == {}
@@ -293,19 +285,19 @@ def test_a_known_network_is_rewritten_once_per_tenth_of_the_trust(
         database: Database, clock: Clock, monotonic: list[float]) -> None:
     """Trusted 1000 s: a repeat success 95 s later writes nothing, one 100 s later does."""
     guard = _throttle(database, clock, trusted_network_seconds=1000)
-    guard.succeeded(ALICE, HOME)
+    guard.succeeded(credentials(ALICE, "pw", HOME))
     assert _known(database, ALICE, "192.0.2.1/32", T0)
     monotonic[0] += 95
     clock.advance(95)
-    guard.succeeded(ALICE, HOME)
+    guard.succeeded(credentials(ALICE, "pw", HOME))
     assert not _known(database, ALICE, "192.0.2.1/32", T0 + dt.timedelta(seconds=1))
     monotonic[0] += 5
     clock.advance(5)
-    guard.succeeded(ALICE, HOME)
+    guard.succeeded(credentials(ALICE, "pw", HOME))
     assert _known(database, ALICE, "192.0.2.1/32", T0 + dt.timedelta(seconds=100))
     # Another user, or another network of the same user, is its own write at once.
-    guard.succeeded(BOB, ELSEWHERE)
-    guard.succeeded(ALICE, ELSEWHERE)
+    guard.succeeded(credentials(BOB, "pw", ELSEWHERE))
+    guard.succeeded(credentials(ALICE, "pw", ELSEWHERE))
     assert _known(database, BOB, "198.51.100.1/32", T0 + dt.timedelta(seconds=100))
     assert _known(database, ALICE, "198.51.100.1/32", T0 + dt.timedelta(seconds=100))
 
@@ -316,13 +308,13 @@ def test_a_full_memory_of_writes_is_forgotten_and_writes_again(
     """Memory for 2 (user, network) pairs: the third clears it, so the first writes again."""
     monkeypatch.setattr(throttle_module, "_TOUCHED_MAX", 2)
     guard = _throttle(database, clock, trusted_network_seconds=1000)
-    guard.succeeded(ALICE, HOME)
-    guard.succeeded(BOB, HOME)
+    guard.succeeded(credentials(ALICE, "pw", HOME))
+    guard.succeeded(credentials(BOB, "pw", HOME))
     clock.advance(10)
-    guard.succeeded(CAROL, HOME)
+    guard.succeeded(credentials(CAROL, "pw", HOME))
     assert _known(database, CAROL, "192.0.2.1/32", T0 + dt.timedelta(seconds=10))
     clock.advance(10)
-    guard.succeeded(ALICE, HOME)
+    guard.succeeded(credentials(ALICE, "pw", HOME))
     assert _known(database, ALICE, "192.0.2.1/32", T0 + dt.timedelta(seconds=20))
 
 
@@ -332,10 +324,10 @@ def test_a_network_that_could_not_be_recorded_is_logged_and_tried_again(
     """A lost table: one warning naming network and user, no password; the next success
     (however soon) writes it."""
     guard = _throttle(database, clock, trusted_network_seconds=86400)
-    _, reservation = guard.reserve(ALICE, "alices-secret", HOME)
+    _, reservation = guard.reserve(credentials(ALICE, "alices-secret", HOME))
     tables.known_clients.drop(database.primary)
     with caplog.at_level(logging.WARNING, logger="eximauthd.throttle"):
-        guard.settle(reservation, succeeded=True, username=ALICE, client_ip=HOME)
+        guard.settle(reservation, succeeded=True, credentials=credentials(ALICE, "pw", HOME))
     assert _warnings(caplog) == [
         f"could not record 192.0.2.1/32 as a known network of {ALICE}: "
         f"record known network: {MISSING}"]
@@ -343,7 +335,7 @@ def test_a_network_that_could_not_be_recorded_is_logged_and_tried_again(
     assert reservation.tag not in caplog.text
     tables.known_clients.create(database.primary)
     monotonic[0] += 1
-    guard.succeeded(ALICE, HOME)
+    guard.succeeded(credentials(ALICE, "pw", HOME))
     assert _known(database, ALICE, "192.0.2.1/32", T0)
 
 
@@ -372,10 +364,10 @@ def test_a_failed_write_survives_the_memory_being_cleared_meanwhile(
     monkeypatch.setattr(throttle_module, "_TOUCHED_MAX", 1)
     guard = _throttle(database, clock, trusted_network_seconds=86400)
     guard.networks = _SuccessDuringWrite(  # type: ignore[assignment]
-        guard.networks, lambda: guard.succeeded(BOB, ELSEWHERE))
+        guard.networks, lambda: guard.succeeded(credentials(BOB, "pw", ELSEWHERE)))
     tables.known_clients.drop(database.primary)
     with caplog.at_level(logging.WARNING, logger="eximauthd.throttle"):
-        guard.succeeded(ALICE, HOME)
+        guard.succeeded(credentials(ALICE, "pw", HOME))
     assert _warnings(caplog) == [
         f"could not record 198.51.100.1/32 as a known network of {BOB}: "
         f"record known network: {MISSING}",

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from eximauthd.core.decision import Decision, Result
+from eximauthd.core.decision import Decision, Reason, Result
 from eximauthd.core.protocol import (
     MAX_REQUEST_BYTES,
     AuthRequest,
@@ -303,6 +303,7 @@ def test_any_bytes_parse_or_raise_protocol_error(data: bytes) -> None:
     outcome = _outcome(data)
     if isinstance(outcome, ProtocolError):
         assert outcome.reason in REASONS
+        assert isinstance(outcome.reason, Reason)  # the service answers Reason(reason)
 
 
 _b64_fields = st.binary(max_size=30).map(lambda raw: base64.b64encode(raw).decode())
@@ -328,6 +329,7 @@ def test_near_miss_lines_parse_or_raise_protocol_error(verb: str, fields: list[s
     outcome = _outcome(data)
     if isinstance(outcome, ProtocolError):
         assert outcome.reason in REASONS
+        assert isinstance(outcome.reason, Reason)  # the service answers Reason(reason)
     else:
         expected = {"AUTH": AuthRequest, "RELAY": RelayRequest, "PING": PingRequest}[verb]
         assert type(outcome) is expected

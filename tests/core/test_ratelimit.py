@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from eximauthd.core import ratelimit
-from eximauthd.core.decision import Decision
+from eximauthd.core.decision import Decision, Reason
 from eximauthd.core.limits import Limit
 from eximauthd.core.ratelimit import RateLimiter, estimate
 from eximauthd.settings import RateLimitConfig
@@ -43,7 +43,7 @@ def test_exactly_the_limit_is_admitted_and_one_more_deferred() -> None:
     """With 3/1h the third recipient is accepted, the fourth gets ``defer``."""
     limiter = _limiter(Clock())
     assert [limiter.admit(USER) for _ in range(3)] == [None, None, None]
-    assert limiter.admit(USER) == Decision.defer("rate-limit-recipients-1h")
+    assert limiter.admit(USER) == Decision.defer(Reason.RATE_LIMIT, "recipients-1h")
     assert limiter.take().deltas == {(USER, "recipients", HOUR, START // HOUR): 3}
 
 
@@ -64,7 +64,7 @@ def test_every_window_applies_and_a_refusal_by_one_counts_in_none() -> None:
     clock.now += 120
     _sync(limiter, {})
     assert limiter.admit(USER) is None
-    assert limiter.admit(USER) == Decision.defer("rate-limit-recipients-1d")
+    assert limiter.admit(USER) == Decision.defer(Reason.RATE_LIMIT, "recipients-1d")
     assert limiter.take().deltas == {(USER, "recipients", 60, START // 60 + 2): 1,
                                      (USER, "recipients", DAY, START // DAY): 1}
 
@@ -74,7 +74,7 @@ def test_a_message_counts_on_its_first_recipient_only() -> None:
     limiter = _limiter(Clock(), recipients=("100/1h",), messages=("1/1h",))
     assert limiter.admit(USER, "t1") is None
     assert limiter.admit(USER, "t1") is None
-    assert limiter.admit(USER, "t2") == Decision.defer("rate-limit-messages-1h")
+    assert limiter.admit(USER, "t2") == Decision.defer(Reason.RATE_LIMIT, "messages-1h")
     deltas = limiter.take().deltas
     assert deltas[(USER, "messages", HOUR, START // HOUR)] == 1
     assert deltas[(USER, "recipients", HOUR, START // HOUR)] == 2
@@ -85,7 +85,7 @@ def test_a_transaction_id_is_per_user() -> None:
     limiter = _limiter(Clock(), recipients=("100/1h",), messages=("1/1h",))
     assert limiter.admit(USER, "t1") is None
     assert limiter.admit("b@x.test", "t1") is None
-    assert limiter.admit("b@x.test", "t2") == Decision.defer("rate-limit-messages-1h")
+    assert limiter.admit("b@x.test", "t2") == Decision.defer(Reason.RATE_LIMIT, "messages-1h")
 
 
 def test_a_deferred_message_is_counted_when_it_is_retried_and_admitted() -> None:
@@ -93,7 +93,7 @@ def test_a_deferred_message_is_counted_when_it_is_retried_and_admitted() -> None
     clock = Clock()
     limiter = _limiter(clock, recipients=("1/1h",), messages=("5/1h",))
     assert limiter.admit(USER, "t1") is None
-    assert limiter.admit(USER, "t2") == Decision.defer("rate-limit-recipients-1h")
+    assert limiter.admit(USER, "t2") == Decision.defer(Reason.RATE_LIMIT, "recipients-1h")
     clock.now += 2 * HOUR
     limiter.synced(limiter.take(), {}, {})
     assert limiter.admit(USER, "t2") is None
@@ -163,7 +163,7 @@ def test_counts_of_the_previous_bucket_still_defer() -> None:
     assert [limiter.admit(USER) for _ in range(3)] == [None] * 3
     clock.now += 2  # one second into the next bucket
     _sync(limiter, {})
-    assert limiter.admit(USER) == Decision.defer("rate-limit-recipients-1h")
+    assert limiter.admit(USER) == Decision.defer(Reason.RATE_LIMIT, "recipients-1h")
 
 
 def test_totals_of_users_not_read_back_are_kept_until_their_buckets_expire() -> None:
@@ -175,10 +175,10 @@ def test_totals_of_users_not_read_back_are_kept_until_their_buckets_expire() -> 
     limiter.synced(limiter.take(), {key: 3}, {})  # read from the database
     clock.now += 11 * 60
     limiter.synced(limiter.take(), {}, {})         # USER not active: not read back
-    assert limiter.admit(USER) == Decision.defer("rate-limit-recipients-1h")
+    assert limiter.admit(USER) == Decision.defer(Reason.RATE_LIMIT, "recipients-1h")
     clock.now = START + HOUR + 60                # the previous bucket, still weighing
     limiter.synced(limiter.take(), {}, {})
-    assert limiter.admit(USER) == Decision.defer("rate-limit-recipients-1h")
+    assert limiter.admit(USER) == Decision.defer(Reason.RATE_LIMIT, "recipients-1h")
     clock.now = START + 2 * HOUR + 60            # both windows over: dropped
     limiter.synced(limiter.take(), {}, {})
     assert limiter.admit(USER) is None
@@ -262,7 +262,7 @@ def test_a_reset_read_back_replaces_totals_read_before() -> None:
     key = (USER, "recipients", HOUR, START // HOUR)
     limiter.admit(USER)
     limiter.synced(limiter.take(), {key: 3}, {})
-    assert limiter.admit(USER) == Decision.defer("rate-limit-recipients-1h")
+    assert limiter.admit(USER) == Decision.defer(Reason.RATE_LIMIT, "recipients-1h")
     limiter.synced(limiter.take(), {}, {})  # USER active, read back: no rows any more
     assert limiter.admit(USER) is None
 

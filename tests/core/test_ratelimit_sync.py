@@ -11,7 +11,7 @@ import time
 
 import sqlalchemy as sa
 
-from eximauthd.core.decision import Decision
+from eximauthd.core.decision import Decision, Reason
 from eximauthd.core.limits import Limit
 from eximauthd.core.ratelimit import RateLimiter
 from eximauthd.db import tables
@@ -33,7 +33,7 @@ from ..support import (
 )
 
 HOUR = 3600
-OVER = Decision.defer("rate-limit-messages-1h")
+OVER = Decision.defer(Reason.RATE_LIMIT, "messages-1h")
 
 
 class Clock:

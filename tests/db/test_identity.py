@@ -40,6 +40,8 @@ from ..support import (
     SEED_LEGACY,
     config_for,
     create_mariadb_database,
+    decide_auth,
+    decide_relay,
     drop_mariadb_database,
     require_mariadb,
 )
@@ -222,14 +224,12 @@ def argon(rig: Rig) -> str:
 
 
 def _auth(decider: Decider, user: str, password: str = PASSWORD) -> Decision:
-    return decider.auth(AuthRequest("PLAIN", user, password, IP))
+    return decide_auth(decider, AuthRequest("PLAIN", user, password, IP))
 
 
 def _relay(decider: Decider, user: str, sender: str) -> Decision:
     """The RELAY decision as the service makes it: the pure policy, then the grants."""
-    request = RelayRequest(user, sender, "someone@remote.test", IP)
-    settled = decider.relay_without_storage(request)
-    return settled if settled is not None else decider.relay_with_grants(request)
+    return decide_relay(decider, RelayRequest(user, sender, "someone@remote.test", IP))
 
 
 # --- AUTH --------------------------------------------------------------------------------------
