@@ -27,33 +27,51 @@ DES or BSDi crypt string, MySQL's ``PASSWORD()``/``OLD_PASSWORD()``, a Django or
 hash; see :func:`hash_shape`) is refused: taking it as plaintext would let anyone who read the
 hash log in with the hash itself.  An explicit scheme makes every
 bare value a hash of that scheme, and ``plain`` makes every bare value plaintext.
+
+This module owns the argon2id side and the reading of a stored value's scheme; the shape rule
+is :mod:`~eximauthd.core.shapes`, the legacy verifiers and their ceilings
+:mod:`~eximauthd.core.legacy`, and the vocabulary they share :mod:`~eximauthd.core.schemes`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import enum
-import hashlib
 import hmac
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import argon2
-import bcrypt
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from passlib.hash import des_crypt, md5_crypt, sha256_crypt, sha512_crypt
 
 from ..errors import ConfigError, HashingError
 from ..settings import HashingConfig
+from .legacy import (
+    _HEX_DIGESTS,
+    BCRYPT_MAX_BYTES,
+    MAX_BCRYPT_COST,
+    MAX_SHA_CRYPT_ROUNDS,
+    _verify_bcrypt,
+    _verify_des_crypt,
+    _verify_hex_digest,
+    _verify_mysql323,
+    _verify_mysql_native,
+    _verify_sha_crypt,
+    _verify_ssha,
+    mysql323,
+)
+from .schemes import _MCF_RE, _PREFIX_RE, Scheme, VerifyResult, _result
+from .shapes import _DES_CRYPT_RE, _SHAPE_KINDS, hash_shape
 
+# Scheme, VerifyResult, hash_shape, mysql323 and the legacy ceilings are re-exported: they were
+# defined here before the split into schemes, shapes and legacy, and callers import them here.
 __all__ = [
     "ARGON2ID_PREFIX",
+    "BCRYPT_MAX_BYTES",
+    "MAX_BCRYPT_COST",
+    "MAX_SHA_CRYPT_ROUNDS",
     "Calibration",
     "Hasher",
     "Scheme",
@@ -69,60 +87,7 @@ _log = logging.getLogger("eximauthd.hashing")
 
 ARGON2ID_PREFIX = "{ARGON2ID}"
 
-# Cost ceilings for the legacy schemes, for the same reason as hashing.max_*: a stored value sets
-# the work done per login, so a corrupt or planted row must not be able to ask for minutes of CPU.
-MAX_SHA_CRYPT_ROUNDS = 100_000
-MAX_BCRYPT_COST = 14
-# crypt_blowfish (and so every bcrypt hash a mail system made) uses the first 72 bytes only.
-BCRYPT_MAX_BYTES = 72
 
-
-class Scheme(enum.Enum):
-    """A stored value's scheme as recognised by :func:`identify_scheme`."""
-
-    ARGON2ID = "argon2id"
-    ARGON2I = "argon2i"
-    MD5_CRYPT = "md5-crypt"
-    SHA256_CRYPT = "sha256-crypt"
-    SHA512_CRYPT = "sha512-crypt"
-    BCRYPT = "bcrypt"
-    SSHA = "ssha"
-    SSHA256 = "ssha256"
-    SSHA512 = "ssha512"
-    # Unsalted legacy hashes, only ever taken as such when [legacy] password_scheme names them
-    # (or, for DES crypt, behind {CRYPT}).  The values are also the password_scheme names.
-    MD5_HEX = "md5-hex"
-    SHA1_HEX = "sha1-hex"
-    SHA256_HEX = "sha256-hex"
-    SHA512_HEX = "sha512-hex"
-    MYSQL_NATIVE = "mysql-native"
-    MYSQL323_HEX = "mysql323-hex"
-    DES_CRYPT = "des-crypt"
-    PLAIN = "plain"
-    UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyResult:
-    """The outcome of :meth:`Hasher.verify`.
-
-    ``reason`` is one of ``ok``, ``mismatch``, ``no-password-set``, ``unknown-scheme``,
-    ``malformed-hash``, ``cost-over-ceiling``, ``plaintext-disabled``, ``unusable-password``.
-
-    ``looks_like`` is set on an ``unknown-scheme`` refusal of a bare value shaped like a hash:
-    the kind it looks like (``md5-hex``, ``des-crypt``, ...), never the value.  Not logged here,
-    so that the caller can say it once per account instead of once per attempt.
-    """
-
-    matched: bool
-    scheme: Scheme
-    reason: str
-    needs_rehash: bool = False
-    looks_like: str = ""
-
-
-_PREFIX_RE = re.compile(r"\{([A-Za-z0-9._-]{1,32})\}")
-_MCF_RE = re.compile(r"\$([A-Za-z0-9-]{1,16})\$")
 _PREFIXES: dict[str, Scheme] = {
     "ARGON2ID": Scheme.ARGON2ID,
     "ARGON2I": Scheme.ARGON2I,
@@ -155,17 +120,6 @@ _MCF_FOR_PREFIX: dict[Scheme, frozenset[str]] = {
     Scheme.SHA512_CRYPT: frozenset({"6"}),
     Scheme.BCRYPT: frozenset({"2a", "2b", "2y"}),
 }
-_SSHA_DIGESTS: dict[Scheme, Callable[[bytes], hashlib._Hash]] = {
-    Scheme.SSHA: hashlib.sha1,
-    Scheme.SSHA256: hashlib.sha256,
-    Scheme.SSHA512: hashlib.sha512,
-}
-_HEX_DIGESTS: dict[Scheme, Callable[[bytes], hashlib._Hash]] = {
-    Scheme.MD5_HEX: hashlib.md5,
-    Scheme.SHA1_HEX: hashlib.sha1,
-    Scheme.SHA256_HEX: hashlib.sha256,
-    Scheme.SHA512_HEX: hashlib.sha512,
-}
 
 # [legacy] password_scheme: what a bare stored value is.  None: decided by its shape ("auto").
 _BARE_SCHEMES: dict[str, Scheme | None] = {
@@ -175,31 +129,6 @@ _BARE_SCHEMES: dict[str, Scheme | None] = {
                             Scheme.DES_CRYPT)},
 }
 
-# Shapes of unsalted hashes that legacy tables hold bare.  Hex is matched in either case: MySQL's
-# MD5()/SHA1() write lower case, other tools upper.  SHA-224 and SHA-384 are only recognised
-# (refused), there is no password_scheme for them: no mail tool is known to store them.  16 hex
-# digits is MySQL's OLD_PASSWORD() (password_scheme = "mysql323-hex").
-_HEX_SHAPES = {16: "mysql323-hex", 32: "md5-hex", 40: "sha1-hex", 56: "sha224-hex",
-               64: "sha256-hex", 96: "sha384-hex", 128: "sha512-hex"}
-_HEX_RE = re.compile(r"[0-9A-Fa-f]+")
-_DES_CRYPT_RE = re.compile(r"[./0-9A-Za-z]{13}")
-_MYSQL_NATIVE_RE = re.compile(r"\*[0-9A-Fa-f]{40}")
-# BSDi extended DES crypt: "_", 4 characters of rounds, 4 of salt, 11 of hash.
-_BSDI_CRYPT_RE = re.compile(r"_[./0-9A-Za-z]{19}")
-# Framework formats: Django's "<algorithm>$..." and Werkzeug's "<method>:<params>$...".
-_DJANGO_RE = re.compile(r"(?:pbkdf2_[a-z0-9]+|bcrypt_sha256|bcrypt|argon2|scrypt|crypt|sha1|md5"
-                        r"|unsalted_md5|unsalted_sha1)\$", re.IGNORECASE)
-_WERKZEUG_RE = re.compile(r"(?:pbkdf2|scrypt):", re.IGNORECASE)
-# Joomla 1.x / osCommerce "hexdigest:salt".
-_SALTED_HEX_RE = re.compile(r"[0-9A-Fa-f]{32,128}:[^:\s]{1,64}")
-# Strict base64 (padding included) as OpenLDAP, Dovecot and scripts write digests.
-_BASE64_RE = re.compile(r"(?:[A-Za-z0-9+/]{4})+(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
-# Digest sizes in bytes: MD5, SHA-1, SHA-224, SHA-256, SHA-384, SHA-512.
-_DIGEST_SIZES = frozenset({16, 20, 28, 32, 48, 64})
-# {SSHA}, {SSHA256}, {SSHA512} without their prefix: digest + a 4 to 16 byte salt.
-_SALTED_DIGEST_SIZES = frozenset(d + salt for d in (20, 32, 64) for salt in range(4, 17))
-_MIN_HEX_DIGITS = 16
-_PADDED = " (padded)"
 
 def bare_scheme(name: str) -> Scheme | None:
     """The scheme of bare values under ``[legacy] password_scheme = name``; None for ``auto``.
@@ -210,127 +139,6 @@ def bare_scheme(name: str) -> Scheme | None:
         return _BARE_SCHEMES[name]
     except KeyError:
         raise ConfigError(f"legacy.password_scheme: unknown scheme {name[:40]!r}") from None
-
-
-def hash_shape(value: str) -> str | None:
-    """The kind of hash *value* is shaped like (``md5-hex``, ``des-crypt``, ``base64-digest``,
-    ``django``, ...), or None for a value that cannot be one.  Pure; the kind is log-safe, the
-    value is not.
-
-    Under ``auto`` a bare value of any of these shapes is refused, never taken as plaintext, so
-    the rule is deliberately broad (docs/passwords.md lists the plaintexts it also refuses):
-
-    * hex of 16 or more digits, even length, optionally ``0x``-prefixed: a digest, MySQL's
-      ``OLD_PASSWORD()`` (16), ``UNHEX()`` output shown as hex;
-    * strict base64 decoding to a digest (16, 20, 28, 32, 48, 64 bytes) or to an SHA-1/256/512
-      digest followed by a 4 to 16 byte salt ({SSHA*} without the prefix);
-    * DES crypt, BSDi crypt (``_`` + 19), MySQL's ``*`` + 40 hex;
-    * Django (``pbkdf2_sha256$``, ``sha1$``, ``md5$``, ``bcrypt$``, ``argon2$``, ...) and
-      Werkzeug (``pbkdf2:``, ``scrypt:``) prefixes; Joomla/osCommerce ``hexdigest:salt``;
-    * any of the above, a ``$id$`` crypt string or a ``{SCHEME}`` value with surrounding
-      whitespace (the kind then ends in `` (padded)``).
-    """
-    kind = _bare_shape(value)
-    if kind is not None:
-        return kind
-    stripped = value.strip(_BLANKS)
-    if stripped and stripped != value:
-        if _MCF_RE.match(stripped) or _PREFIX_RE.match(stripped):
-            return "crypt-or-prefixed" + _PADDED
-        kind = _bare_shape(stripped)
-        if kind is not None:
-            return kind + _PADDED
-    return _encoded_shape(stripped)
-
-
-# Stripped before looking again: what a CHAR column, an export or an editor leaves around a value.
-_BLANKS = " \t\r\n\v\f\x00\ufeff\xa0"
-_HEX_SEPARATORS_RE = re.compile(r"[:\-\s]")
-_BASE64ISH_RE = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
-_BASE32_RE = re.compile(r"[A-Z2-7]+={0,6}")
-# A long run of hex or base64 characters inside a value that also holds "$" or ":": a salted
-# or framework format (Magento "hex:salt:1", "salt:hex", "md5:hex", a crypt string without its
-# leading "$", argon2 "argon2id$v=19$...").
-_RUN_RE = re.compile(r"[A-Za-z0-9+/=._-]{20,}")
-_MIN_ENCODED_BYTES = 16  # the shortest digest, MD5
-# argon2, bcrypt and SHA-crypt strings that lost their leading "$" on the way into the table.
-_CRYPT_WITHOUT_DOLLAR_RE = re.compile(r"(?:argon2(?:id|i|d)\$v=|2[abxy]\$[0-9]{2}\$"
-                                      r"|[56]\$rounds=)")
-
-
-def _looks_random(text: str) -> bool:
-    """Upper and lower case and a digit or a base64 symbol: how encoded bytes look, and how a
-    typed word (all lower case, a passphrase without digits) seldom does."""
-    return (any(c.isupper() for c in text) and any(c.islower() for c in text)
-            and any(c.isdigit() or c in "+/_-" for c in text))
-
-
-def _encoded_shape(value: str) -> str | None:
-    """The catch-alls, by content rather than by exact format: bytes of a hash written as hex
-    with separators or a prefix, base64 without padding or URL-safe or wrapped, base32, or such
-    a run inside a salted or framework format."""
-    if len(value) < _MIN_HEX_DIGITS:
-        return None
-    if _CRYPT_WITHOUT_DOLLAR_RE.match(value):
-        return "crypt-without-dollar"
-    hexish = _HEX_SEPARATORS_RE.sub("", value.removeprefix("\\x").removeprefix("0x")
-                                    .removeprefix("0X").removeprefix("*"))
-    if (hexish != value and len(hexish) >= _MIN_HEX_DIGITS and len(hexish) % 2 == 0
-            and _HEX_RE.fullmatch(hexish)):
-        return "hex-encoded"
-    joined = "".join(value.split())
-    body = joined.rstrip("=")
-    if (_BASE64ISH_RE.fullmatch(joined) and len(body) * 3 // 4 >= _MIN_ENCODED_BYTES
-            and _looks_random(body)):
-        return "base64-encoded"
-    if _BASE32_RE.fullmatch(joined) and len(body) * 5 // 8 >= _MIN_ENCODED_BYTES \
-            and any(c.isdigit() for c in body):
-        return "base32-encoded"
-    if "$" in value or ":" in value:
-        for run in _RUN_RE.findall(value):
-            if (len(run) % 2 == 0 and _HEX_RE.fullmatch(run)) or _looks_random(run):
-                return "salted-or-framework"
-    return None
-
-
-# Shapes told by one pattern each, tried in this order; prefixes (Django, Werkzeug) match at
-# the start, the others the whole value.
-_FIXED_SHAPES: tuple[tuple[Callable[[str], object], str], ...] = (
-    (_DES_CRYPT_RE.fullmatch, "des-crypt"),
-    (_MYSQL_NATIVE_RE.fullmatch, "mysql-native"),
-    (_BSDI_CRYPT_RE.fullmatch, "bsdi-crypt"),
-    (_DJANGO_RE.match, "django"),
-    (_WERKZEUG_RE.match, "werkzeug"),
-    (_SALTED_HEX_RE.fullmatch, "salted-hex"),
-)
-
-
-def _bare_shape(value: str) -> str | None:
-    digits = value[2:] if value[:2] in ("0x", "0X") else value
-    if len(digits) >= _MIN_HEX_DIGITS and len(digits) % 2 == 0 and _HEX_RE.fullmatch(digits):
-        if digits is not value:
-            return "0x-hex"
-        return _HEX_SHAPES.get(len(value), "hex-digest")
-    for matches, kind in _FIXED_SHAPES:
-        if matches(value):
-            return kind
-    if _BASE64_RE.fullmatch(value):
-        # 3 bytes per 4 characters, less one per "=".
-        size = len(value) // 4 * 3 - value.count("=")
-        if size in _DIGEST_SIZES:
-            return "base64-digest"
-        if size in _SALTED_DIGEST_SIZES:
-            return "base64-salted-digest"
-    return None
-
-
-_SHAPE_BASE_KINDS = frozenset({*_HEX_SHAPES.values(), "hex-digest", "0x-hex", "des-crypt",
-                               "mysql-native", "bsdi-crypt", "django", "werkzeug", "salted-hex",
-                               "base64-digest", "base64-salted-digest", "crypt-or-prefixed"})
-# Kinds of the catch-alls (_encoded_shape), never with " (padded)": they strip blanks first.
-_ENCODED_KINDS = frozenset({"hex-encoded", "base64-encoded", "base32-encoded",
-                            "salted-or-framework", "crypt-without-dollar"})
-_SHAPE_KINDS = _SHAPE_BASE_KINDS | {k + _PADDED for k in _SHAPE_BASE_KINDS} | _ENCODED_KINDS
 
 
 def identify_scheme(stored: str, bare: Scheme | None = None) -> tuple[Scheme, str, str]:
@@ -498,132 +306,6 @@ class Hasher:
             return VerifyResult(False, scheme, "malformed-hash")
         return VerifyResult(True, scheme, "ok", needs_rehash=self.needs_rehash(body))
 
-
-def _result(ok: bool, scheme: Scheme, *, needs_rehash: bool) -> VerifyResult:
-    if ok:
-        return VerifyResult(True, scheme, "ok", needs_rehash=needs_rehash)
-    return VerifyResult(False, scheme, "mismatch")
-
-
-_SHA_CRYPT = {
-    Scheme.MD5_CRYPT: md5_crypt,
-    Scheme.SHA256_CRYPT: sha256_crypt,
-    Scheme.SHA512_CRYPT: sha512_crypt,
-}
-_ROUNDS_RE = re.compile(r"\$[56]\$rounds=([0-9]{1,10})\$")
-
-
-def _verify_sha_crypt(scheme: Scheme, body: str, password: str) -> VerifyResult:
-    if "\x00" in password:
-        # crypt(3) takes a C string: no stored crypt hash can be of a password with a NUL.
-        return VerifyResult(False, scheme, "unusable-password")
-    rounds = _ROUNDS_RE.match(body)
-    if rounds is not None and int(rounds.group(1)) > MAX_SHA_CRYPT_ROUNDS:
-        _log.error("refusing stored %s hash with rounds above %d", scheme.value,
-                   MAX_SHA_CRYPT_ROUNDS)
-        return VerifyResult(False, scheme, "cost-over-ceiling")
-    ok = bool(_SHA_CRYPT[scheme].verify(password, body))
-    return _result(ok, scheme, needs_rehash=True)
-
-
-_BCRYPT_RE = re.compile(r"\$2[aby]\$([0-9][0-9])\$[./A-Za-z0-9]{53}")
-
-
-def _verify_bcrypt(body: str, password: str) -> VerifyResult:
-    match = _BCRYPT_RE.fullmatch(body)
-    if match is None:
-        _log.warning("malformed stored bcrypt hash")
-        return VerifyResult(False, Scheme.BCRYPT, "malformed-hash")
-    if int(match.group(1)) > MAX_BCRYPT_COST:
-        _log.error("refusing stored bcrypt hash with cost above %d", MAX_BCRYPT_COST)
-        return VerifyResult(False, Scheme.BCRYPT, "cost-over-ceiling")
-    secret = password.encode()
-    if b"\x00" in secret:
-        return VerifyResult(False, Scheme.BCRYPT, "unusable-password")
-    # bcrypt >= 5 raises on more than 72 bytes instead of truncating.  The stored hash was made
-    # by crypt_blowfish, which used only the first 72 bytes, so that is what it can be checked
-    # against; on success the full password is rehashed with argon2id, ending the truncation.
-    ok = bcrypt.checkpw(secret[:BCRYPT_MAX_BYTES], body.encode("ascii"))
-    return _result(ok, Scheme.BCRYPT, needs_rehash=True)
-
-
-def _verify_ssha(scheme: Scheme, body: str, password: str) -> VerifyResult:
-    digest = _SSHA_DIGESTS[scheme]
-    try:
-        raw = base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError):
-        _log.warning("malformed stored %s hash", scheme.value)
-        return VerifyResult(False, scheme, "malformed-hash")
-    size = digest(b"").digest_size
-    if len(raw) <= size:
-        _log.warning("malformed stored %s hash (no salt)", scheme.value)
-        return VerifyResult(False, scheme, "malformed-hash")
-    expected, salt = raw[:size], raw[size:]
-    ok = hmac.compare_digest(digest(password.encode() + salt).digest(), expected)
-    return _result(ok, scheme, needs_rehash=True)
-
-
-def _verify_hex_digest(scheme: Scheme, body: str, password: str) -> VerifyResult:
-    # The configured scheme is trusted for the algorithm, not for the row: a value of another
-    # shape (a leftover plaintext, a digest of another length) is refused, never compared.
-    if hash_shape(body) != scheme.value:
-        _log.warning("malformed stored %s hash", scheme.value)
-        return VerifyResult(False, scheme, "malformed-hash")
-    computed = _HEX_DIGESTS[scheme](password.encode()).hexdigest()
-    ok = hmac.compare_digest(computed.encode(), body.lower().encode())
-    return _result(ok, scheme, needs_rehash=True)
-
-
-def _verify_mysql_native(body: str, password: str) -> VerifyResult:
-    # MySQL's PASSWORD() / mysql_native_password: "*" + upper-hex SHA1(SHA1(password)).
-    if not _MYSQL_NATIVE_RE.fullmatch(body):
-        _log.warning("malformed stored mysql-native hash")
-        return VerifyResult(False, Scheme.MYSQL_NATIVE, "malformed-hash")
-    inner = hashlib.sha1(password.encode()).digest()  # noqa: S324 -- MySQL's format, verified
-    computed = "*" + hashlib.sha1(inner).hexdigest().upper()  # noqa: S324 -- then rehashed
-    ok = hmac.compare_digest(computed.encode(), body.upper().encode())
-    return _result(ok, Scheme.MYSQL_NATIVE, needs_rehash=True)
-
-
-def mysql323(password: str) -> str:
-    """MySQL's ``OLD_PASSWORD()`` (before 4.1) of *password*'s UTF-8 bytes, as 16 hex digits.
-
-    The server's ``hash_password()``: blanks and tabs are skipped, and only the low 31 bits of
-    each half are kept, so Python's unbounded integers (cut to 64 bits to stay small) give the
-    same result as C's wrapping ``ulong``.  Checked against MariaDB 10.11 in the tests.  Pure.
-    """
-    nr, add, nr2 = 1345345333, 7, 0x12345671
-    mask = (1 << 64) - 1
-    for byte in password.encode():
-        if byte in (0x20, 0x09):
-            continue
-        nr ^= ((((nr & 63) + add) * byte) + (nr << 8)) & mask
-        nr2 = (nr2 + ((nr2 << 8) ^ nr)) & mask
-        add += byte
-    return f"{nr & 0x7FFFFFFF:08x}{nr2 & 0x7FFFFFFF:08x}"
-
-
-def _verify_mysql323(body: str, password: str) -> VerifyResult:
-    # A 62-bit non-cryptographic hash that ignores blanks: colliding passwords are cheap to
-    # find, so a match is rehashed at once (to what was typed) like every legacy scheme.
-    if hash_shape(body) != Scheme.MYSQL323_HEX.value:
-        _log.warning("malformed stored mysql323-hex hash")
-        return VerifyResult(False, Scheme.MYSQL323_HEX, "malformed-hash")
-    ok = hmac.compare_digest(mysql323(password).encode(), body.lower().encode())
-    return _result(ok, Scheme.MYSQL323_HEX, needs_rehash=True)
-
-
-def _verify_des_crypt(body: str, password: str) -> VerifyResult:
-    if not _DES_CRYPT_RE.fullmatch(body):
-        _log.warning("malformed stored des-crypt hash")
-        return VerifyResult(False, Scheme.DES_CRYPT, "malformed-hash")
-    if "\x00" in password:
-        # crypt(3) takes a C string: no stored crypt hash can be of a password with a NUL.
-        return VerifyResult(False, Scheme.DES_CRYPT, "unusable-password")
-    # DES crypt uses the first 8 characters only, so any password sharing them matches; on
-    # success the full password is rehashed with argon2id, ending that.
-    ok = bool(des_crypt.verify(password, body))
-    return _result(ok, Scheme.DES_CRYPT, needs_rehash=True)
 
 
 @dataclass(frozen=True, slots=True)
