@@ -8,7 +8,8 @@ implementation detail.
 - hash and verify passwords: :class:`Hasher` (``hash()``, ``verify() -> VerifyResult``),
   :class:`Scheme`, with the argon2id parameters of a :class:`HashingConfig`;
 - configuration: :func:`load_config` returns a frozen :class:`Config`;
-- values: :class:`Decision` with its :class:`Result` and :class:`Reason`, :class:`Address` from :func:`parse_address`;
+- values: :class:`Decision` with its :class:`Result` and :class:`Reason`, :class:`Address`
+  from :func:`parse_address`;
 - errors: :class:`EximauthdError` and its subclasses.  A decision is never an exception.
 """
 
