@@ -7,7 +7,14 @@ import ipaddress
 
 import pytest
 
+from eximauthd.core import clients
 from eximauthd.core.clients import NO_ADDRESS, read_client
+
+
+@pytest.fixture(autouse=True)
+def _unmemoised() -> None:
+    """Each test reads its clients afresh, not from an earlier test's memo."""
+    clients._memo.cache_clear()
 
 
 @pytest.mark.parametrize(("ip", "v4", "v6", "expected"), [
@@ -63,5 +70,6 @@ def test_a_client_without_an_address_is_counted_under_one_fixed_name(ip: str) ->
     """No usable address: no network and no address, and the throttle counts it under
     ``no-address``, never under none."""
     client = read_client(ip, 32, 64)
-    assert (client.address, client.network, client.counted_as) == (None, None, NO_ADDRESS)
+    assert (client.ip, client.address, client.network) == (ip, None, None)
+    assert client.counted_as == NO_ADDRESS
     assert NO_ADDRESS == "no-address"
