@@ -198,16 +198,19 @@ def test_without_a_client_address_the_success_is_cached_for_local_clients(
     assert cache.hit(ALICE, PASSWORD, None)
 
 
-@pytest.mark.parametrize(("client_ip", "shown"), [("192.0.2.1", "192.0.2.1"), ("", "-")])
+@pytest.mark.parametrize(("client_ip", "shown"), [
+    ("192.0.2.1", "192.0.2.1"), ("", "-"), (None, "-")])  # None: not given at all
 def test_an_upgrade_is_logged_with_scheme_address_and_client(
-        database: Database, hasher: CountingHasher, client_ip: str, shown: str,
+        database: Database, hasher: CountingHasher, client_ip: str | None, shown: str,
         caplog: pytest.LogCaptureFixture) -> None:
     """The upgrade line names scheme, account and client (``-`` for none), never a secret."""
     store = OwnAccountStore(database)
     store.add(parse_address(ALICE), "{PLAIN}" + PASSWORD)
+    authn = Authenticator(store, hasher)
     with caplog.at_level(logging.INFO, "eximauthd.authn"):
-        assert Authenticator(store, hasher).verify(ALICE, PASSWORD, client_ip) == \
-            Decision.yes("ok-rehashed")
+        decision = (authn.verify(ALICE, PASSWORD) if client_ip is None
+                    else authn.verify(ALICE, PASSWORD, client_ip))
+    assert decision == Decision.yes("ok-rehashed")
     assert caplog.messages == [
         f"upgraded plain password of {ALICE} to argon2id (client {shown})"]
 

@@ -9,9 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eximauthd.core.addresses import parse_address
-from eximauthd.core.decision import Result
-from eximauthd.core.policy import RelayPolicy, may_relay
+from eximauthd.core.decision import Reason, Result
+from eximauthd.core.policy import Relay, RelayPolicy, decide_relay, may_relay, read_relay
 from eximauthd.errors import AddressError
+
+ALICE = "alice@example.test"
 
 DEFAULT = RelayPolicy()
 STRICT = RelayPolicy(frozenset({"example.test"}))
@@ -238,3 +240,24 @@ def test_null_sender_is_never_yes(login: str, recipient: str, strict: bool) -> N
     policy = RelayPolicy(frozenset({domain})) if strict else DEFAULT
     decision = may_relay(login, "", recipient, ["@" + domain, login], policy)
     assert (decision.result, decision.reason) == (Result.NO, "null-sender")
+
+
+def test_a_relay_read_at_the_edge_keeps_every_field_the_later_layers_use() -> None:
+    """read_relay hands on the canonical addresses, the recipient as sent and the transaction
+    (the rate limiter counts messages by it); without one the transaction is empty."""
+    relay = read_relay("Alice@Example.TEST", "alice@EXAMPLE.test", "Bob@Remote.test", "tx-1")
+    assert relay == Relay(parse_address(ALICE), parse_address(ALICE), "Bob@Remote.test", "tx-1")
+    untracked = read_relay(ALICE, ALICE, "bob@remote.test")
+    assert isinstance(untracked, Relay)
+    assert untracked.transaction == ""
+
+
+def test_decide_relay_takes_what_was_read_and_may_relay_is_the_two_together() -> None:
+    """The string entry point gives the answers of read_relay then decide_relay."""
+    relay = read_relay(ALICE, "carol@example.test", "bob@remote.test")
+    assert isinstance(relay, Relay)
+    strict = RelayPolicy(frozenset({"example.test"}))
+    assert decide_relay(relay, (), RelayPolicy()).reason is Reason.SAME_DOMAIN
+    assert decide_relay(relay, (), strict).reason is Reason.SENDER_MISMATCH
+    assert may_relay(ALICE, "carol@example.test", "bob@remote.test", (), strict) == \
+        decide_relay(relay, (), strict)
