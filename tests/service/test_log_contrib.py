@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import getpass
-import grp
 import logging
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,8 @@ CONTRIB = Path(__file__).resolve().parent.parent.parent / "contrib"
 FILTER = CONTRIB / "fail2ban" / "filter.d" / "eximauthd.conf"
 JAIL = CONTRIB / "fail2ban" / "jail.d" / "eximauthd.local"
 LOGROTATE = CONTRIB / "logrotate" / "eximauthd"
+DROP_IN = CONTRIB / "eximauthd.service.d" / "log-file.conf"
+LOG_PATH = "/var/log/eximauthd/eximauthd.log"
 INJECTED = "6.6.6.6"
 # Exactly the clients of failed AUTHs below: bad password, IPv6 unknown user, the two injection
 # attempts (banned by their real address), a throttled retry.
@@ -149,9 +150,8 @@ def _fail2ban_config(tmp_path: Path, enabled: bool) -> Path:
     log.touch()
     text = JAIL.read_text()
     assert "\nenabled  = false\n" in text
-    assert "\nlogpath  = /var/log/eximauthd/eximauthd.log\n" in text
-    text = text.replace("\nlogpath  = /var/log/eximauthd/eximauthd.log\n",
-                        f"\nlogpath  = {log}\n")
+    assert f"\nlogpath  = {LOG_PATH}\n" in text
+    text = text.replace(f"\nlogpath  = {LOG_PATH}\n", f"\nlogpath  = {log}\n")
     if enabled:
         text = text.replace("\nenabled  = false\n", "\nenabled  = true\n")
     (config / "jail.d" / "eximauthd.local").write_text(text)
@@ -176,16 +176,10 @@ def test_fail2ban_reads_the_jail_disabled_as_shipped(tmp_path: Path, enabled: bo
 def test_logrotate_accepts_the_config_and_would_signal_the_service(tmp_path: Path) -> None:
     """logrotate --debug --force parses it: weekly, compressed, postrotate reloads the unit."""
     logrotate = _tool("logrotate", "logrotate")
-    text = LOGROTATE.read_text()
     log = tmp_path / "eximauthd.log"
     log.write_text("x\n")
-    # logrotate refuses users that do not exist here; the shipped names are checked as text.
-    assert "\n    create 0640 eximauthd adm\n" in text
-    user, group = getpass.getuser(), grp.getgrgid(os.getgid()).gr_name
-    text = (text.replace("/var/log/eximauthd/eximauthd.log", str(log))
-            .replace("create 0640 eximauthd adm", f"create 0640 {user} {group}"))
     config = tmp_path / "eximauthd"
-    config.write_text(text)
+    config.write_text(LOGROTATE.read_text().replace(LOG_PATH, str(log)))
     run = subprocess.run([logrotate, "--debug", "--force", "--state", str(tmp_path / "state"),
                           str(config)], capture_output=True, text=True, timeout=120, check=False)
     out = run.stdout + run.stderr
@@ -194,3 +188,39 @@ def test_logrotate_accepts_the_config_and_would_signal_the_service(tmp_path: Pat
     assert f"rotating pattern: {log}  forced from command line (8 rotations)" in out
     assert "systemctl reload eximauthd.service" in out
     assert log.read_text() == "x\n"
+
+
+def test_logrotate_leaves_creating_the_new_file_to_eximauthd() -> None:
+    """nocreate: the new file gets eximauthd's private mode, not one logrotate guessed."""
+    lines = [line.strip() for line in LOGROTATE.read_text().splitlines()]
+    assert "nocreate" in lines
+    assert not [line for line in lines if line.startswith("create")]
+
+
+def test_log_file_drop_in_logs_where_fail2ban_and_logrotate_look(tmp_path: Path) -> None:
+    """The drop-in's ExecStart is the unit's plus --log-file, at the path the others use."""
+    unit = (CONTRIB / "eximauthd.service").read_text()
+    (start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    lines = DROP_IN.read_text().splitlines()
+    assert lines[lines.index("ExecStart=") + 1] == f"{start} --log-file {LOG_PATH}"
+    assert "LogsDirectory=eximauthd" in lines
+    assert f"\nlogpath  = {LOG_PATH}\n" in JAIL.read_text()
+    assert LOGROTATE.read_text().splitlines()[4] == LOG_PATH + " {"
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_log_file_drop_in_passes_systemd_analyze_verify(tmp_path: Path, broken: bool) -> None:
+    """systemd-analyze verify reads the drop-in with the unit: no finding (control: a bad key)."""
+    analyze = _tool("systemd-analyze", "systemd")
+    script = f"{Path(sys.executable).parent / 'eximauthd'} "
+    for source, target in [(CONTRIB / "eximauthd.service", tmp_path / "eximauthd.service"),
+                           (DROP_IN, tmp_path / "eximauthd.service.d" / "log-file.conf")]:
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(source.read_text().replace("/opt/eximauthd/bin/eximauthd ", script)
+                          + ("NoSuchKey=1\n" if broken and source == DROP_IN else ""))
+    run = subprocess.run([analyze, "verify", str(tmp_path / "eximauthd.service")],
+                         capture_output=True, text=True, timeout=120, check=False,
+                         env={**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"})
+    out = run.stdout + run.stderr
+    assert (run.returncode, bool(out)) == (0, broken), out
+    assert ("log-file.conf:" in out) is broken
