@@ -106,8 +106,9 @@ def _syslog(address: str) -> logging.Handler:
         handler.close()
         raise ConfigError(f"--syslog: no syslog daemon listens on {address}")
     handler.ident = f"eximauthd[{os.getpid()}]: "
-    # RFC 3164 messages end without a NUL; rsyslog and journald would keep it as a character.
-    handler.append_nul = False
+    # A datagram is one message: no NUL terminator (RFC 3164 has none). On a stream socket
+    # (some syslog-ng set-ups) the NUL Python appends is what separates the messages.
+    handler.append_nul = connected != socket.SOCK_DGRAM
     return handler
 
 

@@ -183,6 +183,33 @@ def test_syslog_gets_facility_mail_the_ident_and_the_bare_line(
                                "via=socket").encode()
 
 
+def test_stream_syslog_separates_messages_with_nul(root_logging: None) -> None:
+    """On a stream /dev/log (some syslog-ng set-ups) each message ends in NUL, else they merge."""
+    directory = tempfile.mkdtemp(prefix="eal-")
+    address = os.path.join(directory, "log")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as daemon:
+            daemon.bind(address)
+            daemon.listen(1)
+            daemon.settimeout(10)
+            configure_logging("text", syslog=address)
+            connection, _ = daemon.accept()
+            with connection:
+                connection.settimeout(10)
+                for _ in range(2):
+                    logging.getLogger("eximauthd.decision").info(
+                        "decision", extra=decision_fields(**FIELDS))
+                expected = f"<22>eximauthd[{os.getpid()}]: {LINE}\0".encode() * 2
+                data = b""
+                while len(data) < len(expected):
+                    chunk = connection.recv(4096)
+                    assert chunk, data
+                    data += chunk
+    finally:
+        shutil.rmtree(directory)
+    assert data == expected
+
+
 def test_syslog_escapes_a_forged_user_name(
         syslog_socket: tuple[socket.socket, str], root_logging: None) -> None:
     """A user name with a newline and a fake field stays one escaped value in one datagram."""
