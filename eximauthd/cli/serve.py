@@ -18,17 +18,21 @@ from .app import State, cli, pass_state
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
               help="Log lines as key=value text or JSON (default: service.log_format).")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
-              help="Append logs to FILE instead of stderr; reopened on SIGHUP.")
+              help="Append logs to FILE (created 0640) instead of stderr; reopened on SIGHUP.")
+@click.option("--syslog", is_flag=True, default=False,
+              help="Log to syslog (/dev/log), facility mail, instead of stderr.")
 @pass_state
-def serve(state: State, log_format: str | None, log_file: str | None) -> None:
+def serve(state: State, log_format: str | None, log_file: str | None, syslog: bool) -> None:
     """Answer Exim on the Unix socket and serve the HTTP API until SIGTERM."""
     from ..service.decider import Decider  # noqa: PLC0415 -- keep other commands' start-up light
-    from ..service.logs import configure_logging  # noqa: PLC0415
+    from ..service.logs import SYSLOG_ADDRESS, configure_logging  # noqa: PLC0415
     from ..service.server import Service  # noqa: PLC0415
 
     config = state.config
     fmt = log_format or config.service.log_format
-    configure_logging(fmt, log_file)
+    if syslog and log_file:
+        raise click.UsageError("--syslog and --log-file are exclusive: choose one")
+    configure_logging(fmt, log_file, SYSLOG_ADDRESS if syslog else None)
     log = logging.getLogger("eximauthd.serve")
     if config.source != "built-in defaults":
         # The file may hold the database password or http.token: warn, do not refuse (an
@@ -47,7 +51,9 @@ def serve(state: State, log_format: str | None, log_file: str | None) -> None:
                  mask_url(config.database.url), service.workers, config.source)
 
     def reopen_logs() -> None:
-        configure_logging(fmt, log_file)
+        # SysLogHandler reconnects by itself; only a file needs reopening after logrotate.
+        if not syslog:
+            configure_logging(fmt, log_file)
 
     asyncio.run(service.run(ready, on_hangup=reopen_logs))
     log.info("stopped")

@@ -3,18 +3,32 @@
 Only the fields passed to :func:`decision_fields` are ever logged for a request: verb, user (or
 authenticated id, sender, recipient), client ip, result, reason, duration.  Passwords are not
 among them.  Client-supplied values are escaped so a crafted username cannot forge log lines.
+
+Text lines start with an ISO 8601 timestamp (milliseconds, UTC offset) on stderr and in a log
+file, but not where something else stamps them: stderr connected to journald, or syslog.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import os
+import socket
 import sys
-from typing import Any
+from datetime import datetime
+from typing import Any, TextIO
 
-__all__ = ["DecisionFormatter", "clean", "configure_logging", "decision_fields"]
+from ..errors import ConfigError
+
+__all__ = ["SYSLOG_ADDRESS", "DecisionFormatter", "clean", "configure_logging",
+           "decision_fields", "stderr_is_journal"]
 
 _MAX_VALUE = 128
+# Logs carry user names and client addresses: readable by the service and its admins' group,
+# never by everyone (the process umask may narrow it further).
+_LOG_FILE_MODE = 0o640
+SYSLOG_ADDRESS = "/dev/log"
 
 
 def clean(value: str) -> str:
@@ -32,12 +46,28 @@ def decision_fields(**fields: Any) -> dict[str, Any]:
     return {"decision": fields}
 
 
-class DecisionFormatter(logging.Formatter):
-    """``key=value`` text or one JSON object per line."""
+def stderr_is_journal(stream: TextIO | None = None) -> bool:
+    """Whether *stream* (stderr) is the journald stream systemd set ``JOURNAL_STREAM`` for.
 
-    def __init__(self, fmt: str = "text") -> None:
+    systemd.exec(5): compare the variable's ``device:inode`` with ``fstat`` of the descriptor;
+    the variable alone is inherited by children whose stderr was redirected elsewhere.
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    try:
+        status = os.fstat((stream if stream is not None else sys.stderr).fileno())
+        return (int(device), int(inode)) == (status.st_dev, status.st_ino)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class DecisionFormatter(logging.Formatter):
+    """``key=value`` text (timestamp first when *timestamps*) or one JSON object per line."""
+
+    def __init__(self, fmt: str = "text", *, timestamps: bool = False) -> None:
         super().__init__()
         self.json = fmt == "json"
+        self.timestamps = timestamps
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] | None = getattr(record, "decision", None)
@@ -47,18 +77,55 @@ class DecisionFormatter(logging.Formatter):
             data |= fields if fields is not None else {"message": record.getMessage()}
             return json.dumps(data, ensure_ascii=True)
         if fields is None:
-            return f"{record.levelname.lower()} {record.name}: {record.getMessage()}"
-        parts = [f"{k}={clean(str(v))}" for k, v in fields.items()]
-        return " ".join(parts)
+            line = f"{record.levelname.lower()} {record.name}: {record.getMessage()}"
+        else:
+            line = " ".join(f"{k}={clean(str(v))}" for k, v in fields.items())
+        if not self.timestamps:
+            return line
+        stamp = datetime.fromtimestamp(record.created).astimezone()
+        return f"{stamp.isoformat(timespec='milliseconds')} {line}"
 
 
-def configure_logging(fmt: str = "text", path: str | None = None) -> logging.Handler:
-    """Send every eximauthd log record to stderr (or *path*) in *fmt*; return the handler."""
-    handler: logging.Handler = (
-        logging.FileHandler(path, encoding="utf-8") if path
-        else logging.StreamHandler(sys.stderr)
-    )
-    handler.setFormatter(DecisionFormatter(fmt))
+def _log_file(path: str) -> logging.FileHandler:
+    # Created with a narrow mode before logging opens it (an existing file keeps its own).
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                     _LOG_FILE_MODE))
+    return logging.FileHandler(path, encoding="utf-8")
+
+
+def _syslog(address: str) -> logging.Handler:
+    # Facility mail: mail admins read mail.log, where Exim's own lines are.  No timestamp and
+    # no host in the message: the syslog daemon adds both.
+    handler = logging.handlers.SysLogHandler(
+        address, facility=logging.handlers.SysLogHandler.LOG_MAIL)
+    # Set only once a connect worked (typeshed types it as never None).
+    connected: socket.SocketKind | None = handler.socktype
+    if connected is None:
+        # SysLogHandler ignores an unreachable socket and would drop every line: refuse to
+        # start instead (afterwards it reconnects by itself when the daemon comes back).
+        handler.close()
+        raise ConfigError(f"--syslog: no syslog daemon listens on {address}")
+    handler.ident = f"eximauthd[{os.getpid()}]: "
+    # A datagram is one message: no NUL terminator (RFC 3164 has none). On a stream socket
+    # (some syslog-ng set-ups) the NUL Python appends is what separates the messages.
+    handler.append_nul = connected != socket.SOCK_DGRAM
+    return handler
+
+
+def configure_logging(fmt: str = "text", path: str | None = None,
+                      syslog: str | None = None) -> logging.Handler:
+    """Send every eximauthd log record to stderr, *path* or the *syslog* socket in *fmt*.
+
+    Returns the handler.  Text lines are timestamped except in syslog and on a journald stderr.
+    """
+    handler: logging.Handler
+    if syslog is not None:
+        handler, stamped = _syslog(syslog), False
+    elif path:
+        handler, stamped = _log_file(path), True
+    else:
+        handler, stamped = logging.StreamHandler(sys.stderr), not stderr_is_journal()
+    handler.setFormatter(DecisionFormatter(fmt, timestamps=stamped))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import socket
 import stat
@@ -325,8 +326,10 @@ def test_log_has_one_line_per_decision_and_no_secret(served: kit.Served) -> None
     log = served.log()
     lines = [line for line in log.splitlines() if "client=192.0.2.77" in line]
     assert len(lines) == 3
-    assert lines[0].startswith("verb=AUTH user=alice@example.test mech=PLAIN client=192.0.2.77 "
-                               "result=yes reason=ok ms=")
+    stamp, _, first = lines[0].partition(" ")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", stamp)
+    assert first.startswith("verb=AUTH user=alice@example.test mech=PLAIN client=192.0.2.77 "
+                            "result=yes reason=ok ms=")
     assert "result=no reason=bad-password" in lines[1]
     assert '"evil\\nuser=forged@example.test"' in lines[2]
     assert PASSWORD not in log
