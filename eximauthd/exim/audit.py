@@ -169,7 +169,11 @@ def parse_line(line: str) -> Arrival | Delivery | None:
     flag, _, rest = match["text"].partition(" ")
     if flag not in _FLAGS or not rest:
         return None
-    when, message_id = _time(match["ts"]), match["id"]
+    try:
+        when = _time(match["ts"])
+    except ValueError:  # digits in Exim's shape, but no date (month 13): not Exim's
+        return None
+    message_id = match["id"]
     tokens = _TOKEN_RE.findall(rest)
     if not tokens:
         return None

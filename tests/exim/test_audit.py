@@ -296,6 +296,10 @@ class TestCraftedFields:
 class TestRecognition:
     """A file in which no line is Exim's is an error, never CLEAN."""
 
+    def test_impossible_date_is_no_event(self) -> None:
+        """A line shaped like Exim's with month 13 parses to None instead of raising."""
+        assert parse_line("2026-13-45 99:00:00" + SEED_LINES[0][19:]) is None
+
     @pytest.mark.parametrize("text", [
         "", "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n",
         '{"verdict": "CLEAN", "lines": 3}\n',
