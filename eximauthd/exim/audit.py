@@ -164,9 +164,11 @@ def is_exim_line(line: str) -> bool:
 def parse_line(line: str) -> Arrival | Delivery | None:
     """Parse one mainlog line into an arrival or a delivery; anything else is ``None``."""
     match = _MESSAGE_RE.match(line.rstrip("\n"))
-    if match is None:
-        return None
-    flag, _, rest = match["text"].partition(" ")
+    return None if match is None else _event(match)
+
+
+def _event(match: re.Match[str]) -> Arrival | Delivery | None:
+    flag, _, rest = match["text"].rstrip("\n").partition(" ")
     if flag not in _FLAGS or not rest:
         return None
     try:
@@ -193,13 +195,6 @@ def parse_line(line: str) -> Arrival | Delivery | None:
         # A delivery to another host names it with H=; local transports do not.
         return Delivery(when, message_id, address, remote="H" in _fields(tokens[1:]))
     return None
-
-
-def _completed_id(line: str) -> str | None:
-    match = _MESSAGE_RE.match(line)
-    if match is None or match["text"].split(" ", 1)[0].rstrip("\n") != "Completed":
-        return None
-    return match["id"]
 
 
 def _is_loopback_claim(helo: str) -> bool:
@@ -320,16 +315,19 @@ class Auditor:
         """Take one line; return whether Exim wrote it (see :func:`is_exim_line`)."""
         report = self._report
         report.lines += 1
-        if not is_exim_line(line):
-            return False
-        report.recognised += 1
-        event = parse_line(line)
-        if event is None:
-            completed = _completed_id(line)
-            if completed is not None:
-                self._open.pop(completed, None)
-            elif _REJECTED_RELAY_RE.search(line):
+        match = _MESSAGE_RE.match(line)
+        if match is None:
+            if not is_exim_line(line):
+                return False
+            report.recognised += 1
+            if _REJECTED_RELAY_RE.search(line):
                 report.rejected_relays += 1
+            return True
+        report.recognised += 1
+        event = _event(match)
+        if event is None:
+            if match["text"].split(" ", 1)[0].rstrip("\n") == "Completed":
+                self._open.pop(match["id"], None)
             return True
         if self.since is not None and event.time < self.since:
             return True
