@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eximauthd.exim.configfile import EximConfigError, read_config
+from eximauthd.exim.configfile import ConfigLine, EximConfigError, read_config
 from eximauthd.exim.lint import lint, logs_protocol_errors
 
 from .. import eximkit
@@ -276,6 +276,10 @@ class TestConditionals:
         """begin SECTION with SECTION empty: an error naming the line, not an IndexError."""
         with pytest.raises(EximConfigError, match=r"exim\.conf:2: 'begin' without a section"):
             _read(tmp_path, "SECTION =\nbegin SECTION\nx:\n  driver = plaintext\n")
+
+    def test_lint_of_lines_with_an_empty_begin_does_not_raise(self) -> None:
+        """lint() given lines from elsewhere with "begin " alone reads no section, no IndexError."""
+        assert lint([ConfigLine("x.conf", 1, "begin "), ConfigLine("x.conf", 2, "a = b")]) == []
 
     def test_kept_branch_is_linted_and_dropped_branch_is_not(self, tmp_path: Path) -> None:
         """The seed's authenticator in an .elifdef branch Exim skips is no finding; kept, it is."""
