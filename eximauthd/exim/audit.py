@@ -14,6 +14,11 @@ What it looks for:
   within an hour.
 - ``fake-local-helo``: a remote client whose HELO claims to be localhost or a loopback literal
   (the seed's ``H=([127.0.0.1]) [129.137.152.170]``).
+
+Lines are read as Exim writes them whatever the log selectors: a timestamp (``+millisec``
+adds ``.mmm``, ``log_timezone`` adds ``+hhmm``), then ``[pid]`` with ``+pid``, then the message
+id.  Fields are split with quoted strings, ``(HELO)`` and ``[address]`` kept whole, so text a
+client chose (a quoted sender, a HELO, a subject) cannot pose as an ``A=`` or ``H=`` field.
 """
 
 from __future__ import annotations
@@ -32,19 +37,33 @@ __all__ = [
     "Auditor",
     "Delivery",
     "Finding",
+    "LoginFindings",
+    "is_exim_line",
     "parse_line",
 ]
 
 MAX_TRACKED = 200_000
 
-_TS = r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.\d+)?(?: [-+]\d{4})?(?: \[\d+\])?"
+# What Exim's log.c writes before the text: "%s " of the timestamp (".mmm" with +millisec,
+# " +hhmm" with log_timezone), "[%ld] " with +pid, then "%s " of the message id if any.
+_PREFIX = (r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.\d{3})?(?: [-+]\d{4})?"
+           r"(?: \[\d+\])? ")
 _ID = r"(?P<id>[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4})"
-_LINE_RE = re.compile(rf"{_TS} {_ID} (?P<flag><=|=>|->|\*>|\*\*|==) (?P<rest>.*)")
-_REJECT_RE = re.compile(rf"{_TS} (?P<rest>.*\brejected RCPT <(?P<rcpt>[^>]*)>.*)")
-_HOST_RE = re.compile(r"\bH=(?:(?P<name>[^\s(\[]+) )?(?:\((?P<helo>[^)]*)\) )?\[(?P<ip>[^\]]+)\]")
-_AUTH_RE = re.compile(r"\bA=(?P<auth>[^\s:]+):(?P<id>\S*)")
-_PROTO_RE = re.compile(r"\bP=(?P<p>\S+)")
-_FROM_RE = re.compile(r"\bF=<(?P<f>[^>]*)>")
+_PREFIX_RE = re.compile(_PREFIX)
+_MESSAGE_RE = re.compile(rf"{_PREFIX}{_ID} (?P<text>.*)", re.DOTALL)
+_FLAGS = frozenset({"<=", "=>", "->", "*>", "**", "=="})
+# Lines without a message id that only Exim writes: connections, rejections, queue runners,
+# the daemon, authenticator failures.
+_EXIM_TEXT_RE = re.compile(
+    r"(?:H=|U=|SMTP |TLS error |no (?:host name|IP address) found |Start queue run|"
+    r"End queue run|exim \d+\.\d+|\S+ authenticator failed for |Connection from |"
+    r"pid \d+: SIGHUP|cwd=)")
+_REJECTED_RELAY_RE = re.compile(r"\brejected RCPT <[^>]*>: relay not permitted")
+# One field of a line: quoted strings, (HELO) and [address] kept whole, so that text a client
+# chose cannot pose as a field of Exim's.
+_TOKEN_RE = re.compile(r'(?:"(?:[^"\\]|\\.)*"|\([^)]*\)|\[[^\]]*\]|[^\s"(\[])+')
+_KEY_RE = re.compile(r"([A-Za-z][A-Za-z0-9]*)=")
+_HOST_RE = re.compile(r"H=(?:(?P<name>[^\s(\[]+) )?(?:\((?P<helo>[^)]*)\) )?\[(?P<ip>[^\]]+)\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,39 +99,101 @@ class Finding:
     subject: str
     count: int
     example: str
+    login: str | None = None  # the authenticated id it concerns; "": the empty id
 
     def as_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "severity": self.severity, "subject": self.subject,
-                "count": self.count, "example": self.example}
+                "count": self.count, "example": self.example, "login": self.login}
+
+
+@dataclass(frozen=True, slots=True)
+class LoginFindings:
+    """The findings of one login (``None``: of no login) and its remote deliveries."""
+
+    login: str | None
+    remote_deliveries: int
+    findings: tuple[Finding, ...]
+
+    @property
+    def label(self) -> str:
+        if self.login is None:
+            return "-"
+        return self.login or "(empty)"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"login": self.login, "remote_deliveries": self.remote_deliveries,
+                "findings": [f.as_dict() for f in self.findings]}
 
 
 def _time(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S")  # Exim logs local time, naive
 
 
+def _fields(tokens: list[str], stop: str | None = None) -> dict[str, str]:
+    """``KEY=value`` fields, first one of each key; tokens that are no field continue the last.
+
+    *stop*: the key after which nothing is Exim's own any more (``S=`` on an arrival: after it
+    come the subject and the recipients, which a client chose).
+    """
+    fields: dict[str, str] = {}
+    key: str | None = None
+    for token in tokens:
+        match = _KEY_RE.match(token)
+        if match is not None:
+            key = match.group(1)
+            if key == stop:
+                break
+            if key in fields:
+                key = None  # a repeated key is not Exim's: keep the first
+                continue
+            fields[key] = token
+        elif key is not None:
+            fields[key] += " " + token
+    return fields
+
+
+def is_exim_line(line: str) -> bool:
+    """Whether *line* is one Exim writes to its mainlog: its timestamp, then a message id or
+    text only Exim writes.  Pure."""
+    if _MESSAGE_RE.match(line) is not None:
+        return True
+    prefix = _PREFIX_RE.match(line)
+    return prefix is not None and _EXIM_TEXT_RE.match(line, prefix.end()) is not None
+
+
 def parse_line(line: str) -> Arrival | Delivery | None:
     """Parse one mainlog line into an arrival or a delivery; anything else is ``None``."""
-    match = _LINE_RE.match(line)
-    if match is None:
+    match = _MESSAGE_RE.match(line.rstrip("\n"))
+    return None if match is None else _event(match)
+
+
+def _event(match: re.Match[str]) -> Arrival | Delivery | None:
+    flag, _, rest = match["text"].rstrip("\n").partition(" ")
+    if flag not in _FLAGS or not rest:
         return None
-    rest, flag = match["rest"], match["flag"]
-    when, message_id = _time(match["ts"]), match["id"]
+    try:
+        when = _time(match["ts"])
+    except ValueError:  # digits in Exim's shape, but no date (month 13): not Exim's
+        return None
+    message_id = match["id"]
+    tokens = _TOKEN_RE.findall(rest)
+    if not tokens:
+        return None
+    address = tokens[0]
     if flag == "<=":
-        sender = rest.split(" ", 1)[0]
-        host = _HOST_RE.search(rest)
-        auth = _AUTH_RE.search(rest)
-        proto = _PROTO_RE.search(rest)
+        fields = _fields(tokens[1:], stop="S")
+        host = _HOST_RE.match(fields.get("H", ""))
+        authenticator, colon, auth_id = fields.get("A", "A=")[2:].partition(":")
         return Arrival(
-            time=when, message_id=message_id, sender="" if sender == "<>" else sender,
+            time=when, message_id=message_id, sender="" if address == "<>" else address,
             client_ip=host["ip"] if host else "", helo=(host["helo"] or "") if host else "",
-            protocol=proto["p"] if proto else "",
-            authenticator=auth["auth"] if auth else "",
-            auth_id=auth["id"] if auth else None,
+            protocol=fields.get("P", "P=")[2:].split(" ", 1)[0],
+            authenticator=authenticator,
+            auth_id=auth_id if colon else None,
         )
     if flag in {"=>", "->"}:
-        recipient = rest.split(" ", 1)[0]
         # A delivery to another host names it with H=; local transports do not.
-        return Delivery(when, message_id, recipient, remote=" H=" in f" {rest}")
+        return Delivery(when, message_id, address, remote="H" in _fields(tokens[1:]))
     return None
 
 
@@ -145,6 +226,7 @@ class AuditReport:
     """What the auditor found, with counts for the summary table."""
 
     lines: int = 0
+    recognised: int = 0  # lines Exim wrote (see is_exim_line)
     arrivals: int = 0
     authenticated: int = 0
     remote_deliveries: int = 0
@@ -166,12 +248,39 @@ class AuditReport:
             return "SUSPICIOUS: see the findings"
         return "CLEAN: no sign of relaying for others"
 
-    def as_dict(self) -> dict[str, object]:
+    def remote_of(self, login: str) -> int:
+        """Remote deliveries of messages from *login* ("" : the empty id)."""
+        return self.remote_by_id[login or "(empty)"]
+
+    def by_login(self, top: int | None = None) -> tuple[list[LoginFindings], int]:
+        """The findings grouped per login, the most relaying logins first (ties: by name);
+        with *top*, only that many logins.  Findings of no login come last, always.
+
+        :returns: the groups, and how many logins with findings *top* left out.
+        """
+        groups: dict[str, list[Finding]] = defaultdict(list)
+        unowned: list[Finding] = []
+        for finding in self.findings:
+            if finding.login is None:
+                unowned.append(finding)
+            else:
+                groups[finding.login].append(finding)
+        logins = sorted(groups, key=lambda login: (-self.remote_of(login), login))
+        shown = logins if top is None else logins[:top]
+        out = [LoginFindings(login, self.remote_of(login), tuple(groups[login]))
+               for login in shown]
+        if unowned:
+            out.append(LoginFindings(None, 0, tuple(unowned)))
+        return out, len(logins) - len(shown)
+
+    def as_dict(self, top: int | None = None) -> dict[str, object]:
+        groups, left_out = self.by_login(top)
         return {
             "verdict": self.verdict(), "clean": self.clean, "lines": self.lines,
             "arrivals": self.arrivals, "authenticated": self.authenticated,
             "remote_deliveries": self.remote_deliveries, "rejected_relays": self.rejected_relays,
             "findings": [f.as_dict() for f in self.findings],
+            "by_login": [g.as_dict() for g in groups], "logins_left_out": left_out,
             "remote_by_id": dict(self.remote_by_id.most_common(20)),
             "remote_by_ip": dict(self.remote_by_ip.most_common(20)),
         }
@@ -192,7 +301,7 @@ class Auditor:
         self._report = AuditReport()
         # message id -> (auth id or None, client ip): only messages not yet completed.
         self._open: OrderedDict[str, tuple[str | None, str]] = OrderedDict()
-        self._tallies: dict[tuple[str, str, str], _Tally] = defaultdict(_Tally)
+        self._tallies: dict[tuple[str, str, str, str | None], _Tally] = defaultdict(_Tally)
         # (subject, hour) -> remote deliveries, for bursts; pruned as hours pass.
         self._hourly: Counter[tuple[str, datetime]] = Counter()
         self._burst_seen: set[tuple[str, datetime]] = set()
@@ -202,27 +311,40 @@ class Auditor:
         for line in lines:
             self.feed_line(line)
 
-    def feed_line(self, line: str) -> None:
+    def feed_line(self, line: str) -> bool:
+        """Take one line; return whether Exim wrote it (see :func:`is_exim_line`)."""
         report = self._report
         report.lines += 1
-        event = parse_line(line)
-        if event is None:
-            if " Completed" in line:
-                parts = line.split(" ")
-                if len(parts) >= 3:
-                    self._open.pop(parts[2], None)
-            elif "rejected RCPT" in line and "relay not permitted" in line:
+        match = _MESSAGE_RE.match(line)
+        if match is None:
+            if not is_exim_line(line):
+                return False
+            report.recognised += 1
+            if _REJECTED_RELAY_RE.search(line):
                 report.rejected_relays += 1
-            return
+            return True
+        report.recognised += 1
+        event = _event(match)
+        if event is None:
+            if match["text"].split(" ", 1)[0].rstrip("\n") == "Completed":
+                self._open.pop(match["id"], None)
+            return True
         if self.since is not None and event.time < self.since:
-            return
+            return True
         if isinstance(event, Arrival):
             self._arrival(event, line)
         else:
             self._delivery(event)
+        return True
 
-    def _note(self, kind: str, severity: str, subject: str, example: str) -> None:
-        tally = self._tallies[(kind, severity, subject)]
+    @property
+    def open_messages(self) -> int:
+        """Messages seen arriving and not yet completed: what the auditor holds in memory."""
+        return len(self._open)
+
+    def _note(self, kind: str, severity: str, subject: str, example: str,
+              login: str | None) -> None:
+        tally = self._tallies[(kind, severity, subject, login)]
         tally.count += 1
         if not tally.example:
             tally.example = example.strip()[:300]
@@ -237,14 +359,14 @@ class Auditor:
             report.authenticated += 1
             if event.auth_id == "":
                 self._note("empty-auth-id", "critical", f"A={event.authenticator}: "
-                           f"from {event.client_ip or 'local'}", line)
+                           f"from {event.client_ip or 'local'}", line, "")
             elif event.sender and "@" in event.auth_id \
                     and _domain(event.sender) != _domain(event.auth_id):
                 self._note("sender-outside-login", "warning",
-                           f"{event.auth_id} sent as {event.sender}", line)
+                           f"{event.auth_id} sent as {event.sender}", line, event.auth_id)
         if event.helo and _is_loopback_claim(event.helo) and _is_remote_ip(event.client_ip):
             self._note("fake-local-helo", "warning",
-                       f"{event.client_ip} said HELO {event.helo}", line)
+                       f"{event.client_ip} said HELO {event.helo}", line, event.auth_id)
 
     def _delivery(self, event: Delivery) -> None:
         if not event.remote:
@@ -267,7 +389,8 @@ class Auditor:
                 self._burst_seen.add((subject, hour))
                 self._note("relay-burst", "warning", subject,
                            f"more than {self.burst_threshold} remote deliveries in the hour "
-                           f"from {hour:%Y-%m-%d %H}:00")
+                           f"from {hour:%Y-%m-%d %H}:00",
+                           auth_id if subject.startswith("id ") else None)
         self._prune_hours(hour)
 
     def _prune_hours(self, now: datetime) -> None:
@@ -284,8 +407,8 @@ class Auditor:
         report = self._report
         order = {"critical": 0, "warning": 1}
         report.findings = sorted(
-            (Finding(kind, severity, subject, tally.count, tally.example)
-             for (kind, severity, subject), tally in self._tallies.items()),
-            key=lambda f: (order[f.severity], f.kind, -f.count, f.subject),
+            (Finding(kind, severity, subject, tally.count, tally.example, login)
+             for (kind, severity, subject, login), tally in self._tallies.items()),
+            key=lambda f: (order[f.severity], f.kind, -f.count, f.subject, f.login or ""),
         )
         return report

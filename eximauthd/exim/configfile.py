@@ -2,22 +2,38 @@
 
 :func:`read_config` drops comments, joins continuation lines, follows
 ``.include``/``.include_if_exists``, defines and substitutes macros and applies
-``.ifdef``/``.ifndef``/``.elifdef``/``.elifndef``/``.else``/``.endif``.  Each line keeps the
+``.ifdef``/``.ifndef``/``.elifdef``/``.elifndef``/``.else``/``.endif`` with Exim's own state
+table (readconf.c): one branch kept, nesting up to 10 deep, the condition being "a macro was
+substituted in the directive's line".  Macros work on physical lines, as substrings, in
+definition order; ``-D`` definitions come first and override the files'.  Each line keeps the
 file and line number it came from.  What the lines mean is :mod:`.lint`'s business.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ConfigLine", "read_config"]
+__all__ = ["ConfigLine", "EximConfigError", "read_config"]
 
-_MACRO_DEF = re.compile(r"([A-Z][A-Za-z0-9_]*)\s*(==?)\s*(.*)")
-_MACRO_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*")
+_MACRO_DEF = re.compile(r"([A-Z][A-Za-z0-9_]*)\s*(==?)\s*(.*)", re.DOTALL)
+_DEF_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*\s*=")
 _MAX_INCLUDE_DEPTH = 20
+_MAX_NESTING = 10  # Exim's CSTATE_STACK_SIZE
+
+# Exim's readconf.c, kept as it is there.  A state: 0 reading, 1 skipping to .else/.elifdef,
+# 2 skipping to .endif.  A directive picks one of four transitions from the current state:
+# ".ifdef true", ".ifdef false", ".elifdef true or .else", ".elifdef false".
+_NEXT_STATE = ((0, 1, 2, 2), (2, 2, 0, 1), (2, 2, 2, 2))
+# directive: (transition if a macro was substituted in its line, if not, stack: +1 push -1 pop)
+_DIRECTIVES = {"ifdef": (0, 1, 1), "ifndef": (1, 0, 1), "elifdef": (2, 3, 0),
+               "elifndef": (3, 2, 0), "else": (2, 2, 0), "endif": (0, 0, -1)}
+
+
+class EximConfigError(ValueError):
+    """A configuration Exim itself would refuse to read; the message names file:line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,93 +51,144 @@ class ConfigLine:
 
 @dataclass
 class _Reader:
+    # In definition order, which is the order Exim substitutes them in.
     macros: dict[str, str] = field(default_factory=dict)
+    command_line: frozenset[str] = frozenset()
     lines: list[ConfigLine] = field(default_factory=list)
+    state: int = 0
+    stack: list[int] = field(default_factory=list)
 
-    def read(self, path: Path, depth: int = 0) -> None:
-        if depth > _MAX_INCLUDE_DEPTH:
-            raise OSError(f"{path}: .include nested too deeply")
-        stack: list[bool] = []  # for each open .if: is this branch active?
-        physical = path.read_text("utf-8", "replace").splitlines()
-        index = 0
-        while index < len(physical):
-            start = index + 1
-            text = physical[index].strip()
-            index += 1
+    def read(self, path: Path) -> None:
+        files: list[tuple[Path, Iterator[tuple[int, str]]]] = [(path, self._open(path))]
+        pending: list[str] = []  # the logical line so far, continuation backslashes removed
+        start = (path, 0)
+        while files:
+            current, physical = files[-1]
+            try:
+                lineno, raw = next(physical)
+            except StopIteration:
+                files.pop()
+                continue
+            where = f"{current}:{lineno}"
+            text, found = self._expand(raw.strip(), at_start=not pending)
             if text.startswith("#"):
                 continue
-            while text.endswith("\\") and index < len(physical):
-                text = text[:-1] + physical[index].strip()
-                index += 1
-            if not text:
+            if text.startswith(".") and self._directive(text, found, where):
                 continue
-            if text.startswith("."):
-                self._directive(text, stack, path, start, depth)
+            if self.state != 0:
                 continue
-            if not all(stack):
+            if self._include(text, files, where):
                 continue
-            self._logical(text, path, start)
+            if not pending:
+                if text.startswith("."):
+                    continue  # a directive eximauthd does not know: nothing a rule reads
+                start = (current, lineno)
+            logical = ("".join(pending) + text).rstrip()
+            if logical.endswith("\\"):
+                pending = [logical[:-1]]
+                continue
+            pending = []
+            if logical:
+                self._logical(logical, *start)
+        if pending and "".join(pending).strip():
+            self._logical("".join(pending).strip(), *start)
+        if self.stack:
+            raise EximConfigError(f"{path}: unexpected end of configuration file: .endif "
+                                  "missing")
 
-    def _directive(self, text: str, stack: list[bool], path: Path, lineno: int,
-                   depth: int) -> None:
-        word, _, arg = text.partition(" ")
-        arg = arg.strip()
-        match word:
-            case ".ifdef" | ".ifndef":
-                defined = arg in self.macros
-                stack.append(defined if word == ".ifdef" else not defined)
-            case ".elifdef" | ".elifndef":
-                if stack:
-                    defined = arg in self.macros
-                    stack[-1] = (not stack[-1]) and (defined if word == ".elifdef"
-                                                     else not defined)
-            case ".else":
-                if stack:
-                    stack[-1] = not stack[-1]
-            case ".endif":
-                if stack:
-                    stack.pop()
-            case ".include" | ".include_if_exists":
-                if all(stack):
-                    self._include(word, arg, path, lineno, depth)
-            case _:
-                pass
+    @staticmethod
+    def _open(path: Path) -> Iterator[tuple[int, str]]:
+        return enumerate(path.read_text("utf-8", "replace").splitlines(), 1)
 
-    def _include(self, word: str, arg: str, path: Path, lineno: int, depth: int) -> None:
-        target = Path(self._expand(arg))
-        if not target.is_absolute():
-            target = path.parent / target
-        if target.exists():
-            self.read(target, depth + 1)
-        elif word == ".include":
-            raise OSError(f"{path}:{lineno}: included file {target} does not exist")
+    def _expand(self, text: str, *, at_start: bool) -> tuple[str, bool]:
+        """Exim's substitution of a physical line, and whether any macro was substituted.
+
+        Names are found anywhere, as substrings (Exim's ``.ifdef AAA`` is true when ``A`` is
+        defined), each macro in definition order over the whole line; a macro's own name at
+        the start of its definition is left alone.
+        """
+        head = ""
+        if at_start and (definition := _DEF_NAME.match(text)) is not None:
+            head, text = text[:definition.end() - 1], text[definition.end() - 1:]
+        found = False
+        for name, value in self.macros.items():
+            if name in text:
+                found = True
+                text = text.replace(name, value)
+        return (head + text).lstrip(), found
+
+    def _directive(self, text: str, found: bool, where: str) -> bool:
+        """Apply a conditional directive; whether *text* was one (then Exim skips the line)."""
+        for name, (if_found, if_not, push) in _DIRECTIVES.items():
+            if not text.startswith(name, 1):
+                continue
+            if text[1 + len(name):2 + len(name)] not in {"", " "}:
+                return True  # ".ifdefX": Exim skips such a line and changes nothing
+            transition = if_found if found else if_not
+            if push > 0:
+                if len(self.stack) >= _MAX_NESTING:
+                    raise EximConfigError(f"{where}: .{name} nested too deeply")
+                self.stack.append(self.state)
+                self.state = _NEXT_STATE[self.state][transition]
+            elif not self.stack:
+                raise EximConfigError(f"{where}: .{name} without matching .ifdef")
+            elif push < 0:
+                self.state = self.stack.pop()
+            else:
+                self.state = _NEXT_STATE[self.state][transition]
+            return True
+        return False
+
+    def _include(self, text: str, files: list[tuple[Path, Iterator[tuple[int, str]]]],
+                 where: str) -> bool:
+        """Follow an ``.include`` line onto *files*; whether *text* was one."""
+        for word in (".include", ".include_if_exists"):
+            if not (text.startswith(word) and text[len(word):len(word) + 1].isspace()):
+                continue
+            arg = text[len(word):].strip()
+            if len(arg) > 1 and arg[0] == arg[-1] == '"':
+                arg = arg[1:-1]
+            target = Path(arg)
+            if not target.is_absolute():
+                target = files[-1][0].parent / target
+            if not target.exists():
+                if word == ".include":
+                    raise OSError(f"{where}: included file {target} does not exist")
+                return True
+            if len(files) > _MAX_INCLUDE_DEPTH:
+                raise OSError(f"{target}: .include nested too deeply")
+            files.append((target, self._open(target)))
+            return True
+        return False
 
     def _logical(self, text: str, path: Path, lineno: int) -> None:
+        where = f"{path}:{lineno}"
+        if text.lower() == "begin":
+            raise EximConfigError(
+                f"{where}: 'begin' without a section name (a macro that expands to nothing?); "
+                "Exim refuses this configuration")
         definition = _MACRO_DEF.fullmatch(text)
-        if definition is not None and not text.startswith("begin "):
+        if definition is not None and text[:6].lower() != "begin ":
             name, op, value = definition.groups()
-            if op == "==" or name not in self.macros:
-                self.macros[name] = self._expand(value)
+            # A -D definition wins over every definition and redefinition in the files.
+            if name not in self.command_line and (op == "==" or name not in self.macros):
+                self.macros[name] = value
             return
-        self.lines.append(ConfigLine(str(path), lineno, self._expand(text)))
-
-    def _expand(self, text: str) -> str:
-        if not self.macros:
-            return text
-        for _ in range(10):  # macros may use macros
-            new = _MACRO_NAME.sub(lambda m: self.macros.get(m.group(0), m.group(0)), text)
-            if new == text:
-                break
-            text = new
-        return text
+        self.lines.append(ConfigLine(str(path), lineno, text))
 
 
-def read_config(paths: Iterable[Path]) -> list[ConfigLine]:
+def read_config(paths: Iterable[Path], defines: Mapping[str, str] | None = None
+                ) -> list[ConfigLine]:
     """Read configuration files as Exim would, into logical lines.
 
+    *defines*: macros given on Exim's command line (``-DNAME=value``); they come first and
+    override the files' definitions.
+
     :raises OSError: a file or a non-optional ``.include`` cannot be read.
+    :raises EximConfigError: Exim would refuse the configuration (an unbalanced ``.ifdef``,
+        ``begin`` without a section name).
     """
-    reader = _Reader()
+    reader = _Reader(macros=dict(defines or {}), command_line=frozenset(defines or {}))
     for path in paths:
         reader.read(path)
     return reader.lines

@@ -104,8 +104,9 @@ def _structure(lines: list[ConfigLine]) -> _Config:
     acl: list[_Statement] | None = None
     for line in lines:
         text = line.text
-        if text.startswith("begin "):
-            section, block, acl = text.split()[1], None, None
+        if text[:6].lower() == "begin ":
+            # Exim names sections case-blind; read_config refuses a "begin" naming none.
+            section, block, acl = text[6:].strip().lower(), None, None
             continue
         if section == "main":
             parsed = _option(text)
