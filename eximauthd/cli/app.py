@@ -154,13 +154,15 @@ _STDIN_READ = MAX_PASSWORD_BYTES + 3
 def password_from_stdin() -> str:
     """The password on standard input: one line of UTF-8 without its LF or CRLF.
 
-    Read as bytes and at most a little over the longest password, so neither a binary file nor
-    an endless pipe is taken in.  The bytes never appear in an error.
+    Read as bytes, to the end of the input (a second line is only seen there; on a terminal,
+    one line), and at most a little over the longest password, so neither a binary file nor an
+    endless pipe is taken in.  The bytes never appear in an error.
 
     :raises ConfigError: a second line (even an empty one), a CR left in the line, bytes that
         are not UTF-8, or more bytes than any password may have.
     """
-    data = sys.stdin.buffer.read(_STDIN_READ)
+    stream = sys.stdin.buffer
+    data = stream.readline(_STDIN_READ) if stream.isatty() else stream.read(_STDIN_READ)
     line, newline, rest = data.partition(b"\n")
     if rest:
         raise ConfigError("--password-stdin: more than one line on standard input "

@@ -182,3 +182,23 @@ def test_refusals_never_echo_the_input(cli: Cli) -> None:
         assert "s3cret" not in run.err
         assert "\\xff" not in run.err
         assert "\ufffd" not in run.err
+
+
+def test_on_a_terminal_one_line_is_enough(sqlite_url: str, tmp_path: Path) -> None:
+    """A terminal is read line by line: the password is taken without waiting for an EOF."""
+    import argon2  # noqa: PLC0415
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXIMAUTHD_")}
+    env |= FAST_HASHING_ENV | {"EXIMAUTHD_DATABASE_URL": sqlite_url}
+    controller, terminal = os.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "eximauthd", "hash", "--password-stdin"],
+                                stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env, cwd=tmp_path)
+        os.write(controller, b"pty-pw\n")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert proc.returncode == 0, err
+    assert argon2.PasswordHasher().verify(out.decode().strip(), "pty-pw")
