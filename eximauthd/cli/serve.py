@@ -33,9 +33,7 @@ def serve(state: State, log_format: str | None, log_file: str | None,
 
     config = state.config
     fmt = log_format or config.service.log_format
-    # One filter for the life of the process, so a reopened log keeps counting repeats.
-    repeats = RepeatFilter()
-    configure_logging(fmt, log_file).addFilter(repeats)
+    handler = configure_logging(fmt, log_file)
     log = logging.getLogger("eximauthd.serve")
     if config.source != "built-in defaults":
         # The file may hold the database password or http.token: warn, do not refuse (an
@@ -50,6 +48,10 @@ def serve(state: State, log_format: str | None, log_file: str | None,
             return
     elif (problem := startup.database_problem(state)) is not None:
         raise StorageError(problem)
+    # For the running service's loops (the wait above paces its own lines); one filter for the
+    # life of the process, so a reopened log keeps counting.
+    repeats = RepeatFilter()
+    handler.addFilter(repeats)
     service = Service(config, Decider(config, db=state.db))
 
     def ready() -> None:
