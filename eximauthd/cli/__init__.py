@@ -1,7 +1,8 @@
 """The ``eximauthd`` command.
 
-:mod:`.app` holds the root group, the exit codes and :func:`main`; every other module holds one
-group of commands and registers it on the root group when imported, which this package does.
+:mod:`.app` holds the root group, the exit codes and :func:`main`; :mod:`.startup` what ``serve``
+needs of the database before it starts; every other module holds one group of commands and
+registers it on the root group when imported, which this package does.
 """
 
 # Imported for their registration on `cli`: a command module no one imports has no command.

@@ -9,8 +9,10 @@ Exit codes (also in ``docs/cli.md``):
 0   success; for ``check``: the credentials are accepted (yes)
 1   ``check`` only: the credentials are refused (no)
 2   bad usage or input: unknown option, invalid configuration, malformed address,
-    duplicate or missing user, no password given
-3   the database could not answer (unreachable, locked, schema missing): nothing was changed
+    duplicate or missing user, no password given or the one given refused (empty, longer
+    than MAX_PASSWORD_BYTES, more than one line, not UTF-8)
+3   the database could not answer (unreachable, locked, schema missing or not at the
+    installed revision): nothing was changed; ``serve`` did not start
 ==  =====================================================================================
 """
 
@@ -25,6 +27,7 @@ from typing import Any, NoReturn
 import click
 
 from ..config import load_config
+from ..core.credentials import MAX_PASSWORD_BYTES
 from ..core.hashing import Hasher
 from ..core.protocol import parse_client_ip
 from ..db.accounts import AccountStore, make_account_store
@@ -121,20 +124,60 @@ stdin_option = click.option("--password-stdin", is_flag=True,
 
 
 def read_password(from_stdin: bool, *, confirm: bool, prompt: str = "Password",
-                  allow_empty: bool = False) -> str:
-    """One password: a line of stdin (without its newline) or a hidden prompt on a terminal."""
+                  checking: bool = False) -> str:
+    """One password: a line of stdin (:func:`password_from_stdin`) or a hidden prompt on a
+    terminal.
+
+    :raises ConfigError: the input is refused; when *checking* (``check``) an empty password is
+        passed on instead, so the command shows the ``no`` Exim would get.
+    """
     if from_stdin:
-        line = sys.stdin.readline()
-        password = line[:-1] if line.endswith("\n") else line
+        password = password_from_stdin()
     elif sys.stdin.isatty():
         password = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm,
                                 default="", show_default=False)
     else:
         raise ConfigError("standard input is not a terminal: pass --password-stdin")
-    if not password and not allow_empty:
+    if not password and not checking:
         # The empty password is the hole this project exists to close.
         raise ConfigError("empty password refused")
+    if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
+        # Stored, it could never log in: verification refuses it unread.
+        raise ConfigError(f"password refused: longer than {MAX_PASSWORD_BYTES} bytes")
     return password
+
+
+# The longest line worth reading: a password at the limit, its CRLF and one byte to tell.
+_STDIN_READ = MAX_PASSWORD_BYTES + 3
+
+
+def password_from_stdin() -> str:
+    """The password on standard input: one line of UTF-8 without its LF or CRLF.
+
+    Read as bytes, to the end of the input (a second line is only seen there; on a terminal,
+    one line), and at most a little over the longest password, so neither a binary file nor an
+    endless pipe is taken in.  The bytes never appear in an error.
+
+    :raises ConfigError: a second line (even an empty one), a CR left in the line, bytes that
+        are not UTF-8, or more bytes than any password may have.
+    """
+    stream = sys.stdin.buffer
+    data = stream.readline(_STDIN_READ) if stream.isatty() else stream.read(_STDIN_READ)
+    line, newline, rest = data.partition(b"\n")
+    if rest:
+        raise ConfigError("--password-stdin: more than one line on standard input "
+                          "(only one trailing newline is stripped)")
+    if not newline and len(data) >= _STDIN_READ:
+        raise ConfigError(f"password refused: longer than {MAX_PASSWORD_BYTES} bytes")
+    if newline and line.endswith(b"\r"):
+        line = line[:-1]
+    if b"\r" in line:
+        raise ConfigError("--password-stdin: a carriage return inside the line "
+                          "(only one trailing LF or CRLF is stripped)")
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("--password-stdin: the password is not UTF-8") from None
 
 
 def client_ip_option(value: str, option: str = "--client-ip") -> str:

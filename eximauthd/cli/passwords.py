@@ -62,7 +62,7 @@ def check(state: State, address: str, password_stdin: bool, client_ip: str) -> N
     """Check a password as an SMTP AUTH would: prints yes/no and why; exit 0 yes, 1 no."""
     client_ip_option(client_ip)
     # An empty password is passed on, so `check` shows the refusal Exim would get.
-    password = read_password(password_stdin, confirm=False, allow_empty=True)
+    password = read_password(password_stdin, confirm=False, checking=True)
     decision = Authenticator(state.accounts, state.hasher).verify(address, password, client_ip)
     click.echo(f"{decision.result.value} {decision.text}")
     sys.exit(EXIT_OK if decision.allowed else EXIT_NO)

@@ -8,9 +8,10 @@ import os
 
 import click
 
-from ..db import upgrade
+from ..errors import StorageError
 from ..files import warn_if_readable_by_others
 from ..settings import mask_url
+from . import startup
 from .app import State, cli, pass_state
 
 
@@ -21,27 +22,40 @@ from .app import State, cli, pass_state
               help="Append logs to FILE (created 0640) instead of stderr; reopened on SIGHUP.")
 @click.option("--syslog", is_flag=True, default=False,
               help="Log to syslog (/dev/log), facility mail, instead of stderr.")
+@click.option("--wait-for-database", is_flag=True,
+              help="Wait for the database (reachable, schema upgraded) instead of exiting 3.")
 @pass_state
-def serve(state: State, log_format: str | None, log_file: str | None, syslog: bool) -> None:
+def serve(state: State, log_format: str | None, log_file: str | None, syslog: bool,
+          wait_for_database: bool) -> None:
     """Answer Exim on the Unix socket and serve the HTTP API until SIGTERM."""
     from ..service.decider import Decider  # noqa: PLC0415 -- keep other commands' start-up light
     from ..service.logs import SYSLOG_ADDRESS, configure_logging  # noqa: PLC0415
+    from ..service.quiet import RepeatFilter  # noqa: PLC0415
     from ..service.server import Service  # noqa: PLC0415
 
     config = state.config
     fmt = log_format or config.service.log_format
     if syslog and log_file:
         raise click.UsageError("--syslog and --log-file are exclusive: choose one")
-    configure_logging(fmt, log_file, SYSLOG_ADDRESS if syslog else None)
+    handler = configure_logging(fmt, log_file, SYSLOG_ADDRESS if syslog else None)
     log = logging.getLogger("eximauthd.serve")
     if config.source != "built-in defaults":
         # The file may hold the database password or http.token: warn, do not refuse (an
         # upgrade must not stop mail over a mode the admin can fix at leisure).
         warn_if_readable_by_others(config.source, "the configuration (database URL, token)")
-    if state.db.dialect == "sqlite":
-        # The embedded default must work from an empty directory; a shared MySQL schema is
-        # upgraded deliberately, with `eximauthd db upgrade`, by someone allowed to run DDL.
-        upgrade.upgrade(state.db)
+    if wait_for_database:
+        try:
+            with startup.stoppable():
+                startup.wait_for_database(lambda: startup.database_problem(state))
+        except startup.Stopped:
+            log.info("stopped")
+            return
+    elif (problem := startup.database_problem(state)) is not None:
+        raise StorageError(problem)
+    # For the running service's loops (the wait above paces its own lines); one filter for the
+    # life of the process, so a reopened log keeps counting.
+    repeats = RepeatFilter()
+    handler.addFilter(repeats)
     service = Service(config, Decider(config, db=state.db))
 
     def ready() -> None:
@@ -53,7 +67,7 @@ def serve(state: State, log_format: str | None, log_file: str | None, syslog: bo
     def reopen_logs() -> None:
         # SysLogHandler reconnects by itself; only a file needs reopening after logrotate.
         if not syslog:
-            configure_logging(fmt, log_file)
+            configure_logging(fmt, log_file).addFilter(repeats)
 
     asyncio.run(service.run(ready, on_hangup=reopen_logs))
     log.info("stopped")

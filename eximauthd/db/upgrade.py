@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from ..errors import StorageError
 from .engine import Database, translate_errors
 
-__all__ = ["current_revision", "head_revision", "upgrade"]
+__all__ = ["current_revision", "head_revision", "newer_than_known", "upgrade"]
 
 VERSION_TABLE = "eximauthd_alembic_version"
 
@@ -32,6 +32,21 @@ def head_revision() -> str:
     return head
 
 
+def newer_than_known(revision: str | None) -> str | None:
+    """The error for a database at a revision this eximauthd does not know, else None.
+
+    Another host's newer eximauthd upgraded the shared schema: only a newer eximauthd here can
+    use it (and Alembic would otherwise fail with a traceback).
+    """
+    if revision is None:
+        return None
+    scripts = ScriptDirectory.from_config(_alembic_config())
+    if revision in {script.revision for script in scripts.walk_revisions()}:
+        return None
+    return (f"the database schema is at revision {revision[:40]!r}, newer than this eximauthd "
+            f"knows (its newest is {scripts.get_current_head()}): upgrade eximauthd here too")
+
+
 def current_revision(db: Database) -> str | None:
     """The revision the database is at, or None when eximauthd's tables were never created."""
     with translate_errors("read schema revision"), db.primary.connect() as conn:
@@ -43,6 +58,9 @@ def current_revision(db: Database) -> str | None:
 def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str]:
     """Upgrade the primary database to *revision*; return (before, after)."""
     before = current_revision(db)
+    newer = newer_than_known(before)
+    if newer is not None:
+        raise StorageError(newer)
     cfg = _alembic_config()
     with translate_errors("upgrade schema"), db.primary.begin() as conn:
         cfg.attributes["connection"] = conn
