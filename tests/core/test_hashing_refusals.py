@@ -227,6 +227,46 @@ def test_argon2_ceilings_are_inclusive(field: str, ceiling: int) -> None:
     assert (result.matched, result.reason) == (False, "cost-over-ceiling")
 
 
+@pytest.mark.parametrize("scheme", [Scheme.ARGON2ID, Scheme.ARGON2I])
+def test_an_argon2_hash_over_the_ceiling_is_refused_whole_and_logged_by_its_costs(
+        scheme: Scheme, caplog: pytest.LogCaptureFixture) -> None:
+    """The refusal names the scheme and the costs asked for, never the hash."""
+    kind = argon2.Type.ID if scheme is Scheme.ARGON2ID else argon2.Type.I
+    over = argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=1, hash_len=16,
+                                 salt_len=16, type=kind).hash(PASSWORD)
+    strict = Hasher(replace(FAST_HASHING, max_memory_cost=32))
+    with caplog.at_level(logging.WARNING, "eximauthd.hashing"):
+        result = strict.verify(over, PASSWORD)
+    assert result == VerifyResult(False, scheme, "cost-over-ceiling")
+    assert caplog.messages == [f"refusing stored {scheme.value} hash with m=64 t=1 p=1 above "
+                               "the configured ceiling"]
+    assert over not in caplog.text
+
+
+@pytest.mark.parametrize(("stored", "scheme"), [
+    ("$argon2id$v=19$m=8,t=1,p=1$c2FsdA", Scheme.ARGON2ID),       # no hash part
+    ("$argon2id$v=19$m=x,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g", Scheme.ARGON2ID),
+    ("{ARGON2I}$argon2i$v=19$m=8,t=1$c2FsdHNhbHQ$aGFzaGhhc2g", Scheme.ARGON2I),
+])
+def test_an_argon2_value_whose_parameters_do_not_parse_is_malformed(
+        hasher: Hasher, stored: str, scheme: Scheme, caplog: pytest.LogCaptureFixture) -> None:
+    """Refused before any work, with one warning naming the scheme and not the value."""
+    with caplog.at_level(logging.WARNING, "eximauthd.hashing"):
+        result = hasher.verify(stored, PASSWORD)
+    assert result == VerifyResult(False, scheme, "malformed-hash")
+    assert caplog.messages == [f"malformed stored {scheme.value} hash"]
+
+
+@pytest.mark.parametrize("kind", [argon2.Type.ID, argon2.Type.I])
+def test_a_wrong_password_against_argon2_is_a_plain_mismatch(hasher: Hasher,
+                                                             kind: argon2.Type) -> None:
+    """No rehash asked for, the scheme named, nothing logged as a stored-data problem."""
+    stored = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, hash_len=16,
+                                   salt_len=16, type=kind).hash(PASSWORD)
+    scheme = Scheme.ARGON2ID if kind is argon2.Type.ID else Scheme.ARGON2I
+    assert hasher.verify(stored, PASSWORD + "!") == VerifyResult(False, scheme, "mismatch")
+
+
 # --- SSHA -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("prefix", "digest"), [
