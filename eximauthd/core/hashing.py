@@ -28,7 +28,7 @@ hash; see :func:`hash_shape`) is refused: taking it as plaintext would let anyon
 hash log in with the hash itself.  An explicit scheme makes every
 bare value a hash of that scheme, and ``plain`` makes every bare value plaintext.
 
-argon2id goes through libsodium (:mod:`~eximauthd.core.sodium`, about twice as fast) where it
+argon2id goes through libsodium (:mod:`~eximauthd.core.sodium`, faster kernels) where it
 gives argon2-cffi's answer: verification of the values of :func:`~eximauthd.core.sodium.verifies`'s
 shape, hashing when the configured parameters are what libsodium writes (p=1, 16-byte salt,
 32-byte tag).  argon2-cffi does the rest: argon2i, other shapes, every refusal's reason.

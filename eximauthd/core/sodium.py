@@ -1,13 +1,16 @@
 """argon2id through libsodium (PyNaCl's bundled build), for the values it reads as argon2-cffi does.
 
-libsodium picks its argon2 kernel at run time (SSSE3, AVX2, AVX-512F) and verifies about twice
-as fast as argon2-cffi's portable libargon2 build (bench/RESULTS.md), and AUTH throughput is
-bounded by argon2.  But the two libraries do not accept the same strings, and libsodium answers
-every failure, a damaged string included, with the same error as a wrong password.  So
+libsodium picks its argon2 kernel at run time (SSSE3, AVX2, AVX-512F), where argon2-cffi's
+wheels carry a libargon2 fixed when they were built (SSE2 at most); measured on a 2-core AVX-512
+machine, libsodium's verification costs ~10% less CPU at m=19 MiB t=2 p=1 and ~1.7x less at
+m=64 MiB t=3 p=4 (bench/bench_hashing.py, bench/RESULTS.md), and AUTH is bounded by argon2.
+
+But the two libraries do not accept the same strings, and libsodium answers every failure, a
+damaged string included, with the same error as a wrong password.  So
 :mod:`~eximauthd.core.hashing` hands libsodium only values of :func:`verifies`'s shape, for
 which both libraries compute the same answer (tests/core/test_hashing_sodium.py cross-checks
 them), and everything else to argon2-cffi, whose refusals say why.  Measured with libsodium
-1.0.20 (PyNaCl 1.6) and argon2-cffi 25.1:
+1.0.18 (PyNaCl 1.5) and 1.0.20 (PyNaCl 1.6) against argon2-cffi 25.1:
 
 * libsodium refuses a tag under 16 bytes (libargon2: 4), a value over 127 characters (PyNaCl's
   limit), a missing ``v=`` (libargon2 reads it as version 16) and any ``v=`` but 19;
