@@ -209,6 +209,7 @@ def _flip_spare_bit(text: str) -> str:
     pytest.param(_GOOD.replace(_SALT_B64, _b64(b"salt7by")), id="salt-7-bytes"),
     pytest.param(_GOOD.replace(_TAG_B64, ""), id="no-tag"),
     pytest.param(_GOOD.replace(_TAG_B64, "!" * 43), id="tag-not-base64"),
+    pytest.param(_GOOD + "AA", id="tag-length-1-mod-4"),
 ])
 def test_malformed_values_keep_argon2_cffis_reason(
         stored: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -232,6 +233,18 @@ def test_argon2i_stays_with_argon2_cffi() -> None:
     assert not sodium.verifies(stored)
     assert VERIFIER.verify(stored, PASSWORD) == VerifyResult(True, Scheme.ARGON2I, "ok", True)
     assert VERIFIER.verify(stored, WRONG) == VerifyResult(False, Scheme.ARGON2I, "mismatch")
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    ("m=4294967295,t=1,p=1", True), ("m=4294967296,t=1,p=1", False),
+    ("m=8,t=4294967295,p=1", True), ("m=8,t=4294967296,p=1", False),
+    ("m=134217728,t=1,p=16777215", True), ("m=134217728,t=1,p=16777216", False),
+    ("m=16,t=1,p=2", True), ("m=15,t=1,p=2", False),
+])
+def test_the_costs_libsodium_takes_are_argon2s_ranges(params: str, expected: bool) -> None:
+    """Costs within argon2's 32-bit ranges (lanes: 24 bits) and m >= 8p are libsodium's; one
+    past is argon2-cffi's to refuse.  Shape only: nothing is computed here."""
+    assert sodium.verifies(_GOOD.replace("m=8,t=1,p=1", params)) is expected
 
 
 # --- the ceiling comes first on the libsodium path too -------------------------------------
