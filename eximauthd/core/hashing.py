@@ -7,7 +7,7 @@ problems (unknown scheme, malformed hash, cost over the ceiling) naming the sche
 Recognised stored formats (Dovecot's ``{SCHEME}`` prefixes and bare modular-crypt strings):
 
 ========================================  ===================================================
-``$argon2id$``, ``{ARGON2ID}``            argon2-cffi (the current scheme)
+``$argon2id$``, ``{ARGON2ID}``            libsodium or argon2-cffi (the current scheme)
 ``$argon2i$``, ``{ARGON2I}``              argon2-cffi, upgraded on the next login
 ``$1$``, ``{MD5-CRYPT}``                  MD5-crypt (libpass)
 ``$5$``, ``{SHA256-CRYPT}``               SHA256-crypt (libpass)
@@ -27,6 +27,11 @@ DES or BSDi crypt string, MySQL's ``PASSWORD()``/``OLD_PASSWORD()``, a Django or
 hash; see :func:`hash_shape`) is refused: taking it as plaintext would let anyone who read the
 hash log in with the hash itself.  An explicit scheme makes every
 bare value a hash of that scheme, and ``plain`` makes every bare value plaintext.
+
+argon2id goes through libsodium (:mod:`~eximauthd.core.sodium`, faster kernels) where it
+gives argon2-cffi's answer: verification of the values of :func:`~eximauthd.core.sodium.verifies`'s
+shape, hashing when the configured parameters are what libsodium writes (p=1, 16-byte salt,
+32-byte tag).  argon2-cffi does the rest: argon2i, other shapes, every refusal's reason.
 
 This module owns the argon2id side and the reading of a stored value's scheme; the shape rule
 is :mod:`~eximauthd.core.shapes`, the legacy verifiers and their ceilings
@@ -48,6 +53,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from ..errors import ConfigError, HashingError
 from ..settings import HashingConfig
+from . import sodium
 from .legacy import (
     _HEX_DIGESTS,
     BCRYPT_MAX_BYTES,
@@ -192,7 +198,8 @@ class Hasher:
     """Hash new passwords with argon2id and verify stored values of any supported scheme.
 
     *password_scheme* is ``[legacy] password_scheme``: what a bare stored value is (see
-    :func:`bare_scheme`).  Thread-safe: argon2-cffi's ``PasswordHasher`` holds only parameters.
+    :func:`bare_scheme`).  Thread-safe: argon2-cffi's ``PasswordHasher`` holds only parameters,
+    and libsodium's calls share nothing.
     """
 
     def __init__(self, config: HashingConfig | None = None, *,
@@ -207,9 +214,13 @@ class Hasher:
             salt_len=self.config.salt_len,
             type=argon2.Type.ID,
         )
+        c = self.config
+        self._sodium_hash = sodium.hashes(c.memory_cost, c.time_cost, c.parallelism,
+                                          c.salt_len, c.hash_len)
         # Verified when the user does not exist, so that "no such user" costs what "wrong
-        # password" costs.  Random, so it can never match.
-        self._dummy = self._ph.hash(secrets.token_urlsafe(32))
+        # password" costs: made and checked as a real hash of these parameters is, by the
+        # same library.  Random, so it can never match.
+        self._dummy = self._hash(secrets.token_urlsafe(32))
 
     def __repr__(self) -> str:
         c = self.config
@@ -220,11 +231,17 @@ class Hasher:
 
         :raises HashingError: argon2 failed (e.g. out of memory); the password is not in the text.
         """
-        try:
-            encoded = self._ph.hash(password)
-        except argon2.exceptions.HashingError:
-            raise HashingError("argon2id hashing failed") from None
+        encoded = self._hash(password)
         return ARGON2ID_PREFIX + encoded if self.config.dovecot_prefix else encoded
+
+    def _hash(self, password: str) -> str:
+        try:
+            if self._sodium_hash:
+                return sodium.hash_argon2id(password, self.config.memory_cost,
+                                            self.config.time_cost)
+            return self._ph.hash(password)
+        except (argon2.exceptions.HashingError, RuntimeError):
+            raise HashingError("argon2id hashing failed") from None
 
     def verify(self, stored: str | None, password: str) -> VerifyResult:
         """Check *password* against *stored*.  Never raises; see :class:`VerifyResult`."""
@@ -241,7 +258,7 @@ class Hasher:
     def verify_dummy(self, password: str) -> None:
         """Spend the time of one argon2id verification and learn nothing."""
         with contextlib.suppress(VerificationError):
-            self._ph.verify(self._dummy, password)
+            self._check_argon2(self._dummy, password)
 
     def needs_rehash(self, stored: str) -> bool:
         """True unless *stored* is argon2id with exactly the configured parameters."""
@@ -298,7 +315,7 @@ class Hasher:
                        scheme.value, params.memory_cost, params.time_cost, params.parallelism)
             return VerifyResult(False, scheme, "cost-over-ceiling")
         try:
-            self._ph.verify(body, password)
+            self._check_argon2(body, password)
         except VerifyMismatchError:
             return VerifyResult(False, scheme, "mismatch")
         except (InvalidHashError, VerificationError):
@@ -306,6 +323,14 @@ class Hasher:
             return VerifyResult(False, scheme, "malformed-hash")
         return VerifyResult(True, scheme, "ok", needs_rehash=self.needs_rehash(body))
 
+    def _check_argon2(self, body: str, password: str) -> None:
+        """Return if *password* matches *body*, raise argon2-cffi's VerifyMismatchError if not
+        (or its other errors for a value it cannot read).  Costs not checked here."""
+        if sodium.verifies(body):
+            if not sodium.verify_argon2id(body, password):
+                raise VerifyMismatchError("libsodium: no match")
+            return
+        self._ph.verify(body, password)
 
 
 @dataclass(frozen=True, slots=True)

@@ -348,29 +348,7 @@ def test_verify_dummy_never_raises_and_returns_nothing(hasher: Hasher, password:
     assert hasher.verify_dummy(password) is None  # type: ignore[func-returns-value]
 
 
-def test_verify_dummy_does_the_work_of_a_real_verification(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The dummy runs one real argon2id verification of the password against a hash made
-    with the configured parameters: it costs what a real account's check costs."""
-    heavy = Hasher(replace(FAST_HASHING, memory_cost=1024, time_cost=3, parallelism=2))
-    seen: list[tuple[str, str]] = []
-
-    class Recording:
-        """argon2-cffi's own hasher, with each verification's arguments noted."""
-
-        def __init__(self, real: argon2.PasswordHasher) -> None:
-            self.real = real
-
-        def verify(self, stored: str, password: str) -> bool:
-            seen.append((stored, password))
-            return self.real.verify(stored, password)  # the real verification still runs
-
-    monkeypatch.setattr(heavy, "_ph", Recording(heavy._ph))
-    heavy.verify_dummy("guess")
-    assert [password for _, password in seen] == ["guess"]
-    params = argon2.extract_parameters(seen[0][0])
-    assert (params.type, params.memory_cost, params.time_cost, params.parallelism) == \
-        (argon2.Type.ID, 1024, 3, 2)
+# That the dummy takes the library and the cost of a real verification: test_hashing_sodium.py.
 
 
 def test_an_unexpected_error_in_a_verifier_is_a_malformed_hash(
