@@ -173,24 +173,35 @@ class TestArgon2id:
 class TestRefusals:
     """Unknown and malformed stored values are refused, logged, and never raise."""
 
-    @pytest.mark.parametrize("stored", [
-        "{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=",       # unsalted SHA1: not supported
-        "{MD5}Xr4ilOzQ4PCOq3aQ0qbuaQ==",
-        "{PLAIN-MD5}5ebe2294ecd0e0f08eab7690d2a6ee69",
-        "{CRYPT}abNANd1rDfiN!",                     # not DES crypt's alphabet
-        "{NOPE}secret",
-        "$y$j9T$salt$hash",                         # yescrypt
-        "$argon2d$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
-        "{SHA512-CRYPT}$1$abc$def",                 # prefix and body disagree
+    @pytest.mark.parametrize(("stored", "label"), [
+        ("{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=", "{SHA}"),       # unsalted SHA1: not supported
+        ("{MD5}Xr4ilOzQ4PCOq3aQ0qbuaQ==", "{MD5}"),
+        ("{PLAIN-MD5}5ebe2294ecd0e0f08eab7690d2a6ee69", "{PLAIN-MD5}"),
+        ("{CRYPT}abNANd1rDfiN!", "{CRYPT}"),                  # not DES crypt's alphabet
+        ("{NOPE}secret", "{NOPE}"),
+        ("$y$j9T$salt$hash", "$y$"),                          # yescrypt
+        ("$argon2d$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA", "$argon2d$"),
+        ("{SHA512-CRYPT}$1$abc$def", "{SHA512-CRYPT}"),       # prefix and body disagree
     ])
-    def test_unknown_scheme_is_refused_loudly(self, hasher: Hasher, stored: str,
+    def test_unknown_scheme_is_refused_loudly(self, hasher: Hasher, stored: str, label: str,
                                              caplog: pytest.LogCaptureFixture) -> None:
-        """Never guessed to be plaintext: typing the stored string itself must not work."""
+        """Never guessed to be plaintext: typing the stored string itself must not work; the
+        error names the scheme as found, never the value."""
         with caplog.at_level(logging.ERROR, "eximauthd.hashing"):
             result = hasher.verify(stored, stored)
-        assert (result.matched, result.reason) == (False, "unknown-scheme")
-        assert "unsupported scheme" in caplog.text
+        assert result == VerifyResult(False, Scheme.UNKNOWN, "unknown-scheme")
+        assert caplog.messages == [f"refusing stored password with unsupported scheme {label}"]
         assert not hasher.verify(stored, stored.rsplit("}", maxsplit=1)[-1]).matched
+
+    def test_a_bare_hash_under_auto_is_refused_quietly_with_its_kind(
+            self, hasher: Hasher, caplog: pytest.LogCaptureFixture) -> None:
+        """The caller reports it once per account, so verify logs nothing and says the kind."""
+        stored = hashlib.md5(b"password").hexdigest()  # noqa: S324 -- a stored legacy value
+        with caplog.at_level(logging.DEBUG, "eximauthd.hashing"):
+            result = hasher.verify(stored, stored)
+        assert result == VerifyResult(False, Scheme.UNKNOWN, "unknown-scheme",
+                                      looks_like="md5-hex")
+        assert caplog.messages == []
 
     @pytest.mark.parametrize("stored", [
         "$argon2id$v=19$m=8,t=1,p=1$!!!$???",
@@ -220,8 +231,9 @@ class TestRefusals:
     @pytest.mark.parametrize("stored", ["", None])
     def test_no_stored_password_is_no(self, hasher: Hasher, stored: str | None) -> None:
         """An empty or NULL column never matches, not even an empty password."""
-        assert hasher.verify(stored, "").reason == "no-password-set"
-        assert not hasher.verify(stored, "x").matched
+        refused = VerifyResult(False, Scheme.UNKNOWN, "no-password-set")
+        assert hasher.verify(stored, "") == refused
+        assert hasher.verify(stored, "x") == refused
 
     def test_plaintext_can_be_disabled(self) -> None:
         """allow_plaintext = false refuses bare and {PLAIN} values."""

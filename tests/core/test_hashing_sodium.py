@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 import argon2
+import argon2.low_level
 import nacl.pwhash.argon2id
 import pytest
 
@@ -130,11 +131,16 @@ def test_other_parameters_hash_with_argon2_cffi(p: int, salt_len: int, hash_len:
     assert hasher.verify(stored, PASSWORD).matched
 
 
+_U32 = 2**32 - 1  # libsodium's largest memory (in KiB, on 64 bits) and time cost
+
+
 @pytest.mark.parametrize(("m", "t", "expected"), [
     (8, 1, True), (19456, 2, True), (7, 1, False), (8, 0, False),
+    (_U32, 1, True), (_U32 + 1, 1, False), (8, _U32, True), (8, _U32 + 1, False),
 ])
 def test_libsodium_hashes_only_within_its_limits(m: int, t: int, expected: bool) -> None:
-    """Below libsodium's least memory (8 KiB) or time (1) cost it is not asked to hash."""
+    """Outside libsodium's costs (8 KiB to 4 TiB of memory, time 1 to 2**32-1) it is not
+    asked to hash; exactly at either end it is (deciding only, nothing is hashed here)."""
     assert sodium.hashes(m, t, 1, 16, 32) is expected
 
 
@@ -376,3 +382,14 @@ def test_verify_dummy_takes_the_library_and_cost_of_a_real_verification(
     c = hasher.config
     assert (argon2.extract_parameters(dummy).memory_cost,
             argon2.extract_parameters(dummy).time_cost) == (c.memory_cost, c.time_cost)
+
+
+def test_canonical_base64_is_accepted_whatever_its_last_character() -> None:
+    """A salt whose base64 ends in any letter (X, say) is read as canonical: the check compares
+    the text with the re-encoding stripped of "=" only."""
+    salt = bytes(17) + bytes([23])  # 18 bytes: 24 characters, the last is base64's 23rd, X
+    stored = argon2.low_level.hash_secret(PASSWORD.encode(), salt, time_cost=1, memory_cost=8,
+                                          parallelism=1, hash_len=32,
+                                          type=argon2.Type.ID).decode()
+    assert stored.split("$")[4].endswith("X")
+    assert sodium.verifies(stored)
