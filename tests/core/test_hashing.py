@@ -441,6 +441,12 @@ class TestBareHashShapes:
                     False, "unknown-scheme", other)
                 assert not hasher.verify(stored, stored).matched
 
+    @pytest.mark.parametrize("bare", [Scheme.PLAIN, None])
+    def test_a_value_read_as_plaintext_is_labelled_plaintext(self, bare: Scheme | None) -> None:
+        """Under ``plain`` (any bare value) and under ``auto`` (a value of no hash shape) the
+        label, which log lines use instead of the value, is the word "plaintext"."""
+        assert identify_scheme("hunter2", bare) == (Scheme.PLAIN, "hunter2", "plaintext")
+
     def test_plain_takes_a_hash_shaped_value_as_plaintext(self) -> None:
         """password_scheme = "plain": the admin said the column is plaintext, so it is."""
         hasher = Hasher(FAST_HASHING, password_scheme="plain")
