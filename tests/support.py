@@ -10,7 +10,8 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import pytest
 import sqlalchemy as sa
@@ -176,3 +177,15 @@ def decide_relay(decider: Decider, request: RelayRequest) -> Decision:
         return relay
     settled = decider.relay_without_storage(relay)
     return settled if settled is not None else decider.relay_with_grants(relay)
+
+
+@dataclass
+class Run:
+    """What a CLI run gave: its exit code, stdout and stderr."""
+
+    code: int
+    out: str
+    err: str
+
+
+Cli = Callable[..., Run]  # runs the installed CLI with the given arguments

@@ -8,8 +8,6 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,20 +17,12 @@ from eximauthd.db.engine import Database
 from eximauthd.settings import DatabaseConfig
 
 from ..hash_shapes import SHAPED
-from ..support import FAST_HASHING_ENV, create_seed_table
+from ..support import FAST_HASHING_ENV, Cli, Run, create_seed_table
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "Tr0ub4dor&3 ünïcode"
 
 
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-Cli = Callable[..., Run]
 
 
 def _runner(env: dict[str, str], cwd: Path) -> Cli:

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,19 +22,11 @@ from eximauthd.db.accounts import OwnAccountStore
 from eximauthd.db.engine import Database
 from eximauthd.settings import DatabaseConfig
 
-from ..support import FAST_HASHING, FAST_HASHING_ENV
+from ..support import FAST_HASHING, FAST_HASHING_ENV, Cli, Run
 
 ADDRESS = "alice@example.test"
 
 
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-Cli = Callable[..., Run]
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,21 +37,6 @@ def _tool(name: str, package: str) -> str:
         pytest.fail(f"{name} is not installed (Debian package {package}; CI=true: must not "
                     "skip)")
     pytest.skip(f"{name} is not installed")
-
-
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """Give the root logger back its handlers after configure_logging replaced them."""
-    root = logging.getLogger()
-    saved, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
-    for handler in saved:
-        root.addHandler(handler)
-    root.setLevel(level)
-    logging.getLogger("uvicorn.access").disabled = False
 
 
 def _log_decisions() -> None:

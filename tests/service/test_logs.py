@@ -36,21 +36,6 @@ logging.getLogger("eximauthd.serve").info("stopped")
 """
 
 
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """Give the root logger back its handlers after configure_logging replaced them."""
-    root = logging.getLogger()
-    saved, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
-    for handler in saved:
-        root.addHandler(handler)
-    root.setLevel(level)
-    logging.getLogger("uvicorn.access").disabled = False
-
-
 def _record(created: float, level: int = logging.INFO) -> logging.LogRecord:
     record = logging.LogRecord("eximauthd.decision", level, __file__, 1, "decision", None, None)
     record.created = created
