@@ -184,6 +184,14 @@ def _event(match: re.Match[str]) -> Arrival | Delivery | None:
         fields = _fields(tokens[1:], stop="S")
         host = _HOST_RE.match(fields.get("H", ""))
         authenticator, colon, auth_id = fields.get("A", "A=")[2:].partition(":")
+        # Client-chosen text with blanks (an ident U= value, a junk HELO) could put an A= or
+        # an S= ahead of Exim's own A=: an empty id anywhere on the line is reported as one,
+        # so the open relay's signature cannot be hidden behind a decoy (a decoy can only
+        # raise the alarm).
+        empty = next((t for t in tokens[1:] if t.startswith("A=") and t.endswith(":")
+                      and t.count(":") == 1), None)
+        if empty is not None:
+            authenticator, colon, auth_id = empty[2:-1], ":", ""
         return Arrival(
             time=when, message_id=message_id, sender="" if address == "<>" else address,
             client_ip=host["ip"] if host else "", helo=(host["helo"] or "") if host else "",

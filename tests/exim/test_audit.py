@@ -239,6 +239,17 @@ class TestLogSelectors:
 class TestCraftedFields:
     """Text a client chose (sender, HELO, subject, login) cannot pose as Exim's fields."""
 
+    @pytest.mark.parametrize("decoy", ["U=x A=plain:bob", "U=x S=1", "U=x A=plain:bob S=1"])
+    def test_a_decoy_field_cannot_hide_an_empty_id(self, decoy: str) -> None:
+        """Client-chosen text with blanks (an ident value) ahead of Exim's own A=plain: with
+        an empty id, posing as another A= or as S=: the empty id is still found."""
+        line = ("2026-11-30 10:00:00 1abcde-000000-AB <= a@b.test H=(x) [198.51.100.4] "
+                f"{decoy} P=esmtpa A=plain: S=1")
+        event = parse_line(line)
+        assert isinstance(event, Arrival)
+        assert (event.auth_id, event.authenticator) == ("", "plain")
+        assert [kind for kind, *_ in _findings([line])] == ["empty-auth-id"]
+
     def test_quoted_sender_with_an_auth_field_is_not_authenticated(self) -> None:
         """<= "x A=plain:"@evil.test from an unauthenticated client: no empty-auth-id."""
         line = ('2026-11-28 10:00:00 1xXNzB-0006th-1s <= "x A=plain: y"@evil.test '
