@@ -123,11 +123,20 @@ def check_socket(ctx: Context) -> list[CheckResult]:
     sock = ctx.config.socket
     path = os.path.abspath(sock.path)
     directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
+    gid: int | None = None
+    if sock.group:
+        try:
+            gid = grp.getgrnam(sock.group).gr_gid
+        except KeyError:
+            return [CheckResult.fail(f"socket group {sock.group}", "no such group",
+                                     "groupadd --system " + sock.group + " (docs/service.md)")]
+    try:
+        dir_info = os.stat(directory)
+    except FileNotFoundError:
         return [CheckResult.fail(f"socket directory {directory}", "does not exist",
                                  "systemd-tmpfiles --create eximauthd.conf (contrib/), or "
-                                 "create it and give Exim's group search (x) access")]
-    results = [CheckResult.ok(f"socket directory {directory} exists")]
+                                 "create it and give the socket's group search (x) access")]
+    results = [_directory_result(directory, dir_info, sock.group, gid)]
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -139,19 +148,28 @@ def check_socket(ctx: Context) -> list[CheckResult]:
     mode = stat.S_IMODE(info.st_mode)
     if mode != int(sock.mode, 8):
         problems.append(f"mode {mode:04o}, configured {sock.mode}")
-    if sock.group:
-        try:
-            gid = grp.getgrnam(sock.group).gr_gid
-        except KeyError:
-            gid = None
-            problems.append(f"configured group {sock.group} does not exist")
-        if gid is not None and info.st_gid != gid:
-            problems.append(f"group {_group_name(info.st_gid)}, configured {sock.group}")
+    if gid is not None and info.st_gid != gid:
+        problems.append(f"group {_group_name(info.st_gid)}, configured {sock.group}")
     if problems:
         return [*results, CheckResult.fail(f"socket {path}", "; ".join(problems),
                                            "restart the service (it sets both at start)")]
     group = _group_name(info.st_gid)
     return [*results, CheckResult.ok(f"socket {path}: mode {mode:04o}, group {group}")]
+
+
+def _directory_result(directory: str, info: os.stat_result, group: str,
+                      gid: int | None) -> CheckResult:
+    """The socket's group (Exim's way in) must be able to search the directory."""
+    mode = stat.S_IMODE(info.st_mode)
+    what = f"socket directory {directory}"
+    shown = f"mode {mode:04o}, group {_group_name(info.st_gid)}"
+    if not stat.S_ISDIR(info.st_mode):
+        return CheckResult.fail(what, "is not a directory", "point socket.path into one")
+    if gid is None or mode & 0o001 or (info.st_gid == gid and mode & 0o010):
+        return CheckResult.ok(f"{what} exists: {shown}")
+    return CheckResult.fail(what, f"{shown}: group {group} cannot reach the socket through it",
+                            f"chgrp {group} {directory} && chmod g+x {directory} "
+                            "(contrib/eximauthd.tmpfiles.conf does both)")
 
 
 def _group_name(gid: int) -> str:

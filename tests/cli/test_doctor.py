@@ -127,3 +127,27 @@ def test_legacy_password_column_width_is_checked(mariadb_url: str, workdir: Path
     assert legacy[0].startswith(status)
     assert says in legacy[0]
     assert ("ALTER TABLE `users` MODIFY `password`" in legacy[0]) is (status == "FAIL")
+
+
+@pytest.mark.parametrize(("mode", "group_owned", "status"), [
+    (0o750, False, "FAIL"),
+    (0o700, True, "FAIL"),
+    (0o750, True, "ok"),
+    (0o751, False, "ok"),
+], ids=["0750-other-group", "0700-socket-group", "0750-socket-group", "0751"])
+def test_socket_group_must_be_able_to_search_the_socket_directory(
+        workdir: Path, mode: int, group_owned: bool, status: str) -> None:
+    """Exim reaches the socket as a member of socket.group: the directory must let it pass."""
+    group = "Debian-exim"
+    directory = workdir / "run"
+    directory.mkdir()
+    if group_owned:
+        shutil.chown(directory, group=group)
+    directory.chmod(mode)
+    env = {"PATH": "/usr/bin:/bin", "EXIMAUTHD_SOCKET_PATH": str(directory / "e.sock"),
+           "EXIMAUTHD_SOCKET_GROUP": group,
+           "EXIMAUTHD_DATABASE_URL": f"sqlite:///{workdir}/absent.sqlite3",
+           "EXIMAUTHD_HTTP_LISTEN": f"127.0.0.1:{kit.free_port()}"}
+    lines, _ = doctor(env, "--exim-config", str(workdir / "exim.conf"), cwd=workdir)
+    assert statuses(lines, f"socket directory {directory}") == [status]
+    assert (f"group {group} cannot reach the socket" in "".join(lines)) is (status == "FAIL")

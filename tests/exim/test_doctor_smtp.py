@@ -48,6 +48,14 @@ def service() -> Iterator[kit.Served]:
         shutil.rmtree(Path(served.log_path).parent, ignore_errors=True)
 
 
+def _protected(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+    """The rig with the eximauthd snippets, SMTPUTF8 offered: a homoglyph sender then reaches
+    eximauthd's policy instead of being refused by Exim's syntax check."""
+    config = eximkit.build_handwritten(tmp, port, sink_port, socket_path)
+    config.write_text("smtputf8_advertise_hosts = *\n" + config.read_text())
+    return config
+
+
 def _seed_vulnerable(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
     """The seed's authenticator on the rig (passwords in an lsearch file, compared with eq)
     and no eximauthd sender check: the classic open relay."""
@@ -95,13 +103,15 @@ def _status(lines: list[str], fragment: str) -> set[str]:
 
 
 def test_doctor_passes_the_rig_with_the_eximauthd_snippets(service: kit.Served) -> None:
-    with eximkit.running_exim(service.socket_path) as exim:
+    with eximkit.running_exim(service.socket_path, _protected) as exim:
         lines, run = _doctor(service, exim)
         assert run.returncode == 0, run.stdout
         assert [line for line in lines if not line.startswith("ok ")] == []
         assert _status(lines, "AUTH PLAIN with empty user and password") == {"ok"}
         assert _status(lines, "sending as itself to a remote domain: accepted") == {"ok"}
-        assert _status(lines, "the null sender") == {"ok"}
+        assert _status(lines, "the null sender <>: refused at RCPT (550)") == {"ok"}
+        assert _status(lines, "homoglyph of its domain <alice@\u0435xample.test>: refused at "
+                              "RCPT (550)") == {"ok"}
         assert exim.sink.envelopes == []  # RCPT was accepted once, and nothing was sent
         assert "DATA" not in exim.mainlog()
 
