@@ -325,7 +325,10 @@ def doctor(state: State, exim_config: str | None, user: str, smtp: str | None,
     ctx = Context(state.config_path, exim_config, user,
                   smtp=_host_port(smtp) if smtp is not None else None, smtp_source=smtp_source)
     if user:
-        ctx.password = password_from_stdin()
+        try:
+            ctx.password = password_from_stdin()
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("--password-stdin", "--user")) from None
         if not ctx.password:
             raise ConfigError("--user: empty password refused")
     failed = False

@@ -151,3 +151,17 @@ def test_socket_group_must_be_able_to_search_the_socket_directory(
     lines, _ = doctor(env, "--exim-config", str(workdir / "exim.conf"), cwd=workdir)
     assert statuses(lines, f"socket directory {directory}") == [status]
     assert (f"group {group} cannot reach the socket" in "".join(lines)) is (status == "FAIL")
+
+
+@pytest.mark.parametrize(("args", "stdin", "error"), [
+    (("--user", ALICE), "", "--user: empty password refused"),
+    (("--user", ALICE), "pw\nmore\n", "--user: more than one line on standard input"),
+    (("--smtp", "localhost"), "", "--smtp: expected HOST:PORT, got 'localhost'"),
+], ids=["empty-password", "two-lines", "smtp-without-port"])
+def test_bad_usage_is_one_error_line_and_exit_2(workdir: Path, args: tuple[str, ...],
+                                                stdin: str, error: str) -> None:
+    lines, run = doctor({"PATH": "/usr/bin:/bin"}, *args, stdin=stdin, cwd=workdir)
+    assert run.returncode == 2
+    assert lines == []
+    [line] = run.stderr.splitlines()
+    assert line.startswith(f"eximauthd: error: {error}")

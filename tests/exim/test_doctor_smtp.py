@@ -82,10 +82,10 @@ def _seed_vulnerable(tmp: Path, port: int, sink_port: int, socket_path: str) -> 
     return config
 
 
-def _doctor(service: kit.Served,
-            exim: eximkit.Exim) -> tuple[list[str], subprocess.CompletedProcess[str]]:
+def _doctor(service: kit.Served, exim: eximkit.Exim,
+            *extra: str) -> tuple[list[str], subprocess.CompletedProcess[str]]:
     argv = ["eximauthd", "doctor", "--exim-config", str(exim.config),
-            "--smtp", f"127.0.0.1:{exim.port}", "--user", ALICE]
+            "--smtp", f"127.0.0.1:{exim.port}", "--user", ALICE, *extra]
     run = subprocess.run([sys.executable, "-m", *argv], input=PASSWORD + "\n",
                          env=service.env, capture_output=True, text=True, timeout=180,
                          check=False)
@@ -104,7 +104,7 @@ def _status(lines: list[str], fragment: str) -> set[str]:
 
 def test_doctor_passes_the_rig_with_the_eximauthd_snippets(service: kit.Served) -> None:
     with eximkit.running_exim(service.socket_path, _protected) as exim:
-        lines, run = _doctor(service, exim)
+        lines, run = _doctor(service, exim, "--smtp-source", "127.0.0.2")
         assert run.returncode == 0, run.stdout
         assert [line for line in lines if not line.startswith("ok ")] == []
         assert _status(lines, "AUTH PLAIN with empty user and password") == {"ok"}
@@ -113,7 +113,8 @@ def test_doctor_passes_the_rig_with_the_eximauthd_snippets(service: kit.Served) 
         assert _status(lines, "homoglyph of its domain <alice@\u0435xample.test>: refused at "
                               "RCPT (550)") == {"ok"}
         assert exim.sink.envelopes == []  # RCPT was accepted once, and nothing was sent
-        assert "DATA" not in exim.mainlog()
+        assert any("[127.0.0.2]" in line and "F=<postmaster@example.org> A=eximauthd_plain:"
+                   f"{ALICE} rejected RCPT" in line for line in exim.mainlog().splitlines())
 
 
 def test_doctor_fails_the_seed_config_on_empty_logins_and_foreign_senders(
