@@ -297,6 +297,15 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
+def _results(check: Check, ctx: Context) -> list[CheckResult]:
+    """The check's lines; an error it did not expect is its one FAIL line, never a traceback."""
+    try:
+        return check(ctx)
+    except EximauthdError as exc:
+        name = check.__name__.removeprefix("check_").replace("_", " ")
+        return [CheckResult.fail(name, str(exc), "see docs/service.md")]
+
+
 def _host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
@@ -334,7 +343,7 @@ def doctor(state: State, exim_config: str | None, user: str, smtp: str | None,
     failed = False
     try:
         for check in CHECKS:
-            for result in check(ctx):
+            for result in _results(check, ctx):
                 click.echo(result.line())
                 sys.stdout.flush()
                 failed = failed or result.failed

@@ -200,7 +200,8 @@ class Session:
 
     @contextlib.contextmanager
     def connect(self, *, tls: bool) -> Iterator[smtplib.SMTP]:
-        """An SMTP session after EHLO (and STARTTLS and EHLO again when *tls*).
+        """An SMTP session after EHLO (and STARTTLS and EHLO again when *tls* and offered:
+        :func:`_in_tls` tells).
 
         Leaving it resets the transaction and quits, whatever happened inside.
         """
@@ -208,7 +209,7 @@ class Session:
         smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout, source_address=source)
         try:
             smtp.ehlo()
-            if tls:
+            if tls and smtp.has_extn("starttls"):
                 smtp.starttls(context=_unverified_tls())
                 smtp.ehlo()
             yield smtp
@@ -227,6 +228,10 @@ def _unverified_tls() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def _in_tls(smtp: smtplib.SMTP) -> bool:
+    return isinstance(smtp.sock, ssl.SSLSocket)
 
 
 def _command(smtp: smtplib.SMTP, line: str) -> Reply:
@@ -309,6 +314,11 @@ def _check_senders(session: Session, recipient: str) -> list[CheckResult]:
     if not session.user:
         return []
     with session.connect(tls=True) as smtp:
+        if not _in_tls(smtp):
+            # A real password is not sent in clear, not even to test.
+            return [CheckResult.warn(f"smtp: AUTH PLAIN as {session.user}",
+                                     "not tried: no STARTTLS, the password would cross in clear",
+                                     "enable TLS in Exim (see the STARTTLS line)")]
         login = judge_login(session.user, _auth_plain(smtp, session.user, session.password))
         if login.failed:
             return [login]

@@ -133,3 +133,23 @@ def test_doctor_fails_the_seed_config_on_empty_logins_and_foreign_senders(
         # Refused here too, by Exim's own unauthenticated rule: the doctor tells them apart.
         assert _status(lines, "unauthenticated relay") == {"ok"}
         assert exim.sink.envelopes == []
+
+
+def _without_tls(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+    config = eximkit.build_handwritten(tmp, port, sink_port, socket_path)
+    config.write_text(config.read_text().replace("tls_advertise_hosts = *",
+                                                 "tls_advertise_hosts ="))
+    return config
+
+
+def test_doctor_without_starttls_fails_and_never_sends_the_password_in_clear(
+        service: kit.Served) -> None:
+    with eximkit.running_exim(service.socket_path, _without_tls) as exim:
+        lines, run = _doctor(service, exim)
+        assert run.returncode == 1
+        assert _status(lines, "smtp: STARTTLS: not offered in EHLO") == {"FAIL"}
+        assert _status(lines, "the password would cross in clear") == {"warn"}
+        # The snippets offer AUTH only inside TLS: the empty logins get 503, refused.
+        assert _status(lines, "AUTH PLAIN with empty user and password: refused at AUTH "
+                              "(503)") == {"ok"}
+        assert ALICE not in exim.mainlog()
