@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from ..config import load_config
 from ..core.checks import CheckResult
 from ..db import upgrade
-from ..db.engine import Database
+from ..db.engine import Database, translate_errors
 from ..errors import ConfigError, EximauthdError
 from ..settings import Config, mask_url
 from .app import EXIT_NO, EXIT_OK, State, cli, pass_state, password_from_stdin
@@ -111,10 +112,20 @@ def check_legacy_column(ctx: Context) -> list[CheckResult]:
         column = check_column(ctx.db, ctx.config)
     except EximauthdError as exc:
         return [CheckResult.fail(what, str(exc), "check [legacy] against the table")]
+    if legacy.enabled_column and not _has_column(ctx.db, legacy.table, legacy.enabled_column):
+        # migrate reads no enabled column, so check_column does not look for it; logins do.
+        return [CheckResult.fail(what, f"no column {legacy.enabled_column}",
+                                 "check legacy.enabled_column against the table")]
     if column.fits:
         return [CheckResult.ok(f"{what}: columns exist; {column.describe()}")]
     return [CheckResult.fail(f"{what}: {column.column}", column.describe(),
                              f"eximauthd migrate-passwords --alter-column, or: {column.alter}")]
+
+
+def _has_column(db: Database, table: str, column: str) -> bool:
+    with translate_errors("inspect the legacy table"), db.primary.connect() as conn:
+        names = {c["name"].lower() for c in sa.inspect(conn).get_columns(table)}
+    return column.lower() in names
 
 
 def check_socket(ctx: Context) -> list[CheckResult]:

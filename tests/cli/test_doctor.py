@@ -95,12 +95,13 @@ def test_database_problems_fail_with_the_fix(workdir: Path, setup: str, expected
 
 
 @pytest.mark.mariadb
-@pytest.mark.parametrize(("width", "status", "says"), [
-    (40, "FAIL", "VARCHAR(40) is too narrow for the"),
-    (255, "ok", "VARCHAR(255) holds the"),
-], ids=["narrow", "wide"])
+@pytest.mark.parametrize(("width", "enabled", "status", "says"), [
+    (40, "smtp", "FAIL", "VARCHAR(40) is too narrow for the"),
+    (255, "smtp", "ok", "VARCHAR(255) holds the"),
+    (255, "active", "FAIL", "no column active"),
+], ids=["narrow", "wide", "no-enabled-column"])
 def test_legacy_password_column_width_is_checked(mariadb_url: str, workdir: Path, width: int,
-                                                 status: str, says: str) -> None:
+                                                 enabled: str, status: str, says: str) -> None:
     """The seed's users table, its password column as wide as *width*: an argon2id PHC
     string (about 97 characters) does not fit in 40."""
     db = Database(DatabaseConfig(url=mariadb_url))
@@ -119,6 +120,7 @@ def test_legacy_password_column_width_is_checked(mariadb_url: str, workdir: Path
         f'local_part_column = "{SEED_LEGACY.local_part_column}"\n'
         f'domain_column = "{SEED_LEGACY.domain_column}"\n'
         f'password_column = "{SEED_LEGACY.password_column}"\n'
+        f'enabled_column = "{enabled}"\nenabled_when = "> 0"\n'
         f'[http]\nlisten = "127.0.0.1:{kit.free_port()}"\n')
     env = {"PATH": "/usr/bin:/bin", "EXIMAUTHD_CONFIG": str(config)}
     lines, run = doctor(env, "--exim-config", str(workdir / "exim.conf"), cwd=workdir)
@@ -126,7 +128,7 @@ def test_legacy_password_column_width_is_checked(mariadb_url: str, workdir: Path
     assert len(legacy) == 1, run.stdout
     assert legacy[0].startswith(status)
     assert says in legacy[0]
-    assert ("ALTER TABLE `users` MODIFY `password`" in legacy[0]) is (status == "FAIL")
+    assert ("ALTER TABLE `users` MODIFY `password`" in legacy[0]) is (width == 40)
 
 
 @pytest.mark.parametrize(("mode", "group_owned", "status"), [
