@@ -21,6 +21,7 @@ from .app import (
     read_password,
     stdin_option,
 )
+from .startup import legacy_index_warning
 
 
 @cli.command("hash")
@@ -88,6 +89,9 @@ def migrate_passwords(state: State, dry_run: bool, jobs: int | None, batch_size:
     options = run.MigrationOptions(dry_run=dry_run, batch_size=batch_size, limit=limit,
                                    alter_column=alter_column,
                                    **({"jobs": jobs} if jobs is not None else {}))
+    if (unindexed := legacy_index_warning(state)) is not None:
+        # Before anything is written: the rewrite, and every AUTH after it, read by that lookup.
+        click.echo(f"eximauthd: WARNING: {unindexed}", err=True)
     report = run.migrate_passwords(state.config, state.db, options,
                                    progress=progress.Progress(sys.stderr))
     for line in report.summary():
