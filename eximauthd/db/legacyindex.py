@@ -222,8 +222,9 @@ def create_legacy_index(db: Database, check: LegacyIndexCheck) -> None:
     if check.indexed:
         return
     _log.warning("indexing the legacy login columns: %s", check.statement)
+    engine = _ddl_engine(db)
     try:
-        with db.write("create the legacy login index") as conn:
+        with translate_errors("create the legacy login index"), engine.begin() as conn:
             # DDL takes no bound parameters; PyMySQL %-formats even a statement without any.
             conn.exec_driver_sql(check.statement.replace("%", "%%"))
     except StorageError as exc:
@@ -231,6 +232,19 @@ def create_legacy_index(db: Database, check: LegacyIndexCheck) -> None:
         hint = (f"if the server cannot build it online, run it without{online} at a quiet hour"
                 if online in check.statement else "check the database user may create indexes")
         raise StorageError(f"{exc}; statement: {check.statement} ({hint})") from None
+    finally:
+        if engine is not db.primary:
+            engine.dispose()
+
+
+def _ddl_engine(db: Database) -> sa.Engine:
+    """The primary, but on MySQL/MariaDB without the service's read timeout: building the
+    index of a million rows takes longer than a lookup may, and a client that gives up
+    mid-statement leaves the admin not knowing whether the index exists."""
+    if not db.is_mysql:
+        return db.primary
+    return sa.create_engine(db.primary.url, hide_parameters=True, connect_args={
+        "connect_timeout": db.config.connect_timeout, "charset": "utf8mb4"})
 
 
 def legacy_index_warning(db: Database, legacy: LegacyConfig) -> str | None:
