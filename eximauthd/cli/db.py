@@ -40,7 +40,7 @@ def db_index_legacy(state: State, apply: bool) -> None:
         click.echo(f"{check.describe()}: nothing to do")
         return
     if not apply:
-        click.echo(f"{check.summary()}; to create it, run this (or again with --apply):\n"
+        click.echo(f"{check.summary()}; to create one, run this (or again with --apply):\n"
                    f"{check.statement};")
         return
     legacyindex.create_legacy_index(state.db, check)

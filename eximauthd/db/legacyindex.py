@@ -221,7 +221,7 @@ def create_legacy_index(db: Database, check: LegacyIndexCheck) -> None:
     """Run *check*'s ``CREATE INDEX`` (nothing when an index is already usable)."""
     if check.indexed:
         return
-    _log.warning("indexing the legacy login columns: %s", check.statement)
+    _log.info("indexing the legacy login columns: %s", check.statement)
     engine = _ddl_engine(db)
     try:
         with translate_errors("create the legacy login index"), engine.begin() as conn:
