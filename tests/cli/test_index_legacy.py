@@ -33,11 +33,12 @@ def seeded(db_url: str) -> Iterator[Database]:
     db.dispose()
 
 
-def _cli(db: Database, tmp_path: Path, *args: str, legacy: bool = True) -> Run:
+def _cli(db: Database, tmp_path: Path, *args: str, legacy: bool = True,
+         local_part: str = "username") -> Run:
     config = tmp_path / "eximauthd.toml"
     text = f'[database]\nurl = "{db.config.url}"\n'
     if legacy:
-        text += ('[legacy]\ntable = "users"\nlocal_part_column = "username"\n'
+        text += (f'[legacy]\ntable = "users"\nlocal_part_column = "{local_part}"\n'
                  'domain_column = "domain"\npassword_column = "password"\n'
                  'enabled_column = "smtp"\nenabled_when = "> 0"\n')
     config.write_text(text)
@@ -99,3 +100,14 @@ def test_migrate_passwords_warns_once_about_an_unindexed_table_and_not_once_inde
     after = _cli(seeded, tmp_path, "migrate-passwords", "--dry-run", "--jobs", "1")
     assert after.code == 0, after.err
     assert UNINDEXED not in after.err
+
+
+@pytest.mark.parametrize("command", [("migrate-passwords", "--dry-run"),
+                                     ("db", "index-legacy")])
+def test_a_missing_legacy_column_is_one_error_line(seeded: Database, tmp_path: Path,
+                                                   command: tuple[str, ...]) -> None:
+    """A [legacy] column the table lacks: exit 2 and exactly one line, no extra warning."""
+    run = _cli(seeded, tmp_path, *command, local_part="login")
+    assert run.code == 2, run.err
+    assert run.err.startswith("eximauthd: error: table users has no column login")
+    assert len(run.err.splitlines()) == 1
