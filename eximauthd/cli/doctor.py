@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 
 from ..config import load_config
 from ..core.checks import CheckResult
-from ..db import upgrade
+from ..db import legacyindex, upgrade
 from ..db.engine import Database, translate_errors
 from ..errors import ConfigError, EximauthdError
 from ..settings import Config, mask_url
@@ -126,6 +126,20 @@ def _has_column(db: Database, table: str, column: str) -> bool:
     with translate_errors("inspect the legacy table"), db.primary.connect() as conn:
         names = {c["name"].lower() for c in sa.inspect(conn).get_columns(table)}
     return column.lower() in names
+
+
+def check_legacy_index(ctx: Context) -> list[CheckResult]:
+    if ctx.config is None or ctx.db is None or not ctx.config.legacy.configured:
+        return []
+    try:
+        found = legacyindex.check_legacy_index(ctx.db, ctx.config.legacy)
+    except EximauthdError:
+        return []  # check_legacy_column has said what is wrong with the table
+    if found.indexed:
+        return [CheckResult.ok(found.summary())]
+    # Not a FAIL: logins stay correct, only each one costs a full scan.
+    return [CheckResult.warn(found.summary(), "every AUTH and every guess of a spray scans it",
+                             f"eximauthd db index-legacy --apply, or: {found.statement};")]
 
 
 def check_socket(ctx: Context) -> list[CheckResult]:
@@ -303,8 +317,8 @@ def check_smtp(ctx: Context) -> list[CheckResult]:
 
 
 CHECKS: tuple[Check, ...] = (
-    check_config, check_database, check_legacy_column, check_socket, check_ping, check_auth,
-    check_http, check_exim_config, check_smtp,
+    check_config, check_database, check_legacy_column, check_legacy_index, check_socket,
+    check_ping, check_auth, check_http, check_exim_config, check_smtp,
 )
 
 

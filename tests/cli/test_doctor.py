@@ -124,11 +124,50 @@ def test_legacy_password_column_width_is_checked(mariadb_url: str, workdir: Path
         f'[http]\nlisten = "127.0.0.1:{kit.free_port()}"\n')
     env = {"PATH": "/usr/bin:/bin", "EXIMAUTHD_CONFIG": str(config)}
     lines, run = doctor(env, "--exim-config", str(workdir / "exim.conf"), cwd=workdir)
-    legacy = [line for line in lines if "legacy table users" in line]
+    legacy = [line for line in lines
+              if "legacy table users" in line and "login lookup" not in line]
     assert len(legacy) == 1, run.stdout
     assert legacy[0].startswith(status)
     assert says in legacy[0]
     assert ("ALTER TABLE `users` MODIFY `password`" in legacy[0]) is (width == 40)
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("indexed", [False, True], ids=["no-index", "index"])
+def test_legacy_table_without_a_login_index_is_a_warning_with_the_statement(
+        mariadb_url: str, workdir: Path, indexed: bool) -> None:
+    """A full scan per AUTH is a warning (logins stay correct) that names the fix; an index on
+    (username, domain) is ok."""
+    db = Database(DatabaseConfig(url=mariadb_url))
+    upgrade.upgrade(db)
+    users = sa.Table("users", sa.MetaData(),
+                     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+                     sa.Column("username", sa.String(64), nullable=False),
+                     sa.Column("domain", sa.String(255), nullable=False),
+                     sa.Column("password", sa.String(255), nullable=True),
+                     sa.Column("smtp", sa.Integer, nullable=False, server_default="1"))
+    if indexed:
+        sa.Index("users_login", users.c.username, users.c.domain)
+    users.create(db.primary)
+    db.dispose()
+    config = workdir / "eximauthd.toml"
+    config.write_text(
+        f'[database]\nurl = "{mariadb_url}"\n[legacy]\ntable = "{SEED_LEGACY.table}"\n'
+        f'local_part_column = "{SEED_LEGACY.local_part_column}"\n'
+        f'domain_column = "{SEED_LEGACY.domain_column}"\n'
+        f'password_column = "{SEED_LEGACY.password_column}"\n'
+        f'[http]\nlisten = "127.0.0.1:{kit.free_port()}"\n')
+    env = {"PATH": "/usr/bin:/bin", "EXIMAUTHD_CONFIG": str(config)}
+    lines, run = doctor(env, "--exim-config", str(workdir / "exim.conf"), cwd=workdir)
+    index = [line for line in lines if "login lookup" in line]
+    assert len(index) == 1, run.stdout
+    if indexed:
+        assert index[0].startswith("ok "), index
+        assert "users_login" in index[0]
+    else:
+        assert index[0].startswith("warn "), index
+        assert "eximauthd db index-legacy --apply" in index[0]
+        assert "CREATE INDEX" in index[0]
 
 
 @pytest.mark.parametrize(("mode", "group_owned", "status"), [
