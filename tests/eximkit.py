@@ -30,7 +30,7 @@ from aiosmtpd.smtp import Envelope, Session
 from .servicekit import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-SNIPPETS = ROOT / "exim-snippets"
+SNIPPETS = ROOT / "eximauthd" / "share" / "exim-snippets"
 EXIM = shutil.which("exim4") or "/usr/sbin/exim4"
 
 MAIN_TEMPLATE = """\
