@@ -28,6 +28,7 @@ from ..exim.install import (
     plan_install,
     plan_uninstall,
     read_tree,
+    require_tools,
     shipped_files,
     unapply,
 )
@@ -120,6 +121,7 @@ def _carry_out(plan: Plan, files: dict[Path, bytes | None], dry_run: bool, done:
         click.echo("dry run: nothing changed")
         return
     try:
+        require_tools()
         apply_plan(plan, files)
     except HostMismatchError as exc:
         _fail(str(exc), EXIT_HOST)

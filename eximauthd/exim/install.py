@@ -44,6 +44,7 @@ __all__ = [
     "plan_install",
     "plan_uninstall",
     "read_tree",
+    "require_tools",
     "shipped_files",
     "unapply",
 ]
@@ -395,6 +396,14 @@ def unapply(done: list[FileAction], files: Mapping[Path, bytes | None]) -> None:
                     _write(path, before, path if path.exists() else None)
 
 
+def require_tools() -> tuple[str, str]:
+    """update-exim4.conf and exim4, looked for before anything is written.
+
+    :raises HostMismatchError: one is missing.
+    """
+    return _tool("update-exim4.conf"), _tool("exim4")
+
+
 def _tool(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin")
     if found is None:
@@ -412,7 +421,7 @@ def check_config(etc: Path) -> None:
     :raises CheckFailedError: with the first line of what the tool said.
     :raises HostMismatchError: a tool is missing.
     """
-    update, exim = _tool("update-exim4.conf"), _tool("exim4")
+    update, exim = require_tools()
     with tempfile.TemporaryDirectory(prefix="eximauthd-check-") as tmp:
         out = Path(tmp) / "exim4.conf"
         run = subprocess.run([update, "-d", str(etc), "-o", str(out)],  # noqa: S603 -- fixed argv

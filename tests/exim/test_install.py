@@ -194,23 +194,33 @@ def test_install_is_idempotent_and_uninstall_restores_every_byte(tmp_path: Path,
 
 
 @needs_exim
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_a_result_exim_refuses_is_rolled_back(tmp_path: Path, layout: str) -> None:
-    """A broken site file makes exim -bV fail: exit 5, one line, every file as before."""
+@pytest.mark.parametrize(("layout", "break_it", "said"), [
+    ("debian-split", "conf.d/main/00_broken", 'exim4 -bV refuses the configuration generated '
+     'from {etc}: Exim configuration error in line '),
+    ("debian-monolithic", "exim4.conf.localmacros", "exim4 -bV refuses the configuration "
+     "generated from {etc}: Exim configuration error in line "),
+    ("debian-monolithic", "update-exim4.conf.conf", "update-exim4.conf -d {etc} failed: "
+     'Invalid value for dc_use_split_config: "yes", exiting.'),
+], ids=["split-exim-refuses", "monolithic-exim-refuses", "update-exim4.conf-fails"])
+def test_a_result_the_tools_refuse_is_rolled_back(tmp_path: Path, layout: str, break_it: str,
+                                                   said: str) -> None:
+    """A broken site file makes exim -bV or update-exim4.conf fail: exit 5, one line, every
+    file as before."""
     _require_debian_exim()
     etc = _copy(tmp_path, split=layout == "debian-split")
-    broken = "no_such_exim_option = 1\n"
-    if layout == "debian-split":
-        (etc / "conf.d/main/00_broken").write_text(broken)
+    if break_it == "update-exim4.conf.conf":
+        settings = etc / break_it
+        settings.write_text(settings.read_text().replace("dc_use_split_config='false'",
+                                                         "dc_use_split_config='yes'"))
     else:
-        (etc / "exim4.conf.localmacros").write_text(broken)
+        (etc / break_it).write_text("no_such_exim_option = 1\n")
     original = _state(etc)
     run = eximkit.eximauthd_cli("exim", "install", "--layout", layout, "--etc", str(etc))
-    assert run.returncode == 5
-    assert run.stderr.startswith("eximauthd: error: exim4 -bV refuses the configuration "
-                                 f"generated from {etc}: ")
-    assert 'main option "no_such_exim_option" unknown' in run.stderr
-    assert run.stderr.rstrip().endswith("(rolled back: every file is as it was)")
+    assert run.returncode == 5, run.stderr
+    assert run.stderr.startswith("eximauthd: error: " + said.format(etc=etc)), run.stderr
+    if "exim4 -bV" in said:
+        assert 'main option "no_such_exim_option" unknown' in run.stderr
+    assert run.stderr.endswith("(rolled back: every file is as it was)\n")
     assert run.stderr.count("\n") == 1
     assert _state(etc) == original
 
