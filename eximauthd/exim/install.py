@@ -378,7 +378,9 @@ def apply_plan(plan: Plan, files: Mapping[Path, bytes | None]) -> None:
                 _write(act.path, act.content, act.path if act.path.exists() else None)
     except OSError as exc:
         unapply(done, files)
-        raise HostMismatchError(f"{exc.filename or 'a file'}: cannot write: {exc.strerror} "
+        # The target, not the temporary file next to it that the error may name.
+        where = done[-1].path if done else plan.etc
+        raise HostMismatchError(f"{where}: cannot write: {exc.strerror} "
                                 "(run as root; nothing was changed)") from None
 
 

@@ -107,6 +107,20 @@ def test_plan_installs_then_is_idempotent_then_uninstalls_to_the_original(
     assert not plan_uninstall(layout, etc, restored, shipped).changes
 
 
+@pytest.mark.parametrize("layout", [Layout.DEBIAN_SPLIT, Layout.DEBIAN_MONOLITHIC])
+def test_uninstall_keeps_a_file_of_eximauthds_name_that_holds_something_else(
+        layout: Layout) -> None:
+    """Edited after install, or from an older version: the admin's to remove, not deleted."""
+    etc = Path("/x/exim4")
+    name = "conf.d/auth/20_eximauthd" if layout is Layout.DEBIAN_SPLIT else "eximauthd-auth.conf"
+    files: dict[Path, bytes | None] = {etc / name: b"# edited\n"}
+    plan = plan_uninstall(layout, etc, files, shipped_files())
+    (act,) = [a for a in plan.actions if a.path == etc / name]
+    assert act.action is Action.KEEP
+    assert "yours to remove by hand" in act.describe()
+    assert not plan.changes
+
+
 def test_an_existing_backup_is_kept_not_overwritten() -> None:
     """The backup is the file before eximauthd first changed it; a later install keeps it."""
     etc = Path("/x/exim4")
@@ -260,7 +274,7 @@ def test_an_unwritable_tree_is_refused_and_left_as_it_was(tmp_path: Path) -> Non
                          env={**os.environ, "HOME": "/nonexistent"})
     assert run.returncode == 4, run.stderr
     assert run.stderr.startswith("eximauthd: error: ")
-    assert "cannot write" in run.stderr
+    assert f"{etc}/conf.d/main/000_eximauthd: cannot write: Permission denied" in run.stderr
     assert run.stderr.count("\n") == 1
     assert _state(etc) == original
     shutil.rmtree(base)
