@@ -49,8 +49,9 @@ __all__ = [
 ]
 
 RESERVED_DOMAINS = ("example.net", "example.org", "example.com")
-SNIPPETS_FIX = ("install the eximauthd snippets and remove the old authenticators "
-                "(docs/exim.md), then `eximauthd lint-exim-config`")
+SNIPPETS_FIX = ("install the eximauthd snippets (`eximauthd exim install --layout ...`) and "
+                "remove the old authenticators (docs/exim.md), then "
+                "`eximauthd lint-exim-config`")
 SENDER_FIX = ("include eximauthd-rcpt-acl.conf at the top of the rcpt ACL, before any "
               "`accept authenticated = *` (docs/exim.md)")
 TLS_FIX = ("advertise AUTH only inside TLS: the eximauthd snippets' EXIMAUTHD_ADVERTISE "
