@@ -96,7 +96,7 @@ def create_engine(url: str, connect_timeout: int = 3, password: str = "") -> Eng
         )
         sa.event.listen(engine, "connect", _sqlite_on_connect)
         return engine
-    return sa.create_engine(
+    engine = sa.create_engine(
         parsed,
         hide_parameters=True,
         pool_pre_ping=True,
@@ -108,6 +108,17 @@ def create_engine(url: str, connect_timeout: int = 3, password: str = "") -> Eng
             "charset": "utf8mb4",
         },
     )
+    sa.event.listen(engine, "do_connect", _utf8_password)
+    return engine
+
+
+def _utf8_password(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    # PyMySQL encodes a str password as Latin-1: a password with a character beyond it raised
+    # UnicodeEncodeError (a traceback, not a StorageError), and "é" went out as one byte where
+    # the server hashed the two of UTF-8, as the mysql client on a UTF-8 terminal sends them.
+    password = cparams.get("password")
+    if isinstance(password, str):
+        cparams["password"] = password.encode("utf-8")
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
