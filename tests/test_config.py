@@ -552,3 +552,15 @@ class TestPasswordFile:
             assert DB_PASSWORD not in repr(db) + repr(db.primary)
         finally:
             db.dispose()
+
+
+def test_the_contrib_file_loads_with_its_password_file(tmp_path: Path) -> None:
+    """contrib/eximauthd.toml is valid as shipped, its password_file (here moved by the
+    environment) read; the URL itself holds no password."""
+    contrib = Path(__file__).resolve().parents[1] / "contrib" / "eximauthd.toml"
+    assert "password_file = \"/etc/eximauthd/db.password\"" in contrib.read_text()
+    secret = _password_file(tmp_path, b"Db-pass-1\n", 0o640)
+    config = load_config(contrib, environ={"EXIMAUTHD_DATABASE_PASSWORD_FILE": str(secret)},
+                         default_path=None)
+    assert (config.database.url, config.database.password) == (
+        "mysql+pymysql://eximauthd@127.0.0.1/mail", "Db-pass-1")
