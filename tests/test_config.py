@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -564,3 +565,22 @@ def test_the_contrib_file_loads_with_its_password_file(tmp_path: Path) -> None:
                          default_path=None)
     assert (config.database.url, config.database.password) == (
         "mysql+pymysql://eximauthd@127.0.0.1/mail", "Db-pass-1")
+
+
+def test_every_setting_named_like_a_secret_is_marked_one() -> None:
+    """config show prints whatever is not marked SECRET: a new key named like a credential
+    must be marked (or be a file path, a column or a scheme name, which are not secrets)."""
+    import dataclasses  # noqa: PLC0415
+
+    from eximauthd.settings import SECRET  # noqa: PLC0415
+
+    unmarked = []
+    for section in dataclasses.fields(Config):
+        if not isinstance(section.default_factory, type):  # source, found, origins
+            continue
+        for f in dataclasses.fields(section.default_factory):
+            looks_secret = re.search(r"pass|pwd|token|secret|key|url", f.name)
+            harmless = re.search(r"_(file|column|scheme)$", f.name)
+            if looks_secret and not harmless and not f.metadata.get(SECRET):
+                unmarked.append(f"{section.name}.{f.name}")
+    assert unmarked == []
