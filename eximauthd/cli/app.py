@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NoReturn
 
@@ -59,6 +59,8 @@ class State:
     """What a command needs, built on first use so ``--help`` never touches a database."""
 
     config_path: str | None
+    # Set once the database is asked for, even if opening it then fails.
+    db_wanted: bool = field(default=False, init=False)
 
     @cached_property
     def config(self) -> Config:
@@ -66,6 +68,7 @@ class State:
 
     @cached_property
     def db(self) -> Database:
+        self.db_wanted = True
         return Database(self.config.database)
 
     @cached_property
@@ -78,7 +81,7 @@ class State:
 
     def builtin_database_note(self) -> str | None:
         """What to tell the admin when the command used the built-in SQLite database."""
-        return builtin_database_note(self.config) if "db" in self.__dict__ else None
+        return builtin_database_note(self.config) if self.db_wanted else None
 
 
 class _Group(click.Group):

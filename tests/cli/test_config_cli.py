@@ -149,6 +149,13 @@ class TestWhichFile:
             f"# configuration file: none (no {DEFAULT_CONFIG_PATH}, no EXIMAUTHD_CONFIG, no "
             "--config): built-in defaults")
         assert shown.err == ""
+        # Even when the file cannot be opened (here a directory has its name).
+        blocked = empty_dir / "blocked"
+        (blocked / "eximauthd.sqlite3").mkdir(parents=True)
+        failed = _run("user", "list", env=env, cwd=blocked)
+        assert (failed.code, failed.err) == (
+            3, f"eximauthd: error: cannot open or create the SQLite file eximauthd.sqlite3: Is a "
+               f"directory ({note.replace(str(empty_dir), str(blocked))})\n")
         # The same file named on purpose is a choice: nothing to announce.
         chosen = _run("user", "list", env=env | {
             "EXIMAUTHD_DATABASE_URL": "sqlite:///eximauthd.sqlite3"}, cwd=empty_dir)
