@@ -73,14 +73,19 @@ def translate_errors(what: str) -> Iterator[None]:
         raise _safe_error(exc, what) from None
 
 
-def create_engine(url: str, connect_timeout: int = 3) -> Engine:
+def create_engine(url: str, connect_timeout: int = 3, password: str = "") -> Engine:
     """Make an engine with the settings eximauthd needs on either backend.
+
+    *password* (``database.password_file``'s) is set on the parsed URL object, never spliced
+    into the URL's text.
 
     ``hide_parameters`` keeps bound values (hashes) out of every SQLAlchemy message; the
     connect timeout keeps a dead database from stalling a decision past Exim's readsocket timeout.
     A SQLite file is created mode 0600 (its -wal and -shm follow) before SQLite opens it.
     """
     parsed = sa.engine.make_url(url)
+    if password:
+        parsed = parsed.set(password=password)
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:" and "uri" not in parsed.query:
             # Every hash is in this file: it must not be born world-readable (umask 022),
@@ -91,7 +96,7 @@ def create_engine(url: str, connect_timeout: int = 3) -> Engine:
         )
         sa.event.listen(engine, "connect", _sqlite_on_connect)
         return engine
-    return sa.create_engine(
+    engine = sa.create_engine(
         parsed,
         hide_parameters=True,
         pool_pre_ping=True,
@@ -103,6 +108,17 @@ def create_engine(url: str, connect_timeout: int = 3) -> Engine:
             "charset": "utf8mb4",
         },
     )
+    sa.event.listen(engine, "do_connect", _utf8_password)
+    return engine
+
+
+def _utf8_password(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    # PyMySQL encodes a str password as Latin-1: a password with a character beyond it raised
+    # UnicodeEncodeError (a traceback, not a StorageError), and "é" went out as one byte where
+    # the server hashed the two of UTF-8, as the mysql client on a UTF-8 terminal sends them.
+    password = cparams.get("password")
+    if isinstance(password, str):
+        cparams["password"] = password.encode("utf-8")
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -118,9 +134,9 @@ class Database:
 
     def __init__(self, config: DatabaseConfig) -> None:
         self.config = config
-        self.primary = create_engine(config.url, config.connect_timeout)
+        self.primary = create_engine(config.url, config.connect_timeout, config.password)
         self.replica = (
-            create_engine(config.replica_url, config.connect_timeout)
+            create_engine(config.replica_url, config.connect_timeout, config.password)
             if config.replica_url else self.primary
         )
 
