@@ -213,6 +213,16 @@ def _validate_database(db: DatabaseConfig) -> None:
         _validate_url("database.replica_url", db.replica_url)
     if not 1 <= db.connect_timeout <= 60:
         raise ConfigError("database.connect_timeout: must be between 1 and 60 seconds")
+    for i, url in enumerate(db.failover_urls):
+        parsed = _validate_url(f"database.failover_urls[{i}]", url)
+        if parsed.drivername.startswith("sqlite"):
+            raise ConfigError(f"database.failover_urls[{i}]: failover needs MariaDB/MySQL "
+                              "nodes, not SQLite files")
+    if db.failover_urls and make_url(db.url).drivername.startswith("sqlite"):
+        raise ConfigError("database.failover_urls: database.url is SQLite; failover needs "
+                          "MariaDB/MySQL nodes (remove failover_urls or set url to a node)")
+    if not 1 <= db.failover_check_seconds <= 60:
+        raise ConfigError("database.failover_check_seconds: must be between 1 and 60 seconds")
 
 
 def _validate_socket(sock: SocketConfig) -> None:

@@ -161,7 +161,7 @@ skip-name-resolve
 performance_schema=OFF
 innodb_buffer_pool_size=32M
 innodb_log_file_size=16M
-innodb_flush_log_at_trx_commit=0
+innodb_flush_log_at_trx_commit=2
 binlog_format=ROW
 default_storage_engine=InnoDB
 innodb_autoinc_lock_mode=2

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from ..errors import SchemaMissingError, StorageError
 from ..files import create_private
 from ..settings import DatabaseConfig
+from .failover import NodeSet, galera_session
 
 __all__ = [
     "MYSQL_DIALECTS",
@@ -91,7 +92,7 @@ def create_engine(url: str, connect_timeout: int = 3) -> Engine:
         )
         sa.event.listen(engine, "connect", _sqlite_on_connect)
         return engine
-    return sa.create_engine(
+    engine = sa.create_engine(
         parsed,
         hide_parameters=True,
         pool_pre_ping=True,
@@ -103,6 +104,8 @@ def create_engine(url: str, connect_timeout: int = 3) -> Engine:
             "charset": "utf8mb4",
         },
     )
+    sa.event.listen(engine, "connect", galera_session)
+    return engine
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -114,14 +117,23 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Database:
-    """The primary engine (writes) and, when configured, a replica engine (reads)."""
+    """The primary engine (writes) and, when configured, a replica engine (reads).
+
+    With ``failover_urls`` the primary is whichever node :class:`~.failover.NodeSet` has in use.
+    """
 
     def __init__(self, config: DatabaseConfig) -> None:
         self.config = config
-        self.primary = create_engine(config.url, config.connect_timeout)
-        self.replica = (
+        self.nodes = NodeSet(
+            [config.url, *config.failover_urls],
+            lambda url: create_engine(url, config.connect_timeout),
+            check_seconds=config.failover_check_seconds,
+        ) if config.failover_urls else None
+        self._primary = (self.nodes.current if self.nodes is not None
+                         else create_engine(config.url, config.connect_timeout))
+        self._replica = (
             create_engine(config.replica_url, config.connect_timeout)
-            if config.replica_url else self.primary
+            if config.replica_url else None
         )
 
     def __repr__(self) -> str:
@@ -136,20 +148,48 @@ class Database:
         """MySQL or MariaDB (else SQLite)."""
         return self.dialect in MYSQL_DIALECTS
 
+    @property
+    def primary(self) -> Engine:
+        return self.nodes.current if self.nodes is not None else self._primary
+
+    @property
+    def replica(self) -> Engine:
+        return self._replica if self._replica is not None else self.primary
+
     @contextlib.contextmanager
     def read(self, what: str) -> Iterator[Connection]:
-        with translate_errors(what), self.replica.connect() as conn:
+        engine = self.replica
+        with translate_errors(what), self._watched(engine, what), engine.connect() as conn:
             yield conn
 
     @contextlib.contextmanager
     def write(self, what: str) -> Iterator[Connection]:
-        with translate_errors(what), self.primary.begin() as conn:
+        engine = self.primary
+        with translate_errors(what), self._watched(engine, what), engine.begin() as conn:
             yield conn
 
+    @contextlib.contextmanager
+    def _watched(self, engine: Engine, what: str) -> Iterator[None]:
+        # Failover: no request on a node known unusable, and a node failure seen by a request
+        # moves the next ones on (this one still fails: its caller defers).
+        if self.nodes is None or engine is self._replica:
+            yield
+            return
+        if not self.nodes.usable:
+            raise StorageError(f"{what}: no database node usable")
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            self.nodes.failed(engine, exc)
+            raise
+
     def dispose(self) -> None:
-        self.primary.dispose()
-        if self.replica is not self.primary:
-            self.replica.dispose()
+        if self.nodes is not None:
+            self.nodes.dispose()
+        else:
+            self._primary.dispose()
+        if self._replica is not None:
+            self._replica.dispose()
 
 
 def is_duplicate(exc: StorageError) -> bool:
