@@ -142,3 +142,147 @@ def test_a_user_limit_holds_across_instances(cluster: GaleraCluster, database: s
             time.sleep(5 * SYNC_MS / 1000)
         assert admitted == [each, limit - each] + [0] * (instances - 2)
         assert relay(mxs[0], BOB) == b"yes\n"
+
+
+# --- failover -------------------------------------------------------------------------------
+
+_OK = {b"yes\n"}
+_NO = {b"no\n"}
+_DEFER = b"defer database-unavailable\n"
+
+
+@dataclass
+class Load:
+    """Exim's traffic on some instances, from a thread, every answer kept with its time.
+
+    Each round asks: alice with her password (yes, or defer while no node serves), a wrong
+    password and the disabled carol (no, or defer), and alice sending as someone else (no, or
+    defer).  Whatever happens to the nodes, none of the last three may ever be yes.
+    """
+
+    instances: list[kit.Served]
+    answers: list[tuple[float, int, str, bytes]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    errors: list[str] = field(default_factory=list)
+
+    def run(self) -> None:
+        asks = {
+            "right": lambda i: kit.auth_line(ALICE, PASSWORD, f"192.0.2.{i + 1}"),
+            "wrong": lambda i: kit.auth_line(BOB, "not-bobs-password", f"198.51.100.{i + 1}"),
+            "disabled": lambda i: kit.auth_line(CAROL, PASSWORD, f"192.0.2.{i + 1}"),
+            "spoofed": lambda i: kit.relay_line(ALICE, "ceo@elsewhere.test", "x@remote.test"),
+        }
+        while not self.stop.is_set():
+            for index, served in enumerate(self.instances):
+                for kind, line in asks.items():
+                    try:
+                        answer = served.ask(line(index), timeout=15)
+                    except OSError as exc:  # the instance itself stopped answering
+                        self.errors.append(f"{index} {kind}: {exc!r}")
+                        answer = b""
+                    self.answers.append((time.monotonic(), index, kind, answer))
+            time.sleep(0.02)
+
+    def wrong_yes(self) -> list[tuple[float, int, str, bytes]]:
+        return [a for a in self.answers if a[2] != "right" and a[3] not in _NO | {_DEFER}]
+
+    def first_yes(self, index: int, after: float) -> float | None:
+        return next((t for t, i, kind, answer in self.answers
+                     if i == index and kind == "right" and answer in _OK and t > after), None)
+
+    def first_defer(self, index: int, after: float) -> float:
+        return next((t for t, i, kind, answer in self.answers
+                     if i == index and kind == "right" and answer == _DEFER and t > after),
+                    after)
+
+    def counts(self, index: int, after: float) -> Counter[bytes]:
+        return Counter(a for t, i, kind, a in self.answers
+                       if i == index and kind == "right" and t > after)
+
+
+@contextlib.contextmanager
+def loaded(*instances: kit.Served) -> Iterator[Load]:
+    load = Load(list(instances))
+    thread = threading.Thread(target=load.run, daemon=True)
+    thread.start()
+    try:
+        yield load
+    finally:
+        load.stop.set()
+        thread.join(60)
+
+
+_FAILOVER_ENV = {"EXIMAUTHD_THROTTLE_MAX_FAILURES_PER_IP": "100000",
+                 "EXIMAUTHD_THROTTLE_MAX_FAILURES_PER_USER": "100000"}
+
+
+def test_an_instance_fails_over_when_its_node_is_killed_and_returns_when_it_rejoins(
+        cluster: GaleraCluster, database: str) -> None:
+    """SIGKILL of an instance's node under load: it moves to its failover node within
+    seconds, the other instance keeps answering, nothing wrong is ever yes; when the node
+    has rejoined, the instance goes back to it without a restart."""
+    with _serve(cluster, database, 1, 2, env=_FAILOVER_ENV) as mx1, \
+            _serve(cluster, database, 0, env=_FAILOVER_ENV) as mx2:
+        with loaded(mx1, mx2) as load:
+            assert wait_for(lambda: load.first_yes(0, 0) and load.first_yes(1, 0))
+            assert _node_in_use(mx1) == 0
+            killed = time.monotonic()
+            cluster.kill(1)
+            assert wait_for(lambda: load.first_yes(0, killed + 0.5), timeout=60), \
+                load.counts(0, killed)
+            assert _node_in_use(mx1) == 1
+            # From SIGKILL to the first yes after the first defer (a request in flight at the
+            # kill may still have been answered by the old node).
+            failed_over = (load.first_yes(0, load.first_defer(0, killed)) or 0) - killed
+            assert wait_for(lambda: load.first_yes(1, killed + 0.5), timeout=60), \
+                load.counts(1, killed)
+            other = (load.first_yes(1, killed + 0.5) or 0) - killed
+
+            restarted = time.monotonic()
+            cluster.start_node(1)
+            synced = time.monotonic()
+            assert wait_for(lambda: _node_in_use(mx1) == 0, timeout=60)
+            back = time.monotonic()
+            returned = back - synced
+            assert wait_for(lambda: load.first_yes(0, back) is not None)
+        assert load.wrong_yes() == []
+        assert load.errors == []
+        log = mx1.log()
+        assert "database node 1 in use" in log
+        assert "database node 0 in use" in log
+        # The numbers docs/scaling.md quotes (pytest -s shows them).
+        print(f"\nfailover: first yes on the failover node {failed_over:.1f} s after SIGKILL; "
+              f"other instance's first yes after {other:.1f} s; node rejoined in "
+              f"{synced - restarted:.1f} s, instance back on it {returned:.1f} s later; "
+              f"answers of the failing-over instance: {dict(load.counts(0, killed))}")
+
+
+def test_with_the_whole_cluster_down_everything_defers_then_recovers(
+        cluster: GaleraCluster, database: str) -> None:
+    """Every node killed: AUTH defers (never yes), /readyz says unavailable; the cluster
+    bootstrapped again, the instance answers yes again without a restart."""
+    with _serve(cluster, database, 0, 1, 2, env=_FAILOVER_ENV) as mx1:
+        with loaded(mx1) as load:
+            assert wait_for(lambda: load.first_yes(0, 0))
+            killed = time.monotonic()
+            for index in range(len(cluster.nodes)):
+                cluster.kill(index)
+            assert wait_for(lambda: _ready(mx1).get("status") == "unavailable", timeout=30)
+            assert wait_for(lambda: load.counts(0, time.monotonic() - 1)[_DEFER] > 0, timeout=30)
+            down = time.monotonic()
+            time.sleep(2)
+            assert load.first_yes(0, down) is None
+            assert _auth(mx1, ALICE, PASSWORD, "192.0.2.99") == _DEFER
+
+            cluster.start_node(0, bootstrap=True)
+            bootstrapped = time.monotonic()
+            assert wait_for(lambda: load.first_yes(0, bootstrapped), timeout=60)
+            recovered = (load.first_yes(0, bootstrapped) or 0) - bootstrapped
+            for index in range(1, len(cluster.nodes)):
+                cluster.start_node(index)
+        assert load.wrong_yes() == []
+        assert load.errors == []
+        assert "no database node usable" in mx1.log()
+        print(f"\nwhole cluster: down {bootstrapped - killed:.1f} s; first yes "
+              f"{recovered:.1f} s after node 0 was Synced again; "
+              f"answers: {dict(load.counts(0, killed))}")
