@@ -75,9 +75,13 @@ def node_health(engine: Engine) -> str:
     try:
         with engine.connect() as conn:
             read_only = conn.execute(sa.text("SELECT @@read_only")).scalar()
-            status: dict[str, str] = dict(conn.execute(sa.text(
-                "SHOW GLOBAL STATUS WHERE Variable_name IN "
-                "('wsrep_ready', 'wsrep_local_state_comment', 'wsrep_cluster_status')")).all())
+            # MySQL has no wsrep_on; MariaDB without Galera has it OFF (and wsrep_ready OFF).
+            galera = conn.execute(sa.text("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")).first()
+            status: dict[str, str] = {}
+            if galera is not None and str(galera[1]).upper() == "ON":
+                status = dict(conn.execute(sa.text(
+                    "SHOW GLOBAL STATUS WHERE Variable_name IN "
+                    "('wsrep_ready', 'wsrep_local_state_comment', 'wsrep_cluster_status')")).all())
     except SQLAlchemyError as exc:
         orig = exc.orig if isinstance(exc, DBAPIError) else None
         args: tuple[Any, ...] = getattr(orig, "args", ())

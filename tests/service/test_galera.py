@@ -257,6 +257,36 @@ def test_an_instance_fails_over_when_its_node_is_killed_and_returns_when_it_rejo
               f"answers of the failing-over instance: {dict(load.counts(0, killed))}")
 
 
+@pytest.mark.parametrize(("variable", "off", "on"), [
+    ("wsrep_desync", "OFF", "ON"),   # the node leaves Synced (Donor/Desynced)
+    ("read_only", "0", "1"),
+])
+def test_an_instance_leaves_a_node_not_synced_or_read_only_and_comes_back(
+        cluster: GaleraCluster, database: str, variable: str, off: str, on: str) -> None:
+    """A node that answers but is not Synced, or is read-only, is left for the failover node
+    at the next check; when it is usable again the instance returns to it."""
+    node = cluster.nodes[2]
+
+    def set_global(value: str) -> None:
+        with contextlib.closing(node.connect()) as conn, conn.cursor() as cur:
+            # The variable comes from the parameters above, never from input.
+            cur.execute(f"SET GLOBAL {variable} = {value}")
+
+    with _serve(cluster, database, 2, 0) as mx:
+        assert _node_in_use(mx) == 0
+        try:
+            set_global(on)
+            assert wait_for(lambda: _node_in_use(mx) == 1, timeout=30)
+            assert _auth(mx, ALICE, PASSWORD) == b"yes\n"
+        finally:
+            set_global(off)
+        assert wait_for(lambda: _node_in_use(mx) == 0, timeout=30)
+        assert _auth(mx, ALICE, PASSWORD) == b"yes\n"
+        reason = "not Synced" if variable == "wsrep_desync" else "read-only"
+        assert "database node 1 in use" in mx.log()
+        assert reason in mx.log()
+
+
 def test_with_the_whole_cluster_down_everything_defers_then_recovers(
         cluster: GaleraCluster, database: str) -> None:
     """Every node killed: AUTH defers (never yes), /readyz says unavailable; the cluster
