@@ -134,7 +134,9 @@ class GaleraNode:
 class GaleraCluster:
     """Three nodes; :meth:`start` bootstraps node 0 and joins the others (rsync SST)."""
 
-    def __init__(self, size: int = 3, base: Path | None = None) -> None:
+    def __init__(self, size: int = 3, base: Path | None = None, *, wsrep: bool = True) -> None:
+        """*wsrep* False: plain MariaDB servers with the same settings (a bench's baseline)."""
+        self.wsrep = wsrep
         self.base = base or Path(tempfile.mkdtemp(prefix="galera-", dir="/tmp"))
         ports = _free_ports(4 * size)
         self.nodes = [GaleraNode(i, self.base, *ports[4 * i:4 * i + 4]) for i in range(size)]
@@ -149,6 +151,18 @@ class GaleraCluster:
     def _write_config(self, node: GaleraNode) -> None:
         options = (f"gmcast.listen_addr=tcp://127.0.0.1:{node.gcomm_port};"
                    f"ist.recv_addr=127.0.0.1:{node.ist_port};{_EVS}")
+        wsrep = f"""wsrep_on=ON
+wsrep_provider={PROVIDER}
+wsrep_cluster_name=eximauthd_test
+wsrep_cluster_address={self.address}
+wsrep_node_name=node{node.index}
+wsrep_node_address=127.0.0.1:{node.gcomm_port}
+wsrep_node_incoming_address=127.0.0.1:{node.port}
+wsrep_sst_method=rsync
+wsrep_sst_receive_address=127.0.0.1:{node.sst_port}
+wsrep_provider_options="{options}"
+wsrep_slave_threads=2
+""" if self.wsrep else ""
         node.config_path.write_text(f"""[mariadbd]
 user={_USER}
 datadir={node.datadir}
@@ -165,18 +179,7 @@ innodb_flush_log_at_trx_commit=2
 binlog_format=ROW
 default_storage_engine=InnoDB
 innodb_autoinc_lock_mode=2
-wsrep_on=ON
-wsrep_provider={PROVIDER}
-wsrep_cluster_name=eximauthd_test
-wsrep_cluster_address={self.address}
-wsrep_node_name=node{node.index}
-wsrep_node_address=127.0.0.1:{node.gcomm_port}
-wsrep_node_incoming_address=127.0.0.1:{node.port}
-wsrep_sst_method=rsync
-wsrep_sst_receive_address=127.0.0.1:{node.sst_port}
-wsrep_provider_options="{options}"
-wsrep_slave_threads=2
-""", "ascii")
+{wsrep}""", "ascii")
 
     def start(self, timeout: float = 120.0) -> None:
         """Install a datadir per node, bootstrap node 0, join the others, wait for Synced."""
@@ -207,7 +210,7 @@ wsrep_slave_threads=2
                 grastate.write_text(re.sub(r"safe_to_bootstrap:\s*0", "safe_to_bootstrap: 1",
                                            text), "ascii")
         args = [str(MARIADBD), f"--defaults-file={node.config_path}"]
-        if bootstrap:
+        if bootstrap and self.wsrep:
             args.append("--wsrep-new-cluster")
         with (self.base / f"node{index}.out").open("ab") as out:
             node.process = subprocess.Popen(args, stdout=out, stderr=out,
@@ -220,7 +223,8 @@ wsrep_slave_threads=2
         while time.monotonic() < deadline:
             if not node.running():
                 raise RuntimeError(f"galera node{index} exited:\n{self.tail(index)}")
-            if node.synced():
+            # A plain MariaDB (wsrep=False) is ready once it answers.
+            if node.synced() if self.wsrep else node.status("Uptime"):
                 return
             time.sleep(0.2)
         raise RuntimeError(f"galera node{index} not Synced in {timeout} s:\n{self.tail(index)}")
