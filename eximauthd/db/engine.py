@@ -129,7 +129,7 @@ class Database:
             lambda url: create_engine(url, config.connect_timeout),
             check_seconds=config.failover_check_seconds,
         ) if config.failover_urls else None
-        self._primary = (self.nodes.current if self.nodes is not None
+        self._primary = (None if self.nodes is not None
                          else create_engine(config.url, config.connect_timeout))
         self._replica = (
             create_engine(config.replica_url, config.connect_timeout)
@@ -141,7 +141,9 @@ class Database:
 
     @property
     def dialect(self) -> str:
-        return self.primary.dialect.name
+        # Every node is the same kind of server: no need to choose one (no I/O) to know it.
+        return (self.nodes.engines[0] if self.nodes is not None
+                else self.primary).dialect.name
 
     @property
     def is_mysql(self) -> bool:
@@ -150,7 +152,10 @@ class Database:
 
     @property
     def primary(self) -> Engine:
-        return self.nodes.current if self.nodes is not None else self._primary
+        if self.nodes is not None:
+            return self.nodes.current
+        assert self._primary is not None  # set whenever nodes is None
+        return self._primary
 
     @property
     def replica(self) -> Engine:
@@ -186,7 +191,7 @@ class Database:
     def dispose(self) -> None:
         if self.nodes is not None:
             self.nodes.dispose()
-        else:
+        elif self._primary is not None:
             self._primary.dispose()
         if self._replica is not None:
             self._replica.dispose()

@@ -112,6 +112,7 @@ class NodeSet:
         self._index = 0
         self._usable = True
         self._changes = 0
+        self._checked = False
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
 
@@ -120,6 +121,10 @@ class NodeSet:
 
     @property
     def current(self) -> Engine:
+        """The engine of the node in use; the first call checks the nodes (a command run
+        while ``url`` is down then goes to the next usable node at once)."""
+        if not self._checked:
+            self.choose(reason="first use")
         return self.engines[self._index]
 
     @property
@@ -158,6 +163,7 @@ class NodeSet:
     def choose(self, reason: str = "") -> None:
         """Move to the most preferred usable node (checking them in order)."""
         with self._lock:
+            self._checked = True
             for index, engine in enumerate(self.engines):
                 why = self._health(engine)
                 if not why:

@@ -80,10 +80,22 @@ def test_a_failed_node_is_left_for_the_next_and_taken_back_when_usable(
         assert db.nodes.changes == 2
 
 
+def test_a_command_run_while_url_is_down_uses_the_next_node_at_once(
+        mariadb_url: str) -> None:
+    """The first use checks the nodes: a one-shot command (`eximauthd user passwd`) does not
+    fail because url is down when a failover node answers."""
+    with _database(_via(mariadb_url, free_port()), mariadb_url) as db:
+        assert db.dialect == "mysql"
+        assert _query(db) == 1
+        assert db.nodes is not None
+        assert db.nodes.index == 1
+
+
 def test_with_no_node_usable_every_request_fails(mariadb_url: str, proxy: TcpProxy) -> None:
     """Both nodes gone: requests fail without being tried; the first node back is used."""
     with _database(_via(mariadb_url, proxy.port), _via(mariadb_url, free_port())) as db:
         assert db.nodes is not None
+        assert _query(db) == 1
         proxy.stop()
         with pytest.raises(StorageError):
             _query(db)
