@@ -161,17 +161,25 @@ class NodeSet:
             self.choose(reason="request failed")
 
     def choose(self, reason: str = "") -> None:
-        """Move to the most preferred usable node (checking them in order)."""
+        """Move to the most preferred usable node (checking them in order).
+
+        The checks run outside the lock: a node that does not answer costs its connect
+        timeout, and requests must not queue behind it.
+        """
+        self._checked = True
+        found, old = None, self._index
+        for index, engine in enumerate(self.engines):
+            why = self._health(engine)
+            if not why:
+                found = index
+                break
+            if index == old:
+                reason = why  # what is wrong with the node we leave
         with self._lock:
-            self._checked = True
-            for index, engine in enumerate(self.engines):
-                why = self._health(engine)
-                if not why:
-                    self._switch(index, True, reason)
-                    return
-                if index == self._index:
-                    reason = why
-            self._switch(self._index, False, reason)
+            if found is not None:
+                self._switch(found, True, reason)
+            else:
+                self._switch(self._index, False, reason)
 
     def _switch(self, index: int, usable: bool, reason: str) -> None:
         if index == self._index and usable == self._usable:
