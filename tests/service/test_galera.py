@@ -83,6 +83,12 @@ def _node_in_use(served: kit.Served) -> int | None:
     return index if isinstance(index, int) else None
 
 
+def _metrics(served: kit.Served) -> str:
+    with urllib.request.urlopen(served.http_url + "/metrics", timeout=5) as resp:
+        text: str = resp.read().decode()
+    return text
+
+
 def _cli(served: kit.Served, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "eximauthd", *args], input=stdin, text=True,
                           capture_output=True, env=served.env, timeout=60, check=False)
@@ -109,8 +115,14 @@ def test_a_spray_over_two_instances_on_two_nodes_is_throttled_on_both(
 
 def test_a_password_change_on_one_node_holds_at_once_on_another(
         cluster: GaleraCluster, database: str) -> None:
-    """`user passwd` and `user disable` through node 0 hold on the next AUTH on node 1."""
+    """`user passwd`, `user disable` and `grant remove` through node 0 hold on the next AUTH
+    or RELAY through node 1 (wsrep_sync_wait)."""
     with _serve(cluster, database, 0) as mx1, _serve(cluster, database, 1) as mx2:
+        spoof = kit.relay_line(ALICE, "boss@partner.test", "x@remote.test")
+        assert mx2.ask(spoof) == b"yes\n"
+        removed = _cli(mx1, "grant", "remove", ALICE, "@partner.test")
+        assert removed.returncode == 0, removed.stderr
+        assert mx2.ask(spoof) == b"no\n"
         assert _auth(mx2, BOB, PASSWORD) == b"yes\n"
         changed = _cli(mx1, "user", "passwd", BOB, "--password-stdin", stdin="brand-new-pw\n")
         assert changed.returncode == 0, changed.stderr
@@ -184,7 +196,14 @@ class Load:
             time.sleep(0.02)
 
     def wrong_yes(self) -> list[tuple[float, int, str, bytes]]:
-        return [a for a in self.answers if a[2] != "right" and a[3] not in _NO | {_DEFER}]
+        """Answers to the three that must never pass that were not no or a defer."""
+        return [a for a in self.answers
+                if a[2] != "right" and a[3] not in _NO and not a[3].startswith(b"defer ")]
+
+    def wrong_no(self) -> list[tuple[float, int, str, bytes]]:
+        """The right password answered anything but yes or a defer (a 535 for a real user)."""
+        return [a for a in self.answers
+                if a[2] == "right" and a[3] not in _OK and not a[3].startswith(b"defer ")]
 
     def first_yes(self, index: int, after: float) -> float | None:
         return next((t for t, i, kind, answer in self.answers
@@ -231,6 +250,7 @@ def test_an_instance_fails_over_when_its_node_is_killed_and_returns_when_it_rejo
             assert wait_for(lambda: load.first_yes(0, killed + 0.5), timeout=60), \
                 load.counts(0, killed)
             assert _node_in_use(mx1) == 1
+            assert wait_for(lambda: "eximauthd_database_node 1.0" in _metrics(mx1))
             # From SIGKILL to the first yes after the first defer (a request in flight at the
             # kill may still have been answered by the old node).
             failed_over = (load.first_yes(0, load.first_defer(0, killed)) or 0) - killed
@@ -246,6 +266,7 @@ def test_an_instance_fails_over_when_its_node_is_killed_and_returns_when_it_rejo
             returned = back - synced
             assert wait_for(lambda: load.first_yes(0, back) is not None)
         assert load.wrong_yes() == []
+        assert load.wrong_no() == []
         assert load.errors == []
         log = mx1.log()
         assert "database node 1 in use" in log
@@ -311,6 +332,7 @@ def test_with_the_whole_cluster_down_everything_defers_then_recovers(
             for index in range(1, len(cluster.nodes)):
                 cluster.start_node(index)
         assert load.wrong_yes() == []
+        assert load.wrong_no() == []
         assert load.errors == []
         assert "no database node usable" in mx1.log()
         print(f"\nwhole cluster: down {bootstrapped - killed:.1f} s; first yes "
