@@ -278,6 +278,16 @@ def _validate_database(db: DatabaseConfig) -> None:
         _validate_url("database.replica_url", db.replica_url)
     if not 1 <= db.connect_timeout <= 60:
         raise ConfigError("database.connect_timeout: must be between 1 and 60 seconds")
+    for i, url in enumerate(db.failover_urls):
+        parsed = _validate_url(f"database.failover_urls[{i}]", url)
+        if parsed.drivername.startswith("sqlite"):
+            raise ConfigError(f"database.failover_urls[{i}]: failover needs MariaDB/MySQL "
+                              "nodes, not SQLite files")
+    if db.failover_urls and make_url(db.url).drivername.startswith("sqlite"):
+        raise ConfigError("database.failover_urls: database.url is SQLite; failover needs "
+                          "MariaDB/MySQL nodes (remove failover_urls or set url to a node)")
+    if not 1 <= db.failover_check_seconds <= 60:
+        raise ConfigError("database.failover_check_seconds: must be between 1 and 60 seconds")
 
 
 def _validate_socket(sock: SocketConfig) -> None:
@@ -433,8 +443,9 @@ def _with_password(config: Config) -> Config:
     db = config.database
     if not db.password_file:
         return config
-    for key in ("url", "replica_url"):
-        value = getattr(db, key)
+    named = [("url", db.url), ("replica_url", db.replica_url),
+             *((f"failover_urls[{i}]", u) for i, u in enumerate(db.failover_urls))]
+    for key, value in named:
         if value and _url_has_password(value):
             raise ConfigError(f"database.password_file: database.{key} holds a password too "
                               f"(keep it in one place: remove it from the URL)")

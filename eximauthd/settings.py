@@ -81,13 +81,20 @@ class DatabaseConfig:
     connect_timeout: int = 3
     password_file: str = ""
     password: str = field(default="", repr=False, metadata={SECRET: "value", LOADED: True})
+    # Tried in order after url when the node in use fails (docs/scaling.md); back to url when
+    # it is usable again.
+    failover_urls: tuple[str, ...] = field(default=(), metadata={SECRET: "url"})
+    # How often the service checks the node in use and, away from url, the preferred ones.
+    failover_check_seconds: int = 2
 
     def __repr__(self) -> str:
         # The URL may hold the database password: never print it.
         return (
             f"DatabaseConfig(url={mask_url(self.url)!r}, "
             f"replica_url={mask_url(self.replica_url) if self.replica_url else ''!r}, "
-            f"connect_timeout={self.connect_timeout}, password_file={self.password_file!r})"
+            f"connect_timeout={self.connect_timeout}, password_file={self.password_file!r}, "
+            f"failover_urls={[mask_url(u) for u in self.failover_urls]!r}, "
+            f"failover_check_seconds={self.failover_check_seconds})"
         )
 
     __str__ = __repr__

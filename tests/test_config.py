@@ -135,6 +135,16 @@ class TestEnvironment:
      "throttle.exempt_networks: '192.0.2.1/24' is not a network"),
     ("[throttle]\nexempt_networks = ['webmail']\n", {},
      "throttle.exempt_networks: 'webmail' is not a network"),
+    ("[database]\nurl = 'mysql+pymysql://u@a/m'\nfailover_urls = ['sqlite:///x.db']\n", {},
+     "database.failover_urls[0]: failover needs MariaDB/MySQL nodes"),
+    ("[database]\nfailover_urls = ['mysql+pymysql://u@b/m']\n", {},
+     "database.failover_urls: database.url is SQLite"),
+    ("", {"EXIMAUTHD_DATABASE_URL": "mysql+pymysql://u@a/m",
+          "EXIMAUTHD_DATABASE_FAILOVER_URLS": "mysql+pymysql://u@b/m,postgresql://u@c/m"},
+     "database.failover_urls[1]: unsupported driver"),
+    ("[database]\nurl = 'mysql+pymysql://u@a/m'\nfailover_urls = ['mysql+pymysql://u@b/m']\n"
+     "failover_check_seconds = 0\n", {},
+     "database.failover_check_seconds: must be between 1 and 60"),
 ])
 def test_invalid_configuration_names_the_key(tmp_path: Path, text: str, env: dict[str, str],
                                              message: str) -> None:
@@ -161,10 +171,13 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_database_password_never_in_repr() -> None:
     """The URL's password is masked wherever the config is printed."""
     db = DatabaseConfig(url="mysql+pymysql://eximauthd:hunter2@db/mail",
-                        replica_url="mysql+pymysql://ro:hunter3@replica/mail")
+                        replica_url="mysql+pymysql://ro:hunter3@replica/mail",
+                        failover_urls=("mysql+pymysql://eximauthd:hunter4@db2/mail",))
     text = repr(db) + str(db) + repr(Config(database=db))
     assert "hunter2" not in text
     assert "hunter3" not in text
+    assert "hunter4" not in text
+    assert "eximauthd:***@db2/mail" in text
     assert "eximauthd:***@db/mail" in text
 
 
@@ -468,7 +481,8 @@ class TestPasswordFile:
             ("", {"EXIMAUTHD_DATABASE_PASSWORD": "x"}, "EXIMAUTHD_DATABASE_PASSWORD"),
         ]:
             with pytest.raises(ConfigError, match=rf"^{where}: unknown key \(known: "
-                                                  r"connect_timeout, password_file, "
+                                                  r"connect_timeout, failover_check_seconds, "
+                                                  r"failover_urls, password_file, "
                                                   r"replica_url, url\)$"):
                 load_config(_write(tmp_path, text), environ=env, default_path=None)
 
@@ -522,12 +536,15 @@ class TestPasswordFile:
         ("mysql+pymysql://ex@db/mail?password=inline", "", "url"),
         ("mysql+pymysql://ex@db/mail?PASSWD=inline", "", "url"),
         ("mysql+pymysql://ex@db/mail", "mysql+pymysql://ro:inline@replica/mail", "replica_url"),
+        ("mysql+pymysql://ex@db/mail", "", "failover_urls[1]"),
     ])
     def test_a_password_in_a_url_too_is_refused(self, tmp_path: Path, url: str, replica: str,
                                                 key: str) -> None:
         """Two passwords: which one is meant?  Neither is chosen; the URL's is not shown."""
+        nodes = ("failover_urls = ['mysql+pymysql://ex@db2/mail', "
+                 "'mysql+pymysql://ex:inline@db3/mail']\n" if key.startswith("failover") else "")
         path = _mysql_config(tmp_path, _password_file(tmp_path, b"from-file\n"), url,
-                             f"replica_url = '{replica}'\n")
+                             f"replica_url = '{replica}'\n{nodes}")
         with pytest.raises(ConfigError) as info:
             load_config(path, environ={}, default_path=None)
         assert str(info.value) == (f"database.password_file: database.{key} holds a password "

@@ -75,7 +75,7 @@ def _shown(value: Any, secret: str | None) -> Any:
     if secret is None or not value:
         return value  # that a secret is unset is no secret
     if secret == "url":  # noqa: S105 -- a kind of secret, not one
-        return mask_url(value)
+        return tuple(map(mask_url, value)) if isinstance(value, tuple) else mask_url(value)
     return MASK
 
 

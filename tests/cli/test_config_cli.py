@@ -186,7 +186,7 @@ def _secret_file(path: Path, content: str) -> Path:
 
 
 _SECRETS = ["url-Pw-7f3a", "replica-Pw-9c1e", "query-Pw-55d0", "token-4b8e9a1c2d3f4e5a",
-            "file-Pw-0aa1"]
+            "file-Pw-0aa1", "node-Pw-3e77"]
 
 
 @pytest.fixture(params=["in-urls", "in-files"])
@@ -199,6 +199,7 @@ def secret_config(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path,
 [database]
 url = "mysql+pymysql://ex:{_SECRETS[0]}@127.0.0.1/mail?passwd={_SECRETS[2]}&charset=utf8mb4"
 replica_url = "mysql+pymysql://ro:{_SECRETS[1]}@127.0.0.1/mail"
+failover_urls = ["mysql+pymysql://ex:{_SECRETS[5]}@127.0.0.2/mail"]
 [http]
 token = "{_SECRETS[3]}"
 [throttle]
