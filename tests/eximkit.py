@@ -158,6 +158,23 @@ def build_handwritten(tmp: Path, port: int, sink_port: int, socket_path: str) ->
     return config
 
 
+def dovecot_socket(socket_path: str) -> str:
+    """Where the rigs put the service's Dovecot socket: beside its readsocket one."""
+    return str(Path(socket_path).with_name("dovecot-auth.sock"))
+
+
+def build_handwritten_dovecot(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+    """The hand-written config with eximauthd-dovecot-auth.conf (Exim's `dovecot` driver)
+    instead of eximauthd-auth.conf; the rcpt ACL still asks over the readsocket socket."""
+    config = build_handwritten(tmp, port, sink_port, socket_path)
+    text = config.read_text().replace(
+        "EXIMAUTHD_TIMEOUT = 5s\n",
+        f"EXIMAUTHD_TIMEOUT = 5s\nEXIMAUTHD_DOVECOT_SOCKET = {dovecot_socket(socket_path)}\n", 1)
+    config.write_text(text.replace(f".include {SNIPPETS}/eximauthd-auth.conf",
+                                   f".include {SNIPPETS}/eximauthd-dovecot-auth.conf"))
+    return config
+
+
 DEBIAN_TEST_MAIN = """\
 # test rig only: a private daemon on a free port, spool and logs in a temp dir
 EXIMAUTHD_SOCKET = {socket_path}
@@ -202,15 +219,20 @@ test_local:
 """
 
 
-def build_debian_split(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+def build_debian_split(tmp: Path, port: int, sink_port: int, socket_path: str,
+                       dovecot: bool = False) -> Path:
     """Debian's stock /etc/exim4 (split mode) + exim-snippets/debian, through update-exim4.conf.
 
     Test-only files configure a private daemon and the sink; they sort before and apart from the
-    drop-ins, which are copied exactly as shipped.
+    drop-ins, which are copied exactly as shipped (with *dovecot*, the `dovecot` driver's
+    variant of conf.d/auth/20_eximauthd over the readsocket one).
     """
     etc = tmp / "etc-exim4"
     shutil.copytree("/etc/exim4", etc)
     shutil.copytree(SNIPPETS / "debian" / "conf.d", etc / "conf.d", dirs_exist_ok=True)
+    if dovecot:
+        shutil.copytree(SNIPPETS / "debian" / "dovecot" / "conf.d", etc / "conf.d",
+                        dirs_exist_ok=True)
     settings = etc / "update-exim4.conf.conf"
     text = settings.read_text()
     for key, value in (("dc_use_split_config", "true"), ("dc_eximconfig_configtype", "internet"),
@@ -219,7 +241,10 @@ def build_debian_split(tmp: Path, port: int, sink_port: int, socket_path: str) -
         text = re.sub(rf"^{key}=.*$", f"{key}='{value}'", text, flags=re.MULTILINE)
     settings.write_text(text)
     fmt = {"tmp": tmp, "port": port, "sink_port": sink_port, "socket_path": socket_path}
-    (etc / "conf.d/main/000_a_test_rig").write_text(DEBIAN_TEST_MAIN.format(**fmt))
+    rig_main = DEBIAN_TEST_MAIN.format(**fmt)
+    if dovecot:
+        rig_main += f"EXIMAUTHD_DOVECOT_SOCKET = {dovecot_socket(socket_path)}\n"
+    (etc / "conf.d/main/000_a_test_rig").write_text(rig_main)
     (etc / "conf.d/router/050_test_rig").write_text(DEBIAN_TEST_ROUTERS)
     (etc / "conf.d/transport/05_test_rig").write_text(DEBIAN_TEST_TRANSPORTS.format(**fmt))
     config = tmp / "exim4.conf"
@@ -227,6 +252,11 @@ def build_debian_split(tmp: Path, port: int, sink_port: int, socket_path: str) -
                    capture_output=True, timeout=60)
     config.chmod(0o644)
     return config
+
+
+def build_debian_split_dovecot(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+    """Debian split with the `dovecot` driver's drop-in (exim-snippets/debian/dovecot)."""
+    return build_debian_split(tmp, port, sink_port, socket_path, dovecot=True)
 
 
 def build_debian_monolithic(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
@@ -354,9 +384,14 @@ def _tls_context() -> ssl.SSLContext:
 def session(exim: Exim, *, plain: tuple[str, str, str] | None = None,
             login: tuple[str, str] | None = None, sender: str = "",
             rcpts: tuple[str, ...] = (), tls: bool = True,
-            before_rcpt: object = None, source_ip: str = "127.0.0.2") -> Transcript:
+            before_rcpt: object = None, source_ip: str = "127.0.0.2",
+            auth: tuple[str, ...] | None = None) -> Transcript:
     """One SMTP session: EHLO, STARTTLS, optional AUTH (raw, so empty fields are possible),
-    MAIL, RCPTs and DATA when any RCPT was accepted."""
+    MAIL, RCPTs and DATA when any RCPT was accepted.
+
+    *auth* is a raw exchange: the AUTH command's argument, then the lines sent while the
+    server answers 334 (``("PLAIN", token)`` sends the token after an empty challenge).
+    """
     out = Transcript()
     # Debian's stock config lets 127.0.0.1 relay unauthenticated: tests of it connect from
     # another loopback address.
@@ -366,17 +401,7 @@ def session(exim: Exim, *, plain: tuple[str, str, str] | None = None,
         if tls:
             smtp.starttls(context=_tls_context())
             smtp.ehlo("client.test")
-        if plain is not None:
-            authzid, user, password = plain
-            token = base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
-            out.auth = smtp.docmd("AUTH", f"PLAIN {token}")
-        elif login is not None:
-            code, _ = smtp.docmd("AUTH", "LOGIN")
-            if code == 334:
-                smtp.docmd(base64.b64encode(login[0].encode()).decode())
-                out.auth = smtp.docmd(base64.b64encode(login[1].encode()).decode())
-            else:
-                out.auth = (code, _)
+        out.auth = _authenticate(smtp, plain, login, auth)
         if callable(before_rcpt):
             before_rcpt()
         out.mail = smtp.docmd("MAIL", f"FROM:<{sender}>")
@@ -389,6 +414,31 @@ def session(exim: Exim, *, plain: tuple[str, str, str] | None = None,
         else:
             smtp.rset()
     return out
+
+
+def _authenticate(smtp: smtplib.SMTP, plain: tuple[str, str, str] | None,
+                  login: tuple[str, str] | None,
+                  auth: tuple[str, ...] | None) -> tuple[int, bytes] | None:
+    """The AUTH exchange of :func:`session`; its last reply, None without AUTH."""
+    reply: tuple[int, bytes] | None = None
+    if auth is not None:
+        reply = smtp.docmd("AUTH", auth[0])
+        for line in auth[1:]:
+            if reply[0] != 334:
+                break
+            reply = smtp.docmd(line)
+    elif plain is not None:
+        authzid, user, password = plain
+        token = base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
+        reply = smtp.docmd("AUTH", f"PLAIN {token}")
+    elif login is not None:
+        code, _ = smtp.docmd("AUTH", "LOGIN")
+        if code == 334:
+            smtp.docmd(base64.b64encode(login[0].encode()).decode())
+            reply = smtp.docmd(base64.b64encode(login[1].encode()).decode())
+        else:
+            reply = (code, _)
+    return reply
 
 
 def exim_available() -> bool:
