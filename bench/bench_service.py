@@ -548,6 +548,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     socket_path: str
     logfile: Path
+    dovecot_path: str = ""  # eximauthd's own Dovecot auth-client socket ([dovecot_auth])
 
     @property
     def pid(self) -> int:
@@ -556,19 +557,23 @@ class Server:
 
 def start_eximauthd(name: str, workdir: Path, db_url: str, profile: Profile) -> Server:
     sock = str(workdir / f"{name}.sock")
+    dovecot_sock = str(workdir / f"{name}-dc.sock")
     logfile = workdir / f"{name}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXIMAUTHD_")}
     env |= profile.service_env() | {
         "EXIMAUTHD_DATABASE_URL": db_url,
         "EXIMAUTHD_SOCKET_PATH": sock,
         "EXIMAUTHD_HTTP_ENABLED": "false",
+        # The same process also speaks Dovecot's auth-client protocol (the [3x] variants).
+        "EXIMAUTHD_DOVECOT_AUTH_ENABLED": "true",
+        "EXIMAUTHD_DOVECOT_AUTH_PATH": dovecot_sock,
     }
     with (workdir / f"{name}.stderr").open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "eximauthd", "serve", "--log-file", str(logfile)],
             env=env, cwd=workdir, stdout=err, stderr=err, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent)  # noqa: PLW1509
-    server = Server(name, proc, sock, workdir / f"{name}.stderr")
+    server = Server(name, proc, sock, workdir / f"{name}.stderr", dovecot_sock)
     wait_for(lambda: ask_line(sock, b"PING\n", b"yes\n"), f"eximauthd serve ({name})", proc,
              server.logfile)
     server.logfile = logfile
@@ -1032,8 +1037,11 @@ class Setup:
     accounts: dict[str, list[Account]]
 
     def socket_variant(self, key: str, label: str, server: Server, payloads: Sequence[Any],
-                       expect: bytes = b"yes\n") -> Variant:
-        kind = "dovecot" if server is self.dovecot else "line"
+                       expect: bytes = b"yes\n", dovecot_protocol: bool = False) -> Variant:
+        """*server* on its socket; with *dovecot_protocol*, an eximauthd server on its
+        Dovecot auth-client socket (asked as Exim's dovecot driver asks Dovecot)."""
+        kind = "dovecot" if server is self.dovecot or dovecot_protocol else "line"
+        path = server.dovecot_path if dovecot_protocol else server.socket_path
         clients = self.clients
         cpu: Callable[[], Cpu]
         if server is self.dovecot:
@@ -1042,8 +1050,8 @@ class Setup:
             cpu = lambda: proc_cpu(server.pid)  # noqa: E731
         return Variant(
             key, label,
-            run=lambda d: clients.run(kind, server.socket_path, payloads, expect, d),
-            warm=lambda s: clients.warm(kind, server.socket_path, payloads, expect, s),
+            run=lambda d: clients.run(kind, path, payloads, expect, d),
+            warm=lambda s: clients.warm(kind, path, payloads, expect, s),
             server_cpu=cpu)
 
     def inproc_variant(self, key: str, label: str, call: Callable[[Any], bool],
@@ -1114,6 +1122,9 @@ def auth_group(setup: Setup, profile: Profile, window: float, n: str, m: str) ->
     variants = [
         setup.socket_variant("ead", f"eximauthd AUTH, socket ({profile.params})",
                              setup.servers[profile.key], auth_payloads(accounts)),
+        setup.socket_variant("eaddc", "eximauthd AUTH, Dovecot protocol",
+                             setup.servers[profile.key], dovecot_payloads(accounts), b"OK",
+                             dovecot_protocol=True),
         setup.inproc_variant("cffi", f"argon2-cffi verify, {CONCURRENCY} threads",
                              cffi_verifier(profile), pairs),
     ]
@@ -1134,6 +1145,10 @@ def auth_group(setup: Setup, profile: Profile, window: float, n: str, m: str) ->
     return Group(f"[{n}/{m}] AUTH, argon2id {p} ({profile.label})", window, variants, [
         RatioSpec(n, f"AUTH eximauthd / argon2-cffi raw, {p}", "ead", "cffi", 0.90),
         RatioSpec(m, f"AUTH eximauthd / dovecot, {p}", "ead", "dovecot", 1.0),
+        RatioSpec(m + "d", f"AUTH eximauthd Dovecot protocol / dovecot, {p}", "eaddc",
+                  "dovecot", 1.0),
+        RatioSpec(m + "d.1", f"  eximauthd Dovecot protocol / eximauthd socket, {p}", "eaddc",
+                  "ead", None),
         RatioSpec(m + ".1", f"  libsodium raw / argon2-cffi raw, {p}", "sodium", "cffi", None),
         RatioSpec(m + ".2", f"  dovecot / libsodium raw, {p}", "dovecot", "sodium", None),
         RatioSpec(m + ".3", f"  argon2-cffi threads=1 / argon2-cffi verify, {p}", "cffi1",
@@ -1160,10 +1175,13 @@ def build_groups(setup: Setup, settings: Settings) -> list[Group]:
         groups.append(Group(f"[{key}] AUTH per-request overhead, stored {title}",
                             settings.window_fast, [
             setup.socket_variant("ead", "eximauthd AUTH, socket", server, auth_payloads(accounts)),
+            setup.socket_variant("eaddc", "eximauthd AUTH, Dovecot protocol", server,
+                                 dovecot_payloads(accounts), b"OK", dovecot_protocol=True),
             setup.socket_variant("dovecot", "dovecot auth-client, sql", setup.dovecot,
                                  dovecot_payloads(accounts), b"OK"),
-        ], [RatioSpec(key, f"AUTH eximauthd / dovecot, {title}", "ead", "dovecot",
-                      target)]))
+        ], [RatioSpec(key, f"AUTH eximauthd / dovecot, {title}", "ead", "dovecot", target),
+            RatioSpec(key + "d", f"AUTH eximauthd Dovecot protocol / dovecot, {title}",
+                      "eaddc", "dovecot", target)]))
     return groups
 
 

@@ -114,8 +114,8 @@ class DovecotAuthServer:
         """Log a FAIL the protocol sent without a credential check."""
         self.service.metrics.requests.labels("AUTH", TRANSPORT, "no").inc()
         _decisions.info("decision", extra=decision_fields(
-            verb="AUTH", mech=reply.mechanism, result="no", reason=reply.refused,
-            via=TRANSPORT))
+            verb="AUTH", mech=reply.mechanism, client=reply.client_ip, result="no",
+            reason=reply.refused, via=TRANSPORT))
 
     def protocol_error(self, reason: str) -> None:
         self.service.metrics.protocol_errors.labels(f"dovecot-{reason}").inc()

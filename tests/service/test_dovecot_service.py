@@ -129,7 +129,8 @@ class TestAnswers:
         log = front.served.log()
         assert f"verb=AUTH user={ALICE} mech=PLAIN client=192.0.2.10 result=no " \
                "reason=bad-password" in log
-        assert "reason=authzid-mismatch via=dovecot" in log
+        assert "verb=AUTH mech=PLAIN client=192.0.2.10 result=no reason=authzid-mismatch " \
+               "via=dovecot" in log
         assert "Wr0ng-secret" not in log
         assert PASSWORD not in log
         _, metrics = kit.http_call(front.served, "GET", "/metrics")
