@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import shutil
 import socket
@@ -268,3 +269,33 @@ def test_fuzz_never_crashes_never_ok(sqlite_url: str) -> None:
         assert front.served.process.poll() is None
         assert "Traceback" not in front.served.log()
         assert "internal error" not in front.served.log()
+
+
+def test_live_dovecot_socket_is_not_stolen_and_stop_cleans_up(sqlite_url: str) -> None:
+    """A second instance on the same Dovecot socket exits 2 with one line naming the key and
+    leaves nothing behind; SIGTERM removes the socket; a stale one is replaced."""
+    populate(sqlite_url)
+    with _front(sqlite_url) as first:
+        second = kit.start_service(sqlite_url, extra_env=kit.dovecot_env(first.path),
+                                   wait=False)
+        assert second.process.wait(30) == 2
+        errors = [line for line in second.log().splitlines() if "error" in line]
+        assert errors == [f"eximauthd: error: dovecot_auth.path: another process is serving "
+                          f"{first.path}; not stealing it"]
+        assert not os.path.exists(second.socket_path)
+        shutil.rmtree(Path(second.socket_path).parent, ignore_errors=True)
+        with first.connect() as client:
+            assert client.auth(1, "PLAIN", plain_resp(ALICE, PASSWORD)) == f"OK\t1\tuser={ALICE}"
+        assert first.served.stop() == 0
+        assert not os.path.exists(first.path)
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(first.path)  # a leftover socket file nobody listens on
+        stale.close()
+        third = kit.start_service(sqlite_url, extra_env=kit.dovecot_env(first.path))
+        try:
+            with first.connect() as client:
+                assert client.auth(1, "PLAIN", plain_resp(ALICE, PASSWORD)) == \
+                    f"OK\t1\tuser={ALICE}"
+        finally:
+            assert third.stop() == 0
+            shutil.rmtree(Path(third.socket_path).parent, ignore_errors=True)
