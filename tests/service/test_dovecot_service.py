@@ -17,7 +17,7 @@ import pytest
 
 from .. import servicekit as kit
 from ..servicekit import DovecotClient, b64, plain_resp
-from ..support import MARIADB_HOST, MARIADB_PORT, PASSWORD, populate
+from ..support import MARIADB_HOST, MARIADB_PORT, PASSWORD, populate, wait_for
 
 ALICE = "alice@example.test"
 
@@ -299,3 +299,17 @@ def test_live_dovecot_socket_is_not_stolen_and_stop_cleans_up(sqlite_url: str) -
         finally:
             assert third.stop() == 0
             shutil.rmtree(Path(third.socket_path).parent, ignore_errors=True)
+
+
+def test_a_client_that_never_reads_is_disconnected(sqlite_url: str) -> None:
+    """Requests flooded without reading a reply: the service stops queueing replies for it
+    and cuts the connection instead of growing its buffer; other clients are served."""
+    populate(sqlite_url)
+    with _front(sqlite_url) as front:
+        flood = "".join(f"AUTH\t{i}\tLOGIN\tservice=smtp\n" for i in range(1, 200_001))
+        with front.connect() as client, \
+                contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            client.send(flood)
+        assert wait_for(lambda: "reason=replies-unread via=dovecot" in front.served.log())
+        with front.connect() as client:
+            assert client.auth(1, "PLAIN", plain_resp(ALICE, PASSWORD)) == f"OK\t1\tuser={ALICE}"
