@@ -143,6 +143,20 @@ class TestAnswers:
             in metrics
 
 
+    def test_throttle_is_shared_with_the_socket(self, front: Front) -> None:
+        """Wrong passwords over the readsocket socket lock the user out over the Dovecot
+        protocol too (one throttle): the right password then gets FAIL, logged throttled."""
+        ip = "192.0.2.99"  # a network bob never logged in from
+        for attempt in range(10):  # ten different ones: a repeated wrong password counts once
+            assert front.served.ask(kit.auth_line("bob@example.test", f"wrong-{attempt}", ip)
+                                    ) == b"no\n"
+        with front.connect() as client:
+            assert client.auth(1, "PLAIN", plain_resp("bob@example.test", PASSWORD),
+                               rip=ip) == "FAIL\t1"
+        assert any("user=bob@example.test" in line and "reason=throttled-" in line
+                   and line.endswith("via=dovecot") for line in front.served.log().splitlines())
+
+
 class TestConnections:
     """Many requests per connection (Postfix), many connections at once (Exim)."""
 
