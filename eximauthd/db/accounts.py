@@ -104,8 +104,8 @@ class OwnAccountStore:
         t = self._t
         query = (sa.select(t.c.address, t.c.enabled, t.c.password_hash)
                  .where(t.c.address == str(address)).limit(MAX_CANDIDATES + 1))
-        with self.db.read("look up user") as conn:
-            rows = _bounded(conn.execute(query).all(), address)
+        rows = _bounded(self.db.run("look up user", lambda conn: conn.execute(query).all()),
+                        address)
         return [UserRecord(str(address), bool(r.enabled), r.password_hash)
                 for r in rows if stored_address(r.address) == address][:limit]
 
@@ -283,8 +283,8 @@ class LegacyAccountStore:
 
     def find(self, address: Address, limit: int = 2) -> list[UserRecord]:
         query = self._select().where(self._match(address)).limit(MAX_CANDIDATES + 1)
-        with self.db.read("look up user") as conn:
-            rows = _bounded(conn.execute(query).all(), address)
+        rows = _bounded(self.db.run("look up user", lambda conn: conn.execute(query).all()),
+                        address)
         return [self._record(address, r) for r in rows if self._identity(r) == address][:limit]
 
     def find_many(self, addresses: Sequence[Address]) -> dict[str, list[UserRecord]]:

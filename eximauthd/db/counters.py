@@ -139,10 +139,11 @@ class AttemptStore:
         rows = [{"scope": scope, "subject": subject, "tag": tag, "nonce": nonce,
                  "attempted_at": now} for scope, subject in sorted(subjects)]
         # One multi-row statement (not executemany: PyMySQL cannot batch one whose UPDATE part
-        # has parameters), in its own transaction: the rows must be committed before anyone
-        # counts them.
-        with self.db.write("reserve password check") as conn:
-            conn.execute(stmt.values(rows))
+        # has parameters), committed by itself (autocommit): the rows must be committed before
+        # anyone counts them.  Idempotent (a repeat shares the rows), so a lost connection is
+        # retried.
+        self.db.run("reserve password check", lambda conn: conn.execute(stmt.values(rows)),
+                    primary=True)
 
     def _count(self, subjects: Sequence[Subject], tag: str, nonce: str,
                since: dt.datetime) -> dict[Subject, Reserved]:
@@ -152,10 +153,11 @@ class AttemptStore:
                            mine.label("mine"))
                  .where(_any_subject(t, subjects), t.c.attempted_at >= since)
                  .group_by(t.c.scope, t.c.subject))
-        # The primary, in a new transaction: it sees every row committed so far, ours included.
-        with self.db.write("count password checks") as conn:
-            found = {(r.scope, r.subject): Reserved(int(r.n), bool(r.mine))
-                     for r in conn.execute(query)}
+        # The primary, a statement of its own (autocommit): it sees every row committed so
+        # far, ours included.
+        found = {(r.scope, r.subject): Reserved(int(r.n), bool(r.mine))
+                 for r in self.db.run("count password checks",
+                                      lambda conn: conn.execute(query).all(), primary=True)}
         # A row pruned between the two statements: count it as there (never fewer than one).
         return {s: found.get(s, Reserved(1, True)) for s in subjects}
 
@@ -167,8 +169,7 @@ class AttemptStore:
         query = sa.delete(t).where(_any_subject(t, subjects), t.c.tag == tag)
         if nonce is not None:
             query = query.where(t.c.nonce == nonce)
-        with self.db.write("release password check") as conn:
-            conn.execute(query)
+        self.db.run("release password check", lambda conn: conn.execute(query), primary=True)
 
     def list(self, since: dt.datetime) -> list[FailureRow]:
         t = self._t
@@ -220,15 +221,15 @@ class KnownNetworkStore:
                                         exactly(t.c.address, address, self.db.dialect),
                                         t.c.network == network,
                                         t.c.last_success_at >= since).limit(1)
-        with self.db.write("read known networks") as conn:
-            return conn.execute(query).first() is not None
+        return self.db.run("read known networks", lambda conn: conn.execute(query).first(),
+                           primary=True) is not None
 
     def touch(self, address: str, network: str, now: dt.datetime) -> None:
         stmt = _upsert(self.db, self._t, ("address", "network"),
                        lambda t, new: [(t.c.last_success_at, new.last_success_at)])
-        with self.db.write("record known network") as conn:
-            conn.execute(stmt, {"address": address, "network": network,
-                                "last_success_at": now})
+        self.db.run("record known network", lambda conn: conn.execute(
+            stmt, {"address": address, "network": network, "last_success_at": now}),
+            primary=True)
 
     def prune(self, before: dt.datetime) -> int:
         t = self._t
@@ -310,11 +311,11 @@ class LimitStore:
         query = sa.select(t.c.address, t.c.kind, t.c.window_seconds, t.c.maximum).order_by(
             t.c.address, t.c.kind, t.c.window_seconds)
         found: dict[str, dict[str, list[Limit]]] = {}
-        with self.db.write("read user limits") as conn:
-            for r in conn.execute(query):
-                limits = found.setdefault(r.address, {}).setdefault(r.kind, [])
-                if r.window_seconds > 0:
-                    limits.append(Limit(int(r.window_seconds), int(r.maximum)))
+        for r in self.db.run("read user limits", lambda conn: conn.execute(query).all(),
+                             primary=True):
+            limits = found.setdefault(r.address, {}).setdefault(r.kind, [])
+            if r.window_seconds > 0:
+                limits.append(Limit(int(r.window_seconds), int(r.maximum)))
         return {a: {k: tuple(v) for k, v in kinds.items()} for a, kinds in found.items()}
 
     def set(self, address: str, kind: str, limits: Sequence[Limit] | None) -> None:

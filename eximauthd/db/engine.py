@@ -8,8 +8,9 @@ its code: SQLAlchemy's own messages can carry bound parameters (hashes) and URLs
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
@@ -26,8 +27,13 @@ __all__ = [
     "create_engine",
     "exactly",
     "is_duplicate",
+    "is_lost_connection",
     "translate_errors",
 ]
+
+_log = logging.getLogger("eximauthd.db")
+
+T = TypeVar("T")
 
 MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
 """SQLAlchemy's names of MySQL and MariaDB, which share their SQL and their collations."""
@@ -73,13 +79,21 @@ def translate_errors(what: str) -> Iterator[None]:
         raise _safe_error(exc, what) from None
 
 
-def create_engine(url: str, connect_timeout: int = 3) -> Engine:
+def create_engine(url: str, connect_timeout: int = 3, *, autocommit: bool = False) -> Engine:
     """Make an engine with the settings eximauthd needs on either backend.
 
     ``hide_parameters`` keeps bound values (hashes) out of every SQLAlchemy message; the
     connect timeout keeps a dead database from stalling a decision past Exim's readsocket timeout.
     A SQLite file is created mode 0600 (its -wal and -shm follow) before SQLite opens it.
+
+    No pre-ping: it is one more round trip on every checkout.  A pooled connection found dead
+    is retried once on a fresh one instead, by :meth:`Database.run` (reads and idempotent
+    statements only).  With *autocommit* every statement is its own transaction, and the
+    rollback a checkout would end with is skipped (nothing is open; see :meth:`Database.run`).
     """
+    options: dict[str, Any] = (
+        {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True} if autocommit
+        else {})
     parsed = sa.engine.make_url(url)
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:" and "uri" not in parsed.query:
@@ -87,14 +101,13 @@ def create_engine(url: str, connect_timeout: int = 3) -> Engine:
             # whether the CLI, `serve` or Alembic opens it first.
             create_private(parsed.database)
         engine = sa.create_engine(
-            parsed, hide_parameters=True, connect_args={"timeout": connect_timeout}
+            parsed, hide_parameters=True, connect_args={"timeout": connect_timeout}, **options
         )
         sa.event.listen(engine, "connect", _sqlite_on_connect)
         return engine
     return sa.create_engine(
         parsed,
         hide_parameters=True,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={
             "connect_timeout": connect_timeout,
@@ -102,6 +115,7 @@ def create_engine(url: str, connect_timeout: int = 3) -> Engine:
             "write_timeout": max(connect_timeout, 5),
             "charset": "utf8mb4",
         },
+        **options,
     )
 
 
@@ -123,6 +137,14 @@ class Database:
             create_engine(config.replica_url, config.connect_timeout)
             if config.replica_url else self.primary
         )
+        # The request path's pools: single statements in autocommit (see run()).  Separate
+        # pools, because switching one connection in and out of autocommit costs two
+        # statements per checkout.
+        self.auto_primary = create_engine(config.url, config.connect_timeout, autocommit=True)
+        self.auto_replica = (
+            create_engine(config.replica_url, config.connect_timeout, autocommit=True)
+            if config.replica_url else self.auto_primary
+        )
 
     def __repr__(self) -> str:
         return f"Database({self.config!r})"
@@ -138,8 +160,32 @@ class Database:
 
     @contextlib.contextmanager
     def read(self, what: str) -> Iterator[Connection]:
-        with translate_errors(what), self.replica.connect() as conn:
+        """A connection for reads, each statement its own snapshot (autocommit): no
+        REPEATABLE READ snapshot outlives a statement, and no rollback ends the checkout."""
+        with translate_errors(what), self.auto_replica.connect() as conn:
             yield conn
+
+    def run(self, what: str, work: Callable[[Connection], T], *, primary: bool = False,
+            retry: bool = True) -> T:
+        """``work(connection)`` in autocommit: each statement commits by itself, and nothing
+        else is sent (no BEGIN, COMMIT, ROLLBACK or ping).  *work* must consume its results.
+
+        A pooled connection that turns out dead (the server restarted, ``KILL CONNECTION``,
+        a timeout) is tried once more on a fresh one, when *retry*: only for reads and
+        idempotent statements, since the first may have run before the connection died.
+        """
+        engine = self.auto_primary if primary else self.auto_replica
+        with translate_errors(what):
+            try:
+                with engine.connect() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if not retry or not is_lost_connection(exc):
+                    raise
+                _log.info("%s: the pooled connection was lost; trying once more on a new one",
+                          what)
+            with engine.connect() as conn:
+                return work(conn)
 
     @contextlib.contextmanager
     def write(self, what: str) -> Iterator[Connection]:
@@ -147,9 +193,20 @@ class Database:
             yield conn
 
     def dispose(self) -> None:
-        self.primary.dispose()
-        if self.replica is not self.primary:
-            self.replica.dispose()
+        for engine in {self.primary, self.replica, self.auto_primary, self.auto_replica}:
+            engine.dispose()
+
+
+# MySQL/MariaDB client errors of a connection that died under a statement.
+_LOST = frozenset({2006, 2013})
+
+
+def is_lost_connection(exc: DBAPIError) -> bool:
+    """Did *exc* come from a connection that is gone (not from the statement itself)?"""
+    if exc.connection_invalidated:  # SQLAlchemy's dialect recognised a disconnect
+        return True
+    args: tuple[Any, ...] = getattr(exc.orig, "args", ())
+    return bool(args) and args[0] in _LOST
 
 
 def is_duplicate(exc: StorageError) -> bool:
