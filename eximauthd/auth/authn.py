@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..core.clients import read_client
 from ..core.credentials import Credentials, read_credentials
@@ -76,7 +77,8 @@ class Authenticator:
             return credentials
         return self.check(credentials)
 
-    def check(self, credentials: Credentials) -> Decision:
+    def check(self, credentials: Credentials,
+              rows: Sequence[Sequence[Any]] | None = None) -> Decision:
         """Decide whether *credentials* log in.
 
         Returns ``yes`` or ``no`` with a log-safe reason (``unknown-user``, ``bad-password``,
@@ -87,7 +89,9 @@ class Authenticator:
         address, password = credentials.address, credentials.password
         address_text = credentials.user
         generation = self.cache.generation(address_text) if self.cache is not None else (0, 0)
-        records = self.store.find(address)
+        # The rows of the store's lookup when the caller read them already (with the
+        # throttle's counts, in one statement), else read here.
+        records = self.store.find(address) if rows is None else self.store.records(address, rows)
         if len(records) != 1:
             self.hasher.verify_dummy(password)
             if len(records) > 1:

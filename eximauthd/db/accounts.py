@@ -75,6 +75,15 @@ class AccountStore(Protocol):
         """The rows of several addresses at once, by canonical address (absent: no row)."""
         ...
 
+    def lookup(self, address: Address) -> sa.Select[Any]:
+        """The query :meth:`find` runs, for a caller that sends it inside another statement."""
+        ...
+
+    def records(self, address: Address, rows: Sequence[Sequence[Any]],
+                limit: int = 2) -> list[UserRecord]:
+        """What :meth:`find` returns for the *rows* its :meth:`lookup` read."""
+        ...
+
     def replace_password(self, address: Address, old: str, new: str) -> bool:
         """Set *new* where the stored value is still exactly *old*; True if a row changed."""
         ...
@@ -100,14 +109,21 @@ class OwnAccountStore:
     def __repr__(self) -> str:
         return f"OwnAccountStore({self.db!r})"
 
-    def find(self, address: Address, limit: int = 2) -> list[UserRecord]:
+    def lookup(self, address: Address) -> sa.Select[Any]:
         t = self._t
-        query = (sa.select(t.c.address, t.c.enabled, t.c.password_hash)
-                 .where(t.c.address == str(address)).limit(MAX_CANDIDATES + 1))
-        rows = _bounded(self.db.run("look up user", lambda conn: conn.execute(query).all()),
-                        address)
-        return [UserRecord(str(address), bool(r.enabled), r.password_hash)
-                for r in rows if stored_address(r.address) == address][:limit]
+        return (sa.select(t.c.address, t.c.enabled, t.c.password_hash)
+                .where(t.c.address == str(address)).limit(MAX_CANDIDATES + 1))
+
+    def records(self, address: Address, rows: Sequence[Sequence[Any]],
+                limit: int = 2) -> list[UserRecord]:
+        return [UserRecord(str(address), bool(enabled), password)
+                for stored, enabled, password in _bounded(rows, address)
+                if stored_address(stored) == address][:limit]
+
+    def find(self, address: Address, limit: int = 2) -> list[UserRecord]:
+        query = self.lookup(address)
+        return self.records(address, self.db.run(
+            "look up user", lambda conn: conn.execute(query).all()), limit)
 
     def find_many(self, addresses: Sequence[Address]) -> dict[str, list[UserRecord]]:
         t = self._t
@@ -281,11 +297,18 @@ class LegacyAccountStore:
             exactly(column, value, dialect)
             for column, value in zip(self._address_columns(), key, strict=True)))
 
+    def lookup(self, address: Address) -> sa.Select[Any]:
+        return self._select().where(self._match(address)).limit(MAX_CANDIDATES + 1)
+
+    def records(self, address: Address, rows: Sequence[Sequence[Any]],
+                limit: int = 2) -> list[UserRecord]:
+        return [self._record(address, r) for r in _bounded(rows, address)
+                if self._identity(r) == address][:limit]
+
     def find(self, address: Address, limit: int = 2) -> list[UserRecord]:
-        query = self._select().where(self._match(address)).limit(MAX_CANDIDATES + 1)
-        rows = _bounded(self.db.run("look up user", lambda conn: conn.execute(query).all()),
-                        address)
-        return [self._record(address, r) for r in rows if self._identity(r) == address][:limit]
+        query = self.lookup(address)
+        return self.records(address, self.db.run(
+            "look up user", lambda conn: conn.execute(query).all()), limit)
 
     def find_many(self, addresses: Sequence[Address]) -> dict[str, list[UserRecord]]:
         wanted = set(addresses)

@@ -115,8 +115,18 @@ class AttemptStore:
         A row of the same *tag* still in the window is shared (a repeat counts once); one from
         an earlier window is renewed, as if new.  A deadlock is retried, a few times at most.
         """
+        return self.reserve_and_read(subjects, tag, nonce, now, since)[0]
+
+    def reserve_and_read(self, subjects: Sequence[Subject], tag: str, nonce: str,
+                         now: dt.datetime, since: dt.datetime, also: sa.Select[Any] | None = None,
+                         ) -> tuple[dict[Subject, Reserved], list[tuple[Any, ...]]]:
+        """:meth:`reserve`, and the rows of *also* read by the statement that counts.
+
+        Two statements in all: the reserving write, then one read of the counts and of *also*
+        (the account's row: a request needs it next, and it costs no round trip of its own).
+        """
         if not subjects:
-            return {}
+            return {}, []
         for attempt in range(_RESERVE_TRIES):
             try:
                 self._add(subjects, tag, nonce, now, since)
@@ -124,7 +134,7 @@ class AttemptStore:
             except StorageError as exc:
                 if not _is_deadlock(exc) or attempt == _RESERVE_TRIES - 1:
                     raise
-        return self._count(subjects, tag, nonce, since)
+        return self._count(subjects, tag, nonce, since, also)
 
     def _add(self, subjects: Sequence[Subject], tag: str, nonce: str, now: dt.datetime,
              since: dt.datetime) -> None:
@@ -145,21 +155,35 @@ class AttemptStore:
         self.db.run("reserve password check", lambda conn: conn.execute(stmt.values(rows)),
                     primary=True)
 
-    def _count(self, subjects: Sequence[Subject], tag: str, nonce: str,
-               since: dt.datetime) -> dict[Subject, Reserved]:
+    def _count(self, subjects: Sequence[Subject], tag: str, nonce: str, since: dt.datetime,
+               also: sa.Select[Any] | None,
+               ) -> tuple[dict[Subject, Reserved], list[tuple[Any, ...]]]:
         t = self._t
-        mine = sa.func.max(sa.case((sa.and_(t.c.tag == tag, t.c.nonce == nonce), 1), else_=0))
-        query = (sa.select(t.c.scope, t.c.subject, sa.func.count().label("n"),
-                           mine.label("mine"))
-                 .where(_any_subject(t, subjects), t.c.attempted_at >= since)
-                 .group_by(t.c.scope, t.c.subject))
+        mine = sa.func.coalesce(sa.func.max(sa.case(
+            (sa.and_(t.c.tag == tag, t.c.nonce == nonce), 1), else_=0)), 0)
+        columns: list[Any] = []
+        for i, (scope, subject) in enumerate(subjects):
+            rows = sa.and_(t.c.scope == scope, t.c.subject == subject, t.c.attempted_at >= since)
+            columns += [sa.select(sa.func.count()).where(rows).scalar_subquery().label(f"n{i}"),
+                        sa.select(mine).where(rows).scalar_subquery().label(f"m{i}")]
+        query: sa.Select[Any] = sa.select(*columns)
+        if also is not None:
+            # One row of counts, joined to the rows of *also* (none: one row of NULLs).
+            counts, extra = query.subquery("counts"), also.subquery("also")
+            query = sa.select(counts, extra).select_from(counts.outerjoin(extra, sa.true()))
         # The primary, a statement of its own (autocommit): it sees every row committed so
         # far, ours included.
-        found = {(r.scope, r.subject): Reserved(int(r.n), bool(r.mine))
-                 for r in self.db.run("count password checks",
-                                      lambda conn: conn.execute(query).all(), primary=True)}
-        # A row pruned between the two statements: count it as there (never fewer than one).
-        return {s: found.get(s, Reserved(1, True)) for s in subjects}
+        read = self.db.run("count password checks", lambda conn: conn.execute(query).all(),
+                           primary=True)
+        width = 2 * len(subjects)
+        found: dict[Subject, Reserved] = {}
+        for i, key in enumerate(subjects):
+            n, m = int(read[0][2 * i]), bool(read[0][2 * i + 1])
+            # A row pruned between the two statements: count it as there (never fewer than one).
+            found[key] = Reserved(n, m) if n else Reserved(1, True)
+        extra_rows = [tuple(r[width:]) for r in read
+                      if any(value is not None for value in r[width:])]
+        return found, extra_rows
 
     def release(self, subjects: Sequence[Subject], tag: str, nonce: str | None = None) -> None:
         """Delete the subjects' rows of *tag* (only those this *nonce* reserved, if given)."""
