@@ -91,9 +91,12 @@ def create_engine(url: str, connect_timeout: int = 3, *, autocommit: bool = Fals
     statements only).  With *autocommit* every statement is its own transaction, and the
     rollback a checkout would end with is skipped (nothing is open; see :meth:`Database.run`).
     """
-    options: dict[str, Any] = (
-        {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True} if autocommit
-        else {})
+    # No pool reset either: a Connection ends its own transaction (begin() commits or rolls
+    # back, connect() rolls back on close), and a second ROLLBACK at check-in is a round trip
+    # more for nothing.
+    options: dict[str, Any] = {"pool_reset_on_return": None}
+    if autocommit:
+        options |= {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
     parsed = sa.engine.make_url(url)
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:" and "uri" not in parsed.query:
