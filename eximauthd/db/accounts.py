@@ -151,14 +151,17 @@ class OwnAccountStore:
 
     def replace_password(self, address: Address, old: str, new: str) -> bool:
         t = self._t
-        with self.db.write("rehash password") as conn:
+
+        def swap(conn: Connection) -> bool:
             ids = self._ids(conn, address)
             if len(ids) != 1:
                 return False
             query = (sa.update(t)
                      .where(t.c.id == ids[0], exactly(t.c.password_hash, old, self.db.dialect))
                      .values(password_hash=new, updated_at=sa.func.now()))
-            return conn.execute(query).rowcount == 1
+            return bool(conn.execute(query).rowcount == 1)
+
+        return self.db.transact("rehash password", swap)
 
     def add(self, address: Address, password_hash: str) -> None:
         query = sa.insert(self._t).values(
@@ -324,7 +327,7 @@ class LegacyAccountStore:
         return found
 
     def replace_password(self, address: Address, old: str, new: str) -> bool:
-        with self.db.write("rehash password") as conn:
+        def swap(conn: Connection) -> bool:
             keys = self._exact_keys(conn, address)
             if len(keys) != 1:
                 # Two rows for one login: refuse to touch either rather than guess.
@@ -338,7 +341,9 @@ class LegacyAccountStore:
                 # Byte-identical duplicate rows appeared meanwhile: still refuse.
                 conn.rollback()
                 return False
-            return result.rowcount == 1
+            return bool(result.rowcount == 1)
+
+        return self.db.transact("rehash password", swap)
 
     def add(self, address: Address, password_hash: str) -> None:
         values: dict[str, Any] = {self.legacy.password_column: password_hash}

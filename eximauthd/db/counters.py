@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.engine import Connection
 
 from ..core.limits import Limit, RateKey
 from ..errors import StorageError
@@ -277,7 +278,7 @@ class RateStore:
         t = self._t
         wanted = sorted(set(addresses))
         exact = set(wanted)
-        with self.db.write("update rate counters") as conn:
+        def work(conn: Connection) -> dict[RateKey, int]:
             if deltas:
                 stmt = _upsert(self.db, t, ("address", "kind", "window_seconds", "bucket"),
                                lambda t, new: [(t.c.count, t.c.count + new.count)])
@@ -296,6 +297,10 @@ class RateStore:
                         continue  # a look-alike the collation matched
                     found[(r.address, r.kind, int(r.window_seconds), int(r.bucket))] = int(r.n)
             return found
+
+        # Retried from the start when the connection was lost before the COMMIT: the counts
+        # were not added then, and are added once.
+        return self.db.transact("update rate counters", work)
 
     def live(self, now: int) -> dict[RateKey, int]:
         t = self._t

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from ..errors import SchemaMissingError, StorageError
+from ..errors import EximauthdError, SchemaMissingError, StorageError
 from ..files import create_private
 from ..settings import DatabaseConfig
 
@@ -195,9 +195,38 @@ class Database:
         with translate_errors(what), self.primary.begin() as conn:
             yield conn
 
+    def transact(self, what: str, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in one transaction on the primary, retried once from the start
+        when the connection turns out lost before the COMMIT was sent: the server rolled back
+        whatever the first try did, so nothing is applied twice.  A connection lost during
+        the COMMIT itself is not retried (whether it committed is unknown).
+        """
+        with translate_errors(what):
+            try:
+                return self._transact_once(work)
+            except _LostBeforeCommit:
+                _log.info("%s: the pooled connection was lost; trying once more on a new one",
+                          what)
+            return self._transact_once(work, retry=False)
+
+    def _transact_once(self, work: Callable[[Connection], T], retry: bool = True) -> T:
+        with self.primary.connect() as conn:
+            with conn.begin():
+                try:
+                    result = work(conn)
+                except DBAPIError as exc:
+                    if retry and is_lost_connection(exc):
+                        raise _LostBeforeCommit from exc
+                    raise
+            return result
+
     def dispose(self) -> None:
         for engine in {self.primary, self.replica, self.auto_primary, self.auto_replica}:
             engine.dispose()
+
+
+class _LostBeforeCommit(EximauthdError):
+    """Inside :meth:`Database.transact` only: the first try lost its connection."""
 
 
 # MySQL/MariaDB client errors of a connection that died under a statement.

@@ -226,6 +226,25 @@ class TestLostConnections:
             mariadb_alice.run("add counts", work, primary=True, retry=False)
         assert len(runs) == 2  # the warm-up and the one unretried try
 
+    def test_a_transaction_whose_connection_was_lost_runs_once_more_and_applies_once(
+            self, mariadb_alice: Database, mariadb_admin: sa.Engine) -> None:
+        """The server rolled back the first try: the retry's counts are added once."""
+        table = sa.Table("tally", sa.MetaData(), sa.Column("n", sa.Integer))
+        table.create(mariadb_alice.primary)
+        killed = mariadb_alice.transact("connection id", lambda conn: int(
+            conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one()))
+        tries: list[int] = []
+
+        def add(conn: sa.Connection) -> None:
+            tries.append(1)
+            conn.execute(sa.insert(table).values(n=1))
+
+        _kill(mariadb_admin, killed)
+        mariadb_alice.transact("add", add)
+        with mariadb_alice.primary.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 1
+        assert len(tries) == 2
+
     def test_a_database_that_is_down_defers(self) -> None:
         # Nothing listens on port 1 of the loopback: connecting fails at once.
         config = replace(config_for("mysql+pymysql://root@127.0.0.1:1/none"),
