@@ -143,9 +143,9 @@ class Database:
         # The request path's pools: single statements in autocommit (see run()).  Separate
         # pools, because switching one connection in and out of autocommit costs two
         # statements per checkout.
-        self.auto_primary = create_engine(config.url, config.connect_timeout, autocommit=True)
+        self.auto_primary = _autocommit_twin(self.primary, config.url, config.connect_timeout)
         self.auto_replica = (
-            create_engine(config.replica_url, config.connect_timeout, autocommit=True)
+            _autocommit_twin(self.replica, config.replica_url, config.connect_timeout)
             if config.replica_url else self.auto_primary
         )
 
@@ -223,6 +223,14 @@ class Database:
     def dispose(self) -> None:
         for engine in {self.primary, self.replica, self.auto_primary, self.auto_replica}:
             engine.dispose()
+
+
+def _autocommit_twin(engine: Engine, url: str, connect_timeout: int) -> Engine:
+    """An autocommit engine on the same database as *engine*: a pool of its own, except for
+    an in-memory SQLite database, which exists only in *engine*'s connections."""
+    if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return create_engine(url, connect_timeout, autocommit=True)
 
 
 class _LostBeforeCommit(EximauthdError):
