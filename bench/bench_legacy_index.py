@@ -15,7 +15,7 @@ Two measurements, the four variants alternating round by round (order rotated) s
 shared machine's noise falls on all of them alike; only the ratios mean anything:
 
 (a) per-AUTH database time: the statement ``LegacyAccountStore.find`` sends (its
-    ``lookup_statement``), executed on one held connection for a random existing user, timed
+    ``lookup``), executed on one held connection for a random existing user, timed
     around ``execute().all()``: median and p95 per lookup.
 (b) AUTH latency and throughput: ``Decider.auth`` (throttle on: its reservation statements,
     the lookup, argon2id, the settle), from one thread per CPU, right password, random users.
@@ -160,7 +160,7 @@ def run_lookups(db: Database, variant: Variant, seconds: float, minimum: int) ->
         before = handler_reads(conn)
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline or len(times) < minimum:
-            statement = store.lookup_statement(address(variant.rows))
+            statement = store.lookup(address(variant.rows))
             started = time.perf_counter()
             found = conn.execute(statement).all()
             times.append(time.perf_counter() - started)

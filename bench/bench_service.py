@@ -1290,13 +1290,121 @@ def run(settings: Settings, with_dovecot: bool, mode: str) -> str:
     return "\n".join(out)
 
 
+# --- statements per request, from MariaDB's own counters (--statements) ----------------------
+
+STATEMENT_REQUESTS = 20
+STATEMENT_USER = "alice@example.test"  # whose password is her address
+STATEMENT_HASHING = HashingConfig(memory_cost=8, time_cost=1, parallelism=1, hash_len=16,
+                                  salt_len=16)
+
+
+def _session_counts(raw: Any) -> int:
+    """Statements + pings so far on one pooled DBAPI connection, by the server's session
+    counters (``Questions`` + ``Com_admin_commands``: COM_PING is an admin command)."""
+    with raw.cursor() as cur:
+        cur.execute("SHOW SESSION STATUS WHERE Variable_name IN "
+                    "('Questions', 'Com_admin_commands')")
+        return sum(int(value) for _, value in cur.fetchall())
+
+
+def _statements_of(url: str, throttle: bool, user: str, password: str) -> float:
+    """The statements + pings one AUTH costs, by the session counters of every connection
+    the pools opened (read between requests; what reading costs is subtracted)."""
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    from eximauthd.core.decision import Decision  # noqa: PLC0415
+    from eximauthd.core.protocol import AuthRequest  # noqa: PLC0415
+    from eximauthd.db.engine import Database  # noqa: PLC0415
+    from eximauthd.service.decider import Decider  # noqa: PLC0415
+    from eximauthd.settings import CacheConfig, Config, ThrottleConfig  # noqa: PLC0415
+
+    config = Config(database=DatabaseConfig(url=url), hashing=STATEMENT_HASHING,
+                    throttle=ThrottleConfig(enabled=throttle, max_failures_per_ip=10**6,
+                                            max_failures_per_user=10**6),
+                    cache=CacheConfig(ttl_seconds=0))
+    db = Database(config.database)
+    raws: list[Any] = []
+
+    def opened(raw: Any, _record: Any) -> None:
+        raws.append(raw)
+
+    # Whatever pools this version of the code has (the transactional and the autocommit ones).
+    for engine in {getattr(db, n) for n in ("primary", "replica", "auto_primary", "auto_replica")
+                   if hasattr(db, n)}:
+        sa.event.listen(engine, "connect", opened)
+    decider = Decider(config, db)
+
+    def ask(i: int) -> None:
+        # Distinct wrong passwords, as a guesser sends them (a repeat would be one row).
+        sent = password if password == user else f"{password}-{i}"
+        read = decider.defenses.credentials(AuthRequest("PLAIN", user, sent, CLIENT_IP))
+        if not isinstance(read, Decision):
+            decider.auth(read)
+
+    def counted() -> int:
+        return sum(_session_counts(raw) for raw in raws)
+
+    try:
+        ask(-1)  # the pools' connections exist before counting
+        reading = -counted() + counted()  # what one reading costs
+        before = counted()
+        known = len(raws)
+        for i in range(STATEMENT_REQUESTS):
+            ask(i)
+        if len(raws) != known:
+            raise RuntimeError("a new connection opened while counting")
+        return (counted() - before - reading) / STATEMENT_REQUESTS
+    finally:
+        decider.close()
+
+
+def statements_per_request() -> str:
+    """Each kind of AUTH run in-process, one at a time, against a fresh MariaDB database."""
+    from eximauthd.core.addresses import parse_address  # noqa: PLC0415
+    from eximauthd.core.hashing import Hasher  # noqa: PLC0415
+    from eximauthd.db import upgrade  # noqa: PLC0415
+    from eximauthd.db.accounts import OwnAccountStore  # noqa: PLC0415
+    from eximauthd.db.engine import Database  # noqa: PLC0415
+
+    admin = pymysql.connect(host=MARIADB_HOST, port=MARIADB_PORT, user="root", autocommit=True)
+    name = f"eximauthd_bench_stmt_{os.getpid()}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")  # a generated name
+    url = f"mysql+pymysql://root@{MARIADB_HOST}:{MARIADB_PORT}/{name}"
+    out = ["statements per request (MariaDB session Questions + Com_admin_commands, "
+           f"mean of {STATEMENT_REQUESTS} requests one at a time)"]
+    try:
+        setup = Database(DatabaseConfig(url=url))
+        upgrade.upgrade(setup)
+        OwnAccountStore(setup).add(parse_address(STATEMENT_USER),
+                                   Hasher(STATEMENT_HASHING).hash(STATEMENT_USER))
+        setup.dispose()
+        for throttle in (False, True):
+            for label, user, password in (
+                    ("AUTH success, uncached", STATEMENT_USER, STATEMENT_USER),
+                    ("AUTH wrong password", STATEMENT_USER, "wrong"),
+                    ("AUTH unknown user", "nobody@example.test", "wrong")):
+                spent = _statements_of(url, throttle, user, password)
+                shown = f"{label}{', throttle on' if throttle else ''}"
+                out.append(f"  {shown:40s} {spent:5.2f}")
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+    return "\n".join(out)
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (~2 min)")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--no-dovecot", action="store_true", help="skip the Dovecot comparisons")
+    parser.add_argument("--statements", action="store_true",
+                        help="only the SQL statements per request, from MariaDB's counters")
     parser.add_argument("--yes-server", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.statements:
+        print(statements_per_request(), flush=True)
+        return 0
     if args.yes_server:
         yes_server_main(args.yes_server)
         return 0

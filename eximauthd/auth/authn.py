@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..core.clients import read_client
 from ..core.credentials import Credentials, read_credentials
@@ -28,12 +31,18 @@ from ..errors import HashingError, StorageError
 from ..settings import ThrottleConfig
 from .cache import AuthCache
 
-__all__ = ["Authenticator"]
+__all__ = ["REHASH_BACKOFF_SECONDS", "Authenticator"]
 
 _log = logging.getLogger("eximauthd.authn")
 
 # Accounts whose hash-shaped stored value was reported; past this many, reporting starts over.
 _REPORTED_MAX = 10_000
+
+# A rehash the database refused (read-only user or server, a column too narrow) is not tried
+# again for this account before this long: each try is one more failing write per login, and
+# one more log line.
+REHASH_BACKOFF_SECONDS = 600.0
+_BACKOFF_MAX = 10_000
 
 _ARGON2 = frozenset({Scheme.ARGON2ID, Scheme.ARGON2I})
 # How verify() counts a client's network when no throttle configuration says (the defaults).
@@ -43,12 +52,16 @@ _PREFIXES = (ThrottleConfig().ipv4_prefix, ThrottleConfig().ipv6_prefix)
 class Authenticator:
     """Verify credentials against an :class:`~eximauthd.db.accounts.AccountStore`."""
 
-    def __init__(self, store: AccountStore, hasher: Hasher, cache: AuthCache | None = None) -> None:
+    def __init__(self, store: AccountStore, hasher: Hasher, cache: AuthCache | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.hasher = hasher
         self.cache = cache
         self._reported: set[str] = set()
         self._reported_lock = threading.Lock()
+        self._clock = clock
+        # account -> when its rehash may be tried again, after the database refused one
+        self._rehash_after: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"Authenticator({self.store!r}, {self.hasher!r})"
@@ -64,7 +77,8 @@ class Authenticator:
             return credentials
         return self.check(credentials)
 
-    def check(self, credentials: Credentials) -> Decision:
+    def check(self, credentials: Credentials,
+              rows: Sequence[Sequence[Any]] | None = None) -> Decision:
         """Decide whether *credentials* log in.
 
         Returns ``yes`` or ``no`` with a log-safe reason (``unknown-user``, ``bad-password``,
@@ -75,7 +89,9 @@ class Authenticator:
         address, password = credentials.address, credentials.password
         address_text = credentials.user
         generation = self.cache.generation(address_text) if self.cache is not None else (0, 0)
-        records = self.store.find(address)
+        # The rows of the store's lookup when the caller read them already (with the
+        # throttle's counts, in one statement), else read here.
+        records = self.store.find(address) if rows is None else self.store.records(address, rows)
         if len(records) != 1:
             self.hasher.verify_dummy(password)
             if len(records) > 1:
@@ -94,7 +110,8 @@ class Authenticator:
                                else Reason(result.reason))
         if not record.enabled:
             return Decision.no(Reason.DISABLED)
-        if result.needs_rehash and record.password is not None:
+        if result.needs_rehash and record.password is not None \
+                and not self._backing_off(address_text):
             return self._rehash(credentials, old=record.password, scheme=result.scheme)
         if self.cache is not None and record.password is not None:
             self.cache.put(address_text, password, credentials.client.network, record.password,
@@ -114,6 +131,22 @@ class Authenticator:
                    "taken as plaintext; set [legacy] password_scheme (docs/passwords.md)",
                    address, kind)
 
+    def _backing_off(self, address: str) -> bool:
+        with self._reported_lock:
+            until = self._rehash_after.get(address)
+            if until is None:
+                return False
+            if self._clock() < until:
+                return True
+            del self._rehash_after[address]
+            return False
+
+    def _back_off(self, address: str) -> None:
+        with self._reported_lock:
+            if len(self._rehash_after) >= _BACKOFF_MAX:
+                self._rehash_after.clear()
+            self._rehash_after[address] = self._clock() + REHASH_BACKOFF_SECONDS
+
     def _rehash(self, credentials: Credentials, *, old: str, scheme: Scheme) -> Decision:
         # The password is right whatever happens here: a failed upgrade is logged, not refused.
         address_text = credentials.user
@@ -121,8 +154,10 @@ class Authenticator:
             new = self.hasher.hash(credentials.password)
             changed = self.store.replace_password(credentials.address, old, new)
         except (StorageError, HashingError) as exc:
-            _log.warning("could not upgrade %s password of %s to argon2id: %s", scheme.value,
-                         address_text, exc)
+            self._back_off(address_text)
+            _log.warning("could not upgrade %s password of %s to argon2id: %s; not tried again "
+                         "for %.0f minutes", scheme.value, address_text, exc,
+                         REHASH_BACKOFF_SECONDS / 60)
             return Decision.yes()
         if changed:
             _log.info("upgraded %s password of %s to argon2id (client %s)", scheme.value,

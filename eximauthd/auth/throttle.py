@@ -38,6 +38,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
 
 from ..core.clients import NO_ADDRESS, Client
 from ..core.credentials import Credentials
@@ -113,19 +116,21 @@ class Throttle:
         return (f"Throttle(window={c.window_seconds}s, ip={c.max_failures_per_ip}, "
                 f"user={c.max_failures_per_user})")
 
-    def reserve(self, credentials: Credentials) -> tuple[Decision | None, Reservation]:
+    def reserve(self, credentials: Credentials, also: sa.Select[Any] | None = None,
+                ) -> tuple[Decision | None, Reservation]:
         """Reserve a password check; ``no throttled-ip|throttled-user`` when over a limit.
 
         Call :meth:`settle` with the outcome of the check that follows (not needed when
-        refused: a refused request has already taken its reservation back).
+        refused: a refused request has already taken its reservation back).  The rows of
+        *also* (the account's lookup) are read with the counts, into ``Reservation.rows``.
         """
         network, user = credentials.client.counted_as, credentials.user
         subjects = _subjects(None if self._is_exempt(credentials.client) else network, user)
         now = self._clock()
         since = now - dt.timedelta(seconds=self.config.window_seconds)
-        reservation = Reservation(subjects, password_tag(self._key, user, credentials.password),
-                                  secrets.token_hex(16))
-        counts = self.attempts.reserve(subjects, reservation.tag, reservation.nonce, now, since)
+        tag, nonce = password_tag(self._key, user, credentials.password), secrets.token_hex(16)
+        counts, rows = self.attempts.reserve_and_read(subjects, tag, nonce, now, since, also)
+        reservation = Reservation(subjects, tag, nonce, tuple(rows) if also is not None else None)
         self._maybe_prune(now, since)
         refused = self._over_limit(counts, network, user, now)
         if refused is not None:
@@ -219,3 +224,5 @@ class Reservation:
     subjects: tuple[Subject, ...]
     tag: str = field(repr=False)
     nonce: str = field(repr=False)
+    # The rows of the lookup read with the counts (hashes: never shown), None when not asked.
+    rows: tuple[tuple[Any, ...], ...] | None = field(default=None, repr=False)

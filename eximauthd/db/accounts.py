@@ -75,6 +75,15 @@ class AccountStore(Protocol):
         """The rows of several addresses at once, by canonical address (absent: no row)."""
         ...
 
+    def lookup(self, address: Address) -> sa.Select[Any]:
+        """The query :meth:`find` runs, for a caller that sends it inside another statement."""
+        ...
+
+    def records(self, address: Address, rows: Sequence[Sequence[Any]],
+                limit: int = 2) -> list[UserRecord]:
+        """What :meth:`find` returns for the *rows* its :meth:`lookup` read."""
+        ...
+
     def replace_password(self, address: Address, old: str, new: str) -> bool:
         """Set *new* where the stored value is still exactly *old*; True if a row changed."""
         ...
@@ -100,14 +109,21 @@ class OwnAccountStore:
     def __repr__(self) -> str:
         return f"OwnAccountStore({self.db!r})"
 
-    def find(self, address: Address, limit: int = 2) -> list[UserRecord]:
+    def lookup(self, address: Address) -> sa.Select[Any]:
         t = self._t
-        query = (sa.select(t.c.address, t.c.enabled, t.c.password_hash)
-                 .where(t.c.address == str(address)).limit(MAX_CANDIDATES + 1))
-        with self.db.read("look up user") as conn:
-            rows = _bounded(conn.execute(query).all(), address)
-        return [UserRecord(str(address), bool(r.enabled), r.password_hash)
-                for r in rows if stored_address(r.address) == address][:limit]
+        return (sa.select(t.c.address, t.c.enabled, t.c.password_hash)
+                .where(t.c.address == str(address)).limit(MAX_CANDIDATES + 1))
+
+    def records(self, address: Address, rows: Sequence[Sequence[Any]],
+                limit: int = 2) -> list[UserRecord]:
+        return [UserRecord(str(address), bool(enabled), password)
+                for stored, enabled, password in _bounded(rows, address)
+                if stored_address(stored) == address][:limit]
+
+    def find(self, address: Address, limit: int = 2) -> list[UserRecord]:
+        query = self.lookup(address)
+        return self.records(address, self.db.run(
+            "look up user", lambda conn: conn.execute(query).all()), limit)
 
     def find_many(self, addresses: Sequence[Address]) -> dict[str, list[UserRecord]]:
         t = self._t
@@ -135,14 +151,17 @@ class OwnAccountStore:
 
     def replace_password(self, address: Address, old: str, new: str) -> bool:
         t = self._t
-        with self.db.write("rehash password") as conn:
+
+        def swap(conn: Connection) -> bool:
             ids = self._ids(conn, address)
             if len(ids) != 1:
                 return False
             query = (sa.update(t)
                      .where(t.c.id == ids[0], exactly(t.c.password_hash, old, self.db.dialect))
                      .values(password_hash=new, updated_at=sa.func.now()))
-            return conn.execute(query).rowcount == 1
+            return bool(conn.execute(query).rowcount == 1)
+
+        return self.db.transact("rehash password", swap)
 
     def add(self, address: Address, password_hash: str) -> None:
         query = sa.insert(self._t).values(
@@ -281,16 +300,20 @@ class LegacyAccountStore:
             exactly(column, value, dialect)
             for column, value in zip(self._address_columns(), key, strict=True)))
 
-    def lookup_statement(self, address: Address) -> sa.Select[Any]:
-        """The statement :meth:`find` sends for *address*: what
-        :mod:`~eximauthd.db.legacyindex` EXPLAINs."""
+    def lookup(self, address: Address) -> sa.Select[Any]:
+        """The statement :meth:`find` sends for *address* (the AUTH path sends it with the
+        throttle's count): what :mod:`~eximauthd.db.legacyindex` EXPLAINs."""
         return self._select().where(self._match(address)).limit(MAX_CANDIDATES + 1)
 
+    def records(self, address: Address, rows: Sequence[Sequence[Any]],
+                limit: int = 2) -> list[UserRecord]:
+        return [self._record(address, r) for r in _bounded(rows, address)
+                if self._identity(r) == address][:limit]
+
     def find(self, address: Address, limit: int = 2) -> list[UserRecord]:
-        query = self.lookup_statement(address)
-        with self.db.read("look up user") as conn:
-            rows = _bounded(conn.execute(query).all(), address)
-        return [self._record(address, r) for r in rows if self._identity(r) == address][:limit]
+        query = self.lookup(address)
+        return self.records(address, self.db.run(
+            "look up user", lambda conn: conn.execute(query).all()), limit)
 
     def find_many(self, addresses: Sequence[Address]) -> dict[str, list[UserRecord]]:
         wanted = set(addresses)
@@ -306,7 +329,7 @@ class LegacyAccountStore:
         return found
 
     def replace_password(self, address: Address, old: str, new: str) -> bool:
-        with self.db.write("rehash password") as conn:
+        def swap(conn: Connection) -> bool:
             keys = self._exact_keys(conn, address)
             if len(keys) != 1:
                 # Two rows for one login: refuse to touch either rather than guess.
@@ -320,7 +343,9 @@ class LegacyAccountStore:
                 # Byte-identical duplicate rows appeared meanwhile: still refuse.
                 conn.rollback()
                 return False
-            return result.rowcount == 1
+            return bool(result.rowcount == 1)
+
+        return self.db.transact("rehash password", swap)
 
     def add(self, address: Address, password_hash: str) -> None:
         values: dict[str, Any] = {self.legacy.password_column: password_hash}

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.engine import Connection
 
 from ..core.limits import Limit, RateKey
 from ..errors import StorageError
@@ -134,10 +135,20 @@ class AttemptStore:
         A row of the same *tag* still in the window is shared (a repeat counts once); one from
         an earlier window is renewed, as if new.  A deadlock is retried, a few times at most.
         """
+        return self.reserve_and_read(subjects, tag, nonce, now, since)[0]
+
+    def reserve_and_read(self, subjects: Sequence[Subject], tag: str, nonce: str,
+                         now: dt.datetime, since: dt.datetime, also: sa.Select[Any] | None = None,
+                         ) -> tuple[dict[Subject, Reserved], list[tuple[Any, ...]]]:
+        """:meth:`reserve`, and the rows of *also* read by the statement that counts.
+
+        Two statements in all: the reserving write, then one read of the counts and of *also*
+        (the account's row: a request needs it next, and it costs no round trip of its own).
+        """
         if not subjects:
-            return {}
+            return {}, []
         _retrying(lambda: self._add(subjects, tag, nonce, now, since))
-        return self._count(subjects, tag, nonce, since)
+        return self._count(subjects, tag, nonce, since, also)
 
     def _add(self, subjects: Sequence[Subject], tag: str, nonce: str, now: dt.datetime,
              since: dt.datetime) -> None:
@@ -152,25 +163,41 @@ class AttemptStore:
         rows = [{"scope": scope, "subject": subject, "tag": tag, "nonce": nonce,
                  "attempted_at": now} for scope, subject in sorted(subjects)]
         # One multi-row statement (not executemany: PyMySQL cannot batch one whose UPDATE part
-        # has parameters), in its own transaction: the rows must be committed before anyone
-        # counts them.
-        with self.db.write("reserve password check") as conn:
-            conn.execute(stmt.values(rows))
+        # has parameters), committed by itself (autocommit): the rows must be committed before
+        # anyone counts them.  Idempotent (a repeat shares the rows), so a lost connection is
+        # retried.
+        self.db.run("reserve password check", lambda conn: conn.execute(stmt.values(rows)),
+                    primary=True)
 
-    def _count(self, subjects: Sequence[Subject], tag: str, nonce: str,
-               since: dt.datetime) -> dict[Subject, Reserved]:
+    def _count(self, subjects: Sequence[Subject], tag: str, nonce: str, since: dt.datetime,
+               also: sa.Select[Any] | None,
+               ) -> tuple[dict[Subject, Reserved], list[tuple[Any, ...]]]:
         t = self._t
-        mine = sa.func.max(sa.case((sa.and_(t.c.tag == tag, t.c.nonce == nonce), 1), else_=0))
-        query = (sa.select(t.c.scope, t.c.subject, sa.func.count().label("n"),
-                           mine.label("mine"))
-                 .where(_any_subject(t, subjects), t.c.attempted_at >= since)
-                 .group_by(t.c.scope, t.c.subject))
-        # The primary, in a new transaction: it sees every row committed so far, ours included.
-        with self.db.write("count password checks") as conn:
-            found = {(r.scope, r.subject): Reserved(int(r.n), bool(r.mine))
-                     for r in conn.execute(query)}
-        # A row pruned between the two statements: count it as there (never fewer than one).
-        return {s: found.get(s, Reserved(1, True)) for s in subjects}
+        mine = sa.func.coalesce(sa.func.max(sa.case(
+            (sa.and_(t.c.tag == tag, t.c.nonce == nonce), 1), else_=0)), 0)
+        columns: list[Any] = []
+        for i, (scope, subject) in enumerate(subjects):
+            rows = sa.and_(t.c.scope == scope, t.c.subject == subject, t.c.attempted_at >= since)
+            columns += [sa.select(sa.func.count()).where(rows).scalar_subquery().label(f"n{i}"),
+                        sa.select(mine).where(rows).scalar_subquery().label(f"m{i}")]
+        query: sa.Select[Any] = sa.select(*columns)
+        if also is not None:
+            # One row of counts, joined to the rows of *also* (none: one row of NULLs).
+            counts, extra = query.subquery("counts"), also.subquery("also")
+            query = sa.select(counts, extra).select_from(counts.outerjoin(extra, sa.true()))
+        # The primary, a statement of its own (autocommit): it sees every row committed so
+        # far, ours included.
+        read = self.db.run("count password checks", lambda conn: conn.execute(query).all(),
+                           primary=True)
+        width = 2 * len(subjects)
+        found: dict[Subject, Reserved] = {}
+        for i, key in enumerate(subjects):
+            n, m = int(read[0][2 * i]), bool(read[0][2 * i + 1])
+            # A row pruned between the two statements: count it as there (never fewer than one).
+            found[key] = Reserved(n, m) if n else Reserved(1, True)
+        extra_rows = [tuple(r[width:]) for r in read
+                      if any(value is not None for value in r[width:])]
+        return found, extra_rows
 
     def release(self, subjects: Sequence[Subject], tag: str, nonce: str | None = None) -> None:
         """Delete the subjects' rows of *tag* (only those this *nonce* reserved, if given)."""
@@ -180,8 +207,7 @@ class AttemptStore:
         query = sa.delete(t).where(_any_subject(t, subjects), t.c.tag == tag)
         if nonce is not None:
             query = query.where(t.c.nonce == nonce)
-        with self.db.write("release password check") as conn:
-            conn.execute(query)
+        self.db.run("release password check", lambda conn: conn.execute(query), primary=True)
 
     def list(self, since: dt.datetime) -> list[FailureRow]:
         t = self._t
@@ -233,18 +259,15 @@ class KnownNetworkStore:
                                         exactly(t.c.address, address, self.db.dialect),
                                         t.c.network == network,
                                         t.c.last_success_at >= since).limit(1)
-        with self.db.write("read known networks") as conn:
-            return conn.execute(query).first() is not None
+        return self.db.run("read known networks", lambda conn: conn.execute(query).first(),
+                           primary=True) is not None
 
     def touch(self, address: str, network: str, now: dt.datetime) -> None:
         stmt = _upsert(self.db, self._t, ("address", "network"),
                        lambda t, new: [(t.c.last_success_at, new.last_success_at)])
-
-        def work() -> None:
-            with self.db.write("record known network") as conn:
-                conn.execute(stmt, {"address": address, "network": network,
-                                    "last_success_at": now})
-        _retrying(work)
+        _retrying(lambda: self.db.run("record known network", lambda conn: conn.execute(
+            stmt, {"address": address, "network": network, "last_success_at": now}),
+            primary=True))
 
     def prune(self, before: dt.datetime) -> int:
         t = self._t
@@ -273,7 +296,7 @@ class RateStore:
         t = self._t
         wanted = sorted(set(addresses))
         exact = set(wanted)
-        with self.db.write("update rate counters") as conn:
+        def work(conn: Connection) -> dict[RateKey, int]:
             if deltas:
                 stmt = _upsert(self.db, t, ("address", "kind", "window_seconds", "bucket"),
                                lambda t, new: [(t.c.count, t.c.count + new.count)])
@@ -292,6 +315,10 @@ class RateStore:
                         continue  # a look-alike the collation matched
                     found[(r.address, r.kind, int(r.window_seconds), int(r.bucket))] = int(r.n)
             return found
+
+        # Retried from the start when the connection was lost before the COMMIT: the counts
+        # were not added then, and are added once.
+        return self.db.transact("update rate counters", work)
 
     def live(self, now: int) -> dict[RateKey, int]:
         t = self._t
@@ -331,11 +358,11 @@ class LimitStore:
         query = sa.select(t.c.address, t.c.kind, t.c.window_seconds, t.c.maximum).order_by(
             t.c.address, t.c.kind, t.c.window_seconds)
         found: dict[str, dict[str, list[Limit]]] = {}
-        with self.db.write("read user limits") as conn:
-            for r in conn.execute(query):
-                limits = found.setdefault(r.address, {}).setdefault(r.kind, [])
-                if r.window_seconds > 0:
-                    limits.append(Limit(int(r.window_seconds), int(r.maximum)))
+        for r in self.db.run("read user limits", lambda conn: conn.execute(query).all(),
+                             primary=True):
+            limits = found.setdefault(r.address, {}).setdefault(r.kind, [])
+            if r.window_seconds > 0:
+                limits.append(Limit(int(r.window_seconds), int(r.maximum)))
         return {a: {k: tuple(v) for k, v in kinds.items()} for a, kinds in found.items()}
 
     def set(self, address: str, kind: str, limits: Sequence[Limit] | None) -> None:

@@ -8,14 +8,15 @@ its code: SQLAlchemy's own messages can carry bound parameters (hashes) and URLs
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from ..errors import SchemaMissingError, StorageError
+from ..errors import EximauthdError, SchemaMissingError, StorageError
 from ..files import create_private
 from ..settings import DatabaseConfig
 from .failover import NodeSet, galera_session
@@ -27,8 +28,13 @@ __all__ = [
     "create_engine",
     "exactly",
     "is_duplicate",
+    "is_lost_connection",
     "translate_errors",
 ]
+
+_log = logging.getLogger("eximauthd.db")
+
+T = TypeVar("T")
 
 MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
 """SQLAlchemy's names of MySQL and MariaDB, which share their SQL and their collations."""
@@ -74,7 +80,8 @@ def translate_errors(what: str) -> Iterator[None]:
         raise _safe_error(exc, what) from None
 
 
-def create_engine(url: str, connect_timeout: int = 3, password: str = "") -> Engine:
+def create_engine(url: str, connect_timeout: int = 3, password: str = "", *,
+                  autocommit: bool = False) -> Engine:
     """Make an engine with the settings eximauthd needs on either backend.
 
     *password* (``database.password_file``'s) is set on the parsed URL object, never spliced
@@ -83,7 +90,18 @@ def create_engine(url: str, connect_timeout: int = 3, password: str = "") -> Eng
     ``hide_parameters`` keeps bound values (hashes) out of every SQLAlchemy message; the
     connect timeout keeps a dead database from stalling a decision past Exim's readsocket timeout.
     A SQLite file is created mode 0600 (its -wal and -shm follow) before SQLite opens it.
+
+    No pre-ping: it is one more round trip on every checkout.  A pooled connection found dead
+    is retried once on a fresh one instead, by :meth:`Database.run` (reads and idempotent
+    statements only).  With *autocommit* every statement is its own transaction, and the
+    rollback a checkout would end with is skipped (nothing is open; see :meth:`Database.run`).
     """
+    # No pool reset either: a Connection ends its own transaction (begin() commits or rolls
+    # back, connect() rolls back on close), and a second ROLLBACK at check-in is a round trip
+    # more for nothing.
+    options: dict[str, Any] = {"pool_reset_on_return": None}
+    if autocommit:
+        options |= {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True}
     parsed = sa.engine.make_url(url)
     if password:
         parsed = parsed.set(password=password)
@@ -93,14 +111,13 @@ def create_engine(url: str, connect_timeout: int = 3, password: str = "") -> Eng
             # whether the CLI, `serve` or Alembic opens it first.
             create_private(parsed.database)
         engine = sa.create_engine(
-            parsed, hide_parameters=True, connect_args={"timeout": connect_timeout}
+            parsed, hide_parameters=True, connect_args={"timeout": connect_timeout}, **options
         )
         sa.event.listen(engine, "connect", _sqlite_on_connect)
         return engine
     engine = sa.create_engine(
         parsed,
         hide_parameters=True,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={
             "connect_timeout": connect_timeout,
@@ -108,6 +125,7 @@ def create_engine(url: str, connect_timeout: int = 3, password: str = "") -> Eng
             "write_timeout": max(connect_timeout, 5),
             "charset": "utf8mb4",
         },
+        **options,
     )
     sa.event.listen(engine, "do_connect", _utf8_password)
     sa.event.listen(engine, "connect", galera_session)
@@ -151,6 +169,16 @@ class Database:
             create_engine(config.replica_url, config.connect_timeout, config.password)
             if config.replica_url else None
         )
+        # The request path's pools: single statements in autocommit (see run()), one twin per
+        # engine.  Separate pools, because switching one connection in and out of autocommit
+        # costs two statements per checkout.
+        pairs = ([*zip(self.nodes.urls, self.nodes.engines, strict=True)]
+                 if self.nodes is not None else [(config.url, self._primary)])
+        if self._replica is not None:
+            pairs.append((config.replica_url, self._replica))
+        self._twins: dict[int, Engine] = {
+            id(engine): _autocommit_twin(engine, url, config.connect_timeout, config.password)
+            for url, engine in pairs if engine is not None}
 
     def __repr__(self) -> str:
         return f"Database({self.config!r})"
@@ -177,17 +205,80 @@ class Database:
     def replica(self) -> Engine:
         return self._replica if self._replica is not None else self.primary
 
+    @property
+    def auto_primary(self) -> Engine:
+        """The autocommit twin of :attr:`primary` (of the node in use, with failover)."""
+        return self._twins[id(self.primary)]
+
+    @property
+    def auto_replica(self) -> Engine:
+        return self._twins[id(self.replica)]
+
     @contextlib.contextmanager
     def read(self, what: str) -> Iterator[Connection]:
+        """A connection for reads, each statement its own snapshot (autocommit): no
+        REPEATABLE READ snapshot outlives a statement, and no rollback ends the checkout."""
         engine = self.replica
-        with translate_errors(what), self._watched(engine, what), engine.connect() as conn:
+        with translate_errors(what), self._watched(engine, what), \
+                self._twins[id(engine)].connect() as conn:
             yield conn
+
+    def run(self, what: str, work: Callable[[Connection], T], *, primary: bool = False,
+            retry: bool = True) -> T:
+        """``work(connection)`` in autocommit: each statement commits by itself, and nothing
+        else is sent (no BEGIN, COMMIT, ROLLBACK or ping).  *work* must consume its results.
+
+        A pooled connection that turns out dead (the server restarted, ``KILL CONNECTION``,
+        a timeout) is tried once more on a fresh one, when *retry*: only for reads and
+        idempotent statements, since the first may have run before the connection died.
+        """
+        engine = self.primary if primary else self.replica
+        twin = self._twins[id(engine)]
+        with translate_errors(what), self._watched(engine, what):
+            try:
+                with twin.connect() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if not retry or not is_lost_connection(exc):
+                    raise
+                _log.info("%s: the pooled connection was lost; trying once more on a new one",
+                          what)
+            with twin.connect() as conn:
+                return work(conn)
 
     @contextlib.contextmanager
     def write(self, what: str) -> Iterator[Connection]:
         engine = self.primary
         with translate_errors(what), self._watched(engine, what), engine.begin() as conn:
             yield conn
+
+    def transact(self, what: str, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in one transaction on the primary, retried once from the start
+        when the connection turns out lost before the COMMIT was sent: the server rolled back
+        whatever the first try did, so nothing is applied twice.  A connection lost during
+        the COMMIT itself is not retried (whether it committed is unknown).
+        """
+        engine = self.primary
+        with translate_errors(what), self._watched(engine, what):
+            try:
+                return self._transact_once(engine, work)
+            except _LostBeforeCommit:
+                _log.info("%s: the pooled connection was lost; trying once more on a new one",
+                          what)
+            return self._transact_once(engine, work, retry=False)
+
+    @staticmethod
+    def _transact_once(engine: Engine, work: Callable[[Connection], T],
+                       retry: bool = True) -> T:
+        with engine.connect() as conn:
+            with conn.begin():
+                try:
+                    result = work(conn)
+                except DBAPIError as exc:
+                    if retry and is_lost_connection(exc):
+                        raise _LostBeforeCommit from exc
+                    raise
+            return result
 
     @contextlib.contextmanager
     def _watched(self, engine: Engine, what: str) -> Iterator[None]:
@@ -211,6 +302,32 @@ class Database:
             self._primary.dispose()
         if self._replica is not None:
             self._replica.dispose()
+        for twin in self._twins.values():
+            twin.dispose()
+
+
+def _autocommit_twin(engine: Engine, url: str, connect_timeout: int, password: str) -> Engine:
+    """An autocommit engine on the same database as *engine*: a pool of its own, except for
+    an in-memory SQLite database, which exists only in *engine*'s connections."""
+    if engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:"):
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return create_engine(url, connect_timeout, password, autocommit=True)
+
+
+class _LostBeforeCommit(EximauthdError):
+    """Inside :meth:`Database.transact` only: the first try lost its connection."""
+
+
+# MySQL/MariaDB client errors of a connection that died under a statement.
+_LOST = frozenset({2006, 2013})
+
+
+def is_lost_connection(exc: DBAPIError) -> bool:
+    """Did *exc* come from a connection that is gone (not from the statement itself)?"""
+    if exc.connection_invalidated:  # SQLAlchemy's dialect recognised a disconnect
+        return True
+    args: tuple[Any, ...] = getattr(exc.orig, "args", ())
+    return bool(args) and args[0] in _LOST
 
 
 def is_duplicate(exc: StorageError) -> bool:

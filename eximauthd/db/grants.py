@@ -82,8 +82,7 @@ class GrantStore:
             if owner is None:
                 return []
             query = query.where(t.c.user_address == str(owner))
-        with self.db.read("list grants") as conn:
-            rows = conn.execute(query).all()
+        rows = self.db.run("list grants", lambda conn: conn.execute(query).all())
         if owner is None:
             return [Grant(r.user_address, r.sender) for r in rows]
         return [Grant(str(owner), r.sender) for r in rows

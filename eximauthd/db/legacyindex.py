@@ -6,7 +6,7 @@ login columns: every AUTH, and every guess of a password spray, then reads the w
 ``CREATE INDEX`` to run; :func:`create_legacy_index` runs it (online on MySQL/MariaDB).
 
 What "usable" means follows the statement :class:`~eximauthd.db.accounts.LegacyAccountStore`
-sends (``lookup_statement``):
+sends (``lookup``):
 
 - MySQL/MariaDB compare the bare columns (the collation is caseless), so an index serves when
   its leading columns are address columns and include the local part (or the address column):
@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +73,13 @@ class Explain(Executable, ClauseElement):
 
 @compiles(Explain)
 def _compile_explain(element: Explain, compiler: SQLCompiler, **kw: Any) -> str:
-    keyword = "EXPLAIN QUERY PLAN" if compiler.dialect.name == "sqlite" else "EXPLAIN"
-    return f"{keyword} {compiler.process(element.statement, **kw)}"
+    if compiler.dialect.name != "sqlite":
+        return f"EXPLAIN {compiler.process(element.statement, **kw)}"
+    # Python's sqlite3 caches prepared statements by their text, and a cached EXPLAIN keeps the
+    # plan it was prepared with (an EXPLAIN never checks the schema cookie): a text of its own
+    # is prepared afresh, on the schema as it is now.
+    return (f"EXPLAIN QUERY PLAN {compiler.process(element.statement, **kw)} "
+            f"/* {secrets.token_hex(8)} */")
 
 
 class _OnlineCreateIndex(CreateIndex):
@@ -169,8 +175,11 @@ def _serves(key: list[str], address: list[str]) -> bool:
 
 
 def _sqlite_usable(db: Database, legacy: LegacyConfig) -> tuple[str, ...]:
-    statement = LegacyAccountStore(db, legacy).lookup_statement(_PROBE)
+    statement = LegacyAccountStore(db, legacy).lookup(_PROBE)
     with db.read("explain the legacy lookup") as conn:
+        # A pooled connection plans on the schema it last read, and an EXPLAIN does not read
+        # it again: a real read first, so that an index made on another connection is seen.
+        conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").all()
         plan = [str(row[-1]) for row in conn.execute(Explain(statement))]
     return tuple(m.group(1) for line in plan if (m := _SEARCH_RE.match(line)))
 

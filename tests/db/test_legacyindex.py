@@ -158,7 +158,7 @@ def test_a_plain_column_index_does_not_serve_the_sqlite_lookup(sqlite_url: str) 
 
 
 def _plan(db: Database, legacy: LegacyConfig, login: str) -> list[dict[str, object]]:
-    statement = LegacyAccountStore(db, legacy).lookup_statement(parse_address(login))
+    statement = LegacyAccountStore(db, legacy).lookup(parse_address(login))
     with db.primary.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(Explain(statement))]
 
