@@ -5,6 +5,7 @@ Run from the repository root with the project's venv::
     .venv/bin/python bench/bench_service.py            # full run, about 7 minutes
     .venv/bin/python bench/bench_service.py --quick    # about 2 minutes
     .venv/bin/python bench/bench_service.py --socket   # the socket's own cost only, ~1 minute
+    .venv/bin/python bench/bench_service.py --workers 1,2,4   # service.workers, ~3 minutes
 
 The machine is shared and noisy, so nothing here is an absolute number to compare across runs:
 every result is a RATIO of two variants measured in the same run, in alternating rounds (the
@@ -1057,7 +1058,8 @@ class Setup:
 
 
 def start_everything(settings: Settings, with_dovecot: bool,
-                     stack: contextlib.ExitStack, socket_only: bool = False) -> Setup:
+                     stack: contextlib.ExitStack, socket_only: bool = False,
+                     workers: Sequence[int] = ()) -> Setup:
     # Fork the clients first: before any thread, server or database connection exists.
     clients = Clients(CONCURRENCY)
     stack.callback(clients.close)
@@ -1099,7 +1101,10 @@ def start_everything(settings: Settings, with_dovecot: bool,
     servers: dict[str, Server] = {}
     instances = [("prod", db.url, PROD, unlimited),
                  ("cached", db.url, PROD, {"EXIMAUTHD_CACHE_TTL_SECONDS": "600"})]
-    if not socket_only:
+    if workers:
+        instances = [(f"w{n}", db.url, PROD, {"EXIMAUTHD_SERVICE_WORKERS": str(n)})
+                     for n in workers]
+    elif not socket_only:
         instances += [("cffi", db.url, CFFI, None), ("min", db.url, MINIMAL, None),
                       ("plain", db.ro_url, MINIMAL, None)]
     for key, url, profile, extra in instances:
@@ -1179,7 +1184,32 @@ def socket_groups(setup: Setup, settings: Settings) -> list[Group]:
     ]
 
 
-def build_groups(setup: Setup, settings: Settings, socket_only: bool = False) -> list[Group]:
+def worker_groups(setup: Setup, settings: Settings, workers: Sequence[int]) -> list[Group]:
+    """``service.workers`` against the default (one per CPU), under more clients than CPUs
+    (many Exim processes ask at once): argon2 work, and database reads (grant lookups)."""
+    default = f"w{NCPU}" if NCPU in workers else f"w{workers[0]}"
+    auth = auth_payloads(setup.accounts["prod"])
+    # Another domain and no grant: the policy refuses, then the worker reads the grants.
+    grants = [f"RELAY {b64(f'user{i}@prod.bench.test')} {b64(f'x{i}@elsewhere.test')} "
+              f"{b64('rcpt@remote.test')} {CLIENT_IP}\n".encode() for i in range(64)]
+    groups = []
+    for key, title, payloads, expect, window in (
+            ("W1", f"AUTH, argon2id {PROD.params}", auth, b"yes\n", settings.window_prod),
+            ("W2", "RELAY needing a grant lookup (database)", grants, b"no\n",
+             settings.window_fast)):
+        variants = [setup.socket_variant(f"w{n}", f"eximauthd, {n} worker thread(s)",
+                                         setup.servers[f"w{n}"], payloads, expect)
+                    for n in workers]
+        ratios = [RatioSpec(f"{key}.{n}", f"{title}: {n} / {default[1:]} workers", f"w{n}",
+                            default, None) for n in workers if f"w{n}" != default]
+        groups.append(Group(f"[{key}] {title} by service.workers", window, variants, ratios))
+    return groups
+
+
+def build_groups(setup: Setup, settings: Settings, socket_only: bool = False,
+                 workers: Sequence[int] = ()) -> list[Group]:
+    if workers:
+        return worker_groups(setup, settings, workers)
     if socket_only:
         return socket_groups(setup, settings)
     groups = [auth_group(setup, PROD, settings.window_prod, "1", "3"),
@@ -1258,7 +1288,8 @@ def report_memory(setup: Setup, out: list[str]) -> None:
             "min": f"AUTH {MINIMAL.params}", "plain": "AUTH {PLAIN}", "yes": "bare asyncio"}
     for key, server in setup.servers.items():
         hwm = status_kib(server.pid, "VmHWM") or 0
-        out.append(f"  {server.name:<10} {what[key]:<34} {hwm / 1024:8.1f} MiB")
+        label = what.get(key, f"AUTH {PROD.params}, {key[1:]} workers")
+        out.append(f"  {server.name:<10} {label:<34} {hwm / 1024:8.1f} MiB")
     if setup.dovecot:
         for pid in [setup.dovecot.pid, *descendants(setup.dovecot.pid)]:
             try:
@@ -1270,12 +1301,15 @@ def report_memory(setup: Setup, out: list[str]) -> None:
             out.append(f"  {'dovecot':<10} {name:<34} {hwm / 1024:8.1f} MiB")
 
 
-def run(settings: Settings, with_dovecot: bool, mode: str, socket_only: bool = False) -> str:
+def run(settings: Settings, with_dovecot: bool, mode: str, socket_only: bool = False,
+        workers: Sequence[int] = ()) -> str:
     started = time.monotonic()
     out: list[str] = []
     with contextlib.ExitStack() as stack:
-        setup = start_everything(settings, with_dovecot and not socket_only, stack, socket_only)
-        groups = build_groups(setup, settings, socket_only)
+        alone = socket_only or bool(workers)
+        setup = start_everything(settings, with_dovecot and not alone, stack, socket_only,
+                                 workers)
+        groups = build_groups(setup, settings, socket_only, workers)
         check_answers(groups)
         meter = Meter(setup.db.admin, setup.clients.pids)
         calibrate(groups, meter)
@@ -1304,8 +1338,14 @@ def main() -> int:
     parser.add_argument("--no-dovecot", action="store_true", help="skip the Dovecot comparisons")
     parser.add_argument("--socket", action="store_true",
                         help="only RELAY and cached AUTH against the bare asyncio server")
+    parser.add_argument("--workers", metavar="N,N,...",
+                        help="only eximauthd with these service.workers, under 4 clients a CPU")
     parser.add_argument("--yes-server", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    workers = [int(n) for n in args.workers.split(",")] if args.workers else []
+    if workers:
+        global CONCURRENCY  # noqa: PLW0603 -- read by the clients forked in run()
+        CONCURRENCY = 4 * NCPU
     if args.yes_server:
         yes_server_main(args.yes_server)
         return 0
@@ -1321,7 +1361,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, terminate)
     mode = ("quick" if args.quick else "full") + (", socket only" if args.socket else "")
-    print(run(settings, not args.no_dovecot, mode, args.socket), flush=True)
+    mode += f", workers {args.workers}" if workers else ""
+    print(run(settings, not args.no_dovecot, mode, args.socket, workers), flush=True)
     return 0
 
 
