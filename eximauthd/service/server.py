@@ -250,6 +250,7 @@ class Service:
             self._account(request, decision, "socket", time.perf_counter() - started)
             connection.answer(format_reply(decision))
             return
+        connection.wait()
         task = asyncio.get_running_loop().create_task(
             self._answer_later(connection, request, decision, started))
         # The loop keeps only a weak reference to a task: this set keeps it, and lets
@@ -485,10 +486,13 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        assert self._transport is not None
-        if not self._transport.is_closing():
-            self._transport.pause_reading()
         self._service._on_request(self, data, time.perf_counter())
+
+    def wait(self) -> None:
+        """Read nothing more while the answer is being decided (answered at once: no need)."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
 
     def _read_timed_out(self) -> None:
         self._timer = None
