@@ -486,7 +486,13 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._service._on_request(self, data, time.perf_counter())
+        try:
+            self._service._on_request(self, data, time.perf_counter())
+        except Exception:
+            # Not expected (parsing raises only ProtocolError, deciding nothing), but a bug
+            # here must cost one defer, never the transport's "fatal error" path.
+            _log.exception("internal error while answering a request")
+            self.answer(format_reply(Decision.defer(Reason.INTERNAL_ERROR)))
 
     def wait(self) -> None:
         """Read nothing more while the answer is being decided (answered at once: no need)."""
