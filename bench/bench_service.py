@@ -4,6 +4,8 @@ Run from the repository root with the project's venv::
 
     .venv/bin/python bench/bench_service.py            # full run, about 7 minutes
     .venv/bin/python bench/bench_service.py --quick    # about 2 minutes
+    .venv/bin/python bench/bench_service.py --socket   # the socket's own cost only, ~1 minute
+    .venv/bin/python bench/bench_service.py --workers 1,2,4   # service.workers, ~3 minutes
 
 The machine is shared and noisy, so nothing here is an absolute number to compare across runs:
 every result is a RATIO of two variants measured in the same run, in alternating rounds (the
@@ -555,7 +557,8 @@ class Server:
         return self.proc.pid
 
 
-def start_eximauthd(name: str, workdir: Path, db_url: str, profile: Profile) -> Server:
+def start_eximauthd(name: str, workdir: Path, db_url: str, profile: Profile,
+                    extra_env: dict[str, str] | None = None) -> Server:
     sock = str(workdir / f"{name}.sock")
     dovecot_sock = str(workdir / f"{name}-dc.sock")
     logfile = workdir / f"{name}.log"
@@ -567,7 +570,7 @@ def start_eximauthd(name: str, workdir: Path, db_url: str, profile: Profile) -> 
         # The same process also speaks Dovecot's auth-client protocol (the [3x] variants).
         "EXIMAUTHD_DOVECOT_AUTH_ENABLED": "true",
         "EXIMAUTHD_DOVECOT_AUTH_PATH": dovecot_sock,
-    }
+    } | (extra_env or {})
     with (workdir / f"{name}.stderr").open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "eximauthd", "serve", "--log-file", str(logfile)],
@@ -1072,7 +1075,8 @@ class Setup:
 
 
 def start_everything(settings: Settings, with_dovecot: bool,
-                     stack: contextlib.ExitStack) -> Setup:
+                     stack: contextlib.ExitStack, socket_only: bool = False,
+                     workers: Sequence[int] = ()) -> Setup:
     # Fork the clients first: before any thread, server or database connection exists.
     clients = Clients(CONCURRENCY)
     stack.callback(clients.close)
@@ -1091,22 +1095,38 @@ def start_everything(settings: Settings, with_dovecot: bool,
     db.create()
     accounts = {
         "prod": make_accounts("prod.bench.test", settings.users_slow, PROD.hasher().hash),
-        "cffi": make_accounts("cffi.bench.test", settings.users_slow, CFFI.hasher().hash),
-        "min": make_accounts("min.bench.test", settings.users_fast, MINIMAL.hasher().hash),
-        "plain": make_accounts("plain.bench.test", settings.users_fast,
-                               lambda p: "{PLAIN}" + p),
     }
+    if not socket_only:
+        accounts |= {
+            "cffi": make_accounts("cffi.bench.test", settings.users_slow, CFFI.hasher().hash),
+            "min": make_accounts("min.bench.test", settings.users_fast, MINIMAL.hasher().hash),
+            "plain": make_accounts("plain.bench.test", settings.users_fast,
+                                   lambda p: "{PLAIN}" + p),
+        }
     db.insert([a for group in accounts.values() for a in group])
 
-    log("starting eximauthd serve (x4), the yes server and dovecot")
+    log("starting eximauthd serve (x5, or x2 with --socket), the yes server and dovecot")
     # {PLAIN} rows are upgraded to argon2id on the first good login, by design.  To keep
     # measuring {PLAIN}, that instance connects as a user that may not write the account table
     # (only the throttle's and rate limiter's own): the upgrade is attempted (cheapest argon2id
     # hash + one refused UPDATE) and fails, the row stays.
+    # "cached" is the production profile with the AUTH cache on (a hit is answered from
+    # memory); "prod" has it off, as by default, so that group 1 measures real checks.
+    # The RELAYs are rate-counted as usual but under limits no run reaches: at a few
+    # thousand a second the default 1000/1h per user would turn them into defers.
+    unlimited = {"EXIMAUTHD_RATELIMIT_RECIPIENTS": "100000000/1h,100000000/1d",
+                 "EXIMAUTHD_RATELIMIT_MESSAGES": "100000000/1h,100000000/1d"}
     servers: dict[str, Server] = {}
-    for key, url, profile in (("prod", db.url, PROD), ("cffi", db.url, CFFI),
-                              ("min", db.url, MINIMAL), ("plain", db.ro_url, MINIMAL)):
-        servers[key] = start_eximauthd(f"ead-{key}", workdir, url, profile)
+    instances = [("prod", db.url, PROD, unlimited),
+                 ("cached", db.url, PROD, {"EXIMAUTHD_CACHE_TTL_SECONDS": "600"})]
+    if workers:
+        instances = [(f"w{n}", db.url, PROD, {"EXIMAUTHD_SERVICE_WORKERS": str(n)})
+                     for n in workers]
+    elif not socket_only:
+        instances += [("cffi", db.url, CFFI, None), ("min", db.url, MINIMAL, None),
+                      ("plain", db.ro_url, MINIMAL, None)]
+    for key, url, profile, extra in instances:
+        servers[key] = start_eximauthd(f"ead-{key}", workdir, url, profile, extra)
         stack.callback(_stop, servers[key].proc, f"ead-{key}")
     servers["yes"] = start_yes_server(workdir)
     stack.callback(_stop, servers["yes"].proc, "yes")
@@ -1166,16 +1186,60 @@ def auth_group(setup: Setup, profile: Profile, window: float, n: str, m: str) ->
     ])
 
 
-def build_groups(setup: Setup, settings: Settings) -> list[Group]:
-    groups = [auth_group(setup, PROD, settings.window_prod, "1", "3"),
-              auth_group(setup, CFFI, settings.window_cffi, "1b", "3b")]
+def socket_groups(setup: Setup, settings: Settings) -> list[Group]:
+    """What the socket itself costs: decisions made on the event loop, against the bare
+    server.  Both eximauthd lines are answered without a worker thread or the database."""
     relay = relay_payloads("prod.bench.test", 64)
-    groups.append(Group("[2] RELAY, same domain (no DB) vs a bare asyncio 'yes' server",
-                        settings.window_fast, [
-        setup.socket_variant("ead", "eximauthd RELAY, socket", setup.servers["prod"], relay),
-        setup.socket_variant("yes", "asyncio Unix server answering yes", setup.servers["yes"],
-                             relay),
-    ], [RatioSpec("2", "RELAY eximauthd / bare asyncio yes server", "ead", "yes", 0.50)]))
+    cached = auth_payloads(setup.accounts["prod"])
+    yes = setup.servers["yes"]
+    return [
+        Group("[2] RELAY, same domain (no DB) vs a bare asyncio 'yes' server",
+              settings.window_fast, [
+            setup.socket_variant("ead", "eximauthd RELAY, socket", setup.servers["prod"],
+                                 relay),
+            setup.socket_variant("yes", "asyncio Unix server answering yes", yes, relay),
+        ], [RatioSpec("2", "RELAY eximauthd / bare asyncio yes server", "ead", "yes", 0.70)]),
+        Group("[5] AUTH answered from the cache vs a bare asyncio 'yes' server",
+              settings.window_fast, [
+            setup.socket_variant("ead", f"eximauthd cached AUTH, socket ({PROD.params})",
+                                 setup.servers["cached"], cached),
+            setup.socket_variant("yes", "asyncio Unix server answering yes", yes, cached),
+        ], [RatioSpec("5", "cached AUTH eximauthd / bare asyncio yes server", "ead", "yes",
+                      0.70)]),
+    ]
+
+
+def worker_groups(setup: Setup, settings: Settings, workers: Sequence[int]) -> list[Group]:
+    """``service.workers`` against the default (one per CPU), under more clients than CPUs
+    (many Exim processes ask at once): argon2 work, and database reads (grant lookups)."""
+    default = f"w{NCPU}" if NCPU in workers else f"w{workers[0]}"
+    auth = auth_payloads(setup.accounts["prod"])
+    # Another domain and no grant: the policy refuses, then the worker reads the grants.
+    grants = [f"RELAY {b64(f'user{i}@prod.bench.test')} {b64(f'x{i}@elsewhere.test')} "
+              f"{b64('rcpt@remote.test')} {CLIENT_IP}\n".encode() for i in range(64)]
+    groups = []
+    for key, title, payloads, expect, window in (
+            ("W1", f"AUTH, argon2id {PROD.params}", auth, b"yes\n", settings.window_prod),
+            ("W2", "RELAY needing a grant lookup (database)", grants, b"no\n",
+             settings.window_fast)):
+        variants = [setup.socket_variant(f"w{n}", f"eximauthd, {n} worker thread(s)",
+                                         setup.servers[f"w{n}"], payloads, expect)
+                    for n in workers]
+        ratios = [RatioSpec(f"{key}.{n}", f"{title}: {n} / {default[1:]} workers", f"w{n}",
+                            default, None) for n in workers if f"w{n}" != default]
+        groups.append(Group(f"[{key}] {title} by service.workers", window, variants, ratios))
+    return groups
+
+
+def build_groups(setup: Setup, settings: Settings, socket_only: bool = False,
+                 workers: Sequence[int] = ()) -> list[Group]:
+    if workers:
+        return worker_groups(setup, settings, workers)
+    if socket_only:
+        return socket_groups(setup, settings)
+    groups = [auth_group(setup, PROD, settings.window_prod, "1", "3"),
+              auth_group(setup, CFFI, settings.window_cffi, "1b", "3b"),
+              *socket_groups(setup, settings)]
     if setup.dovecot is None:
         return groups
     for key, title, target in (("4", "{PLAIN}", 0.5),
@@ -1247,11 +1311,13 @@ def report_header(setup: Setup, mode: str, out: list[str]) -> None:
 def report_memory(setup: Setup, out: list[str]) -> None:
     out.append("")
     out.append("PEAK RSS (VmHWM) at the end of the run")
-    what = {"prod": f"AUTH {PROD.params}, RELAY", "cffi": f"AUTH {CFFI.params}",
+    what = {"prod": f"AUTH {PROD.params}, RELAY", "cached": f"cached AUTH {PROD.params}",
+            "cffi": f"AUTH {CFFI.params}",
             "min": f"AUTH {MINIMAL.params}", "plain": "AUTH {PLAIN}", "yes": "bare asyncio"}
     for key, server in setup.servers.items():
         hwm = status_kib(server.pid, "VmHWM") or 0
-        out.append(f"  {server.name:<10} {what[key]:<34} {hwm / 1024:8.1f} MiB")
+        label = what.get(key, f"AUTH {PROD.params}, {key[1:]} workers")
+        out.append(f"  {server.name:<10} {label:<34} {hwm / 1024:8.1f} MiB")
     if setup.dovecot:
         for pid in [setup.dovecot.pid, *descendants(setup.dovecot.pid)]:
             try:
@@ -1263,12 +1329,15 @@ def report_memory(setup: Setup, out: list[str]) -> None:
             out.append(f"  {'dovecot':<10} {name:<34} {hwm / 1024:8.1f} MiB")
 
 
-def run(settings: Settings, with_dovecot: bool, mode: str) -> str:
+def run(settings: Settings, with_dovecot: bool, mode: str, socket_only: bool = False,
+        workers: Sequence[int] = ()) -> str:
     started = time.monotonic()
     out: list[str] = []
     with contextlib.ExitStack() as stack:
-        setup = start_everything(settings, with_dovecot, stack)
-        groups = build_groups(setup, settings)
+        alone = socket_only or bool(workers)
+        setup = start_everything(settings, with_dovecot and not alone, stack, socket_only,
+                                 workers)
+        groups = build_groups(setup, settings, socket_only, workers)
         check_answers(groups)
         meter = Meter(setup.db.admin, setup.clients.pids)
         calibrate(groups, meter)
@@ -1400,11 +1469,19 @@ def main() -> int:
     parser.add_argument("--no-dovecot", action="store_true", help="skip the Dovecot comparisons")
     parser.add_argument("--statements", action="store_true",
                         help="only the SQL statements per request, from MariaDB's counters")
+    parser.add_argument("--socket", action="store_true",
+                        help="only RELAY and cached AUTH against the bare asyncio server")
+    parser.add_argument("--workers", metavar="N,N,...",
+                        help="only eximauthd with these service.workers, under 4 clients a CPU")
     parser.add_argument("--yes-server", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.statements:
         print(statements_per_request(), flush=True)
         return 0
+    workers = [int(n) for n in args.workers.split(",")] if args.workers else []
+    if workers:
+        global CONCURRENCY  # noqa: PLW0603 -- read by the clients forked in run()
+        CONCURRENCY = 4 * NCPU
     if args.yes_server:
         yes_server_main(args.yes_server)
         return 0
@@ -1419,7 +1496,9 @@ def main() -> int:
     # Explicitly for SIGINT too: a shell's background job inherits it ignored.
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, terminate)
-    print(run(settings, not args.no_dovecot, "quick" if args.quick else "full"), flush=True)
+    mode = ("quick" if args.quick else "full") + (", socket only" if args.socket else "")
+    mode += f", workers {args.workers}" if workers else ""
+    print(run(settings, not args.no_dovecot, mode, args.socket, workers), flush=True)
     return 0
 
 

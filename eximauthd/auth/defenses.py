@@ -144,10 +144,14 @@ class Defenses:
                 await asyncio.sleep(pad)
         return decision
 
+    def delays_failure(self, request: Request, decision: Decision) -> bool:
+        """Whether :meth:`delay_failure` waits before *decision* is answered."""
+        return bool(self._failure_delay and isinstance(request, AuthRequest)
+                    and decision.result is Result.NO)
+
     async def delay_failure(self, request: Request, decision: Decision) -> None:
         """Wait ``throttle.failure_delay_ms`` after an AUTH ``no``."""
-        if (self._failure_delay and isinstance(request, AuthRequest)
-                and decision.result is Result.NO):
+        if self.delays_failure(request, decision):
             # Slows one connection's guessing; waits on the loop, not in a worker.
             await asyncio.sleep(self._failure_delay)
 
@@ -158,12 +162,22 @@ class Defenses:
 
         Counted only once the sender check said yes, in memory (see ratelimit).
         """
+        if self.limiter is not None and self.limiter.needs_read(str(relay.login)):
+            await self._read_totals(self.limiter, str(relay.login))
+        return self.admit(relay)
+
+    def knows_rate(self, relay: Relay) -> bool:
+        """Whether :meth:`admit` may decide *relay* now: no sync has to read its totals first."""
+        return self.limiter is None or not self.limiter.needs_read(str(relay.login))
+
+    def admit(self, relay: Relay) -> Decision | None:
+        """:meth:`over_rate` without the wait: call it only when :meth:`knows_rate`.
+
+        Memory only, so the service may call it on its event loop.
+        """
         if self.limiter is None:
             return None
-        address = str(relay.login)
-        if self.limiter.needs_read(address):
-            await self._read_totals(self.limiter, address)
-        return self.limiter.admit(address, relay.transaction)
+        return self.limiter.admit(str(relay.login), relay.transaction)
 
     def begin_serving(self) -> None:
         """Forget the in-process trust: judge each user on the totals a sync read for it."""

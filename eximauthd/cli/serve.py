@@ -43,6 +43,9 @@ def serve(state: State, log_format: str | None, log_file: str | None, syslog: bo
     if syslog and log_file:
         raise click.UsageError("--syslog and --log-file are exclusive: choose one")
     handler = configure_logging(fmt, log_file, SYSLOG_ADDRESS if syslog else None)
+    # Every record would look up its thread's and process's names, once per decision line;
+    # no formatter of the service writes them.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     log = logging.getLogger("eximauthd.serve")
     if config.source != "built-in defaults":
         # The file may hold the database password or http.token: warn, do not refuse (an

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -37,7 +38,7 @@ from ..settings import Config
 from . import httpguard, secretfile
 from .decider import Decider
 from .http import create_app
-from .logs import decision_fields
+from .logs import log_decision
 from .metrics import Metrics
 from .unixsocket import BACKLOG, bind_unix_socket, prepare_socket_path
 
@@ -74,7 +75,11 @@ class Service:
         self._pending = 0
         self._timeout = limits.request_timeout_ms / 1000
         self._read_timeout = limits.read_timeout_ms / 1000
-        self._connections: set[asyncio.Task[Any]] = set()
+        self._connections: set[_Connection] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        # prometheus_client children by label values, looked up once each.
+        self._counted: dict[tuple[str, str, str], Any] = {}
+        self._latency: dict[str, Any] = {}
         self._stopping: asyncio.Event | None = None
         self.metrics.workers.set(self.workers)
         # Throttle, cache, rate limiter and failure floor, with their loops: the decider's.
@@ -92,22 +97,61 @@ class Service:
     async def decide(self, request: Request, transport: str = "socket") -> Decision:
         """Answer *request*, logging one line; never raises."""
         started = time.perf_counter()
-        verb = _verb(request)
+        decision = self._decide_now(request)
+        if decision is None or self.defenses.delays_failure(request, decision):
+            decision = await self._decide_later(request, decision)
+        self._account(request, decision, transport, time.perf_counter() - started)
+        return decision
+
+    def _decide_now(self, request: Request) -> Decision | None:
+        """The decision when it needs no worker and no wait, else None; never raises.
+
+        Runs on the event loop: protocol-level refusals, the AUTH cache, FORGET and the RELAYs
+        the pure policy settles (with their rate check, while the user's totals are known)
+        cost no thread hand-off, no deadline timer and no task.
+        """
         try:
-            decision = await self._decide(request)
+            match request:
+                case AuthRequest():
+                    # Read once per path: every layer after this takes the typed credentials.
+                    # Credentials refused unread need no worker, no database, no padding.
+                    credentials = self.defenses.credentials(request)
+                    if isinstance(credentials, Decision):
+                        return credentials
+                    return self.defenses.cached_auth(credentials)
+                case RelayRequest():
+                    relay = read_relay(request.authenticated_id, request.sender,
+                                       request.recipient, request.transaction)
+                    if isinstance(relay, Decision):
+                        return relay
+                    decision = self.decider.relay_without_storage(relay)
+                    if decision is None or decision.result is not Result.YES:
+                        return decision
+                    if not self.defenses.knows_rate(relay):
+                        return None  # the first RELAY of a user waits for its totals
+                    return self.defenses.admit(relay) or decision
+                case ForgetRequest():
+                    return self.decider.forget(request.address)
+                case PingRequest():
+                    return None
         except Exception:
-            _log.exception("internal error while deciding %s", verb)
-            decision = Decision.defer(Reason.INTERNAL_ERROR)
+            _log.exception("internal error while deciding %s", _VERBS[type(request)])
+            return Decision.defer(Reason.INTERNAL_ERROR)
+
+    async def _decide_later(self, request: Request, decision: Decision | None) -> Decision:
+        """The rest of :meth:`decide`: the worker pool and the waits; never raises."""
+        if decision is None:
+            try:
+                decision = await self._decide(request)
+            except Exception:
+                _log.exception("internal error while deciding %s", _VERBS[type(request)])
+                decision = Decision.defer(Reason.INTERNAL_ERROR)
         await self.defenses.delay_failure(request, decision)
-        elapsed = time.perf_counter() - started
-        self._account(request, verb, decision, transport, elapsed)
         return decision
 
     async def _decide(self, request: Request) -> Decision:
         match request:
             case AuthRequest():
-                # Read once, here: every layer after this takes the typed credentials.
-                # Credentials refused unread need no worker, no database, no padding.
                 credentials = self.defenses.credentials(request)
                 if isinstance(credentials, Decision):
                     return credentials
@@ -124,8 +168,6 @@ class Service:
                                    request.transaction)
                 if isinstance(relay, Decision):
                     return relay
-                # Most RELAYs (own address or domain) need no database: answer them here
-                # rather than paying a thread hand-off and a deadline for a pure function.
                 decision = self.decider.relay_without_storage(relay)
                 if decision is None:
                     decision = await self._in_pool(lambda: self.decider.relay_with_grants(relay))
@@ -143,24 +185,39 @@ class Service:
             return Decision.defer(Reason.OVERLOADED)
         self._pending += 1
         self.metrics.pending.set(self._pending)
-        future = asyncio.get_running_loop().run_in_executor(self._pool, call)
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._pool, call)
         # The slot is held until the worker really finishes, even after a timeout, so the
         # bound counts work actually queued or running.
-        future.add_done_callback(self._release)
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), self._timeout)
-        except TimeoutError:
+        work.add_done_callback(self._release)
+        # The deadline is one timer handle, not wait_for's task and shield.
+        answer: asyncio.Future[Decision] = loop.create_future()
+        timer = loop.call_later(self._timeout, self._expire, answer)
+        work.add_done_callback(functools.partial(_settle, answer, timer))
+        return await answer
+
+    def _expire(self, answer: asyncio.Future[Decision]) -> None:
+        if not answer.done():
             self.metrics.timeouts.inc()
-            return Decision.defer(Reason.TIMEOUT)
+            answer.set_result(Decision.defer(Reason.TIMEOUT))
 
     def _release(self, _future: asyncio.Future[Decision]) -> None:
         self._pending -= 1
         self.metrics.pending.set(self._pending)
 
-    def _account(self, request: Request, verb: str, decision: Decision, transport: str,
+    def _account(self, request: Request, decision: Decision, transport: str,
                  elapsed: float) -> None:
-        self.metrics.requests.labels(verb, transport, decision.result.value).inc()
-        self.metrics.latency.labels(verb).observe(elapsed)
+        verb = _VERBS[type(request)]
+        result = decision.result.value
+        counted = self._counted.get((verb, transport, result))
+        if counted is None:  # prometheus_client's labels() is a lock and a lookup per call
+            counted = self._counted[verb, transport, result] = self.metrics.requests.labels(
+                verb, transport, result)
+        counted.inc()
+        latency = self._latency.get(verb)
+        if latency is None:
+            latency = self._latency[verb] = self.metrics.latency.labels(verb)
+        latency.observe(elapsed)
         match decision.reason:
             case Reason.DATABASE_UNAVAILABLE:
                 self.metrics.db_errors.inc()
@@ -172,65 +229,61 @@ class Service:
                 self.metrics.rate_limited.labels(decision.detail).inc()
             case Reason.OK_CACHED:
                 self.metrics.cache_hits.inc()
-        fields: dict[str, Any] = {"verb": verb}
+        fields: dict[str, Any]
         match request:
             case AuthRequest():
-                fields |= {"user": request.username, "mech": request.mechanism,
-                           "client": request.client_ip}
+                fields = {"verb": verb, "user": request.username, "mech": request.mechanism,
+                          "client": request.client_ip}
             case RelayRequest():
-                fields |= {"user": request.authenticated_id, "sender": request.sender,
-                           "rcpt": request.recipient, "client": request.client_ip}
+                fields = {"verb": verb, "user": request.authenticated_id,
+                          "sender": request.sender, "rcpt": request.recipient,
+                          "client": request.client_ip}
                 if request.transaction:
                     fields["txn"] = request.transaction
             case ForgetRequest():
-                fields["user"] = request.address
-        fields |= {"result": decision.result.value, "reason": decision.text,
-                   "ms": round(elapsed * 1000, 1), "via": transport}
-        _decisions.info("decision", extra=decision_fields(**fields))
+                fields = {"verb": verb, "user": request.address}
+            case _:
+                fields = {"verb": verb}
+        fields["result"] = result
+        fields["reason"] = decision.text
+        fields["ms"] = round(elapsed * 1000, 1)
+        fields["via"] = transport
+        log_decision(_decisions, logging.INFO, fields)
 
     # --- the Unix socket -----------------------------------------------------------------
 
-    async def handle_connection(self, reader: asyncio.StreamReader,
-                                writer: asyncio.StreamWriter) -> None:
-        """One request line in, one answer line out, close."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
+    def _on_request(self, connection: _Connection, data: bytes, started: float) -> None:
+        """Answer the request *connection* read: on the loop when possible, else by a task."""
         try:
-            reply = await self._answer(reader)
-            writer.write(reply)
-            # asyncio.timeout, not wait_for: no extra task per connection on the hot path.
-            async with asyncio.timeout(self._read_timeout):
-                await writer.drain()
-        except Exception as exc:
-            _log.debug("connection ended early: %s", type(exc).__name__)
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            if task is not None:
-                self._connections.discard(task)
+            request = parse_request(data)
+        except ProtocolError as exc:
+            connection.answer(self._refuse(exc.reason, len(data)))
+            return
+        decision = self._decide_now(request)
+        if decision is not None and not self.defenses.delays_failure(request, decision):
+            self._account(request, decision, "socket", time.perf_counter() - started)
+            connection.answer(format_reply(decision))
+            return
+        connection.wait()
+        task = asyncio.get_running_loop().create_task(
+            self._answer_later(connection, request, decision, started))
+        # The loop keeps only a weak reference to a task: this set keeps it, and lets
+        # shutdown wait for it even after its client has gone.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _answer(self, reader: asyncio.StreamReader) -> bytes:
-        try:
-            async with asyncio.timeout(self._read_timeout):
-                data = await _read_request(reader)
-        except TimeoutError:
-            data = b""
-            error: ProtocolError | None = ProtocolError(Reason.READ_TIMEOUT)
-        else:
-            error = None
-        if error is None:
-            try:
-                request = parse_request(data)
-            except ProtocolError as exc:
-                error = exc
-        if error is not None:
-            self.metrics.protocol_errors.labels(error.reason).inc()
-            _decisions.warning("bad request", extra=decision_fields(
-                verb="BAD", result="defer", reason=error.reason, bytes=len(data), via="socket"))
-            return format_reply(Decision.defer(Reason(error.reason)))
-        return format_reply(await self.decide(request))
+    async def _answer_later(self, connection: _Connection, request: Request,
+                            decision: Decision | None, started: float) -> None:
+        decision = await self._decide_later(request, decision)
+        self._account(request, decision, "socket", time.perf_counter() - started)
+        connection.answer(format_reply(decision))
+
+    def _refuse(self, reason: str, size: int) -> bytes:
+        """The answer to a request that cannot be read, counted and logged."""
+        self.metrics.protocol_errors.labels(reason).inc()
+        log_decision(_decisions, logging.WARNING, {
+            "verb": "BAD", "result": "defer", "reason": reason, "bytes": size, "via": "socket"})
+        return format_reply(Decision.defer(Reason(reason)))
 
     # --- running -------------------------------------------------------------------------
 
@@ -260,9 +313,8 @@ class Service:
         self.defenses.begin_serving()
         sock = bind_unix_socket(sock_path, int(self.config.socket.mode, 8),
                                  self.config.socket.group)
-        unix_server = await asyncio.start_unix_server(self.handle_connection, sock=sock,
-                                                      limit=MAX_REQUEST_BYTES * 2,
-                                                      backlog=BACKLOG)
+        unix_server = await loop.create_unix_server(lambda: _Connection(self), sock=sock,
+                                                    backlog=BACKLOG)
         http = await self._start_http(token, open_files) if self.config.http.enabled else None
         self.defenses.start(on_sync_error=self.metrics.sync_errors.inc)
         if self.decider.db.nodes is not None:
@@ -278,8 +330,10 @@ class Service:
             unix_server.close()
             for frontend in frontends:
                 await frontend.stop()
-            if self._connections:
-                await asyncio.wait(list(self._connections), timeout=self._timeout + 1)
+            # Connections still reading or answering, and decisions whose client has gone.
+            give_up = loop.time() + self._timeout + 1
+            while (self._connections or self._tasks) and loop.time() < give_up:
+                await asyncio.sleep(0.01)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(sock_path)
             if http is not None:
@@ -392,24 +446,111 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def _verb(request: Request) -> str:
-    match request:
-        case AuthRequest():
-            return "AUTH"
-        case RelayRequest():
-            return "RELAY"
-        case PingRequest():
-            return "PING"
-        case ForgetRequest():
-            return "FORGET"
+_VERBS: dict[type[Request], str] = {AuthRequest: "AUTH", RelayRequest: "RELAY",
+                                    PingRequest: "PING", ForgetRequest: "FORGET"}
 
 
-async def _read_request(reader: asyncio.StreamReader) -> bytes:
-    """Read up to the first newline or EOF, at most one byte past the protocol's limit."""
-    data = b""
-    while b"\n" not in data and len(data) <= MAX_REQUEST_BYTES:
-        chunk = await reader.read(MAX_REQUEST_BYTES + 1 - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
+def _settle(answer: asyncio.Future[Decision], timer: asyncio.TimerHandle,
+            work: asyncio.Future[Decision]) -> None:
+    """Hand the worker's result to *answer*, unless the deadline answered first."""
+    timer.cancel()
+    if work.cancelled():
+        if not answer.done():
+            answer.cancel()
+        return
+    error = work.exception()  # retrieved even when late: asyncio would log it otherwise
+    if answer.done():
+        return
+    if error is not None:
+        answer.set_exception(error)
+    else:
+        answer.set_result(work.result())
+
+
+class _Connection(asyncio.Protocol):
+    """One ``${readsocket}`` exchange: a request line in, one answer line out, close.
+
+    A protocol, not streams: reading, the read deadline (one timer handle) and the answer
+    are callbacks on the loop, with no task unless the decision needs the worker pool.
+    """
+
+    __slots__ = ("_data", "_reading", "_service", "_timer", "_transport")
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._transport: asyncio.Transport | None = None
+        self._data = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        service = self._service
+        service._connections.add(self)
+        self._timer = asyncio.get_running_loop().call_later(service._read_timeout,
+                                                            self._read_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._reading:
+            return
+        # Up to the first newline or EOF, at most one byte past the protocol's limit: what
+        # arrived with the newline stays (parse_request says several-lines).
+        if self._data:
+            data = self._data + data
+        if b"\n" in data or len(data) > MAX_REQUEST_BYTES:
+            self._request(data[:MAX_REQUEST_BYTES + 1])
+        else:
+            self._data = data
+
+    def eof_received(self) -> bool:
+        if self._reading:
+            self._request(self._data)
+        return True  # half-closed: the client still reads the answer
+
+    def _request(self, data: bytes) -> None:
+        self._reading = False
+        self._data = b""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        try:
+            self._service._on_request(self, data, time.perf_counter())
+        except Exception:
+            # Not expected (parsing raises only ProtocolError, deciding nothing), but a bug
+            # here must cost one defer, never the transport's "fatal error" path.
+            _log.exception("internal error while answering a request")
+            self.answer(format_reply(Decision.defer(Reason.INTERNAL_ERROR)))
+
+    def wait(self) -> None:
+        """Read nothing more while the answer is being decided (answered at once: no need)."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def _read_timed_out(self) -> None:
+        self._timer = None
+        if self._reading:
+            self._reading = False
+            self._data = b""
+            self.answer(self._service._refuse(Reason.READ_TIMEOUT, 0))
+
+    def answer(self, reply: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return  # the client has gone: nobody to answer
+        transport.write(reply)
+        transport.close()  # after what is buffered is written
+        if transport.get_write_buffer_size():
+            # A client that does not read its answer is cut after the read timeout.
+            self._timer = asyncio.get_running_loop().call_later(
+                self._service._read_timeout, transport.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._reading = False
+        self._service._connections.discard(self)
+        if exc is not None:
+            _log.debug("connection ended early: %s", type(exc).__name__)

@@ -166,6 +166,80 @@ def test_random_bytes_never_crash_the_service(fuzz_service: kit.Served) -> None:
     assert fuzz_service.ask(b"PING\n") == b"yes\n"
 
 
+def test_unruly_connections_never_crash_the_service(fuzz_service: kit.Served) -> None:
+    """Hundreds of connections at once that close early, half-close, dribble or stay silent.
+
+    Every answer that arrives is a documented one (the exact one where the input fixes it),
+    the process stays up and logs no internal error, and it still answers afterwards.
+    """
+    rng = random.Random(20261130)
+    path = fuzz_service.socket_path
+    line = kit.relay_line("alice@example.test", "bob@example.test", "x@remote.test")
+
+    async def exchange(chunks: list[bytes], *, half_close: bool, read: bool) -> bytes | None:
+        reader, writer = await asyncio.open_unix_connection(path)
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+                await writer.drain()
+                await asyncio.sleep(rng.random() / 50)
+            if half_close:
+                writer.write_eof()
+            if not read:
+                return None  # closed (or reset) with the answer unread, maybe before it
+            return await asyncio.wait_for(reader.read(), 30)
+        finally:
+            writer.close()
+
+    def split(data: bytes) -> list[bytes]:
+        cuts = sorted(rng.sample(range(len(data) + 1), min(len(data), rng.randrange(4))))
+        return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+    async def one(kind: int) -> tuple[bytes | None, bytes | tuple[bytes, ...] | None]:
+        """The reply and, where the input fixes it, the right one(s)."""
+        garbage = rng.randbytes(rng.randrange(1, 200)).replace(b"\n", b"")
+        match kind:
+            case 0:  # connect and close at once
+                return await exchange([], half_close=False, read=False), None
+            case 1:  # half-closed without a byte
+                return await exchange([], half_close=True, read=True), b"defer empty\n"
+            case 2:  # a partial line, then EOF
+                return (await exchange(split(b"PING"), half_close=True, read=True),
+                        b"defer missing-newline\n")
+            case 3:  # a good line dribbled in pieces, the client keeping its side open
+                return await exchange(split(line), half_close=False, read=True), b"yes\n"
+            case 7:  # one for a worker thread, after the client half-closed; ~75 of these
+                # at once are more than max_pending (64): overloaded is the documented answer
+                return (await exchange(split(b"PING\n"), half_close=True, read=True),
+                        (b"yes\n", b"defer overloaded\n"))
+            case 4:  # a good line, closed without reading the answer
+                return await exchange([line], half_close=rng.random() < 0.5, read=False), None
+            case 5:  # garbage in pieces, with or without a newline
+                data = garbage + (b"\n" if rng.random() < 0.5 else b"")
+                return await exchange(split(data), half_close=True, read=True), None
+            case _:  # more than the protocol's limit, never a newline
+                return (await exchange([b"A" * 3000, b"B" * 3000], half_close=False,
+                                       read=True), b"defer too-long\n")
+
+    async def main() -> list[tuple[bytes | None, bytes | tuple[bytes, ...] | None]]:
+        return await asyncio.gather(*(one(rng.randrange(8)) for _ in range(600)))
+
+    outcomes = asyncio.run(main())
+    assert len(outcomes) == 600
+    for reply, expected in outcomes:
+        if reply is None:
+            continue
+        assert is_valid_reply(reply), reply
+        if isinstance(expected, tuple):
+            assert reply in expected
+        elif expected is not None:
+            assert reply == expected
+    assert fuzz_service.ask(b"PING\n") == b"yes\n"
+    assert fuzz_service.process.poll() is None
+    assert "Traceback" not in fuzz_service.log()
+    assert "internal error" not in fuzz_service.log()
+
+
 def test_concurrent_clients_get_right_answers(db_url: str) -> None:
     """500 concurrent clients x 6 requests: no errors, no wrong answers."""
     populate(db_url)
