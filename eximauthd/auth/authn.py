@@ -24,7 +24,7 @@ from ..core.credentials import Credentials, read_credentials
 from ..core.decision import Decision, Reason
 from ..core.hashing import Hasher, Scheme
 from ..db.accounts import AccountStore
-from ..errors import HashingError, StorageError
+from ..errors import HashingError, StorageError, ValueTooLongError
 from ..settings import ThrottleConfig
 from .cache import AuthCache
 
@@ -49,6 +49,7 @@ class Authenticator:
         self.cache = cache
         self._reported: set[str] = set()
         self._reported_lock = threading.Lock()
+        self._narrow_reported = False
 
     def __repr__(self) -> str:
         return f"Authenticator({self.store!r}, {self.hasher!r})"
@@ -120,6 +121,18 @@ class Authenticator:
         try:
             new = self.hasher.hash(credentials.password)
             changed = self.store.replace_password(credentials.address, old, new)
+        except ValueTooLongError as exc:
+            # The same for every legacy login until the column is widened: said once (per
+            # process), at length, rather than a warning at every login that drowns the log.
+            with self._reported_lock:
+                first, self._narrow_reported = not self._narrow_reported, True
+            if first:
+                _log.warning("legacy passwords are not upgraded to argon2id: %s; logins go "
+                             "on with the legacy hashes (said once)", exc)
+            else:
+                _log.debug("could not upgrade %s password of %s: column too narrow",
+                           scheme.value, address_text)
+            return Decision.yes()
         except (StorageError, HashingError) as exc:
             _log.warning("could not upgrade %s password of %s to argon2id: %s", scheme.value,
                          address_text, exc)

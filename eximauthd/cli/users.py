@@ -9,9 +9,23 @@ import socket
 
 import click
 
-from ..core.addresses import parse_address
+from ..core.addresses import Address, parse_address
 from ..core.hashing import Scheme, hash_shape, identify_scheme
+from ..db.accounts import UserRecord
+from ..errors import UserNotFoundError
 from .app import State, cli, pass_state, print_table, read_password, stdin_option
+
+
+def require_account(state: State, address: Address) -> UserRecord:
+    """The account of *address*; for a command about it that would otherwise act on a typo.
+
+    :raises UserNotFoundError: no account has that address.
+    """
+    found = state.accounts.find(address)
+    if not found:
+        raise UserNotFoundError(f"no account {address} (check the spelling: "
+                                "`eximauthd user list`)")
+    return found[0]
 
 
 @cli.group()

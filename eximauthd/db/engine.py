@@ -8,6 +8,8 @@ its code: SQLAlchemy's own messages can carry bound parameters (hashes) and URLs
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from ..errors import SchemaMissingError, StorageError
+from ..errors import SchemaMissingError, StorageError, ValueTooLongError
 from ..files import create_private
 from ..settings import DatabaseConfig
 
@@ -24,6 +26,7 @@ __all__ = [
     "Database",
     "caseless",
     "create_engine",
+    "describe_location",
     "exactly",
     "is_duplicate",
     "translate_errors",
@@ -34,43 +37,83 @@ MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
 
 # MySQL/MariaDB error codes worth a specific message.
 _MYSQL_NO_TABLE = 1146
+_MYSQL_NO_COLUMN = 1054
+_MYSQL_TOO_LONG = 1406
 _MYSQL_MESSAGES = {
     1044: "access denied to the database",
     1045: "access denied (user or password wrong)",
     1049: "unknown database",
     1146: "table missing",
     2003: "cannot connect to the database server",
+    2005: "unknown database server host",
     2006: "database server has gone away",
     2013: "lost connection to the database server",
 }
+# Errors about reaching the server, where naming the server is the fix's first half.
+_MYSQL_WHERE = frozenset({1044, 1045, 1049, 2003, 2005, 2006, 2013})
+# Only an identifier is ever quoted from a server's message: never a value.
+_QUOTED_COLUMN = re.compile(r"(?:Unknown column|no such column:|too long for column) ?'?"
+                            r"([A-Za-z0-9_.$]{1,130})'?")
+_STATEMENT_TABLE = re.compile(r"\b(?:FROM|UPDATE|INTO)\s+[`\"]?([A-Za-z0-9_$]{1,64})",
+                              re.IGNORECASE)
 
 
-def _safe_error(exc: SQLAlchemyError, what: str) -> StorageError:
+def _named_column(text: str, statement: str | None) -> tuple[str, str]:
+    """The column a server's message names and the table of the statement (SQL text only:
+    SQLAlchemy's statements hold placeholders, never the bound values)."""
+    column = m.group(1) if (m := _QUOTED_COLUMN.search(text)) else "?"
+    table = m.group(1) if statement and (m := _STATEMENT_TABLE.search(statement)) else "?"
+    return column.rsplit(".", 1)[-1], table
+
+
+def _safe_error(exc: SQLAlchemyError, what: str, where: str = "") -> StorageError:
     orig = exc.orig if isinstance(exc, DBAPIError) else None
     args = orig.args if orig is not None else ()
     code = args[0] if args and isinstance(args[0], int) else None
     text = str(orig) if orig is not None else ""
+    statement = exc.statement if isinstance(exc, DBAPIError) else None
     if code == _MYSQL_NO_TABLE or "no such table" in text:
         return SchemaMissingError(
             f"{what}: table missing; run `eximauthd db upgrade` (or check the [legacy] table name)"
         )
+    if code == _MYSQL_NO_COLUMN or "no such column" in text:
+        column, table = _named_column(text, statement)
+        return StorageError(f"{what}: the table {table} has no column {column} (check the "
+                            "[legacy] column names in the configuration)")
+    if code == _MYSQL_TOO_LONG:
+        column, table = _named_column(text, statement)
+        return ValueTooLongError(f"{what}: the column {column} of {table} is too narrow for an "
+                                 "argon2id hash (`eximauthd migrate-passwords --dry-run` shows "
+                                 "the ALTER TABLE that widens it)")
     detail = _MYSQL_MESSAGES.get(code, "") if code is not None else ""
+    if detail and where and code in _MYSQL_WHERE:
+        detail = f"{detail} at {where}"
     if not detail and "unable to open database file" in text:
-        detail = "cannot open the SQLite file"
+        detail = f"cannot open the SQLite file{' ' + where if where else ''}"
     if not detail and "database is locked" in text:
-        detail = "SQLite database is locked"
+        detail = f"SQLite database{' ' + where if where else ''} is locked"
     label = type(orig).__name__ if orig is not None else type(exc).__name__
     suffix = f" {code}" if code is not None else ""
     return StorageError(f"{what}: {detail or 'database error'} ({label}{suffix})")
 
 
+def describe_location(url: str) -> str:
+    """Where *url* points, fit for an error: ``host:port/database`` or the SQLite file's path;
+    never the user or password."""
+    parsed = sa.engine.make_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        return os.path.abspath(parsed.database) if parsed.database else "(memory)"
+    return f"{parsed.host or 'localhost'}:{parsed.port or 3306}/{parsed.database or ''}"
+
+
 @contextlib.contextmanager
-def translate_errors(what: str) -> Iterator[None]:
-    """Turn SQLAlchemy exceptions raised inside the block into log-safe StorageErrors."""
+def translate_errors(what: str, where: str = "") -> Iterator[None]:
+    """Turn SQLAlchemy exceptions raised inside the block into log-safe StorageErrors; *where*
+    (:func:`describe_location`) is named in the errors about reaching the database."""
     try:
         yield
     except SQLAlchemyError as exc:
-        raise _safe_error(exc, what) from None
+        raise _safe_error(exc, what, where) from None
 
 
 def create_engine(url: str, connect_timeout: int = 3) -> Engine:
@@ -118,6 +161,7 @@ class Database:
 
     def __init__(self, config: DatabaseConfig) -> None:
         self.config = config
+        self.where = describe_location(config.url)
         self.primary = create_engine(config.url, config.connect_timeout)
         self.replica = (
             create_engine(config.replica_url, config.connect_timeout)
@@ -138,12 +182,12 @@ class Database:
 
     @contextlib.contextmanager
     def read(self, what: str) -> Iterator[Connection]:
-        with translate_errors(what), self.replica.connect() as conn:
+        with translate_errors(what, self.where), self.replica.connect() as conn:
             yield conn
 
     @contextlib.contextmanager
     def write(self, what: str) -> Iterator[Connection]:
-        with translate_errors(what), self.primary.begin() as conn:
+        with translate_errors(what, self.where), self.primary.begin() as conn:
             yield conn
 
     def dispose(self) -> None:
