@@ -106,6 +106,9 @@ class _Group(click.Group):
             _fail(str(exc), EXIT_USAGE)
         except BrokenPipeError:
             _quiet_broken_pipe()
+        except KeyboardInterrupt:
+            # Here, not in main(): click would print an empty line first.
+            _interrupted()
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
             _fail(f"cannot use{where}: {exc.strerror or exc} (check the path and its "
@@ -133,9 +136,13 @@ class _Group(click.Group):
                 hint = f" (see `{exc.ctx.command_path} --help`)"
             _fail(f"{exc.format_message().rstrip('.')}{hint}", exc.exit_code)
         except (click.Abort, KeyboardInterrupt):
-            _fail("interrupted (SIGINT): stopped where it was; run the command again to "
-                  "finish", EXIT_INTERRUPTED)
+            _interrupted()
         sys.exit(result if isinstance(result, int) else EXIT_OK)
+
+
+def _interrupted() -> NoReturn:
+    _fail("interrupted (SIGINT): stopped where it was; run the command again to finish",
+          EXIT_INTERRUPTED)
 
 
 def _quiet_broken_pipe() -> NoReturn:

@@ -156,10 +156,13 @@ class TestAccountCommands:
         assert gone.out.strip() == "no unknown-user"
 
     def test_grants(self, cli: Cli) -> None:
-        """Grants are canonicalised, listed, idempotent and removable."""
+        """Grants are canonicalised, listed, refused twice and removable."""
         cli("db", "upgrade")
+        assert cli("user", "add", "alice@example.test", "--password-stdin", stdin="pw\n").code == 0
         assert cli("grant", "add", "Alice@Example.test", "@Other.TEST").code == 0
-        assert "already granted" in cli("grant", "add", "alice@example.test", "@other.test").out
+        again = cli("grant", "add", "alice@example.test", "@other.test")
+        assert again.code == 2
+        assert "may already send as @other.test" in again.err
         assert cli("grant", "add", "alice@example.test", "sales@third.test").code == 0
         assert json.loads(cli("grant", "list", "alice@example.test", "--json").out) == [
             {"id": "alice@example.test", "sender": "@other.test"},
