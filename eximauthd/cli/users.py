@@ -110,13 +110,17 @@ def _tell_service(state: State, address: str) -> None:
 
 @user.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
+@click.option("--domain", metavar="DOMAIN", help="Only the accounts @DOMAIN.")
 @pass_state
-def user_list(state: State, as_json: bool) -> None:
+def user_list(state: State, as_json: bool, domain: str | None) -> None:
     """List accounts with their state and password scheme (never the hash)."""
+    # Canonical as addresses are (lower-case, IDNA), so `--domain Example.TEST` finds them.
+    wanted = parse_address(f"postmaster@{domain}").domain if domain is not None else None
     rows = [
         {"address": r.address, "enabled": r.enabled,
          "scheme": _scheme_name(r.password, state.hasher.bare)}
         for r in state.accounts.list()
+        if wanted is None or r.address.rpartition("@")[2] == wanted
     ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
