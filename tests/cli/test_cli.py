@@ -299,3 +299,11 @@ def test_installed_wheel_ships_migrations(tmp_path: Path) -> None:
                             "import eximauthd; print(eximauthd.__file__)"],
                            capture_output=True, text=True, check=True, cwd=work)
     assert str(venv) in where.stdout
+    # The man pages: in the wheel, installed beside bin/, found by man-db through PATH.
+    assert any(n.endswith(".data/data/share/man/man1/eximauthd-user-show.1") for n in names)
+    page = venv / "share" / "man" / "man1" / "eximauthd.1"
+    assert page.exists()
+    found = subprocess.run(["man", "-w", "eximauthd"], capture_output=True, text=True,
+                           env=env | {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "MANPATH": ""},
+                           timeout=60, check=False)
+    assert found.stdout.strip() == str(page), found.stderr
