@@ -272,3 +272,38 @@ def test_a_column_too_narrow_for_argon2id_is_said_once_and_the_login_goes_on(
         assert words in lines[0]
     assert "1406" not in lines[0]
     assert "plain-old-pw" not in done.stderr.decode()
+
+
+def test_a_too_narrow_column_is_warned_once_per_process_not_at_every_login(
+        mariadb_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """What `serve` does: many right logins on a legacy hash it cannot upgrade, one warning."""
+    from eximauthd.auth.authn import Authenticator  # noqa: PLC0415
+    from eximauthd.core.decision import Result  # noqa: PLC0415
+    from eximauthd.core.hashing import Hasher  # noqa: PLC0415
+    from eximauthd.db.accounts import make_account_store  # noqa: PLC0415
+    from eximauthd.settings import LegacyConfig  # noqa: PLC0415
+
+    from ..support import FAST_HASHING, config_for  # noqa: PLC0415
+
+    db = Database(DatabaseConfig(url=mariadb_url))
+    table = sa.Table("users", sa.MetaData(),
+                     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+                     sa.Column("username", sa.String(64)), sa.Column("domain", sa.String(255)),
+                     sa.Column("password", sa.String(20)), sa.Column("smtp", sa.Integer))
+    table.create(db.primary)
+    with db.primary.begin() as conn:
+        conn.execute(sa.insert(table), [{"username": f"u{i}", "domain": "example.test",
+                                         "password": "plain-old-pw", "smtp": 1}
+                                        for i in range(3)])
+    config = config_for(mariadb_url, LegacyConfig(
+        table="users", local_part_column="username", domain_column="domain",
+        password_column="password", enabled_column="smtp"))
+    authn = Authenticator(make_account_store(config, db), Hasher(FAST_HASHING))
+    caplog.set_level("DEBUG", logger="eximauthd")
+    for i in (0, 1, 2, 0):
+        assert authn.verify(f"u{i}@example.test", "plain-old-pw").result is Result.YES
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "column password of users is too narrow" in warnings[0].getMessage()
+    assert sum("column too narrow" in r.getMessage() for r in caplog.records) == 3
+    db.dispose()
