@@ -8,6 +8,9 @@ cannot pass by testing nothing.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from .support import (
     MARIADB_ADMIN_URL,
     MARIADB_HOST,
     MARIADB_PORT,
+    InstalledWheel,
     create_mariadb_database,
     drop_mariadb_database,
     require_mariadb,
@@ -93,3 +97,25 @@ def database(db_url: str) -> Iterator[Database]:
 @pytest.fixture(scope="session")
 def hasher() -> Hasher:
     return Hasher(FAST_HASHING)
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> InstalledWheel:
+    """The wheel, built once per session (offline, no build isolation) and installed with
+    --no-deps into a venv that takes its dependencies from the test venv: eximauthd itself
+    comes only from the wheel, never from the checkout."""
+    root = Path(__file__).resolve().parent.parent
+    base = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(base / "dist"), str(root)], check=True, timeout=300,
+                   capture_output=True)
+    (wheel,) = (base / "dist").glob("eximauthd-*.whl")
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    deps = Path(sysconfig.get_path("purelib"))
+    (site / "zz_test_deps.pth").write_text(str(deps) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+                    "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
+                   timeout=300, capture_output=True)
+    return InstalledWheel(wheel, venv)

@@ -18,6 +18,7 @@ import signal
 import smtplib
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from aiosmtpd.smtp import Envelope, Session
 from .servicekit import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-SNIPPETS = ROOT / "exim-snippets"
+SNIPPETS = ROOT / "eximauthd" / "share" / "exim-snippets"
 EXIM = shutil.which("exim4") or "/usr/sbin/exim4"
 
 MAIN_TEMPLATE = """\
@@ -202,26 +203,33 @@ test_local:
 """
 
 
-def build_debian_split(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
-    """Debian's stock /etc/exim4 (split mode) + exim-snippets/debian, through update-exim4.conf.
+Builder = Callable[[Path, int, int, str], Path]
 
-    Test-only files configure a private daemon and the sink; they sort before and apart from the
-    drop-ins, which are copied exactly as shipped.
-    """
+
+def _debian_tree(tmp: Path, fmt: dict[str, object], *, split: bool) -> Path:
+    """A copy of Debian's stock /etc/exim4 set up for a private daemon: settings for an
+    internet site, and test-only files (split: conf.d files that sort before and apart from the
+    drop-ins; monolithic: exim4.conf.localmacros) for the port, spool, TLS and sink."""
     etc = tmp / "etc-exim4"
     shutil.copytree("/etc/exim4", etc)
-    shutil.copytree(SNIPPETS / "debian" / "conf.d", etc / "conf.d", dirs_exist_ok=True)
     settings = etc / "update-exim4.conf.conf"
     text = settings.read_text()
-    for key, value in (("dc_use_split_config", "true"), ("dc_eximconfig_configtype", "internet"),
+    for key, value in (("dc_use_split_config", "true" if split else "false"),
+                       ("dc_eximconfig_configtype", "internet"),
                        ("dc_other_hostnames", "example.test : strict.test"),
                        ("dc_local_interfaces", "127.0.0.1"), ("dc_relay_nets", "")):
         text = re.sub(rf"^{key}=.*$", f"{key}='{value}'", text, flags=re.MULTILINE)
     settings.write_text(text)
-    fmt = {"tmp": tmp, "port": port, "sink_port": sink_port, "socket_path": socket_path}
-    (etc / "conf.d/main/000_a_test_rig").write_text(DEBIAN_TEST_MAIN.format(**fmt))
-    (etc / "conf.d/router/050_test_rig").write_text(DEBIAN_TEST_ROUTERS)
-    (etc / "conf.d/transport/05_test_rig").write_text(DEBIAN_TEST_TRANSPORTS.format(**fmt))
+    if split:
+        (etc / "conf.d/main/000_a_test_rig").write_text(DEBIAN_TEST_MAIN.format(**fmt))
+        (etc / "conf.d/router/050_test_rig").write_text(DEBIAN_TEST_ROUTERS)
+        (etc / "conf.d/transport/05_test_rig").write_text(DEBIAN_TEST_TRANSPORTS.format(**fmt))
+    else:
+        (etc / "exim4.conf.localmacros").write_text(DEBIAN_TEST_MAIN.format(**fmt))
+    return etc
+
+
+def _generate_split(tmp: Path, etc: Path) -> Path:
     config = tmp / "exim4.conf"
     subprocess.run(["update-exim4.conf", "-d", str(etc), "-o", str(config)], check=True,
                    capture_output=True, timeout=60)
@@ -229,35 +237,11 @@ def build_debian_split(tmp: Path, port: int, sink_port: int, socket_path: str) -
     return config
 
 
-def build_debian_monolithic(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
-    """Debian's stock template + exim-snippets/debian/monolithic, through update-exim4.conf.
-
-    update-exim4.conf tests for /etc/exim4/exim4.conf.localmacros by its hard-coded path even
+def _generate_monolithic(tmp: Path, etc: Path, fmt: dict[str, object]) -> Path:
+    """update-exim4.conf tests for /etc/exim4/exim4.conf.localmacros by its hard-coded path even
     with -d, so it runs in a private mount namespace with the copy bound over /etc/exim4.  The
     generated config then names /etc/exim4/eximauthd-*, which the rig points at the copy, and
-    gets the sink routers (the template has no place for site routers).
-    """
-    etc = tmp / "etc-exim4"
-    shutil.copytree("/etc/exim4", etc)
-    mono = SNIPPETS / "debian" / "monolithic"
-    subprocess.run(["patch", "-p1", "-d", str(etc), "-i", str(mono / "exim4.conf.template.patch")],
-                   check=True, capture_output=True, timeout=30)
-    shutil.copy(SNIPPETS / "debian" / "conf.d" / "auth" / "20_eximauthd",
-                etc / "eximauthd-auth.conf")
-    acl = (mono / "eximauthd-rcpt-acl").read_text()
-    (etc / "eximauthd-rcpt-acl").write_text(
-        acl.replace("{/run/eximauthd/eximauthd.sock}", "{" + socket_path + "}"))
-    settings = etc / "update-exim4.conf.conf"
-    text = settings.read_text()
-    for key, value in (("dc_use_split_config", "false"),
-                       ("dc_eximconfig_configtype", "internet"),
-                       ("dc_other_hostnames", "example.test : strict.test"),
-                       ("dc_local_interfaces", "127.0.0.1"), ("dc_relay_nets", "")):
-        text = re.sub(rf"^{key}=.*$", f"{key}='{value}'", text, flags=re.MULTILINE)
-    settings.write_text(text)
-    fmt = {"tmp": tmp, "port": port, "sink_port": sink_port, "socket_path": socket_path}
-    (etc / "exim4.conf.localmacros").write_text(
-        DEBIAN_TEST_MAIN.format(**fmt) + (mono / "exim4.conf.localmacros").read_text())
+    gets the sink routers (the template has no place for site routers)."""
     config = tmp / "exim4.conf"
     subprocess.run(["unshare", "-m", "sh", "-c",
                     'mount --bind "$1" /etc/exim4 && update-exim4.conf -o "$2"', "sh",
@@ -273,7 +257,66 @@ def build_debian_monolithic(tmp: Path, port: int, sink_port: int, socket_path: s
     return config
 
 
-Builder = Callable[[Path, int, int, str], Path]
+def _point_rcpt_acl_at(etc: Path, socket_path: str) -> None:
+    """The monolithic rcpt ACL spells the socket out (macros do not reach it): the rig's."""
+    acl = etc / "eximauthd-rcpt-acl"
+    acl.write_text(acl.read_text().replace("{/run/eximauthd/eximauthd.sock}",
+                                           "{" + socket_path + "}"))
+
+
+def build_debian_split(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+    """Debian's stock /etc/exim4 (split mode) + the debian/conf.d drop-ins copied by hand, as
+    shipped, through update-exim4.conf."""
+    fmt = {"tmp": tmp, "port": port, "sink_port": sink_port, "socket_path": socket_path}
+    etc = _debian_tree(tmp, fmt, split=True)
+    shutil.copytree(SNIPPETS / "debian" / "conf.d", etc / "conf.d", dirs_exist_ok=True)
+    return _generate_split(tmp, etc)
+
+
+def build_debian_monolithic(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+    """Debian's stock template + debian/monolithic applied by hand (patch, copies, localmacros
+    appended), through update-exim4.conf."""
+    fmt = {"tmp": tmp, "port": port, "sink_port": sink_port, "socket_path": socket_path}
+    etc = _debian_tree(tmp, fmt, split=False)
+    mono = SNIPPETS / "debian" / "monolithic"
+    subprocess.run(["patch", "-p1", "-d", str(etc), "-i", str(mono / "exim4.conf.template.patch")],
+                   check=True, capture_output=True, timeout=30)
+    shutil.copy(SNIPPETS / "debian" / "conf.d" / "auth" / "20_eximauthd",
+                etc / "eximauthd-auth.conf")
+    shutil.copy(mono / "eximauthd-rcpt-acl", etc / "eximauthd-rcpt-acl")
+    _point_rcpt_acl_at(etc, socket_path)
+    with (etc / "exim4.conf.localmacros").open("a") as macros:
+        macros.write((mono / "exim4.conf.localmacros").read_text())
+    return _generate_monolithic(tmp, etc, fmt)
+
+
+def eximauthd_argv() -> list[str]:
+    """The ``eximauthd`` command of the test venv."""
+    return [sys.executable, "-m", "eximauthd"]
+
+
+def eximauthd_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The ``eximauthd`` command, as an admin runs it."""
+    return subprocess.run([*eximauthd_argv(), *args], capture_output=True, text=True,
+                          timeout=180, check=False)
+
+
+def build_installed(layout: str) -> Builder:
+    """A builder: Debian's stock /etc/exim4 copy with ``eximauthd exim install --layout
+    *layout* --etc COPY`` run on it, then generated as an admin's update-exim4.conf would."""
+    def build(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+        fmt = {"tmp": tmp, "port": port, "sink_port": sink_port, "socket_path": socket_path}
+        etc = _debian_tree(tmp, fmt, split=layout == "debian-split")
+        run = eximauthd_cli("exim", "install", "--layout", layout, "--etc", str(etc))
+        if run.returncode != 0:
+            raise RuntimeError(f"exim install failed ({run.returncode}): {run.stderr}")
+        if layout == "debian-split":
+            return _generate_split(tmp, etc)
+        _point_rcpt_acl_at(etc, socket_path)
+        return _generate_monolithic(tmp, etc, fmt)
+    return build
+
+
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -189,3 +190,15 @@ class Run:
 
 
 Cli = Callable[..., Run]  # runs the installed CLI with the given arguments
+
+
+@dataclass(frozen=True)
+class InstalledWheel:
+    """eximauthd built as a wheel and installed (`pip install`, not editable) into a venv."""
+
+    wheel: Path
+    venv: Path
+
+    @property
+    def eximauthd(self) -> Path:
+        return self.venv / "bin" / "eximauthd"

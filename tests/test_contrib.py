@@ -12,8 +12,10 @@ import pytest
 
 from .support import in_ci
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
-UNIT = CONTRIB / "eximauthd.service"
+ROOT = Path(__file__).resolve().parent.parent
+CONTRIB = ROOT / "contrib"
+SYSTEMD = ROOT / "eximauthd" / "share" / "systemd"
+UNIT = SYSTEMD / "eximauthd.service"
 
 
 def _systemd_analyze() -> str:
@@ -86,7 +88,7 @@ def test_unit_keeps_exim_and_the_service_apart() -> None:
     assert unit["MemoryDenyWriteExecute"] == ["yes"]
     assert unit["SystemCallFilter"] == ["@system-service"]
     # The socket directory: Exim's group may traverse it, others may not.
-    tmpfiles = [line.split() for line in (CONTRIB / "eximauthd.tmpfiles.conf").read_text()
+    tmpfiles = [line.split() for line in (SYSTEMD / "eximauthd.tmpfiles.conf").read_text()
                 .splitlines() if line and not line.startswith("#")]
     assert tmpfiles == [["d", "/run/eximauthd", "0750", "eximauthd", "eximauthd-clients", "-"]]
     assert "RuntimeDirectory" not in unit  # it would give the directory group eximauthd

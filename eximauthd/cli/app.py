@@ -3,12 +3,13 @@
 Each command group lives in a module of its own that registers on :data:`cli` when imported;
 the package imports them all, so :func:`main` always sees every command.
 
-Exit codes (also in ``docs/cli.md``, whose table ``tests/cli/test_errors.py`` holds to these):
+Exit codes (also in ``docs/cli.md``; ``tests/cli/test_reference.py`` holds the two the same):
 
 ===  ====================================================================================
 0    success; for ``check``: the credentials are accepted (yes); ``audit-log`` and
-     ``lint-exim-config``: nothing found
-1    ``check``: the credentials are refused (no); ``audit-log``, ``lint-exim-config``: findings
+     ``lint-exim-config``: nothing found; ``doctor``: no check failed
+1    ``check``: the credentials are refused (no); ``audit-log``, ``lint-exim-config``:
+     findings; ``doctor``: a check failed
 2    bad usage or input: unknown option or bad option value, invalid or unreadable
      configuration, malformed address, duplicate or missing user or grant, no password given
      or the one given refused (empty, longer than MAX_PASSWORD_BYTES, more than one line, not
@@ -17,6 +18,9 @@ Exit codes (also in ``docs/cli.md``, whose table ``tests/cli/test_errors.py`` ho
 3    the database could not answer (unreachable, locked, schema missing or not at the
      installed revision, a configured column missing): nothing was changed; ``serve`` did not
      start
+4    ``exim install``/``uninstall``: the host does not fit; nothing was changed
+     (:data:`.exim.EXIT_HOST`)
+5    ``exim install``/``uninstall``: Exim refused the result; every file was put back
 130  interrupted (SIGINT, Ctrl-C): one line, the command stopped where it was
 141  standard output closed early (a broken pipe, e.g. ``| head``): nothing more is printed
 ===  ====================================================================================
@@ -31,14 +35,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NoReturn
 
 import click
 from click.exceptions import NoArgsIsHelpError
 
-from ..config import load_config
+from ..config import DEFAULT_CONFIG_PATH, builtin_database_note, load_config
 from ..core.credentials import MAX_PASSWORD_BYTES
 from ..core.hashing import Hasher
 from ..core.protocol import parse_client_ip
@@ -74,6 +78,8 @@ class State:
     """What a command needs, built on first use so ``--help`` never touches a database."""
 
     config_path: str | None
+    # Set once the database is asked for, even if opening it then fails.
+    db_wanted: bool = field(default=False, init=False)
 
     @cached_property
     def config(self) -> Config:
@@ -81,6 +87,7 @@ class State:
 
     @cached_property
     def db(self) -> Database:
+        self.db_wanted = True
         return Database(self.config.database)
 
     @cached_property
@@ -91,19 +98,26 @@ class State:
     def accounts(self) -> AccountStore:
         return make_account_store(self.config, self.db)
 
+    def builtin_database_note(self) -> str | None:
+        """What to tell the admin when the command used the built-in SQLite database."""
+        return builtin_database_note(self.config) if self.db_wanted else None
+
 
 class _Group(click.Group):
     """Turns eximauthd's errors into one line on stderr and a documented exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
         except _INPUT_ERRORS as exc:
-            _fail(str(exc), EXIT_USAGE)
+            _fail(str(exc), EXIT_USAGE, ctx)
         except (StorageError, HashingError) as exc:
-            _fail(str(exc), EXIT_DB)
+            _fail(str(exc), EXIT_DB, ctx)
         except EximauthdError as exc:
-            _fail(str(exc), EXIT_USAGE)
+            _fail(str(exc), EXIT_USAGE, ctx)
+        except (SystemExit, click.exceptions.Exit):  # `check` exits 0 or 1 itself
+            _notice(ctx)
+            raise
         except BrokenPipeError:
             _quiet_broken_pipe()
         except KeyboardInterrupt:
@@ -112,7 +126,9 @@ class _Group(click.Group):
         except OSError as exc:
             where = f" {exc.filename}" if exc.filename else ""
             _fail(f"cannot use{where}: {exc.strerror or exc} (check the path and its "
-                  "permissions)", EXIT_USAGE)
+                  "permissions)", EXIT_USAGE, ctx)
+        _notice(ctx)
+        return result
 
     def main(self, args: Any = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
@@ -155,9 +171,26 @@ def _quiet_broken_pipe() -> NoReturn:
     sys.exit(EXIT_PIPE)
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def _note(ctx: click.Context) -> str | None:
+    # `serve` names its database and configuration in its start line.
+    if not isinstance(ctx.obj, State) or ctx.invoked_subcommand == "serve":
+        return None
+    return ctx.obj.builtin_database_note()
+
+
+def _notice(ctx: click.Context) -> None:
+    """One line when the command used the built-in SQLite default: `user add` run as root in
+    /root wrote to /root/eximauthd.sqlite3, not to the production database."""
+    if (note := _note(ctx)) is not None:
+        click.echo(f"eximauthd: notice: {note}", err=True)
+
+
+def _fail(message: str, code: int, ctx: click.Context | None = None) -> NoReturn:
+    # "no such user" on the built-in default is most likely the wrong database: say which.
+    note = _note(ctx) if ctx is not None else None
     # One line whatever the message holds: a newline in it would read as a second error.
-    click.echo(f"eximauthd: error: {' '.join(message.split())}", err=True)
+    text = " ".join(message.split())
+    click.echo(f"eximauthd: error: {text}{f' ({note})' if note else ''}", err=True)
     sys.exit(code)
 
 
@@ -165,8 +198,10 @@ pass_state = click.make_pass_decorator(State)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", envvar="EXIMAUTHD_CONFIG", metavar="FILE",
-              type=click.Path(dir_okay=False), help="TOML configuration (default: built-in).")
+# No envvar= here: load_config reads EXIMAUTHD_CONFIG itself, and so tells the two apart.
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help=f"TOML configuration (default: $EXIMAUTHD_CONFIG, else {DEFAULT_CONFIG_PATH} "
+                   "if it exists, else built-in).")
 @click.option("-v", "--verbose", is_flag=True, help="Log informational events to stderr.")
 @click.version_option(package_name="eximauthd")
 @click.pass_context

@@ -189,7 +189,7 @@ def lint_exim_config(files: tuple[str, ...], as_json: bool, defines: tuple[str, 
     from ..exim.lint import lint  # noqa: PLC0415
 
     macros = _macro_definitions(defines)
-    paths = [Path(f) for f in files] or [Path(_running_exim_config())]
+    paths = [Path(f) for f in files] or [Path(running_exim_config())]
     try:
         findings = lint(read_config(paths, macros))
     except (OSError, EximConfigError) as exc:
@@ -216,7 +216,7 @@ def _macro_definitions(defines: tuple[str, ...]) -> dict[str, str]:
     return macros
 
 
-def _running_exim_config() -> str:
+def running_exim_config() -> str:
     exim = shutil.which("exim4") or shutil.which("exim")
     if exim is None:
         raise ConfigError("no FILE given and no exim4 on PATH to ask for its configuration")

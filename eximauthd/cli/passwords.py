@@ -8,7 +8,8 @@ import click
 
 from ..auth.authn import Authenticator
 from ..core.hashing import calibrate
-from ..errors import ConfigError
+from ..db import legacyindex
+from ..errors import ConfigError, EximauthdError
 from ..settings import Config
 from .app import (
     EXIT_NO,
@@ -88,6 +89,13 @@ def migrate_passwords(state: State, dry_run: bool, jobs: int | None, batch_size:
     options = run.MigrationOptions(dry_run=dry_run, batch_size=batch_size, limit=limit,
                                    alter_column=alter_column,
                                    **({"jobs": jobs} if jobs is not None else {}))
+    try:
+        unindexed = legacyindex.legacy_index_warning(state.db, state.config.legacy)
+    except EximauthdError:
+        unindexed = None  # a missing table or column: the run below names it, in one line
+    if unindexed is not None:
+        # Before anything is written: the rewrite, and every AUTH after it, read by that lookup.
+        click.echo(f"eximauthd: WARNING: {unindexed}", err=True)
     report = run.migrate_passwords(state.config, state.db, options,
                                    progress=progress.Progress(sys.stderr))
     for line in report.summary():

@@ -55,6 +55,9 @@ def serve(state: State, log_format: str | None, log_file: str | None, syslog: bo
             return
     elif (problem := startup.database_problem(state)) is not None:
         raise StorageError(problem)
+    if (unindexed := startup.legacy_index_warning(state)) is not None:
+        # Once at start-up, never per request: the lookups themselves stay silent.
+        log.warning("%s", unindexed)
     # For the running service's loops (the wait above paces its own lines); one filter for the
     # life of the process, so a reopened log keeps counting.
     repeats = RepeatFilter()

@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 
-from ..db import upgrade
-from ..errors import StorageError
+from ..db import legacyindex, upgrade
+from ..errors import EximauthdError, StorageError
 from .app import State
 
-__all__ = ["Stopped", "database_problem", "stoppable", "wait_for_database"]
+__all__ = ["Stopped", "database_problem", "legacy_index_warning", "stoppable",
+           "wait_for_database"]
 
 _log = logging.getLogger("eximauthd.serve")
 
@@ -52,6 +53,19 @@ def database_problem(state: State) -> str | None:
         return newer
     return (f"the database schema is at revision {current}, this eximauthd needs {head}: "
             "run `eximauthd db upgrade`")
+
+
+def legacy_index_warning(state: State) -> str | None:
+    """The warning ``serve`` logs once at start-up (and ``migrate-passwords`` prints) when the
+    ``[legacy]`` table's login lookup can use no index; None when it can or none is configured.
+
+    Advice, not a reason to refuse: a table that cannot be inspected is named, and the service
+    starts anyway (a lookup that fails there defers, as always).
+    """
+    try:
+        return legacyindex.legacy_index_warning(state.db, state.config.legacy)
+    except EximauthdError as exc:
+        return f"cannot check the legacy table's index: {exc}"
 
 
 def wait_for_database(problem: Callable[[], str | None], *,

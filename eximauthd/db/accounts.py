@@ -281,8 +281,13 @@ class LegacyAccountStore:
             exactly(column, value, dialect)
             for column, value in zip(self._address_columns(), key, strict=True)))
 
+    def lookup_statement(self, address: Address) -> sa.Select[Any]:
+        """The statement :meth:`find` sends for *address*: what
+        :mod:`~eximauthd.db.legacyindex` EXPLAINs."""
+        return self._select().where(self._match(address)).limit(MAX_CANDIDATES + 1)
+
     def find(self, address: Address, limit: int = 2) -> list[UserRecord]:
-        query = self._select().where(self._match(address)).limit(MAX_CANDIDATES + 1)
+        query = self.lookup_statement(address)
         with self.db.read("look up user") as conn:
             rows = _bounded(conn.execute(query).all(), address)
         return [self._record(address, r) for r in rows if self._identity(r) == address][:limit]

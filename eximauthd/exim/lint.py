@@ -221,8 +221,8 @@ def _authenticator_rules(block: _Block, config: _Config) -> list[LintFinding]:
             f"authenticator {block.name}: server_condition compares a lookup result with the "
             "client's password; for an unknown user the lookup is empty, so an empty password "
             "matches and the client is authenticated",
-            "query eximauthd instead (exim-snippets/eximauthd-auth.conf); never compare a "
-            "lookup result with eq"))
+            "query eximauthd instead ($(eximauthd exim snippets-dir)/eximauthd-auth.conf); "
+            "never compare a lookup result with eq"))
     if condition is not None and "lookup" in cond_text and "crypteq" not in cond_text \
             and re.search(r"(?i)select\s+[^}]*pass", cond_text):
         out.append(LintFinding(
@@ -290,8 +290,8 @@ def _walk_acl(statements: list[_Statement], config: _Config, *, checked: bool,
                 statement.lines[0].where,
                 "the rcpt ACL accepts any authenticated client for any sender: one guessed or "
                 "empty login relays anything",
-                "put exim-snippets/eximauthd-rcpt-acl.conf at the top of the rcpt ACL (Debian: "
-                "the conf.d drop-ins)"))
+                "put $(eximauthd exim snippets-dir)/eximauthd-rcpt-acl.conf at the top of the "
+                "rcpt ACL (Debian: eximauthd exim install)"))
         for called in re.findall(r"\bacl\s*=\s*([A-Za-z0-9_-]+)", text):
             if called not in seen and called in config.acls:
                 out += _walk_acl(config.acls[called], config, checked=checked,

@@ -72,6 +72,10 @@ class Service:
         self._ready: Decision | None = None
         self._ready_at = 0.0
         self._ready_check: asyncio.Future[Decision] | None = None
+        nodes = self.decider.db.nodes
+        if nodes is not None:
+            self.metrics.db_node.set_function(lambda: nodes.index if nodes.usable else -1)
+            self.metrics.db_node_changes.set_function(lambda: nodes.changes)
 
     # --- decisions -----------------------------------------------------------------------
 
@@ -258,6 +262,8 @@ class Service:
                 os.unlink(sock_path)
             raise
         self.defenses.start(on_sync_error=self.metrics.sync_errors.inc)
+        if self.decider.db.nodes is not None:
+            self.decider.db.nodes.start()
         try:
             if ready is not None:
                 ready()
@@ -298,6 +304,13 @@ class Service:
             return await asyncio.wait_for(asyncio.shield(check), self._timeout)
         except TimeoutError:
             return Decision.defer(Reason.TIMEOUT)
+
+    def database_node(self) -> dict[str, Any] | None:
+        """With failover_urls: the node in use (URL masked) and whether any is usable."""
+        nodes = self.decider.db.nodes
+        if nodes is None:
+            return None
+        return {"index": nodes.index, "url": nodes.describe(), "usable": nodes.usable}
 
     def _ping(self) -> Decision:
         try:

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from eximauthd.db.engine import Database
 from eximauthd.settings import DatabaseConfig
 
 from ..hash_shapes import SHAPED
-from ..support import FAST_HASHING_ENV, Cli, Run, create_seed_table
+from ..support import FAST_HASHING_ENV, Cli, InstalledWheel, Run, create_seed_table
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "Tr0ub4dor&3 ünïcode"
@@ -263,30 +262,17 @@ class TestBadInput:
         assert run.err.strip().startswith("eximauthd: error: hashing.time_cots: unknown key")
 
 
-def test_installed_wheel_ships_migrations(tmp_path: Path) -> None:
+def test_installed_wheel_ships_migrations(installed_wheel: InstalledWheel,
+                                          tmp_path: Path) -> None:
     """`pip install .` (not editable) then `eximauthd db upgrade` works outside the checkout."""
-    wheel_dir = tmp_path / "wheel"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(wheel_dir), str(ROOT)], check=True, timeout=300,
-                   capture_output=True)
-    (wheel,) = wheel_dir.glob("eximauthd-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    names = zipfile.ZipFile(installed_wheel.wheel).namelist()
     assert "eximauthd/db/migrations/env.py" in names
     assert "eximauthd/db/migrations/versions/0001_initial.py" in names
     assert "eximauthd/db/migrations/versions/0002_abuse_defenses.py" in names
     assert "eximauthd/db/migrations/versions/0003_auth_attempts.py" in names
     assert "eximauthd/db/migrations/versions/0004_exact_addresses.py" in names
     assert "eximauthd/py.typed" in names
-
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
-    # Dependencies come from the test venv; eximauthd itself only from the wheel.
-    deps = Path(sysconfig.get_path("purelib"))
-    (site / "zz_test_deps.pth").write_text(str(deps) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
-                    "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True,
-                   timeout=300, capture_output=True)
+    venv = installed_wheel.venv
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = _base_env() | {"PYTHONPATH": ""}

@@ -67,8 +67,9 @@ def test_the_exit_codes_of_app_and_of_docs_cli_md_are_the_same() -> None:
     assert app.__doc__ is not None
     in_code = {int(m) for m in re.findall(r"^(\d{1,3})\s{2,}", app.__doc__, re.MULTILINE)}
     in_doc = {int(m) for m in re.findall(r"^\| (\d{1,3}) \|", DOC, re.MULTILINE)}
-    assert in_code == in_doc == {app.EXIT_OK, app.EXIT_NO, app.EXIT_USAGE, app.EXIT_DB,
-                                 app.EXIT_INTERRUPTED, app.EXIT_PIPE}
+    assert in_code == in_doc
+    assert {app.EXIT_OK, app.EXIT_NO, app.EXIT_USAGE, app.EXIT_DB, app.EXIT_INTERRUPTED,
+            app.EXIT_PIPE} <= in_code
 
 
 @pytest.mark.parametrize(("shell", "marker"), [

@@ -11,7 +11,8 @@ import pytest
 from .. import eximkit
 from ..support import in_ci
 
-SNIPPETS = Path(__file__).resolve().parents[2] / "exim-snippets"
+ROOT = Path(__file__).resolve().parents[2]
+SNIPPETS = ROOT / "eximauthd" / "share" / "exim-snippets"
 
 
 def _statements(text: str) -> list[str]:
@@ -82,7 +83,7 @@ def _reply_regexes() -> dict[str, list[Path]]:
 
 def test_reply_matches_end_at_the_end_of_the_string() -> None:
     """No snippet (nor doc quoting one) matches a reply with `$`, which passes "yes\\n\\n"."""
-    for path in [*SNIPPETS.rglob("*"), *(SNIPPETS.parent / "docs").glob("*.md")]:
+    for path in [*SNIPPETS.rglob("*"), *(ROOT / "docs").glob("*.md")]:
         if path.is_file():
             assert "\\n?$" not in path.read_text(), path
     found = _reply_regexes()

@@ -17,11 +17,13 @@ from eximauthd.service.logs import configure_logging, decision_fields
 
 from ..support import in_ci
 
-CONTRIB = Path(__file__).resolve().parent.parent.parent / "contrib"
+ROOT = Path(__file__).resolve().parent.parent.parent
+CONTRIB = ROOT / "contrib"
+SYSTEMD = ROOT / "eximauthd" / "share" / "systemd"
 FILTER = CONTRIB / "fail2ban" / "filter.d" / "eximauthd.conf"
 JAIL = CONTRIB / "fail2ban" / "jail.d" / "eximauthd.local"
 LOGROTATE = CONTRIB / "logrotate" / "eximauthd"
-DROP_IN = CONTRIB / "eximauthd.service.d" / "log-file.conf"
+DROP_IN = SYSTEMD / "eximauthd.service.d" / "log-file.conf"
 LOG_PATH = "/var/log/eximauthd/eximauthd.log"
 INJECTED = "6.6.6.6"
 # Exactly the clients of failed AUTHs below: bad password, IPv6 unknown user, the two injection
@@ -183,7 +185,7 @@ def test_logrotate_leaves_creating_the_new_file_to_eximauthd() -> None:
 
 def test_log_file_drop_in_logs_where_fail2ban_and_logrotate_look(tmp_path: Path) -> None:
     """The drop-in's ExecStart is the unit's plus --log-file, at the path the others use."""
-    unit = (CONTRIB / "eximauthd.service").read_text()
+    unit = (SYSTEMD / "eximauthd.service").read_text()
     (start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
     lines = DROP_IN.read_text().splitlines()
     assert lines[lines.index("ExecStart=") + 1] == f"{start} --log-file {LOG_PATH}"
@@ -197,7 +199,7 @@ def test_log_file_drop_in_passes_systemd_analyze_verify(tmp_path: Path, broken: 
     """systemd-analyze verify reads the drop-in with the unit: no finding (control: a bad key)."""
     analyze = _tool("systemd-analyze", "systemd")
     script = f"{Path(sys.executable).parent / 'eximauthd'} "
-    for source, target in [(CONTRIB / "eximauthd.service", tmp_path / "eximauthd.service"),
+    for source, target in [(SYSTEMD / "eximauthd.service", tmp_path / "eximauthd.service"),
                            (DROP_IN, tmp_path / "eximauthd.service.d" / "log-file.conf")]:
         target.parent.mkdir(exist_ok=True)
         target.write_text(source.read_text().replace("/opt/eximauthd/bin/eximauthd ", script)

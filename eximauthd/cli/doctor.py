@@ -1,0 +1,378 @@
+"""``eximauthd doctor``: is this host's eximauthd, and the Exim in front of it, set up right?
+
+Each check is a small function of :class:`Context` returning
+:class:`~eximauthd.core.checks.CheckResult` lines (``ok``, ``warn`` or ``FAIL`` with the fix);
+:data:`CHECKS` runs them in order.  A check that needs what an earlier one failed to establish
+(a configuration, a reachable database, a running service) says nothing, so one mistake gives
+one FAIL, not a cascade.  To add a check: write ``def check_x(ctx) -> list[CheckResult]`` and
+put it in :data:`CHECKS`.
+
+Exit 0 when nothing FAILed (warnings allowed), 1 otherwise; 2 for bad usage (``--smtp``
+malformed, the ``--user`` password refused).
+"""
+
+from __future__ import annotations
+
+import base64
+import grp
+import http.client
+import os
+import shutil
+import socket
+import stat
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from ..config import load_config
+from ..core.checks import CheckResult
+from ..db import legacyindex, upgrade
+from ..db.engine import Database, translate_errors
+from ..errors import ConfigError, EximauthdError
+from ..settings import Config, mask_url
+from .app import EXIT_NO, EXIT_OK, State, cli, pass_state, password_from_stdin
+
+__all__ = ["CHECKS", "Context", "doctor"]
+
+SOCKET_TIMEOUT_S = 5.0
+START_FIX = "start the service: systemctl start eximauthd (or eximauthd serve)"
+
+
+@dataclass
+class Context:
+    """What the checks share: the options, and what earlier checks established."""
+
+    config_path: str | None
+    exim_config: str | None = None
+    user: str = ""
+    password: str = field(default="", repr=False)
+    smtp: tuple[str, int] | None = None
+    smtp_source: str | None = None
+    config: Config | None = None
+    db: Database | None = None  # set once the database answered
+    serving: bool = False  # the socket answered PING
+
+
+Check = Callable[[Context], list[CheckResult]]
+
+
+def check_config(ctx: Context) -> list[CheckResult]:
+    try:
+        ctx.config = load_config(ctx.config_path)
+    except ConfigError as exc:
+        return [CheckResult.fail("configuration", str(exc),
+                                 "correct the file (docs/configuration.md)")]
+    return [CheckResult.ok(f"configuration loads: {ctx.config.source}")]
+
+
+def check_database(ctx: Context) -> list[CheckResult]:
+    if ctx.config is None:
+        return []
+    url = ctx.config.database.url
+    what = f"database {mask_url(url)}"
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite") and not Path(parsed.database or "").exists():
+        # Opening it would create an empty file: the doctor changes nothing.
+        return [CheckResult.fail(what, "the SQLite file does not exist",
+                                 "eximauthd db upgrade (or start eximauthd serve)")]
+    db = Database(ctx.config.database)
+    try:
+        current = upgrade.current_revision(db)
+    except EximauthdError as exc:
+        db.dispose()
+        return [CheckResult.fail(what, f"unreachable: {exc}",
+                                 "check [database] url and that the server runs")]
+    ctx.db = db
+    head = upgrade.head_revision()
+    schema = f"{what}: schema"
+    if current == head:
+        return [CheckResult.ok(f"{what}: reachable, schema at revision {head}")]
+    if current is None:
+        return [CheckResult.fail(schema, "no eximauthd tables", "eximauthd db upgrade")]
+    newer = upgrade.newer_than_known(current)
+    if newer is not None:
+        return [CheckResult.fail(schema, newer, "upgrade eximauthd on this host")]
+    return [CheckResult.fail(schema, f"at revision {current}, this eximauthd needs {head}",
+                             "eximauthd db upgrade")]
+
+
+def check_legacy_column(ctx: Context) -> list[CheckResult]:
+    if ctx.config is None or ctx.db is None or not ctx.config.legacy.configured:
+        return []
+    from ..migrate.column import check_column  # noqa: PLC0415 -- hashes a probe: only if needed
+
+    legacy = ctx.config.legacy
+    what = f"legacy table {legacy.table}"
+    try:
+        column = check_column(ctx.db, ctx.config)
+    except EximauthdError as exc:
+        return [CheckResult.fail(what, str(exc), "check [legacy] against the table")]
+    if legacy.enabled_column and not _has_column(ctx.db, legacy.table, legacy.enabled_column):
+        # migrate reads no enabled column, so check_column does not look for it; logins do.
+        return [CheckResult.fail(what, f"no column {legacy.enabled_column}",
+                                 "check legacy.enabled_column against the table")]
+    if column.fits:
+        return [CheckResult.ok(f"{what}: columns exist; {column.describe()}")]
+    return [CheckResult.fail(f"{what}: {column.column}", column.describe(),
+                             f"eximauthd migrate-passwords --alter-column, or: {column.alter}")]
+
+
+def _has_column(db: Database, table: str, column: str) -> bool:
+    with translate_errors("inspect the legacy table"), db.primary.connect() as conn:
+        names = {c["name"].lower() for c in sa.inspect(conn).get_columns(table)}
+    return column.lower() in names
+
+
+def check_legacy_index(ctx: Context) -> list[CheckResult]:
+    if ctx.config is None or ctx.db is None or not ctx.config.legacy.configured:
+        return []
+    try:
+        found = legacyindex.check_legacy_index(ctx.db, ctx.config.legacy)
+    except EximauthdError:
+        return []  # check_legacy_column has said what is wrong with the table
+    if found.indexed:
+        return [CheckResult.ok(found.summary())]
+    # Not a FAIL: logins stay correct, only each one costs a full scan.
+    return [CheckResult.warn(found.summary(), "every AUTH and every guess of a spray scans it",
+                             f"eximauthd db index-legacy --apply, or: {found.statement};")]
+
+
+def check_socket(ctx: Context) -> list[CheckResult]:
+    if ctx.config is None:
+        return []
+    sock = ctx.config.socket
+    path = os.path.abspath(sock.path)
+    directory = os.path.dirname(path)
+    gid: int | None = None
+    if sock.group:
+        try:
+            gid = grp.getgrnam(sock.group).gr_gid
+        except KeyError:
+            return [CheckResult.fail(f"socket group {sock.group}", "no such group",
+                                     "groupadd --system " + sock.group + " (docs/service.md)")]
+    try:
+        dir_info = os.stat(directory)
+    except FileNotFoundError:
+        return [CheckResult.fail(f"socket directory {directory}", "does not exist",
+                                 "systemd-tmpfiles --create eximauthd.conf (contrib/), or "
+                                 "create it and give the socket's group search (x) access")]
+    results = [_directory_result(directory, dir_info, sock.group, gid)]
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return results  # no service: the PING check says so, once
+    if not stat.S_ISSOCK(info.st_mode):
+        return [*results, CheckResult.fail(f"socket {path}", "is not a socket",
+                                           "remove the file, then start the service")]
+    problems = []
+    mode = stat.S_IMODE(info.st_mode)
+    if mode != int(sock.mode, 8):
+        problems.append(f"mode {mode:04o}, configured {sock.mode}")
+    if gid is not None and info.st_gid != gid:
+        problems.append(f"group {_group_name(info.st_gid)}, configured {sock.group}")
+    if problems:
+        return [*results, CheckResult.fail(f"socket {path}", "; ".join(problems),
+                                           "restart the service (it sets both at start)")]
+    group = _group_name(info.st_gid)
+    return [*results, CheckResult.ok(f"socket {path}: mode {mode:04o}, group {group}")]
+
+
+def _directory_result(directory: str, info: os.stat_result, group: str,
+                      gid: int | None) -> CheckResult:
+    """The socket's group (Exim's way in) must be able to search the directory."""
+    mode = stat.S_IMODE(info.st_mode)
+    what = f"socket directory {directory}"
+    shown = f"mode {mode:04o}, group {_group_name(info.st_gid)}"
+    if not stat.S_ISDIR(info.st_mode):
+        return CheckResult.fail(what, "is not a directory", "point socket.path into one")
+    if gid is None or mode & 0o001 or (info.st_gid == gid and mode & 0o010):
+        return CheckResult.ok(f"{what} exists: {shown}")
+    return CheckResult.fail(what, f"{shown}: group {group} cannot reach the socket through it",
+                            f"chgrp {group} {directory} && chmod g+x {directory} "
+                            "(contrib/eximauthd.tmpfiles.conf does both)")
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _ask(path: str, line: bytes) -> str:
+    """One request as Exim's ``${readsocket}`` makes it; the answer line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(SOCKET_TIMEOUT_S)
+        conn.connect(path)
+        conn.sendall(line)
+        conn.shutdown(socket.SHUT_WR)
+        data = b""
+        while len(data) < 256 and (chunk := conn.recv(256)):
+            data += chunk
+    return data.decode("ascii", "replace").strip()
+
+
+def check_ping(ctx: Context) -> list[CheckResult]:
+    if ctx.config is None:
+        return []
+    path = ctx.config.socket.path
+    try:
+        answer = _ask(path, b"PING\n")
+    except OSError as exc:
+        return [CheckResult.fail(f"PING on {path}", f"no answer: {exc.strerror or exc}",
+                                 START_FIX)]
+    if answer != "yes":
+        return [CheckResult.fail(f"PING on {path}", f"answered {answer[:80]!r}: Exim gets 4xx",
+                                 "check the service log and the database")]
+    ctx.serving = True
+    return [CheckResult.ok(f"PING on {path}: yes")]
+
+
+def check_auth(ctx: Context) -> list[CheckResult]:
+    if ctx.config is None or not ctx.user or not ctx.serving:
+        return []
+    what = f"AUTH PLAIN {ctx.user} on the socket"
+    b64 = [base64.b64encode(v.encode("utf-8")).decode("ascii") for v in (ctx.user, ctx.password)]
+    try:
+        answer = _ask(ctx.config.socket.path, f"AUTH PLAIN {b64[0]} {b64[1]} \n".encode())
+    except OSError as exc:
+        return [CheckResult.fail(what, f"no answer: {exc.strerror or exc}", START_FIX)]
+    if answer == "yes":
+        return [CheckResult.ok(f"{what}: yes")]
+    return [CheckResult.fail(what, f"answered {answer[:80]!r}",
+                             f"eximauthd check {ctx.user} tells why; the service log too")]
+
+
+def check_http(ctx: Context) -> list[CheckResult]:
+    if ctx.config is None:
+        return []
+    api = ctx.config.http
+    if not api.enabled:
+        return [CheckResult.ok("HTTP API disabled (http.enabled = false)")]
+    what = f"HTTP API http://{api.listen}"
+    host, _, port = api.listen.rpartition(":")
+    # http.client, not urllib: an http_proxy in the environment must not answer for us.
+    conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=SOCKET_TIMEOUT_S)
+    try:
+        conn.request("GET", "/healthz")
+        answers = conn.getresponse().status == 200
+    except http.client.HTTPException:
+        answers = False
+    except OSError:
+        if ctx.serving:
+            return [CheckResult.fail(what, "not answering while the socket is",
+                                     "check the service log (http.listen)")]
+        return [CheckResult.ok(f"{what}: free for the service")]
+    finally:
+        conn.close()
+    if ctx.serving and answers:
+        return [CheckResult.ok(f"{what}: /healthz answers")]
+    if ctx.serving:
+        return [CheckResult.fail(what, "something else answers there", "check http.listen")]
+    return [CheckResult.fail(what, "the port is taken while eximauthd is not running",
+                             "free the port or change http.listen")]
+
+
+def check_exim_config(ctx: Context) -> list[CheckResult]:
+    from ..exim.configfile import EximConfigError, read_config  # noqa: PLC0415
+    from ..exim.lint import lint  # noqa: PLC0415
+    from .audit import running_exim_config  # noqa: PLC0415
+
+    path = ctx.exim_config
+    if path is None:
+        if shutil.which("exim4") is None and shutil.which("exim") is None:
+            return [CheckResult.warn("Exim configuration", "no exim4 on PATH",
+                                     "--exim-config FILE lints a file")]
+        try:
+            path = running_exim_config()
+        except ConfigError as exc:
+            return [CheckResult.fail("Exim configuration", str(exc), "--exim-config FILE")]
+    what = f"Exim configuration {path}"
+    try:
+        findings = lint(read_config([Path(path)]))
+    except (OSError, EximConfigError) as exc:
+        return [CheckResult.fail(what, f"cannot read: {exc}", "exim -bV -C FILE")]
+    if not findings:
+        return [CheckResult.ok(f"{what}: no relay mistake found")]
+    return [
+        (CheckResult.fail if f.severity == "critical" else CheckResult.warn)(
+            f"{what}: {f.rule} at {f.where}", f.message, f.fix)
+        for f in findings
+    ]
+
+
+def check_smtp(ctx: Context) -> list[CheckResult]:
+    if ctx.smtp is None:
+        return []
+    from ..exim import selftest  # noqa: PLC0415
+
+    host, port = ctx.smtp
+    return selftest.run(selftest.Session(host, port, ctx.smtp_source, user=ctx.user,
+                                         password=ctx.password))
+
+
+CHECKS: tuple[Check, ...] = (
+    check_config, check_database, check_legacy_column, check_legacy_index, check_socket,
+    check_ping, check_auth, check_http, check_exim_config, check_smtp,
+)
+
+
+def _results(check: Check, ctx: Context) -> list[CheckResult]:
+    """The check's lines; an error it did not expect is its one FAIL line, never a traceback."""
+    try:
+        return check(ctx)
+    except EximauthdError as exc:
+        name = check.__name__.removeprefix("check_").replace("_", " ")
+        return [CheckResult.fail(name, str(exc), "see docs/service.md")]
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--smtp: expected HOST:PORT, got {value[:64]!r}")
+    return host, int(port)
+
+
+@cli.command("doctor")
+@click.option("--exim-config", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="The Exim configuration to lint (default: the one exim4 -bP reports).")
+@click.option("--user", default="", metavar="ADDRESS",
+              help="Also log in as ADDRESS (password: one line on stdin) on the socket and, "
+                   "with --smtp, over SMTP.")
+@click.option("--smtp", "smtp", default=None, metavar="HOST:PORT",
+              help="Self-test the running MTA there (never sends DATA).")
+@click.option("--smtp-source", default=None, metavar="IP",
+              help="Connect to --smtp from this local address (not one in relay_from_hosts).")
+@pass_state
+def doctor(state: State, exim_config: str | None, user: str, smtp: str | None,
+           smtp_source: str | None) -> None:
+    """Check the configuration, database, socket, HTTP API and Exim; one line per check.
+
+    Exit 0: no FAIL; 1: at least one FAIL; 2: bad usage.
+    """
+    ctx = Context(state.config_path, exim_config, user,
+                  smtp=_host_port(smtp) if smtp is not None else None, smtp_source=smtp_source)
+    if user:
+        try:
+            ctx.password = password_from_stdin()
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("--password-stdin", "--user")) from None
+        if not ctx.password:
+            raise ConfigError("--user: empty password refused")
+    failed = False
+    try:
+        for check in CHECKS:
+            for result in _results(check, ctx):
+                click.echo(result.line())
+                sys.stdout.flush()
+                failed = failed or result.failed
+    finally:
+        if ctx.db is not None:
+            ctx.db.dispose()
+    sys.exit(EXIT_NO if failed else EXIT_OK)
