@@ -108,13 +108,15 @@ def describe_location(url: str | sa.engine.URL) -> str:
 
 
 @contextlib.contextmanager
-def translate_errors(what: str, where: str = "") -> Iterator[None]:
+def translate_errors(what: str, where: str | sa.engine.URL = "") -> Iterator[None]:
     """Turn SQLAlchemy exceptions raised inside the block into log-safe StorageErrors; *where*
-    (:func:`describe_location`) is named in the errors about reaching the database."""
+    (a URL, described by :func:`describe_location` only on error) is named in the errors about
+    reaching the database."""
     try:
         yield
     except SQLAlchemyError as exc:
-        raise _safe_error(exc, what, where) from None
+        place = where if isinstance(where, str) else describe_location(where)
+        raise _safe_error(exc, what, place) from None
 
 
 def create_engine(url: str, connect_timeout: int = 3, password: str = "") -> Engine:
@@ -228,14 +230,14 @@ class Database:
     @contextlib.contextmanager
     def read(self, what: str) -> Iterator[Connection]:
         engine = self.replica
-        with (translate_errors(what, describe_location(engine.url)),
+        with (translate_errors(what, engine.url),
               self._watched(engine, what), engine.connect() as conn):
             yield conn
 
     @contextlib.contextmanager
     def write(self, what: str) -> Iterator[Connection]:
         engine = self.primary
-        with (translate_errors(what, describe_location(engine.url)),
+        with (translate_errors(what, engine.url),
               self._watched(engine, what), engine.begin() as conn):
             yield conn
 
