@@ -163,7 +163,20 @@ def _read_toml(path: Path, found: ConfigSource) -> dict[str, Any]:
                "another with --config)" if found is ConfigSource.DEFAULT_PATH else "")
         raise ConfigError(f"{path}: cannot read: {exc.strerror}{fix}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        raise ConfigError(f"{path}: invalid TOML: {exc}{_toml_hint(path, exc)}") from None
+
+
+def _toml_hint(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    """The likely fix of the commonest TOML mistake here: ``mode = 0660``, a leading zero."""
+    match = re.search(r"at line (\d+)", str(exc))
+    try:
+        line = path.read_text("utf-8", "replace").splitlines()[int(match.group(1)) - 1] \
+            if match else ""
+    except (OSError, IndexError):
+        return ""
+    if re.search(r"=\s*[+-]?0[0-9]", line):
+        return ' (a number with a leading zero is not TOML: quote it, mode = "0660")'
+    return ""
 
 
 def _merge_environment(raw: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -201,6 +214,10 @@ def _build_section(name: str, cls: type[Any], values: dict[str, Any], file_origi
         where = value.variable if from_env else f"{name}.{key}"
         if key not in known:
             raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
+        if (name, key) == ("socket", "mode") and type(value) is int:
+            # 660 would read as octal and 0o660 as 432: both guesses, one of them wrong.
+            raise ConfigError(f'socket.mode: write the mode as a quoted octal string, mode = '
+                              f'"0660" (a TOML integer is read as decimal: {value} = 0o{value:o})')
         kwargs[key] = _coerce(where, value, hints[key])
         origins.append((f"{name}.{key}", f"environment {where}" if from_env else file_origin))
     return cls(**kwargs)

@@ -20,6 +20,7 @@ __all__ = [
     "StorageError",
     "UserExistsError",
     "UserNotFoundError",
+    "ValueTooLongError",
 ]
 
 
@@ -48,6 +49,10 @@ class StorageError(EximauthdError):
     Raised instead of SQLAlchemy's exceptions, whose text may carry bound parameters (hashes)
     and whose URL may carry a password.
     """
+
+
+class ValueTooLongError(StorageError):
+    """A write refused because a column is narrower than the value (MySQL error 1406)."""
 
 
 class SchemaMissingError(StorageError):

@@ -27,7 +27,7 @@ from ..core.credentials import Credentials, read_credentials
 from ..core.decision import Decision, Reason
 from ..core.hashing import Hasher, Scheme
 from ..db.accounts import AccountStore
-from ..errors import HashingError, StorageError
+from ..errors import HashingError, StorageError, ValueTooLongError
 from ..settings import ThrottleConfig
 from .cache import AuthCache
 
@@ -62,6 +62,7 @@ class Authenticator:
         self._clock = clock
         # account -> when its rehash may be tried again, after the database refused one
         self._rehash_after: dict[str, float] = {}
+        self._narrow_reported = False
 
     def __repr__(self) -> str:
         return f"Authenticator({self.store!r}, {self.hasher!r})"
@@ -153,6 +154,20 @@ class Authenticator:
         try:
             new = self.hasher.hash(credentials.password)
             changed = self.store.replace_password(credentials.address, old, new)
+        except ValueTooLongError as exc:
+            # The same for every legacy login until the column is widened: said once (per
+            # process), at length, rather than a warning at every login that drowns the log;
+            # and not tried again for this account for a while (a hash and a refused UPDATE).
+            self._back_off(address_text)
+            with self._reported_lock:
+                first, self._narrow_reported = not self._narrow_reported, True
+            if first:
+                _log.warning("legacy passwords are not upgraded to argon2id: %s; logins go "
+                             "on with the legacy hashes (said once)", exc)
+            else:
+                _log.debug("could not upgrade %s password of %s: column too narrow",
+                           scheme.value, address_text)
+            return Decision.yes()
         except (StorageError, HashingError) as exc:
             self._back_off(address_text)
             _log.warning("could not upgrade %s password of %s to argon2id: %s; not tried again "

@@ -3,28 +3,44 @@
 Each command group lives in a module of its own that registers on :data:`cli` when imported;
 the package imports them all, so :func:`main` always sees every command.
 
-Exit codes (also in ``docs/cli.md``):
+Exit codes (also in ``docs/cli.md``; ``tests/cli/test_reference.py`` holds the two the same):
 
-==  =====================================================================================
-0   success; for ``check``: the credentials are accepted (yes)
-1   ``check`` only: the credentials are refused (no)
-2   bad usage or input: unknown option, invalid configuration, malformed address,
-    duplicate or missing user, no password given or the one given refused (empty, longer
-    than MAX_PASSWORD_BYTES, more than one line, not UTF-8)
-3   the database could not answer (unreachable, locked, schema missing or not at the
-    installed revision): nothing was changed; ``serve`` did not start
-==  =====================================================================================
+===  ====================================================================================
+0    success; for ``check``: the credentials are accepted (yes); ``audit-log`` and
+     ``lint-exim-config``: nothing found; ``doctor``: no check failed
+1    ``check``: the credentials are refused (no); ``audit-log``, ``lint-exim-config``:
+     findings; ``doctor``: a check failed
+2    bad usage or input: unknown option or bad option value, invalid or unreadable
+     configuration, malformed address, duplicate or missing user or grant, no password given
+     or the one given refused (empty, longer than MAX_PASSWORD_BYTES, more than one line, not
+     UTF-8), a file that cannot be read or written; for ``serve``: the socket or log
+     directory missing or not writable, the HTTP port in use
+3    the database could not answer (unreachable, locked, schema missing or not at the
+     installed revision, a configured column missing): nothing was changed; ``serve`` did not
+     start
+4    ``exim install``/``uninstall``: the host does not fit; nothing was changed
+     (:data:`.exim.EXIT_HOST`)
+5    ``exim install``/``uninstall``: Exim refused the result; every file was put back
+130  interrupted (SIGINT, Ctrl-C): one line, the command stopped where it was
+141  standard output closed early (a broken pipe, e.g. ``| head``): nothing more is printed
+===  ====================================================================================
+
+Every error is one line on stderr, ``eximauthd: error: <what> (<fix>)``, never a traceback:
+:class:`_Group` maps eximauthd's exceptions, click's usage errors, ``OSError``, SIGINT and
+a broken pipe to the codes above.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NoReturn
 
 import click
+from click.exceptions import NoArgsIsHelpError
 
 from ..config import DEFAULT_CONFIG_PATH, builtin_database_note, load_config
 from ..core.credentials import MAX_PASSWORD_BYTES
@@ -44,12 +60,15 @@ from ..errors import (
 )
 from ..settings import Config
 
-__all__ = ["EXIT_DB", "EXIT_NO", "EXIT_OK", "EXIT_USAGE", "cli", "main"]
+__all__ = ["EXIT_DB", "EXIT_INTERRUPTED", "EXIT_NO", "EXIT_OK", "EXIT_PIPE", "EXIT_USAGE", "cli",
+           "main"]
 
 EXIT_OK = 0
 EXIT_NO = 1
 EXIT_USAGE = 2
 EXIT_DB = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
+EXIT_PIPE = 141  # 128 + SIGPIPE, what the shell would show had Python not caught it
 
 _INPUT_ERRORS = (ConfigError, AddressError, UserExistsError, UserNotFoundError)
 
@@ -91,16 +110,65 @@ class _Group(click.Group):
         try:
             result = super().invoke(ctx)
         except _INPUT_ERRORS as exc:
-            _fail(ctx, str(exc), EXIT_USAGE)
+            _fail(str(exc), EXIT_USAGE, ctx)
         except (StorageError, HashingError) as exc:
-            _fail(ctx, str(exc), EXIT_DB)
+            _fail(str(exc), EXIT_DB, ctx)
         except EximauthdError as exc:
-            _fail(ctx, str(exc), EXIT_USAGE)
+            _fail(str(exc), EXIT_USAGE, ctx)
         except (SystemExit, click.exceptions.Exit):  # `check` exits 0 or 1 itself
             _notice(ctx)
             raise
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+        except KeyboardInterrupt:
+            # Here, not in main(): click would print an empty line first.
+            _interrupted()
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            _fail(f"cannot use{where}: {exc.strerror or exc} (check the path and its "
+                  "permissions)", EXIT_USAGE, ctx)
         _notice(ctx)
         return result
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        """click's main, with its usage errors, Ctrl-C and broken pipes as one line each.
+
+        click alone prints a usage error as three lines (usage, a hint, the error) and a
+        Ctrl-C as ``Aborted!``; *standalone_mode* False hands them here instead.
+        """
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except NoArgsIsHelpError as exc:
+            # A group named without its command: its help is the answer, as click gives it.
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            hint = ""
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                hint = f" (see `{exc.ctx.command_path} --help`)"
+            _fail(f"{exc.format_message().rstrip('.')}{hint}", exc.exit_code)
+        except (click.Abort, KeyboardInterrupt):
+            _interrupted()
+        sys.exit(result if isinstance(result, int) else EXIT_OK)
+
+
+def _interrupted() -> NoReturn:
+    _fail("interrupted (SIGINT): stopped where it was; run the command again to finish",
+          EXIT_INTERRUPTED)
+
+
+def _quiet_broken_pipe() -> NoReturn:
+    """Exit 141 without a word: the reader (``head``) left; Python must not complain at exit.
+
+    The documented recipe: point stdout at /dev/null so that flushing it at exit cannot fail.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_PIPE)
 
 
 def _note(ctx: click.Context) -> str | None:
@@ -117,10 +185,12 @@ def _notice(ctx: click.Context) -> None:
         click.echo(f"eximauthd: notice: {note}", err=True)
 
 
-def _fail(ctx: click.Context, message: str, code: int) -> NoReturn:
+def _fail(message: str, code: int, ctx: click.Context | None = None) -> NoReturn:
     # "no such user" on the built-in default is most likely the wrong database: say which.
-    note = _note(ctx)
-    click.echo(f"eximauthd: error: {message}{f' ({note})' if note else ''}", err=True)
+    note = _note(ctx) if ctx is not None else None
+    # One line whatever the message holds: a newline in it would read as a second error.
+    text = " ".join(message.split())
+    click.echo(f"eximauthd: error: {text}{f' ({note})' if note else ''}", err=True)
     sys.exit(code)
 
 

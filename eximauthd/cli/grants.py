@@ -8,8 +8,9 @@ import click
 
 from ..core.addresses import parse_address
 from ..db.grants import Grant, GrantStore
-from ..errors import UserNotFoundError
+from ..errors import UserExistsError, UserNotFoundError
 from .app import State, cli, pass_state, print_table
+from .users import require_account
 
 
 @cli.group()
@@ -30,10 +31,17 @@ def _grant(user_id: str, sender: str) -> Grant:
 @click.argument("sender", metavar="SENDER-OR-@DOMAIN")
 @pass_state
 def grant_add(state: State, user_id: str, sender: str) -> None:
-    """Allow ID to send as SENDER (an address) or as any address @DOMAIN."""
+    """Allow account ID to send as SENDER (an address) or as any address @DOMAIN.
+
+    Exit 2 when ID has no account or already holds the grant.
+    """
     g = _grant(user_id, sender)
-    added = GrantStore(state.db).add(g)
-    click.echo(f"{'granted' if added else 'already granted'}: {g.user} may send as {g.sender}")
+    # A grant to a typo would sit unused while the real account still cannot send.
+    require_account(state, parse_address(g.user))
+    if not GrantStore(state.db).add(g):
+        raise UserExistsError(f"{g.user} may already send as {g.sender} (nothing changed; "
+                              f"`eximauthd grant list {g.user}` shows the grants)")
+    click.echo(f"granted: {g.user} may send as {g.sender}")
 
 
 @grant.command("remove")

@@ -16,6 +16,7 @@ from ..core.ratelimit import RateLimiter, estimate
 from ..db.counters import AttemptStore, LimitStore, RateStore, utcnow
 from ..errors import ConfigError
 from .app import State, cli, client_ip_option, pass_state, print_table
+from .users import require_account
 from .users import user as user_group
 
 
@@ -113,7 +114,9 @@ def throttle_reset(state: State, client_ip: str | None, address: str | None,
 def user_limits(state: State, address: str, recipients: str | None,
                 messages: str | None) -> None:
     """Show or set ADDRESS's outbound limits (they replace the configured ones of a kind)."""
-    user = str(parse_address(address))
+    parsed = parse_address(address)
+    require_account(state, parsed)
+    user = str(parsed)
     store = LimitStore(state.db)
     for kind, spec in (("recipients", recipients), ("messages", messages)):
         if spec is None:

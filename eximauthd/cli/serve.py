@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import socket
 
 import click
 
-from ..errors import StorageError
+from ..errors import ConfigError, StorageError
 from ..files import warn_if_readable_by_others
-from ..settings import mask_url
+from ..settings import Config, mask_url
 from . import startup
 from .app import State, cli, pass_state
 
@@ -43,6 +45,7 @@ def serve(state: State, log_format: str | None, log_file: str | None, syslog: bo
     if syslog and log_file:
         raise click.UsageError("--syslog and --log-file are exclusive: choose one")
     handler = configure_logging(fmt, log_file, SYSLOG_ADDRESS if syslog else None)
+    _preflight(config)
     # Every record would look up its thread's and process's names, once per decision line;
     # no formatter of the service writes them.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
@@ -86,3 +89,34 @@ def serve(state: State, log_format: str | None, log_file: str | None, syslog: bo
     asyncio.run(service.run(ready, on_hangup=reopen_logs,
                             frontends=[dovecot] if dovecot is not None else []))
     log.info("stopped")
+
+
+def _preflight(config: Config) -> None:
+    """Refuse, in one line and before anything is logged or created, what would stop the
+    service half-way: a socket directory it cannot create the socket in, an HTTP port in use.
+
+    The binds themselves still check (another process may take the port meanwhile); this only
+    spares the operator the start-up lines and the token file in front of the error.
+    """
+    directory = os.path.dirname(os.path.abspath(config.socket.path))
+    if not os.path.isdir(directory):
+        raise ConfigError(f"socket.path: the directory {directory} does not exist (create it, "
+                          "writable by eximauthd's user, or set socket.path)")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"socket.path: the directory {directory} is not writable by this user "
+                          "(make it so, or set socket.path)")
+    if not config.http.enabled:
+        return
+    host, _, port = config.http.listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # SO_REUSEADDR as uvicorn sets it, so a port left in TIME_WAIT is not taken for in use.
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            why = ("in use by another process" if exc.errno == errno.EADDRINUSE
+                   else exc.strerror)
+            raise ConfigError(f"http.listen: cannot listen on {config.http.listen}: {why} "
+                              "(stop the other process, or change http.listen)") from None

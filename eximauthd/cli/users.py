@@ -9,9 +9,23 @@ import socket
 
 import click
 
-from ..core.addresses import parse_address
+from ..core.addresses import Address, parse_address
 from ..core.hashing import Scheme, hash_shape, identify_scheme
+from ..db.accounts import UserRecord
+from ..errors import UserNotFoundError
 from .app import State, cli, pass_state, print_table, read_password, stdin_option
+
+
+def require_account(state: State, address: Address) -> UserRecord:
+    """The account of *address*; for a command about it that would otherwise act on a typo.
+
+    :raises UserNotFoundError: no account has that address.
+    """
+    found = state.accounts.find(address)
+    if not found:
+        raise UserNotFoundError(f"no account {address} (check the spelling: "
+                                "`eximauthd user list`)")
+    return found[0]
 
 
 @cli.group()
@@ -96,13 +110,17 @@ def _tell_service(state: State, address: str) -> None:
 
 @user.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
+@click.option("--domain", metavar="DOMAIN", help="Only the accounts @DOMAIN.")
 @pass_state
-def user_list(state: State, as_json: bool) -> None:
+def user_list(state: State, as_json: bool, domain: str | None) -> None:
     """List accounts with their state and password scheme (never the hash)."""
+    # Canonical as addresses are (lower-case, IDNA), so `--domain Example.TEST` finds them.
+    wanted = parse_address(f"postmaster@{domain}").domain if domain is not None else None
     rows = [
         {"address": r.address, "enabled": r.enabled,
          "scheme": _scheme_name(r.password, state.hasher.bare)}
         for r in state.accounts.list()
+        if wanted is None or r.address.rpartition("@")[2] == wanted
     ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -16,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from ..errors import EximauthdError, SchemaMissingError, StorageError
+from ..errors import EximauthdError, SchemaMissingError, StorageError, ValueTooLongError
 from ..files import create_private
 from ..settings import DatabaseConfig
 from .failover import NodeSet, galera_session
@@ -26,6 +28,7 @@ __all__ = [
     "Database",
     "caseless",
     "create_engine",
+    "describe_location",
     "exactly",
     "is_duplicate",
     "is_lost_connection",
@@ -41,43 +44,85 @@ MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
 
 # MySQL/MariaDB error codes worth a specific message.
 _MYSQL_NO_TABLE = 1146
+_MYSQL_NO_COLUMN = 1054
+_MYSQL_TOO_LONG = 1406
 _MYSQL_MESSAGES = {
     1044: "access denied to the database",
     1045: "access denied (user or password wrong)",
     1049: "unknown database",
     1146: "table missing",
     2003: "cannot connect to the database server",
+    2005: "unknown database server host",
     2006: "database server has gone away",
     2013: "lost connection to the database server",
 }
+# Errors about reaching the server, where naming the server is the fix's first half.
+_MYSQL_WHERE = frozenset({1044, 1045, 1049, 2003, 2005, 2006, 2013})
+# Only an identifier is ever quoted from a server's message: never a value.
+_QUOTED_COLUMN = re.compile(r"(?:Unknown column|no such column:|too long for column) ?'?"
+                            r"([A-Za-z0-9_.$]{1,130})'?")
+_STATEMENT_TABLE = re.compile(r"\b(?:FROM|UPDATE|INTO)\s+[`\"]?([A-Za-z0-9_$]{1,64})",
+                              re.IGNORECASE)
 
 
-def _safe_error(exc: SQLAlchemyError, what: str) -> StorageError:
+def _named_column(text: str, statement: str | None) -> tuple[str, str]:
+    """The column a server's message names and the table of the statement (SQL text only:
+    SQLAlchemy's statements hold placeholders, never the bound values)."""
+    column = m.group(1) if (m := _QUOTED_COLUMN.search(text)) else "?"
+    table = m.group(1) if statement and (m := _STATEMENT_TABLE.search(statement)) else "?"
+    return column.rsplit(".", 1)[-1], table
+
+
+def _safe_error(exc: SQLAlchemyError, what: str, where: str = "") -> StorageError:
     orig = exc.orig if isinstance(exc, DBAPIError) else None
     args = orig.args if orig is not None else ()
     code = args[0] if args and isinstance(args[0], int) else None
     text = str(orig) if orig is not None else ""
+    statement = exc.statement if isinstance(exc, DBAPIError) else None
     if code == _MYSQL_NO_TABLE or "no such table" in text:
         return SchemaMissingError(
             f"{what}: table missing; run `eximauthd db upgrade` (or check the [legacy] table name)"
         )
+    if code == _MYSQL_NO_COLUMN or "no such column" in text:
+        column, table = _named_column(text, statement)
+        return StorageError(f"{what}: the table {table} has no column {column} (check the "
+                            "[legacy] column names in the configuration)")
+    if code == _MYSQL_TOO_LONG:
+        column, table = _named_column(text, statement)
+        return ValueTooLongError(f"{what}: the column {column} of {table} is too narrow for an "
+                                 "argon2id hash (`eximauthd migrate-passwords --dry-run` shows "
+                                 "the ALTER TABLE that widens it)")
     detail = _MYSQL_MESSAGES.get(code, "") if code is not None else ""
+    if detail and where and code in _MYSQL_WHERE:
+        detail = f"{detail} at {where}"
     if not detail and "unable to open database file" in text:
-        detail = "cannot open the SQLite file"
+        detail = f"cannot open the SQLite file{' ' + where if where else ''}"
     if not detail and "database is locked" in text:
-        detail = "SQLite database is locked"
+        detail = f"SQLite database{' ' + where if where else ''} is locked"
     label = type(orig).__name__ if orig is not None else type(exc).__name__
     suffix = f" {code}" if code is not None else ""
     return StorageError(f"{what}: {detail or 'database error'} ({label}{suffix})")
 
 
+def describe_location(url: str | sa.engine.URL) -> str:
+    """Where *url* points, fit for an error: ``host:port/database`` or the SQLite file's path;
+    never the user or password."""
+    parsed = sa.engine.make_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        return os.path.abspath(parsed.database) if parsed.database else "(memory)"
+    return f"{parsed.host or 'localhost'}:{parsed.port or 3306}/{parsed.database or ''}"
+
+
 @contextlib.contextmanager
-def translate_errors(what: str) -> Iterator[None]:
-    """Turn SQLAlchemy exceptions raised inside the block into log-safe StorageErrors."""
+def translate_errors(what: str, where: str | sa.engine.URL = "") -> Iterator[None]:
+    """Turn SQLAlchemy exceptions raised inside the block into log-safe StorageErrors; *where*
+    (a URL, described by :func:`describe_location` only on error) is named in the errors about
+    reaching the database."""
     try:
         yield
     except SQLAlchemyError as exc:
-        raise _safe_error(exc, what) from None
+        place = where if isinstance(where, str) else describe_location(where)
+        raise _safe_error(exc, what, place) from None
 
 
 def create_engine(url: str, connect_timeout: int = 3, password: str = "", *,
@@ -214,12 +259,17 @@ class Database:
     def auto_replica(self) -> Engine:
         return self._twins[id(self.replica)]
 
+    @property
+    def where(self) -> str:
+        """The primary in use, fit for an error (:func:`describe_location`)."""
+        return describe_location(self.primary.url)
+
     @contextlib.contextmanager
     def read(self, what: str) -> Iterator[Connection]:
         """A connection for reads, each statement its own snapshot (autocommit): no
         REPEATABLE READ snapshot outlives a statement, and no rollback ends the checkout."""
         engine = self.replica
-        with translate_errors(what), self._watched(engine, what), \
+        with translate_errors(what, engine.url), self._watched(engine, what), \
                 self._twins[id(engine)].connect() as conn:
             yield conn
 
@@ -234,7 +284,7 @@ class Database:
         """
         engine = self.primary if primary else self.replica
         twin = self._twins[id(engine)]
-        with translate_errors(what), self._watched(engine, what):
+        with translate_errors(what, engine.url), self._watched(engine, what):
             try:
                 with twin.connect() as conn:
                     return work(conn)
@@ -249,7 +299,8 @@ class Database:
     @contextlib.contextmanager
     def write(self, what: str) -> Iterator[Connection]:
         engine = self.primary
-        with translate_errors(what), self._watched(engine, what), engine.begin() as conn:
+        with (translate_errors(what, engine.url),
+              self._watched(engine, what), engine.begin() as conn):
             yield conn
 
     def transact(self, what: str, work: Callable[[Connection], T]) -> T:
@@ -259,7 +310,7 @@ class Database:
         the COMMIT itself is not retried (whether it committed is unknown).
         """
         engine = self.primary
-        with translate_errors(what), self._watched(engine, what):
+        with translate_errors(what, engine.url), self._watched(engine, what):
             try:
                 return self._transact_once(engine, work)
             except _LostBeforeCommit:

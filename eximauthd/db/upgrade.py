@@ -49,7 +49,7 @@ def newer_than_known(revision: str | None) -> str | None:
 
 def current_revision(db: Database) -> str | None:
     """The revision the database is at, or None when eximauthd's tables were never created."""
-    with translate_errors("read schema revision"), db.primary.connect() as conn:
+    with translate_errors("read schema revision", db.where), db.primary.connect() as conn:
         return MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE}
         ).get_current_revision()
@@ -62,7 +62,7 @@ def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str]:
     if newer is not None:
         raise StorageError(newer)
     cfg = _alembic_config()
-    with translate_errors("upgrade schema"), db.primary.begin() as conn:
+    with translate_errors("upgrade schema", db.where), db.primary.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     return before, current_revision(db) or ""

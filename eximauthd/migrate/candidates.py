@@ -132,7 +132,7 @@ class Tally:
 
 def count_rows(db: Database, target: Target) -> tuple[int, int]:
     missing = sa.or_(*(c.is_(None) for c in target.address))
-    with translate_errors("count rows"), db.primary.connect() as conn:
+    with translate_errors("count rows", db.where), db.primary.connect() as conn:
         total = conn.execute(sa.select(sa.func.count()).select_from(target.table)).scalar_one()
         absent = conn.execute(sa.select(sa.func.count()).select_from(target.table)
                               .where(missing)).scalar_one()
@@ -149,7 +149,7 @@ def pages(db: Database, target: Target, size: int) -> Iterator[Sequence[Sequence
     last: Key | None = None
     while True:
         where = [present] if last is None else [present, _beyond(key, last)]
-        with translate_errors("read passwords"), db.primary.connect() as conn:
+        with translate_errors("read passwords", db.where), db.primary.connect() as conn:
             bounds = conn.execute(sa.select(*key).where(*where).order_by(*key).limit(size)).all()
             if not bounds:
                 return

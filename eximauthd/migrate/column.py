@@ -74,7 +74,7 @@ def address_of(parts: Sequence[Any]) -> str:
 
 def _reflect(db: Database, table: str) -> tuple[dict[str, Any], list[str]]:
     """The table's columns by lower-case name, and its primary key's column names."""
-    with translate_errors("inspect the password table"), db.primary.connect() as conn:
+    with translate_errors("inspect the password table", db.where), db.primary.connect() as conn:
         inspector = sa.inspect(conn)
         try:
             columns = {c["name"].lower(): c for c in inspector.get_columns(table)}

@@ -124,8 +124,12 @@ class DecisionFormatter(logging.Formatter):
 
 def _log_file(path: str) -> logging.FileHandler:
     # Created with a narrow mode before logging opens it (an existing file keeps its own).
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                     _LOG_FILE_MODE))
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                         _LOG_FILE_MODE))
+    except OSError as exc:
+        raise ConfigError(f"--log-file: cannot open {path}: {exc.strerror} (create its "
+                          "directory, writable by eximauthd's user, or log elsewhere)") from None
     return logging.FileHandler(path, encoding="utf-8")
 
 

@@ -315,7 +315,15 @@ class Service:
                                  self.config.socket.group)
         unix_server = await loop.create_unix_server(lambda: _Connection(self), sock=sock,
                                                     backlog=BACKLOG)
-        http = await self._start_http(token, open_files) if self.config.http.enabled else None
+        try:
+            http = (await self._start_http(token, open_files) if self.config.http.enabled
+                    else None)
+        except BaseException:
+            # Not serving after all: leave no socket behind for Exim to defer on.
+            unix_server.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sock_path)
+            raise
         self.defenses.start(on_sync_error=self.metrics.sync_errors.inc)
         if self.decider.db.nodes is not None:
             self.decider.db.nodes.start()
@@ -432,8 +440,11 @@ class Service:
         task = asyncio.create_task(server.serve())
         while not server.started:
             if task.done():
-                task.result()  # raises the bind error
-                raise ConfigError(f"http.listen: could not listen on {self.config.http.listen}")
+                # uvicorn logs the bind error and calls sys.exit(1): make that the one line.
+                with contextlib.suppress(OSError, SystemExit):
+                    task.result()
+                raise ConfigError(f"http.listen: could not listen on {self.config.http.listen} "
+                                  "(in use by another process? stop it, or change http.listen)")
             await asyncio.sleep(0.01)
         return server, task
 

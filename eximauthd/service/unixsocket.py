@@ -63,6 +63,10 @@ def bind_unix_socket(path: str, mode: int, group: str, key: str = "socket") -> s
     old_umask = os.umask(0o177)
     try:
         sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"socket.path: cannot create {path}: {exc.strerror} (create its "
+                          "directory, writable by eximauthd's user, or set socket.path)") from None
     finally:
         os.umask(old_umask)
     if gid != -1:

@@ -155,10 +155,13 @@ class TestAccountCommands:
         assert gone.out.strip() == "no unknown-user"
 
     def test_grants(self, cli: Cli) -> None:
-        """Grants are canonicalised, listed, idempotent and removable."""
+        """Grants are canonicalised, listed, refused twice and removable."""
         cli("db", "upgrade")
+        assert cli("user", "add", "alice@example.test", "--password-stdin", stdin="pw\n").code == 0
         assert cli("grant", "add", "Alice@Example.test", "@Other.TEST").code == 0
-        assert "already granted" in cli("grant", "add", "alice@example.test", "@other.test").out
+        again = cli("grant", "add", "alice@example.test", "@other.test")
+        assert again.code == 2
+        assert "may already send as @other.test" in again.err
         assert cli("grant", "add", "alice@example.test", "sales@third.test").code == 0
         assert json.loads(cli("grant", "list", "alice@example.test", "--json").out) == [
             {"id": "alice@example.test", "sender": "@other.test"},
@@ -282,3 +285,11 @@ def test_installed_wheel_ships_migrations(installed_wheel: InstalledWheel,
                             "import eximauthd; print(eximauthd.__file__)"],
                            capture_output=True, text=True, check=True, cwd=work)
     assert str(venv) in where.stdout
+    # The man pages: in the wheel, installed beside bin/, found by man-db through PATH.
+    assert any(n.endswith(".data/data/share/man/man1/eximauthd-user-show.1") for n in names)
+    page = venv / "share" / "man" / "man1" / "eximauthd.1"
+    assert page.exists()
+    found = subprocess.run(["man", "-w", "eximauthd"], capture_output=True, text=True,
+                           env=env | {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "MANPATH": ""},
+                           timeout=60, check=False)
+    assert found.stdout.strip() == str(page), found.stderr

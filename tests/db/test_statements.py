@@ -307,11 +307,15 @@ class TestRehashBackoff:
         login = credentials(ALICE, PASSWORD, CLIENT)
         with caplog.at_level(logging.WARNING, logger="eximauthd.authn"):
             assert authn.check(login) == Decision.yes()  # lookup, refused UPDATE
-            refused = caplog.text.count("could not upgrade")
+            # MariaDB: the column is too narrow, which is said once per process, at length;
+            # SQLite: the trigger refuses, which is said at each try.
+            said = "not upgraded to argon2id" if database.is_mysql else "could not upgrade"
+            refused = caplog.text.count(said)
             costs = [count.of(lambda: authn.check(login)) for _ in range(3)]
             now[0] += REHASH_BACKOFF_SECONDS + 1
             retried = count.of(lambda: authn.check(login))
         assert refused == 1
         assert costs == [1, 1, 1]  # the lookup only: no write, no log line
-        assert caplog.text.count("could not upgrade") == 2  # once more after the back-off
+        # once more after the back-off (a too-narrow column only once in all)
+        assert caplog.text.count(said) == (1 if database.is_mysql else 2)
         assert retried >= 2  # the lookup and the refused write
