@@ -31,6 +31,7 @@ from .settings import (
     CacheConfig,
     Config,
     DatabaseConfig,
+    DovecotAuthConfig,
     HashingConfig,
     HttpConfig,
     LegacyConfig,
@@ -62,6 +63,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "throttle": ThrottleConfig,
     "ratelimit": RateLimitConfig,
     "cache": CacheConfig,
+    "dovecot_auth": DovecotAuthConfig,
 }
 
 
@@ -107,8 +109,11 @@ def _merge_environment(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_SETTINGS:
             continue
         rest = name[len(ENV_PREFIX):].lower()
-        section, _, key = rest.partition("_")
-        if section not in _SECTIONS or not key:
+        # The longest section name that prefixes it: section names may hold "_" themselves
+        # (EXIMAUTHD_DOVECOT_AUTH_PATH is [dovecot_auth] path).
+        section = max((s for s in _SECTIONS if rest.startswith(s + "_")), key=len, default="")
+        key = rest[len(section) + 1:] if section else ""
+        if not section or not key:
             raise ConfigError(f"{name}: unknown setting (expected EXIMAUTHD_<SECTION>_<KEY>)")
         raw.setdefault(section, {})[key] = _EnvString(value, name)
 
@@ -178,6 +183,7 @@ def _coerce_env(where: str, value: str, expected: Any) -> Any:
 def _validate(config: Config) -> None:
     _validate_database(config.database)
     _validate_socket(config.socket)
+    _validate_dovecot_auth(config.dovecot_auth, config.socket)
     _validate_http(config.http)
     _validate_hashing(config.hashing)
     _validate_policy(config.policy)
@@ -215,16 +221,36 @@ def _validate_database(db: DatabaseConfig) -> None:
         raise ConfigError("database.connect_timeout: must be between 1 and 60 seconds")
 
 
-def _validate_socket(sock: SocketConfig) -> None:
+def _validate_socket(sock: SocketConfig | DovecotAuthConfig, key: str = "socket") -> None:
     if not sock.path:
-        raise ConfigError("socket.path: must not be empty")
+        raise ConfigError(f"{key}.path: must not be empty")
     # sun_path holds 108 bytes including the terminating NUL on Linux.
     if len(os.fsencode(sock.path)) > 107:
-        raise ConfigError("socket.path: longer than a Unix socket path may be (107 bytes)")
+        raise ConfigError(f"{key}.path: longer than a Unix socket path may be (107 bytes)")
     if not re.fullmatch(r"0?[0-7]{3}", sock.mode):
-        raise ConfigError(f"socket.mode: expected an octal mode like '0660', got {sock.mode!r}")
+        raise ConfigError(f"{key}.mode: expected an octal mode like '0660', got {sock.mode!r}")
     if int(sock.mode, 8) & 0o007:
-        raise ConfigError("socket.mode: must not grant access to other users (last digit 0)")
+        raise ConfigError(f"{key}.mode: must not grant access to other users (last digit 0)")
+
+
+def _validate_dovecot_auth(dovecot: DovecotAuthConfig, sock: SocketConfig) -> None:
+    _validate_socket(dovecot, "dovecot_auth")
+    if dovecot.enabled and os.path.abspath(dovecot.path) == os.path.abspath(sock.path):
+        raise ConfigError("dovecot_auth.path: must differ from socket.path (two protocols)")
+    if not dovecot.listen:
+        return
+    host, sep, port = dovecot.listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"dovecot_auth.listen: expected HOST:PORT, got {dovecot.listen!r}")
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ConfigError(f"dovecot_auth.listen: host must be an IP address, got {host!r}"
+                          ) from None
+    # The protocol has no authentication: whoever reaches the port may test passwords.
+    if not address.is_loopback:
+        raise ConfigError("dovecot_auth.listen: only a loopback address (127.0.0.1, [::1]); "
+                          "the protocol has no authentication of its own")
 
 
 def _validate_http(http: HttpConfig) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "CacheConfig",
     "Config",
     "DatabaseConfig",
+    "DovecotAuthConfig",
     "EnabledRule",
     "HashingConfig",
     "HttpConfig",
@@ -86,6 +87,21 @@ class SocketConfig:
     path: str = "eximauthd.sock"
     group: str = ""
     mode: str = "0660"
+
+
+@dataclass(frozen=True, slots=True)
+class DovecotAuthConfig:
+    """Dovecot's auth-client protocol, for Exim's ``dovecot`` driver and Postfix's SASL.
+
+    A Unix socket at *path* (owned by *group*, *mode*); *listen* adds a loopback TCP
+    ``HOST:PORT`` (the protocol has no authentication of its own: loopback only).
+    """
+
+    enabled: bool = False
+    path: str = "eximauthd-dovecot.sock"
+    group: str = ""
+    mode: str = "0660"
+    listen: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +368,7 @@ class Config:
     throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    dovecot_auth: DovecotAuthConfig = field(default_factory=DovecotAuthConfig)
     source: str = "built-in defaults"
 
 

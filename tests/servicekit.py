@@ -242,3 +242,63 @@ def http_call(served: Served, method: str, path: str, body: Any = None,
 def relay(served: Served, user: str, txn: str = "") -> bytes:
     line = relay_line(user, user, "someone@remote.test")
     return served.ask(line[:-1] + (f" {txn}".encode() if txn else b"") + b"\n")
+
+
+class DovecotClient:
+    """A client of the service's Dovecot auth-client protocol, as Exim and Postfix speak it:
+    connect, read the server's handshake up to DONE, then send VERSION, CPID and AUTH lines."""
+
+    def __init__(self, address: str | tuple[str, int], timeout: float = 10.0,
+                 opening: bool = True) -> None:
+        family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(address)
+        self._buffer = bytearray()
+        self.handshake: list[str] = []
+        while (line := self.read_line()) not in {"DONE", None}:
+            self.handshake.append(line)
+        if opening:
+            self.send(b"VERSION\t1\t0\nCPID\t4242\n")
+
+    def __enter__(self) -> DovecotClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def read_line(self) -> str | None:
+        """The next line without its newline; None when the server closed the connection."""
+        while (end := self._buffer.find(b"\n")) < 0:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line = bytes(self._buffer[:end]).decode()
+        del self._buffer[:end + 1]
+        return line
+
+    def auth(self, request_id: int, mech: str, resp: str | None, *,
+             rip: str = "192.0.2.10") -> str | None:
+        """Send one AUTH (``resp=`` left out when *resp* is None) and read one reply."""
+        tail = "" if resp is None else f"\tresp={resp}"
+        self.send(f"AUTH\t{request_id}\t{mech}\tservice=smtp\tlip=127.0.0.1\trip={rip}"
+                  f"\tnologin{tail}\n")
+        return self.read_line()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def plain_resp(user: str, password: str, authzid: str = "") -> str:
+    """SASL PLAIN's message, base64: authzid NUL user NUL password."""
+    return b64(f"{authzid}\0{user}\0{password}")
+
+
+def dovecot_env(path: str, listen: str = "") -> dict[str, str]:
+    """The service's environment for the Dovecot front end at *path* (and TCP *listen*)."""
+    env = {"EXIMAUTHD_DOVECOT_AUTH_ENABLED": "true", "EXIMAUTHD_DOVECOT_AUTH_PATH": path}
+    return env | ({"EXIMAUTHD_DOVECOT_AUTH_LISTEN": listen} if listen else {})

@@ -69,6 +69,18 @@ class TestEnvironment:
         assert config.hashing.dovecot_prefix is True
         assert config.database.url == "sqlite:////tmp/x.sqlite3"
 
+    def test_section_with_an_underscore_from_environment(self) -> None:
+        """EXIMAUTHD_DOVECOT_AUTH_<KEY> is [dovecot_auth] <key>; disabled by default."""
+        assert load_config(None, environ={}).dovecot_auth.enabled is False
+        config = load_config(None, environ={
+            "EXIMAUTHD_DOVECOT_AUTH_ENABLED": "true",
+            "EXIMAUTHD_DOVECOT_AUTH_PATH": "/run/eximauthd/dovecot.sock",
+            "EXIMAUTHD_DOVECOT_AUTH_LISTEN": "[::1]:12345",
+        })
+        dovecot = config.dovecot_auth
+        assert (dovecot.enabled, dovecot.path, dovecot.listen, dovecot.mode) == (
+            True, "/run/eximauthd/dovecot.sock", "[::1]:12345", "0660")
+
     def test_config_path_from_environment(self, tmp_path: Path) -> None:
         """EXIMAUTHD_CONFIG names the file and is not itself a setting."""
         path = _write(tmp_path, "[socket]\npath = \"/tmp/e.sock\"\n")
@@ -132,6 +144,21 @@ class TestEnvironment:
      "throttle.exempt_networks: '192.0.2.1/24' is not a network"),
     ("[throttle]\nexempt_networks = ['webmail']\n", {},
      "throttle.exempt_networks: 'webmail' is not a network"),
+    ("[dovecot_auth]\nlisten = '0.0.0.0:12345'\n", {},
+     "dovecot_auth.listen: only a loopback address"),
+    ("[dovecot_auth]\nlisten = '192.0.2.1:12345'\n", {},
+     "dovecot_auth.listen: only a loopback address"),
+    ("[dovecot_auth]\nlisten = 'localhost:12345'\n", {},
+     "dovecot_auth.listen: host must be an IP address"),
+    ("[dovecot_auth]\nlisten = '127.0.0.1'\n", {}, "dovecot_auth.listen: expected HOST:PORT"),
+    ("[dovecot_auth]\nmode = '0666'\n", {}, "dovecot_auth.mode: must not grant access"),
+    ("[dovecot_auth]\npath = ''\n", {}, "dovecot_auth.path: must not be empty"),
+    ("[dovecot_auth]\nenabled = true\npath = 'eximauthd.sock'\n", {},
+     "dovecot_auth.path: must differ from socket.path"),
+    ("", {"EXIMAUTHD_DOVECOT_AUTH_LISTEN": "[2001:db8::1]:1"},
+     "dovecot_auth.listen: only a loopback address"),
+    ("", {"EXIMAUTHD_DOVECOT_PATH": "x"}, "EXIMAUTHD_DOVECOT_PATH: unknown setting"),
+    ("", {"EXIMAUTHD_DOVECOT_AUTH_PORT": "x"}, "EXIMAUTHD_DOVECOT_AUTH_PORT: unknown key"),
 ])
 def test_invalid_configuration_names_the_key(tmp_path: Path, text: str, env: dict[str, str],
                                              message: str) -> None:

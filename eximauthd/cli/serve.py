@@ -27,8 +27,13 @@ from .app import State, cli, pass_state
 @pass_state
 def serve(state: State, log_format: str | None, log_file: str | None, syslog: bool,
           wait_for_database: bool) -> None:
-    """Answer Exim on the Unix socket and serve the HTTP API until SIGTERM."""
+    """Answer Exim on the Unix socket and serve the HTTP API until SIGTERM.
+
+    With [dovecot_auth] enabled, also Dovecot's auth-client protocol (Exim's dovecot driver,
+    Postfix's SASL).
+    """
     from ..service.decider import Decider  # noqa: PLC0415 -- keep other commands' start-up light
+    from ..service.dovecot import DovecotAuthServer  # noqa: PLC0415
     from ..service.logs import SYSLOG_ADDRESS, configure_logging  # noqa: PLC0415
     from ..service.quiet import RepeatFilter  # noqa: PLC0415
     from ..service.server import Service  # noqa: PLC0415
@@ -60,11 +65,14 @@ def serve(state: State, log_format: str | None, log_file: str | None, syslog: bo
     repeats = RepeatFilter()
     handler.addFilter(repeats)
     service = Service(config, Decider(config, db=state.db))
+    dovecot = (DovecotAuthServer(service, config.dovecot_auth)
+               if config.dovecot_auth.enabled else None)
 
     def ready() -> None:
         http = f"http://{config.http.listen}" if config.http.enabled else "disabled"
-        log.info("serving socket=%s http=%s database=%s workers=%d config=%s",
-                 os.path.abspath(config.socket.path), http,
+        also = f" dovecot={dovecot.where}" if dovecot is not None else ""
+        log.info("serving socket=%s http=%s%s database=%s workers=%d config=%s",
+                 os.path.abspath(config.socket.path), http, also,
                  mask_url(config.database.url), service.workers, config.source)
 
     def reopen_logs() -> None:
@@ -72,5 +80,6 @@ def serve(state: State, log_format: str | None, log_file: str | None, syslog: bo
         if not syslog:
             configure_logging(fmt, log_file).addFilter(repeats)
 
-    asyncio.run(service.run(ready, on_hangup=reopen_logs))
+    asyncio.run(service.run(ready, on_hangup=reopen_logs,
+                            frontends=[dovecot] if dovecot is not None else []))
     log.info("stopped")

@@ -14,9 +14,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 
@@ -41,13 +41,23 @@ from .logs import decision_fields
 from .metrics import Metrics
 from .unixsocket import BACKLOG, bind_unix_socket, prepare_socket_path
 
-__all__ = ["Service", "prepare_socket_path"]
+__all__ = ["Frontend", "Service", "prepare_socket_path"]
 
 _log = logging.getLogger("eximauthd.service")
 _decisions = logging.getLogger("eximauthd.decision")
 
 # /readyz answers from a check at most this old: a flood of probes costs one ping a second.
 _READY_TTL_S = 1.0
+
+
+class Frontend(Protocol):
+    """Another protocol served beside the socket (e.g. :mod:`eximauthd.service.dovecot`),
+    deciding through :meth:`Service.decide`: started once the socket listens, stopped before
+    the workers."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class Service:
@@ -221,11 +231,12 @@ class Service:
     # --- running -------------------------------------------------------------------------
 
     async def run(self, ready: Callable[[], None] | None = None,
-                  on_hangup: Callable[[], None] | None = None) -> None:
+                  on_hangup: Callable[[], None] | None = None,
+                  frontends: Sequence[Frontend] = ()) -> None:
         """Serve until SIGTERM/SIGINT, then finish in-flight requests and clean up.
 
-        *ready* is called once both listeners accept; *on_hangup* on every SIGHUP (the CLI
-        reopens its log file there, for logrotate).
+        *ready* is called once every listener accepts (the socket, HTTP, *frontends*);
+        *on_hangup* on every SIGHUP (the CLI reopens its log file there, for logrotate).
         """
         loop = asyncio.get_running_loop()
         # Before the socket is bound, and before anything is logged: a bad token file stops
@@ -251,12 +262,16 @@ class Service:
         http = await self._start_http(token, open_files) if self.config.http.enabled else None
         self.defenses.start(on_sync_error=self.metrics.sync_errors.inc)
         try:
+            for frontend in frontends:
+                await frontend.start()
             if ready is not None:
                 ready()
             await self._stopping.wait()
             _log.info("stopping: finishing %d in-flight request(s)", len(self._connections))
         finally:
             unix_server.close()
+            for frontend in frontends:
+                await frontend.stop()
             if self._connections:
                 await asyncio.wait(list(self._connections), timeout=self._timeout + 1)
             with contextlib.suppress(FileNotFoundError):

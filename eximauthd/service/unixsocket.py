@@ -17,7 +17,7 @@ __all__ = ["BACKLOG", "bind_unix_socket", "prepare_socket_path"]
 BACKLOG = 1024
 
 
-def prepare_socket_path(path: str) -> None:
+def prepare_socket_path(path: str, key: str = "socket") -> None:
     """Remove a stale socket at *path*; refuse to steal a live one or replace another file.
 
     :raises ConfigError: another process answers on *path*, or *path* is not a socket.
@@ -27,7 +27,7 @@ def prepare_socket_path(path: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"socket.path: {path} exists and is not a socket; not replacing it")
+        raise ConfigError(f"{key}.path: {path} exists and is not a socket; not replacing it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
@@ -37,23 +37,26 @@ def prepare_socket_path(path: str) -> None:
         return
     except OSError as exc:
         if exc.errno not in {errno.ECONNREFUSED, errno.ENOENT}:
-            raise ConfigError(f"socket.path: cannot probe {path}: {exc.strerror}") from None
+            raise ConfigError(f"{key}.path: cannot probe {path}: {exc.strerror}") from None
         os.unlink(path)
         return
     finally:
         probe.close()
-    raise ConfigError(f"socket.path: another process is serving {path}; not stealing it")
+    raise ConfigError(f"{key}.path: another process is serving {path}; not stealing it")
 
 
-def bind_unix_socket(path: str, mode: int, group: str) -> socket.socket:
-    """Listen on *path* with *mode* and *group*, replacing only a stale socket there."""
-    prepare_socket_path(path)
+def bind_unix_socket(path: str, mode: int, group: str, key: str = "socket") -> socket.socket:
+    """Listen on *path* with *mode* and *group*, replacing only a stale socket there.
+
+    *key* names the configuration section in error messages.
+    """
+    prepare_socket_path(path, key)
     gid = -1
     if group:
         try:
             gid = grp.getgrnam(group).gr_gid
         except KeyError:
-            raise ConfigError(f"socket.group: no such group {group!r}") from None
+            raise ConfigError(f"{key}.group: no such group {group!r}") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # Bind under a umask that leaves the owner alone, then widen to the configured mode: the
     # socket is never reachable by others, not even between bind() and chmod().
