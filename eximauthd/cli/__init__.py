@@ -6,7 +6,18 @@ registers it on the root group when imported, which this package does.
 """
 
 # Imported for their registration on `cli`: a command module no one imports has no command.
-from . import audit, db, doctor, exim, grants, limits, passwords, serve, users  # noqa: F401
+from . import (  # noqa: F401
+    audit,
+    db,
+    doctor,
+    exim,
+    grants,
+    limits,
+    passwords,
+    postfix,
+    serve,
+    users,
+)
 from .app import EXIT_DB, EXIT_NO, EXIT_OK, EXIT_USAGE, cli, main
 
 __all__ = ["EXIT_DB", "EXIT_NO", "EXIT_OK", "EXIT_USAGE", "cli", "main"]
