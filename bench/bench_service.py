@@ -548,6 +548,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     socket_path: str
     logfile: Path
+    dovecot_path: str = ""  # eximauthd's own Dovecot auth-client socket ([dovecot_auth])
 
     @property
     def pid(self) -> int:
@@ -556,19 +557,23 @@ class Server:
 
 def start_eximauthd(name: str, workdir: Path, db_url: str, profile: Profile) -> Server:
     sock = str(workdir / f"{name}.sock")
+    dovecot_sock = str(workdir / f"{name}-dc.sock")
     logfile = workdir / f"{name}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXIMAUTHD_")}
     env |= profile.service_env() | {
         "EXIMAUTHD_DATABASE_URL": db_url,
         "EXIMAUTHD_SOCKET_PATH": sock,
         "EXIMAUTHD_HTTP_ENABLED": "false",
+        # The same process also speaks Dovecot's auth-client protocol (the [3x] variants).
+        "EXIMAUTHD_DOVECOT_AUTH_ENABLED": "true",
+        "EXIMAUTHD_DOVECOT_AUTH_PATH": dovecot_sock,
     }
     with (workdir / f"{name}.stderr").open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "eximauthd", "serve", "--log-file", str(logfile)],
             env=env, cwd=workdir, stdout=err, stderr=err, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent)  # noqa: PLW1509
-    server = Server(name, proc, sock, workdir / f"{name}.stderr")
+    server = Server(name, proc, sock, workdir / f"{name}.stderr", dovecot_sock)
     wait_for(lambda: ask_line(sock, b"PING\n", b"yes\n"), f"eximauthd serve ({name})", proc,
              server.logfile)
     server.logfile = logfile
@@ -726,7 +731,7 @@ class Account:
 
 
 class BenchDatabase:
-    """A fresh database with eximauthd's schema, and a SELECT-only user on it."""
+    """A fresh database with eximauthd's schema, and a user that cannot write accounts."""
 
     def __init__(self) -> None:
         self.name = f"eximauthd_bench_{os.getpid()}_{secrets.token_hex(3)}"
@@ -757,11 +762,20 @@ class BenchDatabase:
                 cur.execute(f"CREATE USER '{self.ro_user}'@'{host}' IDENTIFIED BY %s",
                             (self.ro_password,))
                 cur.execute(f"GRANT SELECT ON `{self.name}`.* TO '{self.ro_user}'@'{host}'")
+
         db = Database(DatabaseConfig(url=self.url))
         try:
             upgrade.upgrade(db)
         finally:
             db.dispose()
+        with self.admin.cursor() as cur:
+            # The throttle and the rate limiter write their own counters on every request;
+            # only the account table stays read-only.
+            for host in ("127.0.0.1", "localhost"):
+                for table in ("eximauthd_auth_attempts", "eximauthd_known_clients",
+                              "eximauthd_rate_counters"):
+                    cur.execute(f"GRANT INSERT, UPDATE, DELETE ON `{self.name}`.`{table}` "
+                                f"TO '{self.ro_user}'@'{host}'")
 
     def insert(self, accounts: Sequence[Account]) -> None:
         with self.admin.cursor() as cur:
@@ -1032,8 +1046,11 @@ class Setup:
     accounts: dict[str, list[Account]]
 
     def socket_variant(self, key: str, label: str, server: Server, payloads: Sequence[Any],
-                       expect: bytes = b"yes\n") -> Variant:
-        kind = "dovecot" if server is self.dovecot else "line"
+                       expect: bytes = b"yes\n", dovecot_protocol: bool = False) -> Variant:
+        """*server* on its socket; with *dovecot_protocol*, an eximauthd server on its
+        Dovecot auth-client socket (asked as Exim's dovecot driver asks Dovecot)."""
+        kind = "dovecot" if server is self.dovecot or dovecot_protocol else "line"
+        path = server.dovecot_path if dovecot_protocol else server.socket_path
         clients = self.clients
         cpu: Callable[[], Cpu]
         if server is self.dovecot:
@@ -1042,8 +1059,8 @@ class Setup:
             cpu = lambda: proc_cpu(server.pid)  # noqa: E731
         return Variant(
             key, label,
-            run=lambda d: clients.run(kind, server.socket_path, payloads, expect, d),
-            warm=lambda s: clients.warm(kind, server.socket_path, payloads, expect, s),
+            run=lambda d: clients.run(kind, path, payloads, expect, d),
+            warm=lambda s: clients.warm(kind, path, payloads, expect, s),
             server_cpu=cpu)
 
     def inproc_variant(self, key: str, label: str, call: Callable[[Any], bool],
@@ -1083,8 +1100,9 @@ def start_everything(settings: Settings, with_dovecot: bool,
 
     log("starting eximauthd serve (x4), the yes server and dovecot")
     # {PLAIN} rows are upgraded to argon2id on the first good login, by design.  To keep
-    # measuring {PLAIN}, that instance reads through a SELECT-only user: the upgrade is
-    # attempted (cheapest argon2id hash + one refused UPDATE) and fails, the row stays.
+    # measuring {PLAIN}, that instance connects as a user that may not write the account table
+    # (only the throttle's and rate limiter's own): the upgrade is attempted (cheapest argon2id
+    # hash + one refused UPDATE) and fails, the row stays.
     servers: dict[str, Server] = {}
     for key, url, profile in (("prod", db.url, PROD), ("cffi", db.url, CFFI),
                               ("min", db.url, MINIMAL), ("plain", db.ro_url, MINIMAL)):
@@ -1114,6 +1132,9 @@ def auth_group(setup: Setup, profile: Profile, window: float, n: str, m: str) ->
     variants = [
         setup.socket_variant("ead", f"eximauthd AUTH, socket ({profile.params})",
                              setup.servers[profile.key], auth_payloads(accounts)),
+        setup.socket_variant("eaddc", "eximauthd AUTH, Dovecot protocol",
+                             setup.servers[profile.key], dovecot_payloads(accounts), b"OK",
+                             dovecot_protocol=True),
         setup.inproc_variant("cffi", f"argon2-cffi verify, {CONCURRENCY} threads",
                              cffi_verifier(profile), pairs),
     ]
@@ -1134,6 +1155,10 @@ def auth_group(setup: Setup, profile: Profile, window: float, n: str, m: str) ->
     return Group(f"[{n}/{m}] AUTH, argon2id {p} ({profile.label})", window, variants, [
         RatioSpec(n, f"AUTH eximauthd / argon2-cffi raw, {p}", "ead", "cffi", 0.90),
         RatioSpec(m, f"AUTH eximauthd / dovecot, {p}", "ead", "dovecot", 1.0),
+        RatioSpec(m + "d", f"AUTH eximauthd Dovecot protocol / dovecot, {p}", "eaddc",
+                  "dovecot", 1.0),
+        RatioSpec(m + "d.1", f"  eximauthd Dovecot protocol / eximauthd socket, {p}", "eaddc",
+                  "ead", None),
         RatioSpec(m + ".1", f"  libsodium raw / argon2-cffi raw, {p}", "sodium", "cffi", None),
         RatioSpec(m + ".2", f"  dovecot / libsodium raw, {p}", "dovecot", "sodium", None),
         RatioSpec(m + ".3", f"  argon2-cffi threads=1 / argon2-cffi verify, {p}", "cffi1",
@@ -1160,10 +1185,13 @@ def build_groups(setup: Setup, settings: Settings) -> list[Group]:
         groups.append(Group(f"[{key}] AUTH per-request overhead, stored {title}",
                             settings.window_fast, [
             setup.socket_variant("ead", "eximauthd AUTH, socket", server, auth_payloads(accounts)),
+            setup.socket_variant("eaddc", "eximauthd AUTH, Dovecot protocol", server,
+                                 dovecot_payloads(accounts), b"OK", dovecot_protocol=True),
             setup.socket_variant("dovecot", "dovecot auth-client, sql", setup.dovecot,
                                  dovecot_payloads(accounts), b"OK"),
-        ], [RatioSpec(key, f"AUTH eximauthd / dovecot, {title}", "ead", "dovecot",
-                      target)]))
+        ], [RatioSpec(key, f"AUTH eximauthd / dovecot, {title}", "ead", "dovecot", target),
+            RatioSpec(key + "d", f"AUTH eximauthd Dovecot protocol / dovecot, {title}",
+                      "eaddc", "dovecot", target)]))
     return groups
 
 

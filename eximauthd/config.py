@@ -2,8 +2,13 @@
 
 Everything is parsed into the frozen dataclasses of :mod:`eximauthd.settings` and validated up
 front, so a typo stops the program with one line naming the key instead of surfacing later as a
-wrong decision.  With no file at all the embedded default applies: a SQLite file and a socket in
-the working directory.
+wrong decision.
+
+The file is the one named by the caller (``--config``), else by ``$EXIMAUTHD_CONFIG``, else
+:data:`DEFAULT_CONFIG_PATH` when it exists: an admin running ``eximauthd user add`` as root in
+any directory reaches the production database.  With no file at all the embedded default
+applies: a SQLite file and a socket in the working directory, which :func:`builtin_database_note`
+puts into words for the messages that need them.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -28,8 +34,10 @@ from .errors import AddressError, ConfigError
 from .settings import (
     INTEGER_RE,
     LEGACY_PASSWORD_SCHEMES,
+    LOADED,
     CacheConfig,
     Config,
+    ConfigSource,
     DatabaseConfig,
     DovecotAuthConfig,
     HashingConfig,
@@ -43,9 +51,18 @@ from .settings import (
     ThrottleConfig,
 )
 
-__all__ = ["ENV_PREFIX", "load_config"]
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "ENV_PREFIX",
+    "MAX_PASSWORD_FILE_BYTES",
+    "builtin_database_note",
+    "load_config",
+]
 
+DEFAULT_CONFIG_PATH = "/etc/eximauthd/eximauthd.toml"
 ENV_PREFIX = "EXIMAUTHD_"
+# More than any database password; a larger file is not a password file.
+MAX_PASSWORD_FILE_BYTES = 1024
 # Variables with the prefix that are not settings.
 _ENV_NOT_SETTINGS = frozenset({"EXIMAUTHD_CONFIG"})
 
@@ -70,38 +87,83 @@ _SECTIONS: dict[str, type[Any]] = {
 
 
 def load_config(path: str | os.PathLike[str] | None = None,
-                environ: Mapping[str, str] | None = None) -> Config:
-    """Read *path* (or ``$EXIMAUTHD_CONFIG``, or nothing) and apply environment overrides.
+                environ: Mapping[str, str] | None = None, *,
+                default_path: str | os.PathLike[str] | None = DEFAULT_CONFIG_PATH) -> Config:
+    """Read the configuration file and apply environment overrides.
+
+    The file is *path* if given, else ``$EXIMAUTHD_CONFIG`` if set, else *default_path* if it
+    exists (a dangling symlink or an unreadable directory there is an error, not "absent");
+    with none of them the built-in defaults apply.  ``database.password_file`` is read here.
 
     :raises ConfigError: unreadable file, TOML syntax error, unknown section or key, wrong type or
         an invalid value; the message names the key.
     """
     env = os.environ if environ is None else environ
-    if path is None and env.get("EXIMAUTHD_CONFIG"):
-        path = env["EXIMAUTHD_CONFIG"]
+    found, chosen = _locate(path, env, default_path)
     raw: dict[str, Any] = {}
     source = "built-in defaults"
-    if path is not None:
-        raw = _read_toml(Path(path))
-        source = str(path)
+    if chosen is not None:
+        raw = _read_toml(Path(chosen), found)
+        source = str(chosen)
     for section in raw:
         if section not in _SECTIONS:
             raise ConfigError(f"{section}: unknown section (known: {', '.join(_SECTIONS)})")
         if not isinstance(raw[section], dict):
             raise ConfigError(f"{section}: must be a table ([{section}])")
     _merge_environment(raw, env)
-    built = {name: _build_section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
-    config = Config(**built, source=source)
+    origins: list[tuple[str, str]] = []
+    built = {name: _build_section(name, cls, raw.get(name, {}), f"file {source}", origins)
+             for name, cls in _SECTIONS.items()}
+    config = Config(**built, source=source, found=found, origins=tuple(origins))
     _validate(config)
-    return config
+    return _with_password(config)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _locate(path: str | os.PathLike[str] | None, env: Mapping[str, str],
+            default_path: str | os.PathLike[str] | None,
+            ) -> tuple[ConfigSource, str | os.PathLike[str] | None]:
+    if path is not None:
+        return ConfigSource.ARGUMENT, path
+    if env.get("EXIMAUTHD_CONFIG"):
+        return ConfigSource.ENVIRONMENT, env["EXIMAUTHD_CONFIG"]
+    if default_path is not None and _present(default_path):
+        return ConfigSource.DEFAULT_PATH, default_path
+    return ConfigSource.BUILT_IN, None
+
+
+def _present(path: str | os.PathLike[str]) -> bool:
+    """Whether something is at *path*.  Only "no such entry" is absence: a production file
+    behind a directory this user may not search must be reported, not replaced by defaults."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def builtin_database_note(config: Config) -> str | None:
+    """Words saying that the database is the built-in SQLite default, where it is and why, for
+    messages of commands that used it; None when ``database.url`` was set somewhere."""
+    if config.origin("database.url") != "default":
+        return None
+    where = os.path.abspath(make_url(config.database.url).database or "")
+    if config.found is ConfigSource.BUILT_IN:
+        return (f"using the built-in default configuration: SQLite {where}; no "
+                f"{DEFAULT_CONFIG_PATH}, no EXIMAUTHD_CONFIG, no --config")
+    return (f"using the built-in default database: SQLite {where}; database.url is set "
+            f"neither in {config.source} nor by EXIMAUTHD_DATABASE_URL")
+
+
+def _read_toml(path: Path, found: ConfigSource) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        fix = (" (the default configuration file: run as a user who may read it, or name "
+               "another with --config)" if found is ConfigSource.DEFAULT_PATH else "")
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}{fix}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
@@ -131,15 +193,18 @@ class _EnvString(str):
         return obj
 
 
-def _build_section(name: str, cls: type[Any], values: dict[str, Any]) -> Any:
+def _build_section(name: str, cls: type[Any], values: dict[str, Any], file_origin: str,
+                   origins: list[tuple[str, str]]) -> Any:
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls) if not f.metadata.get(LOADED)}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
-        where = value.variable if isinstance(value, _EnvString) else f"{name}.{key}"
+        from_env = isinstance(value, _EnvString)
+        where = value.variable if from_env else f"{name}.{key}"
         if key not in known:
             raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
         kwargs[key] = _coerce(where, value, hints[key])
+        origins.append((f"{name}.{key}", f"environment {where}" if from_env else file_origin))
     return cls(**kwargs)
 
 
@@ -222,6 +287,16 @@ def _validate_database(db: DatabaseConfig) -> None:
         _validate_url("database.replica_url", db.replica_url)
     if not 1 <= db.connect_timeout <= 60:
         raise ConfigError("database.connect_timeout: must be between 1 and 60 seconds")
+    for i, url in enumerate(db.failover_urls):
+        parsed = _validate_url(f"database.failover_urls[{i}]", url)
+        if parsed.drivername.startswith("sqlite"):
+            raise ConfigError(f"database.failover_urls[{i}]: failover needs MariaDB/MySQL "
+                              "nodes, not SQLite files")
+    if db.failover_urls and make_url(db.url).drivername.startswith("sqlite"):
+        raise ConfigError("database.failover_urls: database.url is SQLite; failover needs "
+                          "MariaDB/MySQL nodes (remove failover_urls or set url to a node)")
+    if not 1 <= db.failover_check_seconds <= 60:
+        raise ConfigError("database.failover_check_seconds: must be between 1 and 60 seconds")
 
 
 def _validate_socket(sock: SocketConfig | DovecotAuthConfig | PostfixPolicyConfig,
@@ -416,3 +491,90 @@ def _validate_legacy(legacy: LegacyConfig) -> None:
                     f"legacy.{key}: {raw!r} does not satisfy enabled_when "
                     f"{'' if expected else 'negated '}{legacy.enabled_when!r}"
                 )
+
+
+def _with_password(config: Config) -> Config:
+    """*config* with ``database.password`` read from ``database.password_file``, if set."""
+    db = config.database
+    if not db.password_file:
+        return config
+    named = [("url", db.url), ("replica_url", db.replica_url),
+             *((f"failover_urls[{i}]", u) for i, u in enumerate(db.failover_urls))]
+    for key, value in named:
+        if value and _url_has_password(value):
+            raise ConfigError(f"database.password_file: database.{key} holds a password too "
+                              f"(keep it in one place: remove it from the URL)")
+    if make_url(db.url).drivername.startswith("sqlite"):
+        raise ConfigError("database.password_file: a SQLite database takes no password "
+                          "(unset password_file, or set database.url to a MariaDB/MySQL URL)")
+    password = _read_password_file(db.password_file)
+    return dataclasses.replace(config, database=dataclasses.replace(db, password=password))
+
+
+def _url_has_password(url: str) -> bool:
+    parsed = make_url(url)  # validated already
+    # PyMySQL also takes the password as ?password= or ?passwd=.
+    return parsed.password is not None or any(
+        key.lower() in {"password", "passwd"} for key in parsed.query)
+
+
+def _read_password_file(path: str) -> str:
+    """The first line of *path*, without its newline.
+
+    Only a regular file (not a symlink, not a FIFO that would block start-up) that other users
+    cannot read is taken: a symlink could lend the file's trust to anything it points at, say a
+    shadow file, whose first line would then be sent to the database server.  The group may read
+    it (the service's group).  The content never appears in an error.
+    """
+    where = f"database.password_file: {path}"
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"{where}: is a symlink (point database.password_file at the file "
+                          "itself)")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{where}: is not a regular file")
+    # O_NOFOLLOW and O_NONBLOCK: a symlink or FIFO swapped in after lstat() fails instead of
+    # being followed or blocking; the checks below are made on what was opened.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{where}: is not a regular file")
+        if info.st_mode & 0o007:
+            raise ConfigError(f"{where}: is accessible to every local user (mode "
+                              f"{stat.S_IMODE(info.st_mode):04o}; chmod o-rwx {path})")
+        raw = os.read(fd, MAX_PASSWORD_FILE_BYTES + 3)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    return _password_from_bytes(raw, where)
+
+
+def _password_from_bytes(raw: bytes, where: str) -> str:
+    """*raw* without one trailing LF or CRLF, if it is one line of UTF-8.  Pure."""
+    if raw.endswith(b"\r\n"):
+        raw = raw[:-2]
+    elif raw.endswith(b"\n"):
+        raw = raw[:-1]
+    if not raw:
+        raise ConfigError(f"{where}: is empty")
+    if len(raw) > MAX_PASSWORD_FILE_BYTES:
+        raise ConfigError(f"{where}: holds more than {MAX_PASSWORD_FILE_BYTES} bytes "
+                          "(one line: the password)")
+    if b"\n" in raw or b"\r" in raw:
+        raise ConfigError(f"{where}: holds more than one line (only one trailing newline is "
+                          "stripped)")
+    if b"\0" in raw:
+        raise ConfigError(f"{where}: holds a NUL byte")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: is not UTF-8") from None

@@ -6,6 +6,7 @@ and the environment into them and validates them.
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,11 @@ from .errors import ConfigError
 __all__ = [
     "DEFAULT_TOKEN_FILE",
     "LEGACY_PASSWORD_SCHEMES",
+    "LOADED",
+    "SECRET",
     "CacheConfig",
     "Config",
+    "ConfigSource",
     "DatabaseConfig",
     "DovecotAuthConfig",
     "EnabledRule",
@@ -37,6 +41,10 @@ __all__ = [
 ]
 
 DEFAULT_TOKEN_FILE = "eximauthd-http.token"  # noqa: S105 -- a file name, not a secret
+# Field metadata keys.  SECRET: how `config show` may print the value ("value": never, "url":
+# with its password masked).  LOADED: not a key of the file; filled in from another setting.
+SECRET = "eximauthd.secret"  # noqa: S105 -- a metadata key, not a secret
+LOADED = "eximauthd.loaded"
 # [0-9], not \\d: \\d also matches other scripts' digits (U+0661), which int() accepts.
 INTEGER_RE = re.compile(r"[+-]?[0-9]{1,18}")
 # Query parameters that may carry a credential (PyMySQL takes ?password= and ?passwd=).
@@ -64,18 +72,31 @@ def mask_url(url: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
-    """Where accounts live.  ``replica_url``, when set, serves reads; writes use ``url``."""
+    """Where accounts live.  ``replica_url``, when set, serves reads; writes use ``url``.
 
-    url: str = "sqlite:///eximauthd.sqlite3"
-    replica_url: str = ""
+    ``password`` is read from ``password_file`` when the configuration is loaded and given to
+    both URLs' connections; it is not a key of the file (a password in the TOML is one in the URL).
+    """
+
+    url: str = field(default="sqlite:///eximauthd.sqlite3", metadata={SECRET: "url"})
+    replica_url: str = field(default="", metadata={SECRET: "url"})
     connect_timeout: int = 3
+    password_file: str = ""
+    password: str = field(default="", repr=False, metadata={SECRET: "value", LOADED: True})
+    # Tried in order after url when the node in use fails (docs/scaling.md); back to url when
+    # it is usable again.
+    failover_urls: tuple[str, ...] = field(default=(), metadata={SECRET: "url"})
+    # How often the service checks the node in use and, away from url, the preferred ones.
+    failover_check_seconds: int = 2
 
     def __repr__(self) -> str:
         # The URL may hold the database password: never print it.
         return (
             f"DatabaseConfig(url={mask_url(self.url)!r}, "
             f"replica_url={mask_url(self.replica_url) if self.replica_url else ''!r}, "
-            f"connect_timeout={self.connect_timeout})"
+            f"connect_timeout={self.connect_timeout}, password_file={self.password_file!r}, "
+            f"failover_urls={[mask_url(u) for u in self.failover_urls]!r}, "
+            f"failover_check_seconds={self.failover_check_seconds})"
         )
 
     __str__ = __repr__
@@ -128,7 +149,7 @@ class HttpConfig:
     listen: str = "127.0.0.1:8726"
     # The decision endpoints always need a bearer token: this one, or else the one in
     # token_file, which `serve` creates (mode 0600) when it does not exist.
-    token: str = field(default="", repr=False)
+    token: str = field(default="", repr=False, metadata={SECRET: "value"})
     # Empty: DEFAULT_TOKEN_FILE, relative like the embedded default's database and socket.
     token_file: str = ""
 
@@ -370,9 +391,23 @@ class CacheConfig:
     revalidate_seconds: int = 2
 
 
+class ConfigSource(enum.Enum):
+    """How the configuration file was found (or that there was none)."""
+
+    ARGUMENT = "--config"
+    ENVIRONMENT = "EXIMAUTHD_CONFIG"
+    DEFAULT_PATH = "the default location"
+    BUILT_IN = "no file"
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
-    """The whole configuration."""
+    """The whole configuration.
+
+    ``source`` is the file read, or ``"built-in defaults"``; ``found`` says how it was found.
+    ``origins`` pairs each key set by the file or the environment (``"database.url"``) with
+    where it was set (``"file PATH"``, ``"environment VARIABLE"``); other keys are defaults.
+    """
 
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     socket: SocketConfig = field(default_factory=SocketConfig)
@@ -387,6 +422,13 @@ class Config:
     dovecot_auth: DovecotAuthConfig = field(default_factory=DovecotAuthConfig)
     postfix_policy: PostfixPolicyConfig = field(default_factory=PostfixPolicyConfig)
     source: str = "built-in defaults"
+    found: ConfigSource = ConfigSource.BUILT_IN
+    origins: tuple[tuple[str, str], ...] = ()
+
+    def origin(self, key: str) -> str:
+        """Where *key* (``"section.key"``) was set: ``"default"`` unless the file or the
+        environment set it."""
+        return dict(self.origins).get(key, "default")
 
 
 def _parse_enabled_rule(text: str) -> EnabledRule:

@@ -159,6 +159,23 @@ def build_handwritten(tmp: Path, port: int, sink_port: int, socket_path: str) ->
     return config
 
 
+def dovecot_socket(socket_path: str) -> str:
+    """Where the rigs put the service's Dovecot socket: beside its readsocket one."""
+    return str(Path(socket_path).with_name("dovecot-auth.sock"))
+
+
+def build_handwritten_dovecot(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+    """The hand-written config with eximauthd-dovecot-auth.conf (Exim's `dovecot` driver)
+    instead of eximauthd-auth.conf; the rcpt ACL still asks over the readsocket socket."""
+    config = build_handwritten(tmp, port, sink_port, socket_path)
+    text = config.read_text().replace(
+        "EXIMAUTHD_TIMEOUT = 5s\n",
+        f"EXIMAUTHD_TIMEOUT = 5s\nEXIMAUTHD_DOVECOT_SOCKET = {dovecot_socket(socket_path)}\n", 1)
+    config.write_text(text.replace(f".include {SNIPPETS}/eximauthd-auth.conf",
+                                   f".include {SNIPPETS}/eximauthd-dovecot-auth.conf"))
+    return config
+
+
 DEBIAN_TEST_MAIN = """\
 # test rig only: a private daemon on a free port, spool and logs in a temp dir
 EXIMAUTHD_SOCKET = {socket_path}
@@ -206,7 +223,8 @@ test_local:
 Builder = Callable[[Path, int, int, str], Path]
 
 
-def _debian_tree(tmp: Path, fmt: dict[str, object], *, split: bool) -> Path:
+def _debian_tree(tmp: Path, fmt: dict[str, object], *, split: bool,
+                 dovecot: bool = False) -> Path:
     """A copy of Debian's stock /etc/exim4 set up for a private daemon: settings for an
     internet site, and test-only files (split: conf.d files that sort before and apart from the
     drop-ins; monolithic: exim4.conf.localmacros) for the port, spool, TLS and sink."""
@@ -220,12 +238,15 @@ def _debian_tree(tmp: Path, fmt: dict[str, object], *, split: bool) -> Path:
                        ("dc_local_interfaces", "127.0.0.1"), ("dc_relay_nets", "")):
         text = re.sub(rf"^{key}=.*$", f"{key}='{value}'", text, flags=re.MULTILINE)
     settings.write_text(text)
+    rig_main = DEBIAN_TEST_MAIN.format(**fmt)
+    if dovecot:
+        rig_main += f"EXIMAUTHD_DOVECOT_SOCKET = {dovecot_socket(str(fmt['socket_path']))}\n"
     if split:
-        (etc / "conf.d/main/000_a_test_rig").write_text(DEBIAN_TEST_MAIN.format(**fmt))
+        (etc / "conf.d/main/000_a_test_rig").write_text(rig_main)
         (etc / "conf.d/router/050_test_rig").write_text(DEBIAN_TEST_ROUTERS)
         (etc / "conf.d/transport/05_test_rig").write_text(DEBIAN_TEST_TRANSPORTS.format(**fmt))
     else:
-        (etc / "exim4.conf.localmacros").write_text(DEBIAN_TEST_MAIN.format(**fmt))
+        (etc / "exim4.conf.localmacros").write_text(rig_main)
     return etc
 
 
@@ -264,13 +285,23 @@ def _point_rcpt_acl_at(etc: Path, socket_path: str) -> None:
                                            "{" + socket_path + "}"))
 
 
-def build_debian_split(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+def build_debian_split(tmp: Path, port: int, sink_port: int, socket_path: str,
+                       dovecot: bool = False) -> Path:
     """Debian's stock /etc/exim4 (split mode) + the debian/conf.d drop-ins copied by hand, as
-    shipped, through update-exim4.conf."""
+    shipped, through update-exim4.conf (with *dovecot*, the `dovecot` driver's variant of
+    conf.d/auth/20_eximauthd over the readsocket one)."""
     fmt = {"tmp": tmp, "port": port, "sink_port": sink_port, "socket_path": socket_path}
-    etc = _debian_tree(tmp, fmt, split=True)
+    etc = _debian_tree(tmp, fmt, split=True, dovecot=dovecot)
     shutil.copytree(SNIPPETS / "debian" / "conf.d", etc / "conf.d", dirs_exist_ok=True)
+    if dovecot:
+        shutil.copytree(SNIPPETS / "debian" / "dovecot" / "conf.d", etc / "conf.d",
+                        dirs_exist_ok=True)
     return _generate_split(tmp, etc)
+
+
+def build_debian_split_dovecot(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
+    """Debian split with the `dovecot` driver's drop-in (debian/dovecot)."""
+    return build_debian_split(tmp, port, sink_port, socket_path, dovecot=True)
 
 
 def build_debian_monolithic(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
@@ -397,9 +428,14 @@ def _tls_context() -> ssl.SSLContext:
 def session(exim: Exim, *, plain: tuple[str, str, str] | None = None,
             login: tuple[str, str] | None = None, sender: str = "",
             rcpts: tuple[str, ...] = (), tls: bool = True,
-            before_rcpt: object = None, source_ip: str = "127.0.0.2") -> Transcript:
+            before_rcpt: object = None, source_ip: str = "127.0.0.2",
+            auth: tuple[str, ...] | None = None) -> Transcript:
     """One SMTP session: EHLO, STARTTLS, optional AUTH (raw, so empty fields are possible),
-    MAIL, RCPTs and DATA when any RCPT was accepted."""
+    MAIL, RCPTs and DATA when any RCPT was accepted.
+
+    *auth* is a raw exchange: the AUTH command's argument, then the lines sent while the
+    server answers 334 (``("PLAIN", token)`` sends the token after an empty challenge).
+    """
     out = Transcript()
     # Debian's stock config lets 127.0.0.1 relay unauthenticated: tests of it connect from
     # another loopback address.
@@ -409,17 +445,7 @@ def session(exim: Exim, *, plain: tuple[str, str, str] | None = None,
         if tls:
             smtp.starttls(context=_tls_context())
             smtp.ehlo("client.test")
-        if plain is not None:
-            authzid, user, password = plain
-            token = base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
-            out.auth = smtp.docmd("AUTH", f"PLAIN {token}")
-        elif login is not None:
-            code, _ = smtp.docmd("AUTH", "LOGIN")
-            if code == 334:
-                smtp.docmd(base64.b64encode(login[0].encode()).decode())
-                out.auth = smtp.docmd(base64.b64encode(login[1].encode()).decode())
-            else:
-                out.auth = (code, _)
+        out.auth = _authenticate(smtp, plain, login, auth)
         if callable(before_rcpt):
             before_rcpt()
         out.mail = smtp.docmd("MAIL", f"FROM:<{sender}>")
@@ -432,6 +458,31 @@ def session(exim: Exim, *, plain: tuple[str, str, str] | None = None,
         else:
             smtp.rset()
     return out
+
+
+def _authenticate(smtp: smtplib.SMTP, plain: tuple[str, str, str] | None,
+                  login: tuple[str, str] | None,
+                  auth: tuple[str, ...] | None) -> tuple[int, bytes] | None:
+    """The AUTH exchange of :func:`session`; its last reply, None without AUTH."""
+    reply: tuple[int, bytes] | None = None
+    if auth is not None:
+        reply = smtp.docmd("AUTH", auth[0])
+        for line in auth[1:]:
+            if reply[0] != 334:
+                break
+            reply = smtp.docmd(line)
+    elif plain is not None:
+        authzid, user, password = plain
+        token = base64.b64encode(f"{authzid}\0{user}\0{password}".encode()).decode()
+        reply = smtp.docmd("AUTH", f"PLAIN {token}")
+    elif login is not None:
+        code, _ = smtp.docmd("AUTH", "LOGIN")
+        if code == 334:
+            smtp.docmd(base64.b64encode(login[0].encode()).decode())
+            reply = smtp.docmd(base64.b64encode(login[1].encode()).decode())
+        else:
+            reply = (code, _)
+    return reply
 
 
 def exim_available() -> bool:

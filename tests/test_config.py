@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import pytest
 
-from eximauthd.config import load_config
+from eximauthd.config import DEFAULT_CONFIG_PATH, builtin_database_note, load_config
+from eximauthd.db.engine import Database
 from eximauthd.errors import ConfigError
-from eximauthd.settings import Config, DatabaseConfig, LegacyConfig
+from eximauthd.settings import Config, ConfigSource, DatabaseConfig, LegacyConfig
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -158,6 +161,16 @@ class TestEnvironment:
      "throttle.exempt_networks: '192.0.2.1/24' is not a network"),
     ("[throttle]\nexempt_networks = ['webmail']\n", {},
      "throttle.exempt_networks: 'webmail' is not a network"),
+    ("[database]\nurl = 'mysql+pymysql://u@a/m'\nfailover_urls = ['sqlite:///x.db']\n", {},
+     "database.failover_urls[0]: failover needs MariaDB/MySQL nodes"),
+    ("[database]\nfailover_urls = ['mysql+pymysql://u@b/m']\n", {},
+     "database.failover_urls: database.url is SQLite"),
+    ("", {"EXIMAUTHD_DATABASE_URL": "mysql+pymysql://u@a/m",
+          "EXIMAUTHD_DATABASE_FAILOVER_URLS": "mysql+pymysql://u@b/m,postgresql://u@c/m"},
+     "database.failover_urls[1]: unsupported driver"),
+    ("[database]\nurl = 'mysql+pymysql://u@a/m'\nfailover_urls = ['mysql+pymysql://u@b/m']\n"
+     "failover_check_seconds = 0\n", {},
+     "database.failover_check_seconds: must be between 1 and 60"),
     ("[dovecot_auth]\nlisten = '0.0.0.0:12345'\n", {},
      "dovecot_auth.listen: only a loopback address"),
     ("[dovecot_auth]\nlisten = '192.0.2.1:12345'\n", {},
@@ -214,10 +227,13 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_database_password_never_in_repr() -> None:
     """The URL's password is masked wherever the config is printed."""
     db = DatabaseConfig(url="mysql+pymysql://eximauthd:hunter2@db/mail",
-                        replica_url="mysql+pymysql://ro:hunter3@replica/mail")
+                        replica_url="mysql+pymysql://ro:hunter3@replica/mail",
+                        failover_urls=("mysql+pymysql://eximauthd:hunter4@db2/mail",))
     text = repr(db) + str(db) + repr(Config(database=db))
     assert "hunter2" not in text
     assert "hunter3" not in text
+    assert "hunter4" not in text
+    assert "eximauthd:***@db2/mail" in text
     assert "eximauthd:***@db/mail" in text
 
 
@@ -337,3 +353,307 @@ def test_an_ordered_text_rule_is_refused(tmp_path: Path, when: str) -> None:
             f"enabled_when = \"{when}\"\n")
     with pytest.raises(ConfigError, match=r"legacy\.enabled_when: .* collation order"):
         load_config(_write(tmp_path, text), environ={})
+
+
+# --- where the file comes from ------------------------------------------------------------------
+
+
+class TestLookup:
+    """--config (the *path* argument), then EXIMAUTHD_CONFIG, then the default path if present,
+    then the built-in defaults.  The default path is a keyword here; the CLI's real lookup of
+    /etc/eximauthd/eximauthd.toml is tested through the command (tests/cli/test_config_cli.py)."""
+
+    @pytest.mark.parametrize(("given", "found"), [
+        (("argument", "environment", "default"), ConfigSource.ARGUMENT),
+        (("argument", "default"), ConfigSource.ARGUMENT),
+        (("argument",), ConfigSource.ARGUMENT),
+        (("environment", "default"), ConfigSource.ENVIRONMENT),
+        (("environment",), ConfigSource.ENVIRONMENT),
+        (("default",), ConfigSource.DEFAULT_PATH),
+        ((), ConfigSource.BUILT_IN),
+    ])
+    def test_the_first_place_given_wins(self, tmp_path: Path, given: tuple[str, ...],
+                                        found: ConfigSource) -> None:
+        """Each place holds a file naming its own socket: the one in force tells which won."""
+        files = {}
+        for place in ("argument", "environment", "default"):
+            files[place] = tmp_path / f"{place}.toml"
+            if place in given:
+                files[place].write_text(f"[socket]\npath = '/run/{place}.sock'\n")
+        config = load_config(
+            files["argument"] if "argument" in given else None,
+            environ={"EXIMAUTHD_CONFIG": str(files["environment"])}
+            if "environment" in given else {},
+            default_path=files["default"])
+        assert config.found is found
+        winner = {ConfigSource.ARGUMENT: "argument", ConfigSource.ENVIRONMENT: "environment",
+                  ConfigSource.DEFAULT_PATH: "default"}.get(found)
+        if winner is None:
+            assert (config.source, config.socket.path) == ("built-in defaults", "eximauthd.sock")
+        else:
+            assert config.source == str(files[winner])
+            assert config.socket.path == f"/run/{winner}.sock"
+
+    def test_an_empty_eximauthd_config_is_unset(self, tmp_path: Path) -> None:
+        """EXIMAUTHD_CONFIG= (empty, as a unit's Environment= may leave it) falls through."""
+        default = _write(tmp_path, "[socket]\npath = '/run/d.sock'\n")
+        config = load_config(None, environ={"EXIMAUTHD_CONFIG": ""}, default_path=default)
+        assert (config.found, config.socket.path) == (ConfigSource.DEFAULT_PATH, "/run/d.sock")
+
+    def test_a_named_file_that_is_missing_is_an_error_not_the_default(
+            self, tmp_path: Path) -> None:
+        """--config or EXIMAUTHD_CONFIG naming nothing never falls back to the default file."""
+        default = _write(tmp_path, "")
+        for path, env in [(tmp_path / "nope.toml", {}),
+                          (None, {"EXIMAUTHD_CONFIG": str(tmp_path / "nope.toml")})]:
+            with pytest.raises(ConfigError, match=r"nope\.toml: cannot read: No such file"):
+                load_config(path, environ=env, default_path=default)
+
+    @pytest.mark.parametrize("shape", ["dangling-symlink", "directory"])
+    def test_something_unreadable_at_the_default_path_is_an_error(self, tmp_path: Path,
+                                                                  shape: str) -> None:
+        """Only "nothing there" means "built-in defaults": a broken production file is
+        reported, with the way out, rather than silently replaced by a SQLite file here."""
+        default = tmp_path / "eximauthd.toml"
+        if shape == "directory":
+            default.mkdir()
+        else:
+            default.symlink_to(tmp_path / "gone.toml")
+        with pytest.raises(ConfigError) as info:
+            load_config(None, environ={}, default_path=default)
+        assert str(info.value).startswith(f"{default}: cannot read: ")
+        assert str(info.value).endswith("or name another with --config)")
+
+    def test_a_missing_default_directory_means_built_in(self, tmp_path: Path) -> None:
+        """/etc/eximauthd not even created: the quick start's case."""
+        config = load_config(None, environ={}, default_path=tmp_path / "no" / "eximauthd.toml")
+        assert (config.found, config.source) == (ConfigSource.BUILT_IN, "built-in defaults")
+
+    def test_the_default_path_is_the_one_documented(self) -> None:
+        """The constant the CLI uses by default (the docs and contrib name it)."""
+        assert DEFAULT_CONFIG_PATH == "/etc/eximauthd/eximauthd.toml"
+        assert load_config.__kwdefaults__ == {"default_path": DEFAULT_CONFIG_PATH}
+
+
+class TestOrigins:
+    """Each key set by the file or the environment remembers where; the rest are defaults."""
+
+    def test_file_environment_and_default_origins(self, tmp_path: Path) -> None:
+        """The environment's value and origin win over the file's for the same key."""
+        path = _write(tmp_path, "[hashing]\ntime_cost = 3\nmemory_cost = 8192\n"
+                                "[socket]\npath = '/run/x.sock'\n")
+        config = load_config(path, environ={"EXIMAUTHD_HASHING_TIME_COST": "4"},
+                             default_path=None)
+        assert config.origin("hashing.time_cost") == "environment EXIMAUTHD_HASHING_TIME_COST"
+        assert config.origin("hashing.memory_cost") == f"file {path}"
+        assert config.origin("socket.path") == f"file {path}"
+        assert config.origin("hashing.parallelism") == "default"
+        assert config.origin("database.url") == "default"
+        assert {key for key, _ in config.origins} == {
+            "hashing.time_cost", "hashing.memory_cost", "socket.path"}
+
+    @pytest.mark.parametrize(("text", "env", "expected"), [
+        ("", {}, "using the built-in default configuration: SQLite {cwd}/eximauthd.sqlite3; "
+                 "no /etc/eximauthd/eximauthd.toml, no EXIMAUTHD_CONFIG, no --config"),
+        ("[socket]\npath = '/run/x.sock'\n", {},
+         "using the built-in default database: SQLite {cwd}/eximauthd.sqlite3; database.url "
+         "is set neither in {file} nor by EXIMAUTHD_DATABASE_URL"),
+        ("[database]\nurl = 'sqlite:///eximauthd.sqlite3'\n", {}, None),
+        ("", {"EXIMAUTHD_DATABASE_URL": "sqlite:///eximauthd.sqlite3"}, None),
+    ])
+    def test_the_builtin_database_is_named_only_when_nothing_set_it(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str,
+            env: dict[str, str], expected: str | None) -> None:
+        """The same file set explicitly is a choice, not an accident: no note then."""
+        monkeypatch.chdir(tmp_path)
+        path = _write(tmp_path, text) if text else None
+        note = builtin_database_note(load_config(path, environ=env, default_path=None))
+        assert note == (expected.format(cwd=tmp_path, file=path) if expected else None)
+
+
+# --- database.password_file ---------------------------------------------------------------------
+
+DB_PASSWORD = "pw-S3kr1t ✓ :@/%?#"
+
+
+def _password_file(tmp_path: Path, content: bytes, mode: int = 0o600) -> Path:
+    path = tmp_path / "db.password"
+    path.write_bytes(content)
+    path.chmod(mode)
+    return path
+
+
+def _mysql_config(tmp_path: Path, password_file: Path, url: str = "mysql+pymysql://ex@db/mail",
+                  extra: str = "") -> Path:
+    return _write(tmp_path, f"[database]\nurl = '{url}'\npassword_file = '{password_file}'\n"
+                            + extra)
+
+
+_SECRET = b"S3kr1t-content"
+_DOUBTFUL_CONTENT = {
+    "world-readable": (_SECRET, 0o644),
+    "world-writable": (_SECRET, 0o602),
+    "empty": (b"", 0o600),
+    "only-a-newline": (b"\n", 0o600),
+    "two-lines": (_SECRET + b"\n\n", 0o600),
+    "shadow-like": (b"root:" + _SECRET + b":19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n",
+                    0o640),
+    "carriage-return": (_SECRET + b"\r", 0o600),
+    "nul": (_SECRET + b"\0x\n", 0o600),
+    "not-utf-8": (_SECRET + b"\xff\xfe\n", 0o600),
+    "too-long": (_SECRET * 80, 0o600),
+}
+
+
+class TestPasswordFile:
+    """database.password_file keeps the database password out of the TOML and the URL."""
+
+    @pytest.mark.parametrize(("content", "password"), [
+        (DB_PASSWORD.encode() + b"\n", DB_PASSWORD),
+        (DB_PASSWORD.encode(), DB_PASSWORD),
+        (DB_PASSWORD.encode() + b"\r\n", DB_PASSWORD),
+        (b" padded \n", " padded "),
+    ])
+    @pytest.mark.parametrize("mode", [0o600, 0o640, 0o400, 0o660])
+    def test_the_first_line_is_the_password(self, tmp_path: Path, content: bytes,
+                                            password: str, mode: int) -> None:
+        """One trailing LF or CRLF is stripped, nothing else; the group may read the file (the
+        service's group), and the password is in no repr."""
+        config = load_config(_mysql_config(tmp_path, _password_file(tmp_path, content, mode)),
+                             environ={}, default_path=None)
+        assert config.database.password == password
+        assert config.database.url == "mysql+pymysql://ex@db/mail"
+        assert password not in repr(config) + str(config.database)
+
+    def test_named_by_the_environment_too(self, tmp_path: Path) -> None:
+        """EXIMAUTHD_DATABASE_PASSWORD_FILE, as any key; the password itself is no key."""
+        secret = _password_file(tmp_path, b"pw-from-file\n")
+        path = _write(tmp_path, "[database]\nurl = 'mysql+pymysql://ex@db/mail'\n")
+        config = load_config(path, environ={"EXIMAUTHD_DATABASE_PASSWORD_FILE": str(secret)},
+                             default_path=None)
+        assert config.database.password == "pw-from-file"
+        for text, env, where in [
+            ("[database]\npassword = 'x'\n", {}, "database.password"),
+            ("", {"EXIMAUTHD_DATABASE_PASSWORD": "x"}, "EXIMAUTHD_DATABASE_PASSWORD"),
+        ]:
+            with pytest.raises(ConfigError, match=rf"^{where}: unknown key \(known: "
+                                                  r"connect_timeout, failover_check_seconds, "
+                                                  r"failover_urls, password_file, "
+                                                  r"replica_url, url\)$"):
+                load_config(_write(tmp_path, text), environ=env, default_path=None)
+
+    @pytest.mark.parametrize(("shape", "message"), [
+        ("symlink-to-private", "is a symlink (point database.password_file at the file itself)"),
+        ("symlink-to-missing", "is a symlink (point database.password_file at the file itself)"),
+        ("world-readable", "is accessible to every local user (mode 0644; chmod o-rwx "),
+        ("world-writable", "is accessible to every local user (mode 0602; chmod o-rwx "),
+        ("directory", "is not a regular file"),
+        ("fifo", "is not a regular file"),
+        ("missing", "cannot read: No such file or directory"),
+        ("empty", "is empty"),
+        ("only-a-newline", "is empty"),
+        ("two-lines", "holds more than one line (only one trailing newline is stripped)"),
+        ("shadow-like", "holds more than one line (only one trailing newline is stripped)"),
+        ("carriage-return", "holds more than one line (only one trailing newline is stripped)"),
+        ("nul", "holds a NUL byte"),
+        ("not-utf-8", "is not UTF-8"),
+        ("too-long", "holds more than 1024 bytes (one line: the password)"),
+    ])
+    def test_a_doubtful_file_is_refused_without_showing_it(self, tmp_path: Path, shape: str,
+                                                           message: str) -> None:
+        """One line naming the key, the path and the fix; never a byte of the content."""
+        path = tmp_path / "db.password"
+        match shape:
+            case "symlink-to-private":
+                # A private file (think /etc/shadow) lent to whoever may name the link.
+                (tmp_path / "private").mkdir()
+                path.symlink_to(_password_file(tmp_path / "private", _SECRET + b"\n"))
+            case "symlink-to-missing":
+                path.symlink_to(tmp_path / "gone")
+            case "directory":
+                path.mkdir()
+            case "fifo":
+                os.mkfifo(path, 0o600)  # would block a plain open() for ever
+            case "missing":
+                pass
+            case _:
+                _password_file(tmp_path, *_DOUBTFUL_CONTENT[shape])
+        with pytest.raises(ConfigError) as info:
+            load_config(_mysql_config(tmp_path, path), environ={}, default_path=None)
+        text = str(info.value)
+        assert text.startswith(f"database.password_file: {path}: ")
+        assert message in text
+        assert "\n" not in text
+        assert b"S3kr1t" not in text.encode()
+
+    @pytest.mark.parametrize(("url", "replica", "key"), [
+        ("mysql+pymysql://ex:inline@db/mail", "", "url"),
+        ("mysql+pymysql://ex:@db/mail", "", "url"),
+        ("mysql+pymysql://ex@db/mail?password=inline", "", "url"),
+        ("mysql+pymysql://ex@db/mail?PASSWD=inline", "", "url"),
+        ("mysql+pymysql://ex@db/mail", "mysql+pymysql://ro:inline@replica/mail", "replica_url"),
+        ("mysql+pymysql://ex@db/mail", "", "failover_urls[1]"),
+    ])
+    def test_a_password_in_a_url_too_is_refused(self, tmp_path: Path, url: str, replica: str,
+                                                key: str) -> None:
+        """Two passwords: which one is meant?  Neither is chosen; the URL's is not shown."""
+        nodes = ("failover_urls = ['mysql+pymysql://ex@db2/mail', "
+                 "'mysql+pymysql://ex:inline@db3/mail']\n" if key.startswith("failover") else "")
+        path = _mysql_config(tmp_path, _password_file(tmp_path, b"from-file\n"), url,
+                             f"replica_url = '{replica}'\n{nodes}")
+        with pytest.raises(ConfigError) as info:
+            load_config(path, environ={}, default_path=None)
+        assert str(info.value) == (f"database.password_file: database.{key} holds a password "
+                                   "too (keep it in one place: remove it from the URL)")
+
+    def test_sqlite_takes_no_password(self, tmp_path: Path) -> None:
+        """A password file next to a SQLite URL is a mistake, not something to ignore."""
+        path = _mysql_config(tmp_path, _password_file(tmp_path, b"pw\n"),
+                             f"sqlite:///{tmp_path}/x.sqlite3")
+        with pytest.raises(ConfigError, match=r"^database\.password_file: a SQLite database "
+                                              r"takes no password"):
+            load_config(path, environ={}, default_path=None)
+
+    def test_the_password_reaches_the_engine_through_the_url_object(self,
+                                                                     tmp_path: Path) -> None:
+        """Characters that mean something in a URL's text (@ : / % ? #) arrive unchanged."""
+        config = load_config(_mysql_config(tmp_path, _password_file(
+            tmp_path, DB_PASSWORD.encode() + b"\n")), environ={}, default_path=None)
+        db = Database(config.database)
+        try:
+            assert db.primary.url.password == DB_PASSWORD
+            assert db.primary.url.username == "ex"
+            assert DB_PASSWORD not in repr(db) + repr(db.primary)
+        finally:
+            db.dispose()
+
+
+def test_the_contrib_file_loads_with_its_password_file(tmp_path: Path) -> None:
+    """contrib/eximauthd.toml is valid as shipped, its password_file (here moved by the
+    environment) read; the URL itself holds no password."""
+    contrib = Path(__file__).resolve().parents[1] / "contrib" / "eximauthd.toml"
+    assert "password_file = \"/etc/eximauthd/db.password\"" in contrib.read_text()
+    secret = _password_file(tmp_path, b"Db-pass-1\n", 0o640)
+    config = load_config(contrib, environ={"EXIMAUTHD_DATABASE_PASSWORD_FILE": str(secret)},
+                         default_path=None)
+    assert (config.database.url, config.database.password) == (
+        "mysql+pymysql://eximauthd@127.0.0.1/mail", "Db-pass-1")
+
+
+def test_every_setting_named_like_a_secret_is_marked_one() -> None:
+    """config show prints whatever is not marked SECRET: a new key named like a credential
+    must be marked (or be a file path, a column or a scheme name, which are not secrets)."""
+    import dataclasses  # noqa: PLC0415
+
+    from eximauthd.settings import SECRET  # noqa: PLC0415
+
+    unmarked = []
+    for section in dataclasses.fields(Config):
+        if not isinstance(section.default_factory, type):  # source, found, origins
+            continue
+        for f in dataclasses.fields(section.default_factory):
+            looks_secret = re.search(r"pass|pwd|token|secret|key|url", f.name)
+            harmless = re.search(r"_(file|column|scheme)$", f.name)
+            if looks_secret and not harmless and not f.metadata.get(SECRET):
+                unmarked.append(f"{section.name}.{f.name}")
+    assert unmarked == []

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .support import InstalledWheel, in_ci
+from .servicekit import free_port
+from .support import InstalledWheel, in_ci, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARE = ROOT / "eximauthd" / "share"
@@ -93,3 +94,62 @@ def test_installed_wheel_ships_the_unit_its_drop_in_tmpfiles_and_docs(
     assert not installed_doc.is_symlink()
     assert installed_doc.read_bytes() == (ROOT / "docs" / doc).read_bytes()
     assert _relative_files(share / "doc") == _relative_files(ROOT / "docs")
+
+
+def test_installed_wheel_serves_then_plans_an_exim_install_and_passes_doctor(
+        installed_wheel: InstalledWheel, tmp_path: Path) -> None:
+    """The operator's first session from the wheel, outside the checkout: README's first
+    command (`eximauthd serve` on the embedded default), an account, `exim install --layout
+    debian-split --dry-run` on a copy of /etc/exim4, then `doctor` against what runs."""
+    if not Path("/etc/exim4/update-exim4.conf.conf").is_file():
+        if in_ci():
+            pytest.fail("Debian's exim4-config is not installed (CI=true: must not skip)")
+        pytest.skip("Debian's exim4-config is not installed")
+    work = tmp_path / "run"
+    work.mkdir()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXIMAUTHD_")}
+    # The default port may be taken on a shared test host; everything else is the default.
+    env |= {"PYTHONPATH": "", "EXIMAUTHD_HTTP_LISTEN": f"127.0.0.1:{port}"}
+    serve = subprocess.Popen([str(installed_wheel.eximauthd), "serve"], cwd=work, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for((work / "eximauthd.sock").exists, timeout=60), serve.poll()
+        add = subprocess.run([str(installed_wheel.eximauthd), "user", "add",
+                              "alice@example.test", "--password-stdin"], cwd=work, env=env,
+                             input="correct horse\n", capture_output=True, text=True,
+                             timeout=120, check=False)
+        assert add.returncode == 0, add.stderr
+        etc = tmp_path / "etc-exim4"
+        shutil.copytree("/etc/exim4", etc)
+        # A host on Debian's split configuration, as the issue's operator has.
+        conf = etc / "update-exim4.conf.conf"
+        conf.write_text(re.sub(r"^dc_use_split_config=.*$", "dc_use_split_config='true'",
+                               conf.read_text(), flags=re.MULTILINE))
+        before = {p: p.read_bytes() for p in etc.rglob("*") if p.is_file()}
+        plan = subprocess.run([str(installed_wheel.eximauthd), "exim", "install", "--layout",
+                               "debian-split", "--etc", str(etc), "--dry-run"], cwd=work,
+                              env=env, capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert plan.returncode == 0, plan.stderr
+        assert any(line.startswith("would: created ") and "conf.d" in line
+                   for line in plan.stdout.splitlines()), plan.stdout
+        assert {p: p.read_bytes() for p in etc.rglob("*") if p.is_file()} == before
+        doctor = subprocess.run([str(installed_wheel.eximauthd), "doctor", "--user",
+                                 "alice@example.test"], cwd=work, env=env,
+                                input="correct horse\n", capture_output=True, text=True,
+                                timeout=120, check=False)
+        assert doctor.stderr == ""
+        lines = doctor.stdout.splitlines()
+        assert all(re.match(r"(ok  |warn|FAIL) ", line) for line in lines), lines
+        for what in ("configuration loads", "reachable, schema at revision", "PING on ",
+                     "AUTH PLAIN alice@example.test on the socket: yes",
+                     f"HTTP API http://127.0.0.1:{port}"):
+            assert [line for line in lines if what in line and line.startswith("ok ")], (
+                what, lines)
+        # This host's own Exim does not use eximauthd: doctor says so and exits 1.
+        assert doctor.returncode in (0, 1)
+        assert (doctor.returncode == 1) == any(line.startswith("FAIL") for line in lines)
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)

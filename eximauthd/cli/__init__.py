@@ -8,6 +8,7 @@ registers it on the root group when imported, which this package does.
 # Imported for their registration on `cli`: a command module no one imports has no command.
 from . import (  # noqa: F401
     audit,
+    configcmd,
     db,
     doctor,
     exim,

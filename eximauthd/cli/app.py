@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NoReturn
 
 import click
 
-from ..config import load_config
+from ..config import DEFAULT_CONFIG_PATH, builtin_database_note, load_config
 from ..core.credentials import MAX_PASSWORD_BYTES
 from ..core.hashing import Hasher
 from ..core.protocol import parse_client_ip
@@ -59,6 +59,8 @@ class State:
     """What a command needs, built on first use so ``--help`` never touches a database."""
 
     config_path: str | None
+    # Set once the database is asked for, even if opening it then fails.
+    db_wanted: bool = field(default=False, init=False)
 
     @cached_property
     def config(self) -> Config:
@@ -66,6 +68,7 @@ class State:
 
     @cached_property
     def db(self) -> Database:
+        self.db_wanted = True
         return Database(self.config.database)
 
     @cached_property
@@ -76,23 +79,48 @@ class State:
     def accounts(self) -> AccountStore:
         return make_account_store(self.config, self.db)
 
+    def builtin_database_note(self) -> str | None:
+        """What to tell the admin when the command used the built-in SQLite database."""
+        return builtin_database_note(self.config) if self.db_wanted else None
+
 
 class _Group(click.Group):
     """Turns eximauthd's errors into one line on stderr and a documented exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
         except _INPUT_ERRORS as exc:
-            _fail(str(exc), EXIT_USAGE)
+            _fail(ctx, str(exc), EXIT_USAGE)
         except (StorageError, HashingError) as exc:
-            _fail(str(exc), EXIT_DB)
+            _fail(ctx, str(exc), EXIT_DB)
         except EximauthdError as exc:
-            _fail(str(exc), EXIT_USAGE)
+            _fail(ctx, str(exc), EXIT_USAGE)
+        except (SystemExit, click.exceptions.Exit):  # `check` exits 0 or 1 itself
+            _notice(ctx)
+            raise
+        _notice(ctx)
+        return result
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"eximauthd: error: {message}", err=True)
+def _note(ctx: click.Context) -> str | None:
+    # `serve` names its database and configuration in its start line.
+    if not isinstance(ctx.obj, State) or ctx.invoked_subcommand == "serve":
+        return None
+    return ctx.obj.builtin_database_note()
+
+
+def _notice(ctx: click.Context) -> None:
+    """One line when the command used the built-in SQLite default: `user add` run as root in
+    /root wrote to /root/eximauthd.sqlite3, not to the production database."""
+    if (note := _note(ctx)) is not None:
+        click.echo(f"eximauthd: notice: {note}", err=True)
+
+
+def _fail(ctx: click.Context, message: str, code: int) -> NoReturn:
+    # "no such user" on the built-in default is most likely the wrong database: say which.
+    note = _note(ctx)
+    click.echo(f"eximauthd: error: {message}{f' ({note})' if note else ''}", err=True)
     sys.exit(code)
 
 
@@ -100,8 +128,10 @@ pass_state = click.make_pass_decorator(State)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", envvar="EXIMAUTHD_CONFIG", metavar="FILE",
-              type=click.Path(dir_okay=False), help="TOML configuration (default: built-in).")
+# No envvar= here: load_config reads EXIMAUTHD_CONFIG itself, and so tells the two apart.
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help=f"TOML configuration (default: $EXIMAUTHD_CONFIG, else {DEFAULT_CONFIG_PATH} "
+                   "if it exists, else built-in).")
 @click.option("-v", "--verbose", is_flag=True, help="Log informational events to stderr.")
 @click.version_option(package_name="eximauthd")
 @click.pass_context

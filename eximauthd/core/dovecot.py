@@ -71,11 +71,13 @@ _HEX = re.compile(r"[0-9a-f]{32}")
 @dataclass(frozen=True, slots=True)
 class Reply:
     """Send *line* (its newline added by :meth:`data`).  *refused* names why a FAIL was sent
-    without a credential check, for the log line (with the request's *mechanism*)."""
+    without a credential check, for the log line (with the request's *mechanism* and
+    *client_ip*)."""
 
     line: str
     refused: str = ""
     mechanism: str = ""
+    client_ip: str = ""
 
     @property
     def data(self) -> bytes:
@@ -288,18 +290,21 @@ class Session:
         raw = _strict_b64(data)
         if raw is None:
             del self._open[request_id]
-            return [Reply(f"FAIL\t{request_id}", "bad-base64", pending.mechanism)]
+            return [Reply(f"FAIL\t{request_id}", "bad-base64", pending.mechanism,
+                           pending.client_ip)]
         match pending.step:
             case _Step.PLAIN:
                 parts = raw.split(b"\0")
                 if len(parts) != 3:
                     del self._open[request_id]
-                    return [Reply(f"FAIL\t{request_id}", "malformed-plain", "PLAIN")]
+                    return [Reply(f"FAIL\t{request_id}", "malformed-plain", "PLAIN",
+                                  pending.client_ip)]
                 authzid, username, password = (_text(p) for p in parts)
                 if authzid and authzid != username:
                     # Logging in as one identity to act as another: neither MTA checks it.
                     del self._open[request_id]
-                    return [Reply(f"FAIL\t{request_id}", "authzid-mismatch", "PLAIN")]
+                    return [Reply(f"FAIL\t{request_id}", "authzid-mismatch", "PLAIN",
+                                  pending.client_ip)]
                 return [self._checking(request_id, pending, username, password)]
             case _Step.LOGIN_USER:
                 pending.username = _text(raw)

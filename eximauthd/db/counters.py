@@ -14,9 +14,11 @@ limits to a look-alike (``boss@muller.test`` / ``boss@müller.test``).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
@@ -81,15 +83,32 @@ class Reserved:
     mine: bool  # this request added (or renewed) the row, so it may take it back
 
 
-# MySQL/MariaDB: InnoDB chose this transaction as a deadlock victim; trying again is safe.
+# MySQL/MariaDB: InnoDB chose this transaction as a deadlock victim, or Galera's certification
+# refused it (two nodes wrote the same row at once; the same code).  Either way it was rolled
+# back whole, so trying it again is safe.
 _MYSQL_DEADLOCK = 1213
 _RESERVE_TRIES = 3
+_T = TypeVar("_T")
 
 
 def _is_deadlock(exc: StorageError) -> bool:
     orig = getattr(exc.__context__, "orig", None)
     args: tuple[Any, ...] = getattr(orig, "args", ())
     return bool(args) and args[0] == _MYSQL_DEADLOCK
+
+
+def _retrying(work: Callable[[], _T]) -> _T:
+    """Run the transaction *work* again after a deadlock or a certification conflict, a few
+    times at most; the last failure is raised (its caller defers or keeps its counts)."""
+    for attempt in range(_RESERVE_TRIES):
+        try:
+            return work()
+        except StorageError as exc:
+            if not _is_deadlock(exc) or attempt == _RESERVE_TRIES - 1:
+                raise
+            # A little jitter: the winner commits meanwhile, the losers do not collide again.
+            time.sleep(random.uniform(0.001, 0.01 * (attempt + 1)))  # noqa: S311
+    raise AssertionError("unreachable")
 
 
 class AttemptStore:
@@ -117,13 +136,7 @@ class AttemptStore:
         """
         if not subjects:
             return {}
-        for attempt in range(_RESERVE_TRIES):
-            try:
-                self._add(subjects, tag, nonce, now, since)
-                break
-            except StorageError as exc:
-                if not _is_deadlock(exc) or attempt == _RESERVE_TRIES - 1:
-                    raise
+        _retrying(lambda: self._add(subjects, tag, nonce, now, since))
         return self._count(subjects, tag, nonce, since)
 
     def _add(self, subjects: Sequence[Subject], tag: str, nonce: str, now: dt.datetime,
@@ -226,9 +239,12 @@ class KnownNetworkStore:
     def touch(self, address: str, network: str, now: dt.datetime) -> None:
         stmt = _upsert(self.db, self._t, ("address", "network"),
                        lambda t, new: [(t.c.last_success_at, new.last_success_at)])
-        with self.db.write("record known network") as conn:
-            conn.execute(stmt, {"address": address, "network": network,
-                                "last_success_at": now})
+
+        def work() -> None:
+            with self.db.write("record known network") as conn:
+                conn.execute(stmt, {"address": address, "network": network,
+                                    "last_success_at": now})
+        _retrying(work)
 
     def prune(self, before: dt.datetime) -> int:
         t = self._t
@@ -247,8 +263,13 @@ class RateStore:
                      now: int) -> dict[RateKey, int]:
         """Add *deltas* in one transaction, then read every live counter of *addresses*.
 
-        *now* is epoch seconds; a counter is live until its ``expires_at``.
+        *now* is epoch seconds; a counter is live until its ``expires_at``.  A deadlock (two
+        instances adding to the same user's rows on two Galera nodes) is retried.
         """
+        return _retrying(lambda: self._add_and_read(deltas, addresses, now))
+
+    def _add_and_read(self, deltas: dict[RateKey, int], addresses: Iterable[str],
+                      now: int) -> dict[RateKey, int]:
         t = self._t
         wanted = sorted(set(addresses))
         exact = set(wanted)

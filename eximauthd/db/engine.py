@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from ..errors import SchemaMissingError, StorageError
 from ..files import create_private
 from ..settings import DatabaseConfig
+from .failover import NodeSet, galera_session
 
 __all__ = [
     "MYSQL_DIALECTS",
@@ -73,14 +74,19 @@ def translate_errors(what: str) -> Iterator[None]:
         raise _safe_error(exc, what) from None
 
 
-def create_engine(url: str, connect_timeout: int = 3) -> Engine:
+def create_engine(url: str, connect_timeout: int = 3, password: str = "") -> Engine:
     """Make an engine with the settings eximauthd needs on either backend.
+
+    *password* (``database.password_file``'s) is set on the parsed URL object, never spliced
+    into the URL's text.
 
     ``hide_parameters`` keeps bound values (hashes) out of every SQLAlchemy message; the
     connect timeout keeps a dead database from stalling a decision past Exim's readsocket timeout.
     A SQLite file is created mode 0600 (its -wal and -shm follow) before SQLite opens it.
     """
     parsed = sa.engine.make_url(url)
+    if password:
+        parsed = parsed.set(password=password)
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:" and "uri" not in parsed.query:
             # Every hash is in this file: it must not be born world-readable (umask 022),
@@ -91,7 +97,7 @@ def create_engine(url: str, connect_timeout: int = 3) -> Engine:
         )
         sa.event.listen(engine, "connect", _sqlite_on_connect)
         return engine
-    return sa.create_engine(
+    engine = sa.create_engine(
         parsed,
         hide_parameters=True,
         pool_pre_ping=True,
@@ -103,6 +109,18 @@ def create_engine(url: str, connect_timeout: int = 3) -> Engine:
             "charset": "utf8mb4",
         },
     )
+    sa.event.listen(engine, "do_connect", _utf8_password)
+    sa.event.listen(engine, "connect", galera_session)
+    return engine
+
+
+def _utf8_password(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    # PyMySQL encodes a str password as Latin-1: a password with a character beyond it raised
+    # UnicodeEncodeError (a traceback, not a StorageError), and "é" went out as one byte where
+    # the server hashed the two of UTF-8, as the mysql client on a UTF-8 terminal sends them.
+    password = cparams.get("password")
+    if isinstance(password, str):
+        cparams["password"] = password.encode("utf-8")
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -114,14 +132,24 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Database:
-    """The primary engine (writes) and, when configured, a replica engine (reads)."""
+    """The primary engine (writes) and, when configured, a replica engine (reads).
+
+    With ``failover_urls`` the primary is whichever node :class:`~.failover.NodeSet` has in use.
+    """
 
     def __init__(self, config: DatabaseConfig) -> None:
         self.config = config
-        self.primary = create_engine(config.url, config.connect_timeout)
-        self.replica = (
-            create_engine(config.replica_url, config.connect_timeout)
-            if config.replica_url else self.primary
+        # Every node (and the replica) logs in with the same password_file, if one is set.
+        self.nodes = NodeSet(
+            [config.url, *config.failover_urls],
+            lambda url: create_engine(url, config.connect_timeout, config.password),
+            check_seconds=config.failover_check_seconds,
+        ) if config.failover_urls else None
+        self._primary = (None if self.nodes is not None
+                         else create_engine(config.url, config.connect_timeout, config.password))
+        self._replica = (
+            create_engine(config.replica_url, config.connect_timeout, config.password)
+            if config.replica_url else None
         )
 
     def __repr__(self) -> str:
@@ -129,27 +157,60 @@ class Database:
 
     @property
     def dialect(self) -> str:
-        return self.primary.dialect.name
+        # Every node is the same kind of server: no need to choose one (no I/O) to know it.
+        return (self.nodes.engines[0] if self.nodes is not None
+                else self.primary).dialect.name
 
     @property
     def is_mysql(self) -> bool:
         """MySQL or MariaDB (else SQLite)."""
         return self.dialect in MYSQL_DIALECTS
 
+    @property
+    def primary(self) -> Engine:
+        if self.nodes is not None:
+            return self.nodes.current
+        assert self._primary is not None  # set whenever nodes is None
+        return self._primary
+
+    @property
+    def replica(self) -> Engine:
+        return self._replica if self._replica is not None else self.primary
+
     @contextlib.contextmanager
     def read(self, what: str) -> Iterator[Connection]:
-        with translate_errors(what), self.replica.connect() as conn:
+        engine = self.replica
+        with translate_errors(what), self._watched(engine, what), engine.connect() as conn:
             yield conn
 
     @contextlib.contextmanager
     def write(self, what: str) -> Iterator[Connection]:
-        with translate_errors(what), self.primary.begin() as conn:
+        engine = self.primary
+        with translate_errors(what), self._watched(engine, what), engine.begin() as conn:
             yield conn
 
+    @contextlib.contextmanager
+    def _watched(self, engine: Engine, what: str) -> Iterator[None]:
+        # Failover: no request on a node known unusable, and a node failure seen by a request
+        # moves the next ones on (this one still fails: its caller defers).
+        if self.nodes is None or engine is self._replica:
+            yield
+            return
+        if not self.nodes.usable:
+            raise StorageError(f"{what}: no database node usable")
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            self.nodes.failed(engine, exc)
+            raise
+
     def dispose(self) -> None:
-        self.primary.dispose()
-        if self.replica is not self.primary:
-            self.replica.dispose()
+        if self.nodes is not None:
+            self.nodes.dispose()
+        elif self._primary is not None:
+            self._primary.dispose()
+        if self._replica is not None:
+            self._replica.dispose()
 
 
 def is_duplicate(exc: StorageError) -> bool:

@@ -38,6 +38,9 @@ _decisions = logging.getLogger("eximauthd.decision")
 # A connection with no traffic for this long is closed.  Postfix keeps one per smtpd process
 # and reconnects by itself; Exim uses a connection per AUTH.
 IDLE_TIMEOUT_S = 600.0
+# Replies queued for a client that does not read them: an MTA reads every reply before its
+# next request, so this much unread means a client flooding requests; it is disconnected.
+MAX_UNREAD_BYTES = 256 * 1024
 TRANSPORT = "dovecot"
 
 
@@ -114,8 +117,8 @@ class DovecotAuthServer:
         """Log a FAIL the protocol sent without a credential check."""
         self.service.metrics.requests.labels("AUTH", TRANSPORT, "no").inc()
         _decisions.info("decision", extra=decision_fields(
-            verb="AUTH", mech=reply.mechanism, result="no", reason=reply.refused,
-            via=TRANSPORT))
+            verb="AUTH", mech=reply.mechanism, client=reply.client_ip, result="no",
+            reason=reply.refused, via=TRANSPORT))
 
     def protocol_error(self, reason: str) -> None:
         self.service.metrics.protocol_errors.labels(f"dovecot-{reason}").inc()
@@ -196,12 +199,13 @@ class _Connection(asyncio.Protocol):
     def decided(self, check: Check, decision: Decision) -> None:
         """The check of *check* answered: reply, or close on defer."""
         action = self._session.decided(check.request_id, decision, check.username)
-        if not self._open or action is None:
+        if not self._open:
             return
         if isinstance(action, Close):
             self.close()  # the decision line already says defer and why
             return
-        self._write(action.data)
+        if action is not None:
+            self._write(action.data)
         if self._eof and self._session.checking == 0:
             self.close()
 
@@ -212,6 +216,9 @@ class _Connection(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         assert self._transport is not None  # callers checked _open
         self._transport.write(data)
+        if self._transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
+            self._owner.protocol_error("replies-unread")
+            self._transport.abort()
 
     def _idle_check(self) -> None:
         idle = time.monotonic() - self._last_seen

@@ -45,6 +45,8 @@ class Service(Protocol):
 
     async def readiness(self) -> Decision: ...
 
+    def database_node(self) -> dict[str, Any] | None: ...
+
     async def decide(self, request: Request, transport: str = ...) -> Decision: ...
 
 
@@ -160,7 +162,12 @@ class Ready(_Open):
         decision = await self.service.readiness()
         ready = decision.allowed
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
-        resp.media = {"status": "ready" if ready else "unavailable", "reason": decision.text}
+        media: dict[str, Any] = {"status": "ready" if ready else "unavailable",
+                                 "reason": decision.text}
+        node = self.service.database_node()
+        if node is not None:
+            media["database_node"] = node
+        resp.media = media
 
 
 class MetricsResource(_Open):

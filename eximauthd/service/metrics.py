@@ -53,6 +53,11 @@ class Metrics:
                                   "AUTHs answered from the positive cache.", registry=r)
         self.sync_errors = Counter("eximauthd_ratelimit_sync_errors",
                                    "Failed synchronisations of the rate counters.", registry=r)
+        self.db_node = Gauge("eximauthd_database_node",
+                             "Database node in use with failover_urls: 0 is url, 1 the first "
+                             "failover URL...; -1 while none is usable.", registry=r)
+        self.db_node_changes = Gauge("eximauthd_database_node_changes",
+                                     "Times the database node in use changed.", registry=r)
         self.http_refused = Counter("eximauthd_http_refused",
                                     "HTTP connections cut: over the connection cap, past a "
                                     "deadline, over the request budget.", ["reason"],

@@ -82,6 +82,10 @@ class Service:
         self._ready: Decision | None = None
         self._ready_at = 0.0
         self._ready_check: asyncio.Future[Decision] | None = None
+        nodes = self.decider.db.nodes
+        if nodes is not None:
+            self.metrics.db_node.set_function(lambda: nodes.index if nodes.usable else -1)
+            self.metrics.db_node_changes.set_function(lambda: nodes.changes)
 
     # --- decisions -----------------------------------------------------------------------
 
@@ -261,6 +265,8 @@ class Service:
                                                       backlog=BACKLOG)
         http = await self._start_http(token, open_files) if self.config.http.enabled else None
         self.defenses.start(on_sync_error=self.metrics.sync_errors.inc)
+        if self.decider.db.nodes is not None:
+            self.decider.db.nodes.start()
         try:
             for frontend in frontends:
                 await frontend.start()
@@ -305,6 +311,13 @@ class Service:
             return await asyncio.wait_for(asyncio.shield(check), self._timeout)
         except TimeoutError:
             return Decision.defer(Reason.TIMEOUT)
+
+    def database_node(self) -> dict[str, Any] | None:
+        """With failover_urls: the node in use (URL masked) and whether any is usable."""
+        nodes = self.decider.db.nodes
+        if nodes is None:
+            return None
+        return {"index": nodes.index, "url": nodes.describe(), "usable": nodes.usable}
 
     def _ping(self) -> Decision:
         try:

@@ -131,7 +131,7 @@ class TestPlain:
         """FAIL for the request, no credential check, the connection stays usable."""
         session = ready()
         actions = send(session, EXIM_AUTH.format(mech="PLAIN", resp=resp))
-        assert actions == [Reply("FAIL\t1", refused, "PLAIN")]
+        assert actions == [Reply("FAIL\t1", refused, "PLAIN", "192.0.2.7")]
         assert session.open_requests == 0
         assert lines(send(session, EXIM_AUTH.format(mech="PLAIN", resp=""))) == ["CONT\t1\t"]
 
@@ -174,7 +174,8 @@ class TestLogin:
         """FAIL, no check."""
         session = ready()
         send(session, EXIM_AUTH.format(mech="LOGIN", resp=b64(USER)))
-        assert send(session, "CONT\t1\t***") == [Reply("FAIL\t1", "bad-base64", "LOGIN")]
+        assert send(session, "CONT\t1\t***") == [
+            Reply("FAIL\t1", "bad-base64", "LOGIN", "192.0.2.7")]
 
 
 class TestDecided:

@@ -119,3 +119,22 @@ def test_reply_regexes_accept_only_the_exact_reply_lines_in_real_exim(tmp_path: 
     got = [tuple(line.removeprefix("> ").split(" ")) for line in run.stdout.splitlines()
            if line.startswith("> ") and line.strip() != ">"]
     assert got == list(_REPLIES.values())
+
+
+def test_dovecot_authenticators_match_in_every_variant() -> None:
+    """The `dovecot` driver variant: the same two authenticators, hand-written and Debian,
+    each with server_set_id = $auth1 and a condition refusing an empty id."""
+    generic = (SNIPPETS / "eximauthd-dovecot-auth.conf").read_text()
+    debian = (SNIPPETS / "debian/dovecot/conf.d/auth/20_eximauthd").read_text()
+    for name in ("eximauthd_plain:", "eximauthd_login:"):
+        block = _block(generic, name)
+        assert block == _block(debian, name)
+        assert "driver = dovecot" in block
+        assert "server_set_id = $auth1" in block
+        assert "server_condition = ${if !eq{$auth1}{}}" in block
+    for path in (SNIPPETS / "debian/dovecot/conf.d").rglob("*"):
+        if path.is_file():
+            assert re.fullmatch(r"[A-Za-z0-9_-]+", path.name), path
+            # It replaces the readsocket drop-in of the same name.
+            assert (SNIPPETS / "debian/conf.d" / path.relative_to(
+                SNIPPETS / "debian/dovecot/conf.d")).is_file(), path

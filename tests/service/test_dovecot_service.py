@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import shutil
 import socket
 import tempfile
 import threading
@@ -15,7 +17,7 @@ import pytest
 
 from .. import servicekit as kit
 from ..servicekit import DovecotClient, b64, plain_resp
-from ..support import MARIADB_HOST, MARIADB_PORT, PASSWORD, populate
+from ..support import MARIADB_HOST, MARIADB_PORT, PASSWORD, populate, wait_for
 
 ALICE = "alice@example.test"
 
@@ -46,8 +48,11 @@ def _front(db_url: str, **extra: str) -> Iterator[Front]:
     base = Path(tempfile.mkdtemp(prefix="eadd-", dir="/tmp"))
     path, port = str(base / "dovecot.sock"), kit.free_port()
     env = kit.dovecot_env(path, f"127.0.0.1:{port}") | extra
-    with kit.running(db_url, extra_env=env) as served:
-        yield Front(served, path, port)
+    try:
+        with kit.running(db_url, extra_env=env) as served:
+            yield Front(served, path, port)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # (mechanism, how the credentials go, user, password, authzid) -> the answer
@@ -129,12 +134,27 @@ class TestAnswers:
         log = front.served.log()
         assert f"verb=AUTH user={ALICE} mech=PLAIN client=192.0.2.10 result=no " \
                "reason=bad-password" in log
-        assert "reason=authzid-mismatch via=dovecot" in log
+        assert "verb=AUTH mech=PLAIN client=192.0.2.10 result=no reason=authzid-mismatch " \
+               "via=dovecot" in log
         assert "Wr0ng-secret" not in log
         assert PASSWORD not in log
         _, metrics = kit.http_call(front.served, "GET", "/metrics")
         assert 'eximauthd_requests_total{result="no",transport="dovecot",verb="AUTH"} 2.0' \
             in metrics
+
+
+    def test_throttle_is_shared_with_the_socket(self, front: Front) -> None:
+        """Wrong passwords over the readsocket socket lock the user out over the Dovecot
+        protocol too (one throttle): the right password then gets FAIL, logged throttled."""
+        ip = "192.0.2.99"  # a network bob never logged in from
+        for attempt in range(10):  # ten different ones: a repeated wrong password counts once
+            assert front.served.ask(kit.auth_line("bob@example.test", f"wrong-{attempt}", ip)
+                                    ) == b"no\n"
+        with front.connect() as client:
+            assert client.auth(1, "PLAIN", plain_resp("bob@example.test", PASSWORD),
+                               rip=ip) == "FAIL\t1"
+        assert any("user=bob@example.test" in line and "reason=throttled-" in line
+                   and line.endswith("via=dovecot") for line in front.served.log().splitlines())
 
 
 class TestConnections:
@@ -263,3 +283,47 @@ def test_fuzz_never_crashes_never_ok(sqlite_url: str) -> None:
         assert front.served.process.poll() is None
         assert "Traceback" not in front.served.log()
         assert "internal error" not in front.served.log()
+
+
+def test_live_dovecot_socket_is_not_stolen_and_stop_cleans_up(sqlite_url: str) -> None:
+    """A second instance on the same Dovecot socket exits 2 with one line naming the key and
+    leaves nothing behind; SIGTERM removes the socket; a stale one is replaced."""
+    populate(sqlite_url)
+    with _front(sqlite_url) as first:
+        second = kit.start_service(sqlite_url, extra_env=kit.dovecot_env(first.path),
+                                   wait=False)
+        assert second.process.wait(30) == 2
+        errors = [line for line in second.log().splitlines() if "error" in line]
+        assert errors == [f"eximauthd: error: dovecot_auth.path: another process is serving "
+                          f"{first.path}; not stealing it"]
+        assert not os.path.exists(second.socket_path)
+        shutil.rmtree(Path(second.socket_path).parent, ignore_errors=True)
+        with first.connect() as client:
+            assert client.auth(1, "PLAIN", plain_resp(ALICE, PASSWORD)) == f"OK\t1\tuser={ALICE}"
+        assert first.served.stop() == 0
+        assert not os.path.exists(first.path)
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(first.path)  # a leftover socket file nobody listens on
+        stale.close()
+        third = kit.start_service(sqlite_url, extra_env=kit.dovecot_env(first.path))
+        try:
+            with first.connect() as client:
+                assert client.auth(1, "PLAIN", plain_resp(ALICE, PASSWORD)) == \
+                    f"OK\t1\tuser={ALICE}"
+        finally:
+            assert third.stop() == 0
+            shutil.rmtree(Path(third.socket_path).parent, ignore_errors=True)
+
+
+def test_a_client_that_never_reads_is_disconnected(sqlite_url: str) -> None:
+    """Requests flooded without reading a reply: the service stops queueing replies for it
+    and cuts the connection instead of growing its buffer; other clients are served."""
+    populate(sqlite_url)
+    with _front(sqlite_url) as front:
+        flood = "".join(f"AUTH\t{i}\tLOGIN\tservice=smtp\n" for i in range(1, 200_001))
+        with front.connect() as client, \
+                contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            client.send(flood)
+        assert wait_for(lambda: "reason=replies-unread via=dovecot" in front.served.log())
+        with front.connect() as client:
+            assert client.auth(1, "PLAIN", plain_resp(ALICE, PASSWORD)) == f"OK\t1\tuser={ALICE}"
