@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 import socket
 import tempfile
 import threading
@@ -47,8 +48,11 @@ def _front(db_url: str, **extra: str) -> Iterator[Front]:
     base = Path(tempfile.mkdtemp(prefix="eadp-", dir="/tmp"))
     path, port = str(base / "policy.sock"), kit.free_port()
     env = kit.policy_env(path, f"127.0.0.1:{port}") | extra
-    with kit.running(db_url, extra_env=env) as served:
-        yield Front(served, path, port)
+    try:
+        with kit.running(db_url, extra_env=env) as served:
+            yield Front(served, path, port)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
