@@ -44,6 +44,7 @@ from .settings import (
     HttpConfig,
     LegacyConfig,
     PolicyConfig,
+    PostfixPolicyConfig,
     RateLimitConfig,
     ServiceConfig,
     SocketConfig,
@@ -81,6 +82,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "ratelimit": RateLimitConfig,
     "cache": CacheConfig,
     "dovecot_auth": DovecotAuthConfig,
+    "postfix_policy": PostfixPolicyConfig,
 }
 
 
@@ -266,6 +268,7 @@ def _validate(config: Config) -> None:
     _validate_database(config.database)
     _validate_socket(config.socket)
     _validate_dovecot_auth(config.dovecot_auth, config.socket)
+    _validate_postfix_policy(config)
     _validate_http(config.http)
     _validate_hashing(config.hashing)
     _validate_policy(config.policy)
@@ -313,7 +316,8 @@ def _validate_database(db: DatabaseConfig) -> None:
         raise ConfigError("database.failover_check_seconds: must be between 1 and 60 seconds")
 
 
-def _validate_socket(sock: SocketConfig | DovecotAuthConfig, key: str = "socket") -> None:
+def _validate_socket(sock: SocketConfig | DovecotAuthConfig | PostfixPolicyConfig,
+                     key: str = "socket") -> None:
     if not sock.path:
         raise ConfigError(f"{key}.path: must not be empty")
     # sun_path holds 108 bytes including the terminating NUL on Linux.
@@ -342,6 +346,31 @@ def _validate_dovecot_auth(dovecot: DovecotAuthConfig, sock: SocketConfig) -> No
     # The protocol has no authentication: whoever reaches the port may test passwords.
     if not address.is_loopback:
         raise ConfigError("dovecot_auth.listen: only a loopback address (127.0.0.1, [::1]); "
+                          "the protocol has no authentication of its own")
+
+
+def _validate_postfix_policy(config: Config) -> None:
+    policy = config.postfix_policy
+    _validate_socket(policy, "postfix_policy")
+    if policy.enabled:
+        taken = [config.socket.path] + ([config.dovecot_auth.path]
+                                         if config.dovecot_auth.enabled else [])
+        if os.path.abspath(policy.path) in {os.path.abspath(p) for p in taken}:
+            raise ConfigError("postfix_policy.path: must differ from socket.path and "
+                              "dovecot_auth.path (one protocol per socket)")
+    if not policy.listen:
+        return
+    host, sep, port = policy.listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"postfix_policy.listen: expected HOST:PORT, got {policy.listen!r}")
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ConfigError(f"postfix_policy.listen: host must be an IP address, got {host!r}"
+                          ) from None
+    # The protocol has no authentication: whoever reaches the port may ask as any login.
+    if not address.is_loopback:
+        raise ConfigError("postfix_policy.listen: only a loopback address (127.0.0.1, [::1]); "
                           "the protocol has no authentication of its own")
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "HttpConfig",
     "LegacyConfig",
     "PolicyConfig",
+    "PostfixPolicyConfig",
     "RateLimitConfig",
     "ServiceConfig",
     "SocketConfig",
@@ -120,6 +121,21 @@ class DovecotAuthConfig:
 
     enabled: bool = False
     path: str = "eximauthd-dovecot.sock"
+    group: str = ""
+    mode: str = "0660"
+    listen: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PostfixPolicyConfig:
+    """Postfix's policy delegation protocol (``check_policy_service``), for the relay rule.
+
+    A Unix socket at *path* (owned by *group*, *mode*); *listen* adds a loopback TCP
+    ``HOST:PORT`` (the protocol has no authentication of its own: loopback only).
+    """
+
+    enabled: bool = False
+    path: str = "eximauthd-policy.sock"
     group: str = ""
     mode: str = "0660"
     listen: str = ""
@@ -404,6 +420,7 @@ class Config:
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     dovecot_auth: DovecotAuthConfig = field(default_factory=DovecotAuthConfig)
+    postfix_policy: PostfixPolicyConfig = field(default_factory=PostfixPolicyConfig)
     source: str = "built-in defaults"
     found: ConfigSource = ConfigSource.BUILT_IN
     origins: tuple[tuple[str, str], ...] = ()

@@ -84,6 +84,20 @@ class TestEnvironment:
         assert (dovecot.enabled, dovecot.path, dovecot.listen, dovecot.mode) == (
             True, "/run/eximauthd/dovecot.sock", "[::1]:12345", "0660")
 
+    def test_postfix_policy_from_environment(self) -> None:
+        """EXIMAUTHD_POSTFIX_POLICY_<KEY> is [postfix_policy] <key>; disabled by default."""
+        assert load_config(None, environ={}).postfix_policy.enabled is False
+        config = load_config(None, environ={
+            "EXIMAUTHD_POSTFIX_POLICY_ENABLED": "yes",
+            "EXIMAUTHD_POSTFIX_POLICY_PATH": "/var/spool/postfix/private/eximauthd-policy",
+            "EXIMAUTHD_POSTFIX_POLICY_GROUP": "postfix",
+            "EXIMAUTHD_POSTFIX_POLICY_LISTEN": "127.0.0.1:10031",
+        })
+        policy = config.postfix_policy
+        assert (policy.enabled, policy.path, policy.group, policy.listen, policy.mode) == (
+            True, "/var/spool/postfix/private/eximauthd-policy", "postfix", "127.0.0.1:10031",
+            "0660")
+
     def test_config_path_from_environment(self, tmp_path: Path) -> None:
         """EXIMAUTHD_CONFIG names the file and is not itself a setting."""
         path = _write(tmp_path, "[socket]\npath = \"/tmp/e.sock\"\n")
@@ -171,6 +185,21 @@ class TestEnvironment:
     ("", {"EXIMAUTHD_DOVECOT_AUTH_LISTEN": "[2001:db8::1]:1"},
      "dovecot_auth.listen: only a loopback address"),
     ("", {"EXIMAUTHD_DOVECOT_PATH": "x"}, "EXIMAUTHD_DOVECOT_PATH: unknown setting"),
+    ("[postfix_policy]\nlisten = '0.0.0.0:10031'\n", {},
+     "postfix_policy.listen: only a loopback address"),
+    ("[postfix_policy]\nlisten = 'localhost:10031'\n", {},
+     "postfix_policy.listen: host must be an IP address"),
+    ("[postfix_policy]\nlisten = '127.0.0.1:0'\n", {},
+     "postfix_policy.listen: expected HOST:PORT"),
+    ("[postfix_policy]\nmode = '0664'\n", {}, "postfix_policy.mode: must not grant access"),
+    ("[postfix_policy]\nmode = 'rw'\n", {}, "postfix_policy.mode: expected an octal mode"),
+    ("[postfix_policy]\nenabled = true\npath = 'eximauthd.sock'\n", {},
+     "postfix_policy.path: must differ from socket.path"),
+    ("[postfix_policy]\nenabled = true\npath = 'd.sock'\n"
+     "[dovecot_auth]\nenabled = true\npath = 'd.sock'\n", {},
+     "postfix_policy.path: must differ from socket.path and dovecot_auth.path"),
+    ("", {"EXIMAUTHD_POSTFIX_POLICY_ENABLED": "maybe"},
+     "EXIMAUTHD_POSTFIX_POLICY_ENABLED: expected true or false"),
     ("", {"EXIMAUTHD_DOVECOT_AUTH_PORT": "x"}, "EXIMAUTHD_DOVECOT_AUTH_PORT: unknown key"),
 ])
 def test_invalid_configuration_names_the_key(tmp_path: Path, text: str, env: dict[str, str],

@@ -38,6 +38,20 @@ def test_snippets_dir_of_the_installed_wheel_lists_every_snippet(
     assert "debian/conf.d/main/000_eximauthd" in _relative_files(snippets)
 
 
+def test_postfix_snippets_dir_of_the_installed_wheel_has_both_fragments(
+        installed_wheel: InstalledWheel, tmp_path: Path) -> None:
+    """docs/postfix.md names the fragments as "$PF/..." (PF=$(eximauthd postfix snippets-dir))."""
+    run = _run(installed_wheel, "postfix", "snippets-dir", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    fragments = Path(run.stdout.strip())
+    assert fragments.is_relative_to(installed_wheel.venv)
+    assert _relative_files(fragments) == ["main.cf", "master.cf"]
+    text = (ROOT / "docs" / "postfix.md").read_text()
+    assert "PF=$(eximauthd postfix snippets-dir)" in text
+    named = set(re.findall(r"\$PF/([\w.]+)", text))
+    assert named == {"main.cf", "master.cf"}
+
+
 def test_every_snippet_path_of_the_exim_docs_exists_in_the_installed_wheel(
         installed_wheel: InstalledWheel, tmp_path: Path) -> None:
     """docs/exim.md names snippets as "$SNIPPETS/..." (SNIPPETS=$(eximauthd exim snippets-dir))

@@ -15,6 +15,7 @@ from . import (  # noqa: F401
     grants,
     limits,
     passwords,
+    postfix,
     serve,
     show,
     users,

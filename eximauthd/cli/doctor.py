@@ -248,6 +248,36 @@ def check_auth(ctx: Context) -> list[CheckResult]:
                              f"eximauthd check {ctx.user} tells why; the service log too")]
 
 
+# An anonymous request: the policy front end answers it without the database or a count.
+_POLICY_PROBE = (b"request=smtpd_access_policy\nprotocol_state=RCPT\nsasl_username=\n"
+                 b"sender=postmaster@invalid\nrecipient=postmaster@invalid\n\n")
+
+
+def check_postfix_policy(ctx: Context) -> list[CheckResult]:
+    """With [postfix_policy] enabled, its socket answers a request as Postfix sends it."""
+    if ctx.config is None or not ctx.config.postfix_policy.enabled or not ctx.serving:
+        return []
+    path = os.path.abspath(ctx.config.postfix_policy.path)
+    what = f"Postfix policy on {path}"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(SOCKET_TIMEOUT_S)
+            conn.connect(path)
+            conn.sendall(_POLICY_PROBE)
+            data = b""
+            while b"\n\n" not in data and len(data) < 512 and (chunk := conn.recv(512)):
+                data += chunk
+    except OSError as exc:
+        return [CheckResult.fail(what, f"no answer: {exc.strerror or exc}: Postfix answers "
+                                 "451 4.3.5 to every recipient", "restart the service and "
+                                 "check postfix_policy.path against check_policy_service")]
+    answer = data.decode("ascii", "replace").strip()
+    if answer != "action=DUNNO":
+        return [CheckResult.fail(what, f"answered {answer[:80]!r}",
+                                 "check the service log")]
+    return [CheckResult.ok(f"{what}: answers")]
+
+
 def check_http(ctx: Context) -> list[CheckResult]:
     if ctx.config is None:
         return []
@@ -318,7 +348,7 @@ def check_smtp(ctx: Context) -> list[CheckResult]:
 
 CHECKS: tuple[Check, ...] = (
     check_config, check_database, check_legacy_column, check_legacy_index, check_socket,
-    check_ping, check_auth, check_http, check_exim_config, check_smtp,
+    check_ping, check_auth, check_postfix_policy, check_http, check_exim_config, check_smtp,
 )
 
 

@@ -32,11 +32,12 @@ def serve(state: State, log_format: str | None, log_file: str | None, syslog: bo
     """Answer Exim on the Unix socket and serve the HTTP API until SIGTERM.
 
     With [dovecot_auth] enabled, also Dovecot's auth-client protocol (Exim's dovecot driver,
-    Postfix's SASL).
+    Postfix's SASL); with [postfix_policy] enabled, Postfix's policy protocol.
     """
     from ..service.decider import Decider  # noqa: PLC0415 -- keep other commands' start-up light
     from ..service.dovecot import DovecotAuthServer  # noqa: PLC0415
     from ..service.logs import SYSLOG_ADDRESS, configure_logging  # noqa: PLC0415
+    from ..service.policy import PostfixPolicyServer  # noqa: PLC0415
     from ..service.quiet import RepeatFilter  # noqa: PLC0415
     from ..service.server import Service  # noqa: PLC0415
 
@@ -73,10 +74,14 @@ def serve(state: State, log_format: str | None, log_file: str | None, syslog: bo
     service = Service(config, Decider(config, db=state.db))
     dovecot = (DovecotAuthServer(service, config.dovecot_auth)
                if config.dovecot_auth.enabled else None)
+    policy = (PostfixPolicyServer(service, config.postfix_policy)
+              if config.postfix_policy.enabled else None)
+    frontends = [f for f in (dovecot, policy) if f is not None]
 
     def ready() -> None:
         http = f"http://{config.http.listen}" if config.http.enabled else "disabled"
         also = f" dovecot={dovecot.where}" if dovecot is not None else ""
+        also += f" postfix-policy={policy.where}" if policy is not None else ""
         log.info("serving socket=%s http=%s%s database=%s workers=%d config=%s",
                  os.path.abspath(config.socket.path), http, also,
                  mask_url(config.database.url), service.workers, config.source)
@@ -87,7 +92,7 @@ def serve(state: State, log_format: str | None, log_file: str | None, syslog: bo
             configure_logging(fmt, log_file).addFilter(repeats)
 
     asyncio.run(service.run(ready, on_hangup=reopen_logs,
-                            frontends=[dovecot] if dovecot is not None else []))
+                            frontends=frontends))
     log.info("stopped")
 
 

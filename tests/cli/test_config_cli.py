@@ -26,7 +26,7 @@ from ..support import FAST_HASHING_ENV, MARIADB_HOST, MARIADB_PORT, Run, in_ci
 
 PASSWORD = "S3cret-pass"
 # A line of `config show`: a comment, or `section.key = value  # origin`.
-_LINE_RE = re.compile(r"# configuration file: .+|[a-z]+\.[a-z_0-9]+ = .+  # "
+_LINE_RE = re.compile(r"# configuration file: .+|[a-z_]+\.[a-z_0-9]+ = .+  # "
                       r"(default|file .+|environment EXIMAUTHD_[A-Z_0-9]+)")
 
 
@@ -251,7 +251,8 @@ class TestConfigShow:
         shown = tomllib.loads(run.out)
         config = load_config(path, environ=_env(**extra))
         expected_sections = {"database", "socket", "http", "hashing", "legacy", "policy",
-                             "service", "throttle", "ratelimit", "cache"}
+                             "service", "throttle", "ratelimit", "cache", "dovecot_auth",
+                             "postfix_policy"}
         assert set(shown) == expected_sections
         for section, values in shown.items():
             settings = getattr(config, section)

@@ -77,6 +77,29 @@ def test_running_service_is_all_ok_and_stopped_service_fails_on_ping(workdir: Pa
     shutil.rmtree(Path(served.socket_path).parent, ignore_errors=True)
 
 
+def test_postfix_policy_socket_must_answer_when_enabled(workdir: Path) -> None:
+    """Enabled, the policy socket is asked as Postfix asks it: ok when it answers DUNNO to
+    an anonymous request, FAIL (Postfix would answer 451 4.3.5) when nothing answers there;
+    disabled, nothing is said."""
+    url = f"sqlite:///{workdir}/accounts.sqlite3"
+    populate(url)
+    path = str(workdir / "policy.sock")
+    args = ("--exim-config", str(workdir / "exim.conf"))
+    with kit.running(url, extra_env=kit.policy_env(path)) as served:
+        lines, run = doctor(served.env, *args)
+        assert run.returncode == 0, run.stdout
+        assert statuses(lines, f"Postfix policy on {path}: answers") == ["ok"]
+        elsewhere = served.env | {"EXIMAUTHD_POSTFIX_POLICY_PATH": str(workdir / "none.sock")}
+        lines, run = doctor(elsewhere, *args)
+        assert run.returncode == 1
+        [failed] = [line for line in lines if "Postfix policy on" in line]
+        assert failed.startswith("FAIL ")
+        assert "451 4.3.5" in failed
+        disabled = served.env | {"EXIMAUTHD_POSTFIX_POLICY_ENABLED": "false"}
+        lines, _ = doctor(disabled, *args)
+        assert statuses(lines, "Postfix policy") == []
+
+
 @pytest.mark.parametrize(("setup", "expected"), [
     ("missing-file", "the SQLite file does not exist (fix: eximauthd db upgrade"),
     ("no-tables", "no eximauthd tables (fix: eximauthd db upgrade)"),
