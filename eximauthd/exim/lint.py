@@ -12,7 +12,8 @@ Rules (each finding names file:line and the fix):
 ``plaintext-password-lookup`` (warning)
     a lookup reads a password column and no ``crypteq`` is used: passwords stored in clear.
 ``set-id-may-be-empty`` (critical)
-    ``server_set_id`` is a bare variable and nothing guarantees it is non-empty on success.
+    ``server_set_id`` is a bare variable and nothing guarantees it is non-empty on success; or a
+    ``driver = dovecot`` authenticator has no ``server_set_id`` (``$authenticated_id`` empty).
 ``auth-without-tls`` (warning)
     a password authenticator is advertised without requiring TLS.
 ``untrusted-set-sender`` (warning)
@@ -240,6 +241,16 @@ def _authenticator_rules(block: _Block, config: _Config) -> list[LintFinding]:
             "the client sends an empty user name that the condition accepts (A=plain: in the log)",
             "make server_condition refuse empty values (eximauthd does) and keep server_set_id "
             "the user name"))
+    if driver == "dovecot" and not _value(set_id):
+        # The dovecot driver sets $authenticated_id from server_set_id only: without it a
+        # successful AUTH leaves the id empty, and a relay rule keyed on it has no login to ask.
+        where = set_id.where if set_id is not None else block.line.where
+        out.append(LintFinding(
+            "set-id-may-be-empty", "critical", where,
+            f"authenticator {block.name} (driver = dovecot) has no server_set_id: "
+            "$authenticated_id is empty after a successful AUTH",
+            "server_set_id = $auth1 (the user= of the OK line; eximauthd-dovecot-auth.conf "
+            "does this)"))
     out += _tls_rule(block, config, driver)
     return out
 
