@@ -290,8 +290,8 @@ def plan_uninstall(layout: Layout, etc: Path, files: Mapping[Path, bytes | None]
                    shipped: Mapping[str, bytes]) -> Plan:
     """The actions that undo :func:`plan_install`: put backups back, remove what it created,
     and take eximauthd's lines out of a shared file that has no backup.  A file of eximauthd's
-    name that holds something else than eximauthd installs (with either --auth) is kept (an edited or older copy
-    is the admin's to remove).  Pure."""
+    name that holds something else than eximauthd installs (with either --auth) is kept (an
+    edited or older copy is the admin's to remove).  Pure."""
     shared = {etc / _TEMPLATE: _auth_include(etc),
               etc / _LOCALMACROS: _localmacros_block(shipped, etc)}
     ours = _ours(layout, etc, shipped)

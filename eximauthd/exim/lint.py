@@ -41,7 +41,8 @@ from pathlib import Path
 
 from .configfile import ConfigLine, read_config
 
-__all__ = ["LintFinding", "lint", "logs_protocol_errors"]
+__all__ = ["DovecotAuthenticator", "LintFinding", "dovecot_authenticators", "lint",
+           "logs_protocol_errors"]
 
 _OPTION = re.compile(r"(?:no_|not_)?([a-z][a-z0-9_]*)(?:\s*=\s*(.*))?$")
 _ACL_VERBS = frozenset({"accept", "deny", "defer", "require", "warn", "drop", "discard"})
@@ -194,6 +195,28 @@ def lint(lines: list[ConfigLine]) -> list[LintFinding]:
             "sender freedom flagged above",
             "remove no_local_from_check unless a specific program needs it"))
     return findings
+
+
+@dataclass(frozen=True, slots=True)
+class DovecotAuthenticator:
+    """A server authenticator with ``driver = dovecot``: its name, the socket it asks (macros
+    substituted) and where that is set."""
+
+    name: str
+    socket: str
+    where: str
+
+
+def dovecot_authenticators(lines: list[ConfigLine]) -> list[DovecotAuthenticator]:
+    """The ``driver = dovecot`` server authenticators of one configuration.  Pure."""
+    found = []
+    for block in _structure(lines).authenticators:
+        if _value(block.options.get("driver")) != "dovecot":
+            continue
+        socket = block.options.get("server_socket")
+        found.append(DovecotAuthenticator(
+            block.name, _value(socket), (socket or block.line).where))
+    return found
 
 
 def logs_protocol_errors(selector: str) -> bool:
