@@ -92,8 +92,8 @@ def install(layout: str, auth: str, etc: Path, dry_run: bool) -> None:
     _carry_out(plan, files, dry_run, done="already installed")
     if how is Auth.DOVECOT and plan.changes and not dry_run:
         click.echo("next: eximauthd needs [dovecot_auth] enabled = true, its path = "
-                   "EXIMAUTHD_DOVECOT_SOCKET (default /run/eximauthd/dovecot-auth.sock) and "
-                   "group = Debian-exim; eximauthd doctor checks both ends")
+                   "EXIMAUTHD_DOVECOT_SOCKET (default /run/eximauthd/dovecot-auth.sock), a group "
+                   "Exim is in (like socket.group); eximauthd doctor checks both ends")
 
 
 @exim.command("uninstall")
