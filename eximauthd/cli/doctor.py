@@ -407,14 +407,18 @@ class _DovecotConn:
 
 
 def check_dovecot_handshake(ctx: Context) -> list[CheckResult]:
-    if ctx.config is None or not ctx.config.dovecot_auth.enabled:
+    # No PING answer: the service is down, which check_ping has FAILed once already.
+    if ctx.config is None or not ctx.config.dovecot_auth.enabled or not ctx.serving:
         return []
     path = ctx.config.dovecot_auth.path
     what = f"Dovecot handshake on {path}"
     try:
         conn = _DovecotConn(path)
     except OSError as exc:
-        return [CheckResult.fail(what, f"no answer: {exc.strerror or exc}", START_FIX)]
+        # The service answers PING: it was started before [dovecot_auth] was enabled.
+        return [CheckResult.fail(what, f"no answer: {exc.strerror or exc}",
+                                 "restart the service (systemctl restart eximauthd): it "
+                                 "opens the Dovecot socket at start when enabled")]
     try:
         lines = conn.greeting()
         conn.sock.sendall(f"VERSION\t1\t0\nCPID\t{os.getpid()}\n".encode())
@@ -433,7 +437,8 @@ def check_dovecot_handshake(ctx: Context) -> list[CheckResult]:
 
 def check_dovecot_auth(ctx: Context) -> list[CheckResult]:
     """With --user: AUTH PLAIN through the Dovecot socket, as Exim's dovecot driver asks."""
-    if ctx.config is None or not ctx.user or not ctx.config.dovecot_auth.enabled:
+    if ctx.config is None or not ctx.user or not ctx.config.dovecot_auth.enabled \
+            or not ctx.serving:
         return []
     path = ctx.config.dovecot_auth.path
     what = f"AUTH PLAIN {ctx.user} on the Dovecot socket"

@@ -242,9 +242,31 @@ def test_dovecot_front_end_handshakes_and_authenticates_and_a_stopped_one_fails_
         served.stop()
     lines, run = doctor(served.env, *args, stdin=PASSWORD + "\n")
     assert run.returncode == 1
-    assert statuses(lines, "Dovecot handshake") == ["FAIL"]
-    assert "(fix: start the service" in next(line for line in lines if "Dovecot handshake" in line)
-    assert statuses(lines, "on the Dovecot socket") == []  # one FAIL, not a cascade
+    assert [line[:4] for line in lines if line.startswith("FAIL")] == ["FAIL"]  # PING's
+    assert statuses(lines, "Dovecot handshake") == []  # one FAIL, not a cascade
+    assert statuses(lines, "on the Dovecot socket") == []
+
+
+def test_dovecot_front_end_not_answering_while_the_service_runs_fails_the_handshake(
+        workdir: Path) -> None:
+    """[dovecot_auth] enabled in the doctor's view, but the running service was started
+    without it (not restarted after the change): the handshake FAILs with the fix."""
+    url = f"sqlite:///{workdir}/accounts.sqlite3"
+    populate(url)
+    served = kit.start_service(url)
+    dovecot_path = str(workdir / "dovecot-auth.sock")
+    try:
+        lines, run = doctor(served.env | kit.dovecot_env(dovecot_path), "--exim-config",
+                            str(workdir / "exim.conf"), "--user", ALICE, stdin=PASSWORD + "\n")
+    finally:
+        served.stop()
+        shutil.rmtree(Path(served.socket_path).parent, ignore_errors=True)
+    assert run.returncode == 1
+    assert [line for line in lines if line.startswith("FAIL")] == [
+        f"FAIL Dovecot handshake on {dovecot_path}: no answer: No such file or directory (fix: "
+        "restart the service (systemctl restart eximauthd): it opens the Dovecot socket at "
+        "start when enabled)"]
+    assert statuses(lines, "on the Dovecot socket") == []
     shutil.rmtree(Path(served.socket_path).parent, ignore_errors=True)
 
 
