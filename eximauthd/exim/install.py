@@ -207,13 +207,11 @@ def _ours(layout: Layout, etc: Path, shipped: Mapping[str, bytes]) -> dict[Path,
     go, so one file per --auth serves both layouts."""
     if layout is Layout.INCLUDE:
         return {}
-    found = {_auth_path(layout, etc): {shipped[name] for name in _AUTH_SNIPPET.values()}}
-    fixed = (_SPLIT_FILES if layout is Layout.DEBIAN_SPLIT else (_MONO_ACL,))
-    for name in fixed:
-        path = etc / name
-        if path not in found:
-            found[path] = {shipped[f"debian/{name}"] if layout is Layout.DEBIAN_SPLIT
-                           else _rcpt_acl(shipped)}
+    if layout is Layout.DEBIAN_SPLIT:
+        found = {etc / name: {shipped[f"debian/{name}"]} for name in _SPLIT_FILES}
+    else:
+        found = {etc / _MONO_ACL: {_rcpt_acl(shipped)}}
+    found[_auth_path(layout, etc)] = {shipped[name] for name in _AUTH_SNIPPET.values()}
     return found
 
 
