@@ -372,12 +372,16 @@ def _dovecot_greeting_problem(lines: list[str]) -> str | None:
 class _DovecotConn:
     """A Dovecot auth-client connection, as Exim's dovecot driver opens one."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, address: str | tuple[str, int]) -> None:
+        """*address*: a Unix socket's path, or a (host, port) of ``[dovecot_auth] listen``."""
+        self.buffer = b""
+        if isinstance(address, tuple):
+            self.sock = socket.create_connection(address, timeout=SOCKET_TIMEOUT_S)
+            return
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(SOCKET_TIMEOUT_S)
-        self.buffer = b""
         try:
-            self.sock.connect(path)
+            self.sock.connect(address)
         except OSError:
             self.sock.close()
             raise
@@ -407,32 +411,40 @@ class _DovecotConn:
 
 
 def check_dovecot_handshake(ctx: Context) -> list[CheckResult]:
+    """The greeting on the Unix socket and, when ``listen`` is set, on its TCP port."""
     # No PING answer: the service is down, which check_ping has FAILed once already.
     if ctx.config is None or not ctx.config.dovecot_auth.enabled or not ctx.serving:
         return []
-    path = ctx.config.dovecot_auth.path
-    what = f"Dovecot handshake on {path}"
+    conf = ctx.config.dovecot_auth
+    results = [_dovecot_handshake(f"Dovecot handshake on {conf.path}", conf.path)]
+    if conf.listen:
+        host, _, port = conf.listen.rpartition(":")
+        results.append(_dovecot_handshake(f"Dovecot handshake on tcp:{conf.listen}",
+                                          (host.strip("[]"), int(port))))
+    return results
+
+
+def _dovecot_handshake(what: str, address: str | tuple[str, int]) -> CheckResult:
     try:
-        conn = _DovecotConn(path)
+        conn = _DovecotConn(address)
     except OSError as exc:
         # The service answers PING: it was started before [dovecot_auth] was enabled.
-        return [CheckResult.fail(what, f"no answer: {exc.strerror or exc}",
-                                 "restart the service (systemctl restart eximauthd): it "
-                                 "opens the Dovecot socket at start when enabled")]
+        return CheckResult.fail(what, f"no answer: {exc.strerror or exc}",
+                                "restart the service (systemctl restart eximauthd): it "
+                                "opens the Dovecot socket at start when enabled")
     try:
         lines = conn.greeting()
         conn.sock.sendall(f"VERSION\t1\t0\nCPID\t{os.getpid()}\n".encode())
     except OSError as exc:
-        return [CheckResult.fail(what, f"broken: {exc.strerror or exc}",
-                                 "check the service log")]
+        return CheckResult.fail(what, f"broken: {exc.strerror or exc}", "check the service log")
     finally:
         conn.close()
     problem = _dovecot_greeting_problem(lines)
     if problem is not None:
-        return [CheckResult.fail(what, problem, "is dovecot_auth.path eximauthd's Dovecot "
-                                 "socket, not another service's?")]
+        return CheckResult.fail(what, problem, "is it eximauthd's Dovecot socket, not another "
+                                "service's? (dovecot_auth.path, dovecot_auth.listen)")
     mechs = " ".join(line.split("\t")[1] for line in lines if line.startswith("MECH\t"))
-    return [CheckResult.ok(f"{what}: VERSION 1, MECH {mechs} before SPID, DONE")]
+    return CheckResult.ok(f"{what}: VERSION 1, MECH {mechs} before SPID, DONE")
 
 
 def check_dovecot_auth(ctx: Context) -> list[CheckResult]:

@@ -221,7 +221,8 @@ def test_dovecot_front_end_handshakes_and_authenticates_and_a_stopped_one_fails_
     sock_dir.mkdir()
     sock_dir.chmod(0o755)
     dovecot_path = str(sock_dir / "dovecot-auth.sock")
-    served = kit.start_service(url, extra_env=kit.dovecot_env(dovecot_path)
+    listen = f"127.0.0.1:{kit.free_port()}"
+    served = kit.start_service(url, extra_env=kit.dovecot_env(dovecot_path, listen)
                                | {"EXIMAUTHD_DOVECOT_AUTH_MODE": "0660"})
     args = ("--exim-config", str(workdir / "exim.conf"), "--user", ALICE)
     try:
@@ -229,8 +230,9 @@ def test_dovecot_front_end_handshakes_and_authenticates_and_a_stopped_one_fails_
         assert run.returncode == 0, run.stdout
         assert [line for line in lines if not line.startswith("ok ")] == []
         assert statuses(lines, f"Dovecot auth socket {dovecot_path}: mode 0660") == ["ok"]
-        assert statuses(lines, f"Dovecot handshake on {dovecot_path}: VERSION 1, MECH PLAIN "
-                               "LOGIN before SPID, DONE") == ["ok"]
+        for where in (dovecot_path, f"tcp:{listen}"):
+            assert statuses(lines, f"Dovecot handshake on {where}: VERSION 1, MECH PLAIN "
+                                   "LOGIN before SPID, DONE") == ["ok"]
         assert statuses(lines, f"AUTH PLAIN {ALICE} on the Dovecot socket: OK user={ALICE}") \
             == ["ok"]
         wrong, run = doctor(served.env, *args, stdin="wrong\n")
