@@ -332,13 +332,16 @@ def eximauthd_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=180, check=False)
 
 
-def build_installed(layout: str) -> Builder:
+def build_installed(layout: str, auth: str = "readsocket") -> Builder:
     """A builder: Debian's stock /etc/exim4 copy with ``eximauthd exim install --layout
-    *layout* --etc COPY`` run on it, then generated as an admin's update-exim4.conf would."""
+    *layout* --auth *auth* --etc COPY`` run on it, then generated as an admin's
+    update-exim4.conf would (with ``dovecot``, the rig's EXIMAUTHD_DOVECOT_SOCKET is
+    :func:`dovecot_socket`)."""
     def build(tmp: Path, port: int, sink_port: int, socket_path: str) -> Path:
         fmt = {"tmp": tmp, "port": port, "sink_port": sink_port, "socket_path": socket_path}
-        etc = _debian_tree(tmp, fmt, split=layout == "debian-split")
-        run = eximauthd_cli("exim", "install", "--layout", layout, "--etc", str(etc))
+        etc = _debian_tree(tmp, fmt, split=layout == "debian-split", dovecot=auth == "dovecot")
+        run = eximauthd_cli("exim", "install", "--layout", layout, "--auth", auth,
+                            "--etc", str(etc))
         if run.returncode != 0:
             raise RuntimeError(f"exim install failed ({run.returncode}): {run.stderr}")
         if layout == "debian-split":

@@ -336,6 +336,222 @@ def check_exim_config(ctx: Context) -> list[CheckResult]:
     ]
 
 
+def check_dovecot_socket(ctx: Context) -> list[CheckResult]:
+    """[dovecot_auth]'s socket, like [socket]'s: group, directory, mode, group owner."""
+    if ctx.config is None or not ctx.config.dovecot_auth.enabled:
+        return []
+    conf = ctx.config.dovecot_auth
+    path = os.path.abspath(conf.path)
+    what = f"Dovecot auth socket {path}"
+    gid: int | None = None
+    if conf.group:
+        try:
+            gid = grp.getgrnam(conf.group).gr_gid
+        except KeyError:
+            return [CheckResult.fail(f"dovecot_auth.group {conf.group}", "no such group",
+                                     f"groupadd --system {conf.group} (docs/service.md)")]
+    directory = os.path.dirname(path)
+    try:
+        dir_info = os.stat(directory)
+    except FileNotFoundError:
+        return [CheckResult.fail(f"Dovecot auth socket directory {directory}", "does not exist",
+                                 "create it (contrib/eximauthd.tmpfiles.conf) or point "
+                                 "dovecot_auth.path into the socket's directory")]
+    results = [_directory_result(directory, dir_info, conf.group, gid)]
+    sock = ctx.config.socket
+    if (directory, conf.group) == (os.path.dirname(os.path.abspath(sock.path)), sock.group):
+        results = []  # check_socket has said it about this directory and group
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return results  # no service: the handshake check says so, once
+    if not stat.S_ISSOCK(info.st_mode):
+        return [*results, CheckResult.fail(what, "is not a socket",
+                                           "remove the file, then start the service")]
+    problems = []
+    mode = stat.S_IMODE(info.st_mode)
+    if mode != int(conf.mode, 8):
+        problems.append(f"mode {mode:04o}, configured {conf.mode}")
+    if gid is not None and info.st_gid != gid:
+        problems.append(f"group {_group_name(info.st_gid)}, configured {conf.group}")
+    if problems:
+        return [*results, CheckResult.fail(what, "; ".join(problems),
+                                           "restart the service (it sets both at start)")]
+    return [*results, CheckResult.ok(f"{what}: mode {mode:04o}, "
+                                     f"group {_group_name(info.st_gid)}")]
+
+
+def _dovecot_greeting_problem(lines: list[str]) -> str | None:
+    """What is wrong with a Dovecot auth server's unprompted greeting, as Exim's and Postfix's
+    clients read it (VERSION 1, MECH PLAIN and LOGIN before SPID, DONE); None if nothing."""
+    fields = [line.split("\t") for line in lines]
+    if not fields or fields[0][:2] != ["VERSION", "1"]:
+        return f"first line {lines[0][:40]!r} is not VERSION 1" if lines else "said nothing"
+    if fields[-1] != ["DONE"]:
+        return "no DONE line"
+    names = [f[0] for f in fields]
+    if "SPID" not in names:
+        return "no SPID line"
+    before_spid = {f[1] for f in fields[:names.index("SPID")] if f[0] == "MECH" and len(f) > 1}
+    missing = [m for m in ("PLAIN", "LOGIN") if m not in before_spid]
+    if missing:
+        return f"no MECH {' '.join(missing)} before SPID (Exim: 435 socket type mismatch)"
+    return None
+
+
+class _DovecotConn:
+    """A Dovecot auth-client connection, as Exim's dovecot driver opens one."""
+
+    def __init__(self, address: str | tuple[str, int]) -> None:
+        """*address*: a Unix socket's path, or a (host, port) of ``[dovecot_auth] listen``."""
+        self.buffer = b""
+        if isinstance(address, tuple):
+            self.sock = socket.create_connection(address, timeout=SOCKET_TIMEOUT_S)
+            return
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(SOCKET_TIMEOUT_S)
+        try:
+            self.sock.connect(address)
+        except OSError:
+            self.sock.close()
+            raise
+
+    def line(self) -> str | None:
+        """The next line; None when the server closed the connection."""
+        while b"\n" not in self.buffer:
+            if len(self.buffer) > 8192:
+                raise OSError("a line longer than 8192 bytes")
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+    def greeting(self) -> list[str]:
+        lines: list[str] = []
+        while (line := self.line()) is not None and len(lines) < 64:
+            lines.append(line)
+            if line == "DONE":
+                break
+        return lines
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def check_dovecot_handshake(ctx: Context) -> list[CheckResult]:
+    """The greeting on the Unix socket and, when ``listen`` is set, on its TCP port."""
+    # No PING answer: the service is down, which check_ping has FAILed once already.
+    if ctx.config is None or not ctx.config.dovecot_auth.enabled or not ctx.serving:
+        return []
+    conf = ctx.config.dovecot_auth
+    results = [_dovecot_handshake(f"Dovecot handshake on {conf.path}", conf.path)]
+    if conf.listen:
+        host, _, port = conf.listen.rpartition(":")
+        results.append(_dovecot_handshake(f"Dovecot handshake on tcp:{conf.listen}",
+                                          (host.strip("[]"), int(port))))
+    return results
+
+
+def _dovecot_handshake(what: str, address: str | tuple[str, int]) -> CheckResult:
+    try:
+        conn = _DovecotConn(address)
+    except OSError as exc:
+        # The service answers PING: it was started before [dovecot_auth] was enabled.
+        return CheckResult.fail(what, f"no answer: {exc.strerror or exc}",
+                                "restart the service (systemctl restart eximauthd): it "
+                                "opens the Dovecot socket at start when enabled")
+    try:
+        lines = conn.greeting()
+        conn.sock.sendall(f"VERSION\t1\t0\nCPID\t{os.getpid()}\n".encode())
+    except OSError as exc:
+        return CheckResult.fail(what, f"broken: {exc.strerror or exc}", "check the service log")
+    finally:
+        conn.close()
+    problem = _dovecot_greeting_problem(lines)
+    if problem is not None:
+        return CheckResult.fail(what, problem, "is it eximauthd's Dovecot socket, not another "
+                                "service's? (dovecot_auth.path, dovecot_auth.listen)")
+    mechs = " ".join(line.split("\t")[1] for line in lines if line.startswith("MECH\t"))
+    return CheckResult.ok(f"{what}: VERSION 1, MECH {mechs} before SPID, DONE")
+
+
+def check_dovecot_auth(ctx: Context) -> list[CheckResult]:
+    """With --user: AUTH PLAIN through the Dovecot socket, as Exim's dovecot driver asks."""
+    if ctx.config is None or not ctx.user or not ctx.config.dovecot_auth.enabled \
+            or not ctx.serving:
+        return []
+    path = ctx.config.dovecot_auth.path
+    what = f"AUTH PLAIN {ctx.user} on the Dovecot socket"
+    resp = base64.b64encode(f"\0{ctx.user}\0{ctx.password}".encode()).decode("ascii")
+    try:
+        conn = _DovecotConn(path)
+    except OSError:
+        return []  # the handshake check has FAILed on it
+    try:
+        if _dovecot_greeting_problem(conn.greeting()) is not None:
+            return []
+        conn.sock.sendall(f"VERSION\t1\t0\nCPID\t{os.getpid()}\nAUTH\t1\tPLAIN\t"
+                          f"service=smtp\tnologin\trip=127.0.0.1\tresp={resp}\n".encode())
+        answer = conn.line()
+    except OSError as exc:
+        return [CheckResult.fail(what, f"no answer: {exc.strerror or exc}",
+                                 "check the service log")]
+    finally:
+        conn.close()
+    if answer is None:
+        return [CheckResult.fail(what, "connection closed: the service cannot decide "
+                                 "(Exim answers 435)", "check the service log and the database")]
+    fields = answer.split("\t")
+    user = next((f.removeprefix("user=") for f in fields[2:] if f.startswith("user=")), "")
+    if fields[:2] == ["OK", "1"] and user:
+        return [CheckResult.ok(f"{what}: OK user={user}")]
+    return [CheckResult.fail(what, f"answered {' '.join(fields[:2])[:40]!r}",
+                             f"eximauthd check {ctx.user} tells why; the service log too")]
+
+
+def check_exim_dovecot_socket(ctx: Context) -> list[CheckResult]:
+    """Exim's dovecot authenticators must ask [dovecot_auth]'s socket, and it must be on."""
+    from ..exim.configfile import EximConfigError, read_config  # noqa: PLC0415
+    from ..exim.lint import dovecot_authenticators  # noqa: PLC0415
+    from .audit import running_exim_config  # noqa: PLC0415
+
+    if ctx.config is None:
+        return []
+    path = ctx.exim_config
+    if path is None:
+        if shutil.which("exim4") is None and shutil.which("exim") is None:
+            return []  # check_exim_config has warned
+        try:
+            path = running_exim_config()
+        except ConfigError:
+            return []  # check_exim_config has FAILed on it
+    try:
+        found = dovecot_authenticators(read_config([Path(path)]))
+    except (OSError, EximConfigError):
+        return []  # check_exim_config has FAILed on it
+    conf = ctx.config.dovecot_auth
+    wanted = os.path.abspath(conf.path)
+    results = []
+    for auth in found:
+        what = f"Exim authenticator {auth.name} (driver = dovecot) at {auth.where}"
+        if not conf.enabled:
+            results.append(CheckResult.fail(
+                what, f"asks {auth.socket or '(no server_socket)'} but [dovecot_auth] is "
+                "disabled", f"set [dovecot_auth] enabled = true, path = {auth.socket} and "
+                "restart eximauthd"))
+        elif os.path.abspath(auth.socket or ".") != wanted:
+            results.append(CheckResult.fail(
+                what, f"server_socket is {auth.socket or '(unset)'}, [dovecot_auth] path is "
+                f"{wanted}", f"EXIMAUTHD_DOVECOT_SOCKET = {wanted} in Exim's main section "
+                f"(Debian: exim4.conf.localmacros or conf.d/main), or dovecot_auth.path = "
+                f"{auth.socket}"))
+        else:
+            results.append(CheckResult.ok(f"{what}: server_socket is [dovecot_auth] path"))
+    return results
+
+
 def check_smtp(ctx: Context) -> list[CheckResult]:
     if ctx.smtp is None:
         return []
@@ -348,7 +564,8 @@ def check_smtp(ctx: Context) -> list[CheckResult]:
 
 CHECKS: tuple[Check, ...] = (
     check_config, check_database, check_legacy_column, check_legacy_index, check_socket,
-    check_ping, check_auth, check_postfix_policy, check_http, check_exim_config, check_smtp,
+    check_ping, check_auth, check_dovecot_socket, check_dovecot_handshake, check_dovecot_auth,
+    check_postfix_policy, check_http, check_exim_config, check_exim_dovecot_socket, check_smtp,
 )
 
 

@@ -17,6 +17,7 @@ import click
 from ..exim.install import (
     DEFAULT_ETC,
     SNIPPETS_DIR,
+    Auth,
     CheckFailedError,
     HostMismatchError,
     Layout,
@@ -64,26 +65,35 @@ _dry_run_option = click.option("--dry-run", is_flag=True,
 
 @exim.command("install")
 @_layout_option
+@click.option("--auth", "auth", type=click.Choice([a.value for a in Auth]),
+              default=Auth.READSOCKET.value, show_default=True,
+              help="How Exim asks eximauthd for AUTH: ${readsocket} on [socket], or Exim's "
+                   "dovecot driver on [dovecot_auth] (enable it in eximauthd's configuration). "
+                   "Installing the other one over an installed layout switches it.")
 @_etc_option
 @_dry_run_option
-def install(layout: str, etc: Path, dry_run: bool) -> None:
+def install(layout: str, auth: str, etc: Path, dry_run: bool) -> None:
     """Install the snippets into Debian's Exim configuration, checked, with backups.
 
     Exit 0: installed or already installed; 4: the host does not fit, nothing changed; 5: the
     result failed update-exim4.conf or exim4 -bV, every file put back.
     """
-    chosen = Layout(layout)
+    chosen, how = Layout(layout), Auth(auth)
     if chosen is Layout.INCLUDE:
-        click.echo(include_lines(), nl=False)
+        click.echo(include_lines(auth=how), nl=False)
         sys.exit(EXIT_OK)
     etc = etc.absolute()
     try:
         files, settings = read_tree(chosen, etc)
         check_host(chosen, etc, settings)
-        plan = plan_install(chosen, etc, files, shipped_files())
+        plan = plan_install(chosen, etc, files, shipped_files(), how)
     except HostMismatchError as exc:
         _fail(str(exc), EXIT_HOST)
     _carry_out(plan, files, dry_run, done="already installed")
+    if how is Auth.DOVECOT and plan.changes and not dry_run:
+        click.echo("next: eximauthd needs [dovecot_auth] enabled = true, its path = "
+                   "EXIMAUTHD_DOVECOT_SOCKET (default /run/eximauthd/dovecot-auth.sock), a group "
+                   "Exim is in (like socket.group); eximauthd doctor checks both ends")
 
 
 @exim.command("uninstall")
@@ -93,7 +103,7 @@ def install(layout: str, etc: Path, dry_run: bool) -> None:
 def uninstall(layout: str, etc: Path, dry_run: bool) -> None:
     """Undo `exim install`: put the backups back and remove the files it added.
 
-    Exit codes as for install.
+    Either --auth variant is recognised as eximauthd's.  Exit codes as for install.
     """
     chosen = Layout(layout)
     if chosen is Layout.INCLUDE:

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_ETC",
     "SNIPPETS_DIR",
     "Action",
+    "Auth",
     "CheckFailedError",
     "FileAction",
     "HostMismatchError",
@@ -76,9 +77,17 @@ class Layout(Enum):
     INCLUDE = "include"
 
 
+class Auth(Enum):
+    """How Exim asks eximauthd for AUTH: ``${readsocket}`` or its own ``dovecot`` driver."""
+
+    READSOCKET = "readsocket"
+    DOVECOT = "dovecot"
+
+
 class Action(Enum):
     CREATE = "created"
     REPLACE = "replaced"
+    SWITCH = "switched"
     UNCHANGED = "unchanged"
     RESTORE = "restored"
     REMOVE = "removed"
@@ -102,6 +111,9 @@ class FileAction:
             return f"replaced {self.path} (backup: {self.backup})"
         if self.action is Action.REPLACE:
             return f"replaced {self.path} (backup kept from before: {self.path}{BACKUP_SUFFIX})"
+        if self.action is Action.SWITCH:
+            return (f"replaced {self.path} (eximauthd's other --auth variant: no backup, "
+                    "uninstall removes it)")
         if self.action is Action.RESTORE:
             return f"restored {self.path} from {self.backup}"
         if self.action is Action.UNCHANGED:
@@ -179,14 +191,40 @@ def _rcpt_acl(shipped: Mapping[str, bytes]) -> bytes:
     return shipped["debian/monolithic/eximauthd-rcpt-acl"]
 
 
+_AUTH_SNIPPET = {Auth.READSOCKET: "debian/conf.d/auth/20_eximauthd",
+                 Auth.DOVECOT: "debian/dovecot/conf.d/auth/20_eximauthd"}
+_SPLIT_AUTH = "conf.d/auth/20_eximauthd"
+
+
+def _auth_path(layout: Layout, etc: Path) -> Path:
+    return etc / (_SPLIT_AUTH if layout is Layout.DEBIAN_SPLIT else _MONO_AUTH)
+
+
+def _ours(layout: Layout, etc: Path, shipped: Mapping[str, bytes]) -> dict[Path, set[bytes]]:
+    """eximauthd's own files: every content it may have installed there, whichever --auth.
+    The drop-in of the split layout is used as is as the monolithic eximauthd-auth.conf: it
+    brings its own macro defaults (.ifndef) and the template includes it where authenticators
+    go, so one file per --auth serves both layouts."""
+    if layout is Layout.INCLUDE:
+        return {}
+    if layout is Layout.DEBIAN_SPLIT:
+        found = {etc / name: {shipped[f"debian/{name}"]} for name in _SPLIT_FILES}
+    else:
+        found = {etc / _MONO_ACL: {_rcpt_acl(shipped)}}
+    found[_auth_path(layout, etc)] = {shipped[name] for name in _AUTH_SNIPPET.values()}
+    return found
+
+
 def _targets(layout: Layout, etc: Path, shipped: Mapping[str, bytes],
-             ) -> dict[Path, Callable[[bytes | None], bytes]]:
+             auth: Auth = Auth.READSOCKET) -> dict[Path, Callable[[bytes | None], bytes]]:
     """Each file the layout touches, and its wanted content as a function of its current one."""
     def fixed(content: bytes) -> Callable[[bytes | None], bytes]:
         return lambda _current: content
 
+    auth_file = shipped[_AUTH_SNIPPET[auth]]
     if layout is Layout.DEBIAN_SPLIT:
-        return {etc / name: fixed(shipped[f"debian/{name}"]) for name in _SPLIT_FILES}
+        return {etc / name: fixed(auth_file if name == _SPLIT_AUTH else shipped[f"debian/{name}"])
+                for name in _SPLIT_FILES}
     if layout is Layout.DEBIAN_MONOLITHIC:
         block = _localmacros_block(shipped, etc)
 
@@ -197,7 +235,7 @@ def _targets(layout: Layout, etc: Path, shipped: Mapping[str, bytes],
             return _with_auth_include(current, etc)
 
         return {
-            etc / _MONO_AUTH: fixed(shipped["debian/conf.d/auth/20_eximauthd"]),
+            etc / _MONO_AUTH: fixed(auth_file),
             etc / _MONO_ACL: fixed(_rcpt_acl(shipped)),
             etc / _LOCALMACROS: lambda current: _with_block(current, block),
             etc / _TEMPLATE: template,
@@ -216,19 +254,25 @@ def _paths(layout: Layout, etc: Path) -> list[Path]:
 
 
 def plan_install(layout: Layout, etc: Path, files: Mapping[Path, bytes | None],
-                 shipped: Mapping[str, bytes]) -> Plan:
-    """The actions that install *layout* into *etc*, given the current *files*.  Pure.
+                 shipped: Mapping[str, bytes], auth: Auth = Auth.READSOCKET) -> Plan:
+    """The actions that install *layout* with *auth* into *etc*, given the current *files*.
+
+    Installing over eximauthd's other *auth* variant replaces it without a backup: a backup
+    holds the file as it was before eximauthd, and the variant is not that.  Pure.
 
     :raises HostMismatchError: the monolithic template cannot take the change.
     """
+    ours = _ours(layout, etc, shipped)
     actions = []
-    for path, wanted in _targets(layout, etc, shipped).items():
+    for path, wanted in _targets(layout, etc, shipped, auth).items():
         current = files.get(path)
         content = wanted(current)
         if current == content:
             actions.append(FileAction(path, Action.UNCHANGED, content))
         elif current is None:
             actions.append(FileAction(path, Action.CREATE, content))
+        elif current in ours.get(path, ()) and files.get(_backup(path)) is None:
+            actions.append(FileAction(path, Action.SWITCH, content))
         else:
             backup = _backup(path)
             actions.append(FileAction(path, Action.REPLACE, content,
@@ -244,12 +288,13 @@ def plan_uninstall(layout: Layout, etc: Path, files: Mapping[Path, bytes | None]
                    shipped: Mapping[str, bytes]) -> Plan:
     """The actions that undo :func:`plan_install`: put backups back, remove what it created,
     and take eximauthd's lines out of a shared file that has no backup.  A file of eximauthd's
-    name that holds something else than eximauthd installs is kept (an edited or older copy
-    is the admin's to remove).  Pure."""
+    name that holds something else than eximauthd installs (with either --auth) is kept (an
+    edited or older copy is the admin's to remove).  Pure."""
     shared = {etc / _TEMPLATE: _auth_include(etc),
               etc / _LOCALMACROS: _localmacros_block(shipped, etc)}
+    ours = _ours(layout, etc, shipped)
     actions = []
-    for path, wanted in _targets(layout, etc, shipped).items():
+    for path in _targets(layout, etc, shipped):
         current, backup = files.get(path), _backup(path)
         saved = files.get(backup)
         if saved is not None:
@@ -264,22 +309,23 @@ def plan_uninstall(layout: Layout, etc: Path, files: Mapping[Path, bytes | None]
                 actions.append(FileAction(path, Action.REMOVE))
             else:
                 actions.append(FileAction(path, Action.STRIP, content))
-        elif current == wanted(current):
+        elif current in ours.get(path, ()):
             actions.append(FileAction(path, Action.REMOVE))
         else:
             actions.append(FileAction(path, Action.KEEP, current))
     return Plan(layout, etc, tuple(actions))
 
 
-def include_lines(snippets: Path = SNIPPETS_DIR) -> str:
+def include_lines(snippets: Path = SNIPPETS_DIR, auth: Auth = Auth.READSOCKET) -> str:
     """The lines a hand-written configuration includes (``--layout include``)."""
+    auth_file = "eximauthd-dovecot-auth.conf" if auth is Auth.DOVECOT else "eximauthd-auth.conf"
     return (
         "# main section, before `begin acl`\n"
         f".include {snippets}/eximauthd-main.conf\n"
         "# first lines of the rcpt ACL (acl_smtp_rcpt)\n"
         f"  .include {snippets}/eximauthd-rcpt-acl.conf\n"
         "# after `begin authenticators`\n"
-        f".include {snippets}/eximauthd-auth.conf\n"
+        f".include {snippets}/{auth_file}\n"
     )
 
 

@@ -12,7 +12,8 @@ Rules (each finding names file:line and the fix):
 ``plaintext-password-lookup`` (warning)
     a lookup reads a password column and no ``crypteq`` is used: passwords stored in clear.
 ``set-id-may-be-empty`` (critical)
-    ``server_set_id`` is a bare variable and nothing guarantees it is non-empty on success.
+    ``server_set_id`` is a bare variable and nothing guarantees it is non-empty on success; or a
+    ``driver = dovecot`` authenticator has no ``server_set_id`` (``$authenticated_id`` empty).
 ``auth-without-tls`` (warning)
     a password authenticator is advertised without requiring TLS.
 ``untrusted-set-sender`` (warning)
@@ -40,7 +41,8 @@ from pathlib import Path
 
 from .configfile import ConfigLine, read_config
 
-__all__ = ["LintFinding", "lint", "logs_protocol_errors"]
+__all__ = ["DovecotAuthenticator", "LintFinding", "dovecot_authenticators", "lint",
+           "logs_protocol_errors"]
 
 _OPTION = re.compile(r"(?:no_|not_)?([a-z][a-z0-9_]*)(?:\s*=\s*(.*))?$")
 _ACL_VERBS = frozenset({"accept", "deny", "defer", "require", "warn", "drop", "discard"})
@@ -195,6 +197,28 @@ def lint(lines: list[ConfigLine]) -> list[LintFinding]:
     return findings
 
 
+@dataclass(frozen=True, slots=True)
+class DovecotAuthenticator:
+    """A server authenticator with ``driver = dovecot``: its name, the socket it asks (macros
+    substituted) and where that is set."""
+
+    name: str
+    socket: str
+    where: str
+
+
+def dovecot_authenticators(lines: list[ConfigLine]) -> list[DovecotAuthenticator]:
+    """The ``driver = dovecot`` server authenticators of one configuration.  Pure."""
+    found = []
+    for block in _structure(lines).authenticators:
+        if _value(block.options.get("driver")) != "dovecot":
+            continue
+        socket = block.options.get("server_socket")
+        found.append(DovecotAuthenticator(
+            block.name, _value(socket), (socket or block.line).where))
+    return found
+
+
 def logs_protocol_errors(selector: str) -> bool:
     """Whether a ``log_selector`` value logs SMTP protocol errors.  Pure.
 
@@ -240,6 +264,16 @@ def _authenticator_rules(block: _Block, config: _Config) -> list[LintFinding]:
             "the client sends an empty user name that the condition accepts (A=plain: in the log)",
             "make server_condition refuse empty values (eximauthd does) and keep server_set_id "
             "the user name"))
+    if driver == "dovecot" and not _value(set_id):
+        # The dovecot driver sets $authenticated_id from server_set_id only: without it a
+        # successful AUTH leaves the id empty, and a relay rule keyed on it has no login to ask.
+        where = set_id.where if set_id is not None else block.line.where
+        out.append(LintFinding(
+            "set-id-may-be-empty", "critical", where,
+            f"authenticator {block.name} (driver = dovecot) has no server_set_id: "
+            "$authenticated_id is empty after a successful AUTH",
+            "server_set_id = $auth1 (the user= of the OK line; eximauthd-dovecot-auth.conf "
+            "does this)"))
     out += _tls_rule(block, config, driver)
     return out
 

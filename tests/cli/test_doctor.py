@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,8 +15,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from eximauthd.cli.doctor import _dovecot_greeting_problem
 from eximauthd.db import upgrade
 from eximauthd.db.engine import Database
+from eximauthd.exim.install import SNIPPETS_DIR
 from eximauthd.settings import DatabaseConfig
 
 from .. import servicekit as kit
@@ -229,3 +232,130 @@ def test_bad_usage_is_one_error_line_and_exit_2(workdir: Path, args: tuple[str, 
     assert lines == []
     [line] = run.stderr.splitlines()
     assert line.startswith(f"eximauthd: error: {error}")
+
+
+# --- [dovecot_auth]: the socket, a live handshake and AUTH, and Exim's dovecot driver --------
+
+def test_dovecot_front_end_handshakes_and_authenticates_and_a_stopped_one_fails_once(
+        workdir: Path) -> None:
+    url = f"sqlite:///{workdir}/accounts.sqlite3"
+    populate(url)
+    sock_dir = workdir / "run"
+    sock_dir.mkdir()
+    sock_dir.chmod(0o755)
+    dovecot_path = str(sock_dir / "dovecot-auth.sock")
+    listen = f"127.0.0.1:{kit.free_port()}"
+    served = kit.start_service(url, extra_env=kit.dovecot_env(dovecot_path, listen)
+                               | {"EXIMAUTHD_DOVECOT_AUTH_MODE": "0660"})
+    args = ("--exim-config", str(workdir / "exim.conf"), "--user", ALICE)
+    try:
+        lines, run = doctor(served.env, *args, stdin=PASSWORD + "\n")
+        assert run.returncode == 0, run.stdout
+        assert [line for line in lines if not line.startswith("ok ")] == []
+        assert statuses(lines, f"Dovecot auth socket {dovecot_path}: mode 0660") == ["ok"]
+        for where in (dovecot_path, f"tcp:{listen}"):
+            assert statuses(lines, f"Dovecot handshake on {where}: VERSION 1, MECH PLAIN "
+                                   "LOGIN before SPID, DONE") == ["ok"]
+        assert statuses(lines, f"AUTH PLAIN {ALICE} on the Dovecot socket: OK user={ALICE}") \
+            == ["ok"]
+        wrong, run = doctor(served.env, *args, stdin="wrong\n")
+        assert run.returncode == 1
+        assert [line for line in wrong if "on the Dovecot socket" in line] == [
+            f"FAIL AUTH PLAIN {ALICE} on the Dovecot socket: answered 'FAIL 1' (fix: eximauthd "
+            f"check {ALICE} tells why; the service log too)"]
+    finally:
+        served.stop()
+    lines, run = doctor(served.env, *args, stdin=PASSWORD + "\n")
+    assert run.returncode == 1
+    assert [line[:4] for line in lines if line.startswith("FAIL")] == ["FAIL"]  # PING's
+    assert statuses(lines, "Dovecot handshake") == []  # one FAIL, not a cascade
+    assert statuses(lines, "on the Dovecot socket") == []
+
+
+def test_dovecot_front_end_not_answering_while_the_service_runs_fails_the_handshake(
+        workdir: Path) -> None:
+    """[dovecot_auth] enabled in the doctor's view, but the running service was started
+    without it (not restarted after the change): the handshake FAILs with the fix."""
+    url = f"sqlite:///{workdir}/accounts.sqlite3"
+    populate(url)
+    served = kit.start_service(url)
+    dovecot_path = str(workdir / "dovecot-auth.sock")
+    try:
+        lines, run = doctor(served.env | kit.dovecot_env(dovecot_path), "--exim-config",
+                            str(workdir / "exim.conf"), "--user", ALICE, stdin=PASSWORD + "\n")
+    finally:
+        served.stop()
+        shutil.rmtree(Path(served.socket_path).parent, ignore_errors=True)
+    assert run.returncode == 1
+    assert [line for line in lines if line.startswith("FAIL")] == [
+        f"FAIL Dovecot handshake on {dovecot_path}: no answer: No such file or directory (fix: "
+        "restart the service (systemctl restart eximauthd): it opens the Dovecot socket at "
+        "start when enabled)"]
+    assert statuses(lines, "on the Dovecot socket") == []
+    shutil.rmtree(Path(served.socket_path).parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("greeting", "problem"), [
+    (["VERSION\t1\t2", "MECH\tPLAIN\tplaintext", "MECH\tLOGIN\tplaintext", "SPID\t1",
+      "CUID\t1", "DONE"], None),
+    (["VERSION\t1\t2", "SPID\t1", "MECH\tPLAIN\tplaintext", "MECH\tLOGIN\tplaintext",
+      "DONE"], "no MECH PLAIN LOGIN before SPID"),
+    (["VERSION\t1\t2", "MECH\tPLAIN\tplaintext", "SPID\t1", "DONE"], "no MECH LOGIN before"),
+    (["VERSION\t2\t0", "MECH\tPLAIN", "MECH\tLOGIN", "SPID\t1", "DONE"], "is not VERSION 1"),
+    (["VERSION\t1\t2", "MECH\tPLAIN", "MECH\tLOGIN", "SPID\t1"], "no DONE line"),
+    (["VERSION\t1\t2", "MECH\tPLAIN", "MECH\tLOGIN", "DONE"], "no SPID line"),
+    (["yes"], "is not VERSION 1"),
+    ([], "said nothing"),
+], ids=["dovecot", "mech-after-spid", "no-login", "version-2", "no-done", "no-spid",
+        "readsocket-socket", "silent"])
+def test_dovecot_greeting_is_read_as_exim_and_postfix_read_it(greeting: list[str],
+                                                              problem: str | None) -> None:
+    found = _dovecot_greeting_problem(greeting)
+    assert (found is None) if problem is None else (found is not None and problem in found)
+
+
+def test_dovecot_socket_with_the_wrong_mode_fails_with_the_fix(workdir: Path) -> None:
+    path = workdir / "dovecot-auth.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    path.chmod(0o666)
+    env = {"PATH": "/usr/bin:/bin", "EXIMAUTHD_DATABASE_URL": f"sqlite:///{workdir}/a.sqlite3",
+           "EXIMAUTHD_HTTP_LISTEN": f"127.0.0.1:{kit.free_port()}"} | kit.dovecot_env(str(path))
+    try:
+        lines, _ = doctor(env, "--exim-config", str(workdir / "exim.conf"), cwd=workdir)
+    finally:
+        listener.close()
+    assert [line for line in lines if f"Dovecot auth socket {path}" in line] == [
+        f"FAIL Dovecot auth socket {path}: mode 0666, configured 0660 (fix: restart the service "
+        "(it sets both at start))"]
+
+
+@pytest.mark.parametrize(("enabled", "exim_socket", "status", "says"), [
+    (True, "{path}", "ok", "server_socket is [dovecot_auth] path"),
+    (True, "/run/other/dovecot-auth.sock", "FAIL",
+     "server_socket is /run/other/dovecot-auth.sock, [dovecot_auth] path is {path} (fix: "
+     "EXIMAUTHD_DOVECOT_SOCKET = {path} in Exim's main section"),
+    (False, "{path}", "FAIL", "asks {path} but [dovecot_auth] is disabled (fix: set "
+     "[dovecot_auth] enabled = true, path = {path}"),
+], ids=["same", "mismatch", "disabled"])
+def test_exim_dovecot_driver_must_ask_the_dovecot_auth_socket(
+        workdir: Path, enabled: bool, exim_socket: str, status: str, says: str) -> None:
+    """The shipped dovecot snippet with EXIMAUTHD_DOVECOT_SOCKET set as an admin would."""
+    path = str(workdir / "dovecot-auth.sock")
+    snippets = SNIPPETS_DIR
+    (workdir / "exim.conf").write_text(
+        f"EXIMAUTHD_DOVECOT_SOCKET = {exim_socket.format(path=path)}\n"
+        "EXIMAUTHD_ADVERTISE = ${if def:tls_in_cipher}\nbegin authenticators\n"
+        f".include {snippets}/eximauthd-dovecot-auth.conf\n")
+    env = {"PATH": "/usr/bin:/bin", "EXIMAUTHD_DATABASE_URL": f"sqlite:///{workdir}/a.sqlite3",
+           "EXIMAUTHD_HTTP_LISTEN": f"127.0.0.1:{kit.free_port()}"}
+    env |= kit.dovecot_env(path) if enabled else {"EXIMAUTHD_DOVECOT_AUTH_PATH": path}
+    lines, _ = doctor(env, "--exim-config", str(workdir / "exim.conf"), cwd=workdir)
+    driver = [line for line in lines if "(driver = dovecot)" in line]
+    assert [line[:4].strip() for line in driver] == [status, status]
+    assert [line.split(" at ")[0] for line in driver] == [
+        f"{status:<4} Exim authenticator eximauthd_{m} (driver = dovecot)"
+        for m in ("plain", "login")]
+    assert all(says.format(path=path) in line for line in driver), driver
+    assert statuses(lines, "no relay mistake found") == ["ok"]  # the snippet lints clean
+

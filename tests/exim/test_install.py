@@ -15,6 +15,7 @@ import pytest
 
 from eximauthd.exim.install import (
     Action,
+    Auth,
     HostMismatchError,
     Layout,
     check_host,
@@ -132,6 +133,69 @@ def test_an_existing_backup_is_kept_not_overwritten() -> None:
     assert (act.action, act.backup) == (Action.REPLACE, None)
 
 
+def _apply(plan_actions: tuple[object, ...], files: dict[Path, bytes | None],
+           ) -> dict[Path, bytes | None]:
+    """What the files hold after an install or uninstall plan (as apply_plan writes them)."""
+    after = dict(files)
+    for act in plan_actions:
+        assert hasattr(act, "action")
+        if act.action is Action.REPLACE and act.backup is not None:
+            after[act.backup] = files[act.path]
+        if act.action is Action.RESTORE and act.backup is not None:
+            after[act.backup] = None
+        if act.action is not Action.ABSENT:
+            after[act.path] = act.content
+    return after
+
+
+_AUTH_NAME = {Layout.DEBIAN_SPLIT: "conf.d/auth/20_eximauthd",
+              Layout.DEBIAN_MONOLITHIC: "eximauthd-auth.conf"}
+
+
+@pytest.mark.parametrize("layout", [Layout.DEBIAN_SPLIT, Layout.DEBIAN_MONOLITHIC])
+@pytest.mark.parametrize("hand_copy", [False, True], ids=["fresh", "over-a-hand-copy"])
+def test_switching_auth_replaces_the_auth_file_and_uninstall_gives_the_original_back(
+        layout: Layout, hand_copy: bool) -> None:
+    """readsocket -> dovecot -> readsocket -> dovecot: only the auth file changes, a backup is
+    only ever of the file from before eximauthd, and uninstall restores exactly that."""
+    etc = Path("/x/exim4")
+    shipped = shipped_files()
+    auth_path = etc / _AUTH_NAME[layout]
+    backup = auth_path.with_name(auth_path.name + ".eximauthd-bak")
+    original: dict[Path, bytes | None] = (
+        {etc / "exim4.conf.template": _STOCK_TEMPLATE} if layout is Layout.DEBIAN_MONOLITHIC
+        else {})
+    if hand_copy:
+        original[auth_path] = b"# an earlier hand copy\n"
+    files = _apply(plan_install(layout, etc, original, shipped).actions, original)
+    assert files[auth_path] == shipped["debian/conf.d/auth/20_eximauthd"]
+    for auth, snippet in [(Auth.DOVECOT, "debian/dovecot/conf.d/auth/20_eximauthd"),
+                          (Auth.READSOCKET, "debian/conf.d/auth/20_eximauthd"),
+                          (Auth.DOVECOT, "debian/dovecot/conf.d/auth/20_eximauthd")]:
+        plan = plan_install(layout, etc, files, shipped, auth)
+        changed = [a for a in plan.actions if a.action is not Action.UNCHANGED]
+        assert [a.path for a in changed] == [auth_path]
+        assert changed[0].action is (Action.REPLACE if hand_copy else Action.SWITCH)
+        assert changed[0].backup is None  # never a backup of eximauthd's own variant
+        files = _apply(plan.actions, files)
+        assert files[auth_path] == shipped[snippet]
+        assert files.get(backup) == (b"# an earlier hand copy\n" if hand_copy else None)
+        assert not plan_install(layout, etc, files, shipped, auth).changes
+    restored = _apply(plan_uninstall(layout, etc, files, shipped).actions, files)
+    assert {p: c for p, c in restored.items() if c is not None} == original
+
+
+def test_switch_is_described_as_eximauthds_own_file() -> None:
+    etc = Path("/x/exim4")
+    shipped = shipped_files()
+    path = etc / "conf.d/auth/20_eximauthd"
+    files: dict[Path, bytes | None] = {path: shipped["debian/conf.d/auth/20_eximauthd"]}
+    plan = plan_install(Layout.DEBIAN_SPLIT, etc, files, shipped, Auth.DOVECOT)
+    (act,) = [a for a in plan.actions if a.path == path]
+    assert act.describe() == (f"replaced {path} (eximauthd's other --auth variant: no backup, "
+                              "uninstall removes it)")
+
+
 @needs_exim
 def test_template_change_is_the_shipped_patch(tmp_path: Path) -> None:
     """On Debian's own template the install writes exactly what the shipped .patch does."""
@@ -208,6 +272,51 @@ def test_install_is_idempotent_and_uninstall_restores_every_byte(tmp_path: Path,
 
 
 @needs_exim
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_install_auth_dovecot_switches_an_installed_layout_and_back(tmp_path: Path,
+                                                                    layout: str) -> None:
+    """readsocket installed, then --auth dovecot (dry run first), then readsocket again: each
+    switch rewrites only the auth file, checked by the real tools; uninstall gives every byte
+    back from either variant."""
+    _require_debian_exim()
+    etc = _copy(tmp_path, split=layout == "debian-split")
+    auth_file = etc / ("conf.d/auth/20_eximauthd" if layout == "debian-split"
+                       else "eximauthd-auth.conf")
+    original = _state(etc)
+
+    def install(*extra: str) -> subprocess.CompletedProcess[str]:
+        return eximkit.eximauthd_cli("exim", "install", "--layout", layout, "--etc", str(etc),
+                                     *extra)
+
+    assert install().returncode == 0
+    readsocket = _state(etc)
+    dry = install("--auth", "dovecot", "--dry-run")
+    assert (dry.returncode, dry.stdout.splitlines()[-1]) == (0, "dry run: nothing changed")
+    assert [line for line in dry.stdout.splitlines() if not line.startswith(
+        ("would: unchanged", "dry run"))] == [
+        f"would: replaced {auth_file} (eximauthd's other --auth variant: no backup, uninstall "
+        "removes it)"]
+    assert _state(etc) == readsocket
+    switched = install("--auth", "dovecot")
+    assert switched.returncode == 0, switched.stderr
+    assert "checked: update-exim4.conf" in switched.stdout
+    assert "next: eximauthd needs [dovecot_auth] enabled = true" in switched.stdout
+    dovecot = _state(etc)
+    assert {n for n in dovecot if dovecot[n] != readsocket.get(n)} == {
+        str(auth_file.relative_to(etc))}
+    assert b"driver = dovecot" in auth_file.read_bytes()
+    again = install("--auth", "dovecot")
+    assert again.stdout.splitlines()[-1] == "already installed: nothing changed"
+    assert _state(etc) == dovecot
+    assert install("--auth", "readsocket").returncode == 0
+    assert _state(etc) == readsocket
+    assert install("--auth", "dovecot").returncode == 0
+    undo = eximkit.eximauthd_cli("exim", "uninstall", "--layout", layout, "--etc", str(etc))
+    assert undo.returncode == 0, undo.stderr
+    assert _state(etc) == original
+
+
+@needs_exim
 @pytest.mark.parametrize(("layout", "break_it", "said"), [
     ("debian-split", "conf.d/main/00_broken", 'exim4 -bV refuses the configuration generated '
      'from {etc}: Exim configuration error in line '),
@@ -215,13 +324,20 @@ def test_install_is_idempotent_and_uninstall_restores_every_byte(tmp_path: Path,
      "generated from {etc}: Exim configuration error in line "),
     ("debian-monolithic", "update-exim4.conf.conf", "update-exim4.conf -d {etc} failed: "
      'Invalid value for dc_use_split_config: "yes", exiting.'),
-], ids=["split-exim-refuses", "monolithic-exim-refuses", "update-exim4.conf-fails"])
+    ("debian-monolithic+dovecot", "exim4.conf.localmacros", "exim4 -bV refuses the "
+     "configuration generated from {etc}: Exim configuration error in line "),
+], ids=["split-exim-refuses", "monolithic-exim-refuses", "update-exim4.conf-fails",
+        "dovecot-switch-exim-refuses"])
 def test_a_result_the_tools_refuse_is_rolled_back(tmp_path: Path, layout: str, break_it: str,
                                                    said: str) -> None:
     """A broken site file makes exim -bV or update-exim4.conf fail: exit 5, one line, every
-    file as before."""
+    file as before (also when switching an installed layout to --auth dovecot)."""
     _require_debian_exim()
+    layout, _, auth = layout.partition("+")
     etc = _copy(tmp_path, split=layout == "debian-split")
+    if auth:
+        assert eximkit.eximauthd_cli("exim", "install", "--layout", layout, "--etc",
+                                     str(etc)).returncode == 0
     if break_it == "update-exim4.conf.conf":
         settings = etc / break_it
         settings.write_text(settings.read_text().replace("dc_use_split_config='false'",
@@ -229,7 +345,8 @@ def test_a_result_the_tools_refuse_is_rolled_back(tmp_path: Path, layout: str, b
     else:
         (etc / break_it).write_text("no_such_exim_option = 1\n")
     original = _state(etc)
-    run = eximkit.eximauthd_cli("exim", "install", "--layout", layout, "--etc", str(etc))
+    run = eximkit.eximauthd_cli("exim", "install", "--layout", layout, "--etc", str(etc),
+                                *(["--auth", auth] if auth else []))
     assert run.returncode == 5, run.stderr
     assert run.stderr.startswith("eximauthd: error: " + said.format(etc=etc)), run.stderr
     if "exim4 -bV" in said:
@@ -288,6 +405,9 @@ def test_include_layout_prints_the_lines_and_changes_nothing() -> None:
     assert includes == [f".include {snippets}/eximauthd-{name}.conf"
                         for name in ("main", "rcpt-acl", "auth")]
     assert all(Path(line.split()[1]).is_file() for line in includes)
+    dovecot = eximkit.eximauthd_cli("exim", "install", "--layout", "include", "--auth", "dovecot")
+    assert [line.strip() for line in dovecot.stdout.splitlines() if ".include" in line] == [
+        *includes[:2], f".include {snippets}/eximauthd-dovecot-auth.conf"]
 
 
 # --- end to end: the installed result, a real Exim, a real service -----------------------------
@@ -323,3 +443,56 @@ def test_installed_layout_refuses_the_empty_login_and_relays_a_real_one(
         assert exim.wait_for_sink(1)
         assert exim.sink.recipients() == ["someone@remote.test"]
         assert "A=eximauthd_plain:alice@example.test" in exim.mainlog()
+
+
+@pytest.fixture
+def dovecot_service(tmp_path: Path) -> Iterator[kit.Served]:
+    """The service with [dovecot_auth] enabled where the rig's EXIMAUTHD_DOVECOT_SOCKET is."""
+    url = f"sqlite:///{tmp_path / 'eximauthd.sqlite3'}"
+    populate(url)
+    sock_dir = Path(tempfile.mkdtemp(prefix="eaidv-", dir="/tmp"))  # sun_path is short
+    sock_dir.chmod(0o755)
+    socket_path = str(sock_dir / "eximauthd.sock")
+    group = "Debian-exim"
+    with kit.running(url, extra_env={
+            "EXIMAUTHD_SOCKET_PATH": socket_path, "EXIMAUTHD_SOCKET_GROUP": group,
+            "EXIMAUTHD_DOVECOT_AUTH_GROUP": group,
+    } | kit.dovecot_env(eximkit.dovecot_socket(socket_path))) as served:
+        yield served
+
+
+@pytest.mark.exim
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_installed_dovecot_layout_refuses_the_empty_login_and_relays_a_real_one(
+        dovecot_service: kit.Served, layout: str) -> None:
+    """`exim install --auth dovecot` on a stock tree: Exim's dovecot driver asks the service's
+    Dovecot socket (the log says via=dovecot); the rcpt ACL still applies the relay rule."""
+    _require_debian_exim()
+    if not shutil.which("openssl") or not shutil.which("unshare"):
+        if in_ci():
+            pytest.fail("openssl or unshare is missing (CI=true: must not skip)")
+        pytest.skip("openssl or unshare is missing")
+    build = eximkit.build_installed(layout, auth="dovecot")
+    with eximkit.running_exim(dovecot_service.socket_path, build) as exim:
+        attack = eximkit.session(exim, plain=("", "", ""), sender="alice@example.test",
+                                 rcpts=("kamikaze@remote.test",))
+        assert attack.auth is not None
+        assert attack.auth[0] == 535
+        assert [code for code, _ in attack.rcpts] == [550]
+        foreign = eximkit.session(exim, plain=("", "alice@example.test", PASSWORD),
+                                  sender="spam@elsewhere.test", rcpts=("kamikaze@remote.test",))
+        assert foreign.auth is not None
+        assert foreign.auth[0] == 235
+        assert [code for code, _ in foreign.rcpts] == [550]
+        good = eximkit.session(exim, plain=("", "alice@example.test", PASSWORD),
+                               sender="alice@example.test", rcpts=("someone@remote.test",))
+        assert good.auth is not None
+        assert good.auth[0] == 235
+        assert [code for code, _ in good.rcpts] == [250]
+        assert exim.wait_for_sink(1)
+        assert exim.sink.recipients() == ["someone@remote.test"]
+        assert "A=eximauthd_plain:alice@example.test" in exim.mainlog()
+    assert any("mech=PLAIN" in line and "result=yes" in line and line.endswith("via=dovecot")
+               for line in dovecot_service.log().splitlines())
+    assert not any("result=yes" in line and "via=dovecot" not in line and "mech=" in line
+                   for line in dovecot_service.log().splitlines())

@@ -76,6 +76,42 @@ def test_protocol_error_logging_flagged_only_with_server_authenticators(tmp_path
     assert "-smtp_protocol_error" in findings[0].fix
 
 
+_DOVECOT_AUTH = ("begin authenticators\neximauthd_plain:\n  driver = dovecot\n"
+                 "  public_name = PLAIN\n  server_socket = /run/eximauthd/dovecot-auth.sock\n"
+                 "  server_advertise_condition = ${if def:tls_in_cipher}\n")
+
+
+@pytest.mark.parametrize(("set_id", "rules"), [
+    ("", ["set-id-may-be-empty"]),
+    ("  server_set_id =\n", ["set-id-may-be-empty"]),
+    ("  server_set_id = $auth1\n", []),
+], ids=["no-server_set_id", "empty-server_set_id", "server_set_id-auth1"])
+def test_dovecot_authenticator_without_server_set_id_is_critical(tmp_path: Path, set_id: str,
+                                                                 rules: list[str]) -> None:
+    """Exim's dovecot driver leaves $authenticated_id empty unless server_set_id sets it."""
+    conf = tmp_path / "exim.conf"
+    conf.write_text(_DOVECOT_AUTH + set_id)
+    findings = lint(read_config([conf]))
+    assert [f.rule for f in findings] == rules
+    assert all(f.severity == "critical" and "server_set_id = $auth1" in f.fix
+               and f.where.startswith(f"{conf}:") for f in findings)
+
+
+@pytest.mark.parametrize("snippet", ["eximauthd-dovecot-auth.conf",
+                                     "debian/dovecot/conf.d/auth/20_eximauthd"])
+def test_shipped_dovecot_snippets_lint_clean(tmp_path: Path, snippet: str) -> None:
+    conf = tmp_path / "exim.conf"
+    conf.write_text("EXIMAUTHD_ADVERTISE = ${if def:tls_in_cipher}\nbegin authenticators\n"
+                    f".include {eximkit.SNIPPETS / snippet}\n")
+    assert _rules(conf) == []
+    edited = tmp_path / "edited.conf"
+    edited.write_text("".join(line + "\n" for line in
+                              (eximkit.SNIPPETS / snippet).read_text().splitlines()
+                              if "server_set_id" not in line))
+    conf.write_text(conf.read_text().replace(str(eximkit.SNIPPETS / snippet), str(edited)))
+    assert _rules(conf) == ["set-id-may-be-empty", "set-id-may-be-empty"]
+
+
 class TestReader:
     """Exim syntax: continuations, comments, macros, conditionals, includes."""
 
@@ -117,8 +153,13 @@ class TestDebian:
             assert _rules(generated) == []
 
     @pytest.mark.parametrize("build", [eximkit.build_handwritten, eximkit.build_debian_split,
-                                       eximkit.build_debian_monolithic],
-                             ids=["handwritten", "debian-split", "debian-monolithic"])
+                                       eximkit.build_debian_monolithic,
+                                       eximkit.build_handwritten_dovecot,
+                                       eximkit.build_debian_split_dovecot,
+                                       eximkit.build_installed("debian-monolithic", "dovecot")],
+                             ids=["handwritten", "debian-split", "debian-monolithic",
+                                  "handwritten-dovecot", "debian-split-dovecot",
+                                  "debian-monolithic-dovecot"])
     def test_configs_with_the_snippets_are_clean(self, tmp_path: Path, build: eximkit.Builder
                                                  ) -> None:
         """Every config the end-to-end tests run is clean."""
