@@ -28,9 +28,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import smtplib
+import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from ..core.checks import CheckResult
 
@@ -72,10 +75,11 @@ class Reply:
 # --- judging (pure) ----------------------------------------------------------------------------
 
 def _refusal(what: str, step: str, reply: Reply, fix: str) -> CheckResult:
-    """A reply that was meant to refuse: 5xx passes, 4xx is a warning, else FAIL."""
-    if reply.code >= 500:
+    """A reply that was meant to refuse: 5xx passes, 4xx is a warning, else FAIL (also a code
+    no SMTP server sends, such as 999: that is no refusal)."""
+    if 500 <= reply.code < 600:
         return CheckResult.ok(f"{what}: refused at {step} ({reply.code})")
-    if reply.code >= 400:
+    if 400 <= reply.code < 500:
         return CheckResult.warn(what, f"deferred at {step} ({reply}): no decision was made",
                                 "is eximauthd running and its database up? `eximauthd doctor` "
                                 "without --smtp")
@@ -195,9 +199,12 @@ class Session:
     host: str
     port: int
     source: str | None = None  # the local address to connect from (relay_from_hosts)
-    timeout: float = 30.0
+    timeout: float = 30.0  # each read or write
     user: str = ""
     password: str = field(default="", repr=False)
+    # The whole session: a server that drips a byte within each timeout, or sends reply
+    # lines without end, is cut off here.
+    deadline: float = 120.0
 
     @contextlib.contextmanager
     def connect(self, *, tls: bool) -> Iterator[smtplib.SMTP]:
@@ -207,7 +214,19 @@ class Session:
         Leaving it resets the transaction and quits, whatever happened inside.
         """
         source = (self.source, 0) if self.source else None
-        smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout, source_address=source)
+        smtp = _BoundedSMTP(timeout=self.timeout, source_address=source)
+        # What SMTP(host) sets before connecting, and starttls() names the server by; connect()
+        # is called here so that the watchdog also covers the greeting.
+        smtp._host = self.host
+        watchdog = threading.Timer(self.deadline, _cut_off, (smtp,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            smtp.connect(self.host, self.port)
+        except BaseException:
+            watchdog.cancel()
+            smtp.close()
+            raise
         try:
             smtp.ehlo()
             if tls and smtp.has_extn("starttls"):
@@ -219,7 +238,52 @@ class Session:
                 smtp.rset()
             with contextlib.suppress(OSError, smtplib.SMTPException):
                 smtp.quit()
+            watchdog.cancel()
             smtp.close()
+
+
+# More lines than any EHLO or error reply has; smtplib itself reads them without end.
+MAX_REPLY_LINES = 100
+
+
+class _BoundedSMTP(smtplib.SMTP):
+    """smtplib's client, reading at most :data:`MAX_REPLY_LINES` lines per reply."""
+
+    _host: str  # smtplib's own, untyped
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None and self.sock is not None:
+            self.file = _LineBudget(self.sock.makefile("rb"))
+        if isinstance(self.file, _LineBudget):
+            self.file.left = MAX_REPLY_LINES
+        return super().getreply()
+
+
+class _LineBudget:
+    """A reply's lines, counted; smtplib turns the OSError into SMTPServerDisconnected."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.left = MAX_REPLY_LINES
+
+    def readline(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            raise OSError(f"a reply of more than {MAX_REPLY_LINES} lines")
+        self.left -= 1
+        return self.file.readline(size)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _cut_off(smtp: smtplib.SMTP) -> None:
+    # Shut the connection down under a read that would go on (a drip): the read then ends.
+    # socket.socket's own shutdown, not SSLSocket's, which would drop its TLS state under
+    # the reading thread.
+    sock = smtp.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _unverified_tls() -> ssl.SSLContext:
