@@ -73,7 +73,8 @@ def translate_errors(what: str) -> Iterator[None]:
         raise _safe_error(exc, what) from None
 
 
-def create_engine(url: str, connect_timeout: int = 3, password: str = "") -> Engine:
+def create_engine(url: str, connect_timeout: int = 3, password: str = "", *,
+                  unbounded_io: bool = False) -> Engine:
     """Make an engine with the settings eximauthd needs on either backend.
 
     *password* (``database.password_file``'s) is set on the parsed URL object, never spliced
@@ -82,6 +83,7 @@ def create_engine(url: str, connect_timeout: int = 3, password: str = "") -> Eng
     ``hide_parameters`` keeps bound values (hashes) out of every SQLAlchemy message; the
     connect timeout keeps a dead database from stalling a decision past Exim's readsocket timeout.
     A SQLite file is created mode 0600 (its -wal and -shm follow) before SQLite opens it.
+    *unbounded_io* drops MySQL's read and write timeouts, for DDL that may run for minutes.
     """
     parsed = sa.engine.make_url(url)
     if password:
@@ -103,10 +105,11 @@ def create_engine(url: str, connect_timeout: int = 3, password: str = "") -> Eng
         pool_recycle=1800,
         connect_args={
             "connect_timeout": connect_timeout,
+            "charset": "utf8mb4",
+        } | ({} if unbounded_io else {
             "read_timeout": max(connect_timeout, 5),
             "write_timeout": max(connect_timeout, 5),
-            "charset": "utf8mb4",
-        },
+        }),
     )
     sa.event.listen(engine, "do_connect", _utf8_password)
     return engine
