@@ -17,6 +17,7 @@ import base64
 import grp
 import http.client
 import os
+import re
 import shutil
 import socket
 import stat
@@ -334,7 +335,8 @@ def _results(check: Check, ctx: Context) -> list[CheckResult]:
 def _host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # [0-9], not isdigit(): "²" is a digit to isdigit() and none to int().
+    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         raise ConfigError(f"--smtp: expected HOST:PORT, got {value[:64]!r}")
     return host, int(port)
 

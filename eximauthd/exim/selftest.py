@@ -409,7 +409,8 @@ def run(session: Session) -> list[CheckResult]:
     for name, check in CHECKS:
         try:
             results.extend(check(session, recipient))
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, smtplib.SMTPException, UnicodeError) as exc:
+            # UnicodeError: a host name IDNA cannot encode ("a..b"), from getaddrinfo.
             results.append(CheckResult.fail(
                 f"smtp {session.host}:{session.port}: {name}",
                 f"{type(exc).__name__}: {exc}"[:200],

@@ -206,3 +206,20 @@ def _config(tmp_path: Path) -> Path:
     path.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/a.sqlite3"\n'
                     f'[socket]\npath = "{tmp_path}/eximauthd.sock"\n')
     return path
+
+
+@pytest.mark.parametrize(("smtp", "code", "said"), [
+    ("127.0.0.1:\u00b2", 2, "eximauthd: error: --smtp: expected HOST:PORT"),
+    ("127.0.0.1:99999", 2, "eximauthd: error: --smtp: expected HOST:PORT"),
+    ("a..b:25", 1, "FAIL smtp a..b:25: unauthenticated relay and TLS: UnicodeError"),
+], ids=["superscript-port", "port-out-of-range", "host-idna-cannot-encode"])
+def test_an_odd_smtp_target_is_one_line_not_a_traceback(tmp_path: Path, smtp: str, code: int,
+                                                        said: str) -> None:
+    run_ = subprocess.run([sys.executable, "-m", "eximauthd", "doctor", "--smtp", smtp],
+                          capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                               "EXIMAUTHD_CONFIG": str(_config(tmp_path))})
+    out = run_.stdout + run_.stderr
+    assert run_.returncode == code, out
+    assert "Traceback" not in out
+    assert said in out
