@@ -12,7 +12,7 @@ What it checks, each a :class:`~eximauthd.core.checks.CheckResult`:
 - AUTH PLAIN and AUTH LOGIN with empty credentials, and with an unknown user and an empty
   password (the seed's hole), are refused;
 - AUTH is not offered before STARTTLS, and is offered after it (certificate not verified: it is
-  the local host);
+  the local host; the real login of ``--user`` to another host needs a valid certificate);
 - with a real login (``--user``): sending as itself to a remote domain is accepted (the control
   that makes the refusals mean something), and a foreign sender, look-alikes of the user's own
   address (the same local part at another domain, the domain as a prefix of another, a Cyrillic
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import smtplib
 import socket
 import ssl
@@ -41,6 +42,7 @@ __all__ = [
     "Reply",
     "Session",
     "foreign_senders",
+    "is_loopback",
     "judge_auth_advertising",
     "judge_auth_refused",
     "judge_login",
@@ -207,9 +209,9 @@ class Session:
     deadline: float = 120.0
 
     @contextlib.contextmanager
-    def connect(self, *, tls: bool) -> Iterator[smtplib.SMTP]:
+    def connect(self, *, tls: bool, verify: bool = False) -> Iterator[smtplib.SMTP]:
         """An SMTP session after EHLO (and STARTTLS and EHLO again when *tls* and offered:
-        :func:`_in_tls` tells).
+        :func:`_in_tls` tells); *verify*: the server's certificate and name are checked.
 
         Leaving it resets the transaction and quits, whatever happened inside.
         """
@@ -230,7 +232,8 @@ class Session:
         try:
             smtp.ehlo()
             if tls and smtp.has_extn("starttls"):
-                smtp.starttls(context=_unverified_tls())
+                smtp.starttls(context=ssl.create_default_context() if verify
+                              else _unverified_tls())
                 smtp.ehlo()
             yield smtp
         finally:
@@ -293,6 +296,14 @@ def _unverified_tls() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def is_loopback(host: str) -> bool:
+    """Whether *host* is this host by its very name: a loopback address or ``localhost``."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower().rstrip(".") == "localhost"
 
 
 def _in_tls(smtp: smtplib.SMTP) -> bool:
@@ -378,7 +389,9 @@ def _check_empty_logins(session: Session, _recipient: str) -> list[CheckResult]:
 def _check_senders(session: Session, recipient: str) -> list[CheckResult]:
     if not session.user:
         return []
-    with session.connect(tls=True) as smtp:
+    # The real password goes to this host's own MTA over any TLS; to another host only when
+    # its certificate is valid for its name, or anyone on the path could take it.
+    with session.connect(tls=True, verify=not is_loopback(session.host)) as smtp:
         if not _in_tls(smtp):
             # A real password is not sent in clear, not even to test.
             return [CheckResult.warn(f"smtp: AUTH PLAIN as {session.user}",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from eximauthd.exim.selftest import Session, run
+from eximauthd.exim.selftest import Session, is_loopback, run
 
 PASSWORD = "correct horse battery staple"
 USER = "alice@example.com"
@@ -114,7 +116,11 @@ class Peer:
 
 @pytest.fixture
 def hostile(request: pytest.FixtureRequest) -> Iterator[Peer]:
-    handler = HANDLERS[request.param]
+    yield from _serving(request.param)
+
+
+def _serving(name: str) -> Iterator[Peer]:
+    handler = HANDLERS[name]
     loop = asyncio.new_event_loop()
     peer = Peer(0)
     started = threading.Event()
@@ -223,3 +229,72 @@ def test_an_odd_smtp_target_is_one_line_not_a_traceback(tmp_path: Path, smtp: st
     assert run_.returncode == code, out
     assert "Traceback" not in out
     assert said in out
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True),
+    ("LOCALHOST.", True), ("10.0.0.1", False), ("mx.example.com", False),
+    ("localhost.example.com", False), ("127.0.0.1.example.com", False),
+])
+def test_the_real_password_skips_certificate_checks_only_for_this_host(host: str,
+                                                                      loopback: bool) -> None:
+    """--user's password goes over unverified TLS only to a loopback name; elsewhere a
+    man in the middle with any certificate would receive it."""
+    assert is_loopback(host) is loopback
+
+
+@pytest.fixture
+def tls_peer(tmp_path: Path) -> Iterator[Peer]:
+    """A peer that does STARTTLS (self-signed certificate) and says yes to everything."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     heard: list[bytes]) -> None:
+        writer.write(b"220 hostile ESMTP\r\n")
+        while line := await reader.readline():
+            heard.append(line)
+            verb = line[:8].upper()
+            if verb.startswith(b"EHLO"):
+                writer.write(b"250-hostile\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n")
+            elif verb.startswith(b"STARTTLS"):
+                writer.write(b"220 go ahead\r\n")
+                await writer.drain()
+                await writer.start_tls(context)
+                continue
+            else:
+                writer.write(b"235 yes\r\n")
+            await writer.drain()
+
+    HANDLERS["tls-yes-to-all"] = handle
+    try:
+        yield from _serving("tls-yes-to-all")
+    finally:
+        del HANDLERS["tls-yes-to-all"]
+
+
+def test_the_real_password_is_sent_only_inside_tls(tls_peer: Peer) -> None:
+    lines = _run_bounded(Session("127.0.0.1", tls_peer.port, timeout=5.0, deadline=30.0,
+                                 user=USER, password=PASSWORD))
+    assert "ok   smtp: AUTH PLAIN as alice@example.com" in lines
+    secret = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
+    sent = [i for i, line in enumerate(tls_peer.heard) if secret in line]
+    assert sent
+    for at in sent:
+        assert any(line.upper().startswith(b"STARTTLS") for line in tls_peer.heard[:at])
+
+
+def test_a_certificate_that_does_not_verify_ends_the_session_before_auth(
+        tls_peer: Peer) -> None:
+    """What --user gets against another host: the self-signed certificate is refused."""
+    session = Session("127.0.0.1", tls_peer.port, timeout=5.0, deadline=30.0, user=USER,
+                      password=PASSWORD)
+    with pytest.raises(ssl.SSLCertVerificationError), session.connect(tls=True, verify=True):
+        pass
+    assert not any(line.upper().startswith(b"AUTH") for line in tls_peer.heard)
