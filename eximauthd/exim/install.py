@@ -313,6 +313,10 @@ def read_tree(layout: Layout, etc: Path) -> tuple[dict[Path, bytes | None], str 
 
     :raises HostMismatchError: *etc* is not a directory, or a file cannot be read.
     """
+    if re.search(r"[\x00-\x1f\x7f]", str(etc)):
+        # The path is written into Exim's files (.include lines): a newline would add a line.
+        raise HostMismatchError(f"--etc {str(etc)!r}: holds a control character (rename the "
+                                "directory)")
     try:
         is_dir = etc.is_dir()
     except OSError as exc:

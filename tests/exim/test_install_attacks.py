@@ -130,3 +130,19 @@ def test_exims_complaint_reaches_the_terminal_without_its_escape_sequences(
     assert "/nonexistent-?]0;owned??[2J" in stderr
     assert stderr.count("\n") == 1
     assert _state(etc) == before
+
+
+def test_a_tree_whose_path_holds_a_newline_is_refused(tmp_path: Path) -> None:
+    """The monolithic layout writes the tree's path into the template and localmacros: a
+    newline in it would add a line of the attacker's choosing to Exim's configuration."""
+    etc = tmp_path / "exim4\nspool_directory = attacker"
+    etc.mkdir()
+    (etc / "update-exim4.conf.conf").write_text("dc_use_split_config='false'\n")
+    (etc / "exim4.conf.template").write_bytes(b"begin acl\n\nbegin authenticators\n\n")
+    before = _state(etc)
+    run = eximkit.eximauthd_cli("exim", "install", "--layout", "debian-monolithic", "--etc",
+                                str(etc))
+    assert run.returncode == 4, run.stderr
+    assert run.stderr == (f"eximauthd: error: --etc {str(etc)!r}: holds a control character "
+                          "(rename the directory)\n")
+    assert _state(etc) == before
