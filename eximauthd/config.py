@@ -286,6 +286,11 @@ def _validate_url(key: str, url: str) -> URL:
     except (ArgumentError, ValueError):
         # Not the URL itself in the message: it may hold the database password.
         raise ConfigError(f"{key}: not a valid database URL") from None
+    if parsed.host and "@" in parsed.host:
+        # SQLAlchemy ends the password at its first "@" and takes the rest as the host: the
+        # password's tail would be shown and connected to as a host name.
+        raise ConfigError(f"{key}: an '@' in the user or password must be written %40 (the "
+                          "host after it would hold the rest of the password)")
     if parsed.drivername not in _SUPPORTED_DRIVERS:
         raise ConfigError(
             f"{key}: unsupported driver {parsed.drivername!r} "

@@ -61,6 +61,9 @@ def mask_url(url: str) -> str:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         return "<invalid url>"
+    if parsed.host and "@" in parsed.host:
+        # A password with an unencoded "@" ends at its first "@": the rest parses as the host.
+        parsed = parsed.set(host=parsed.host.rpartition("@")[2])
     text = parsed.set(query={}).render_as_string(hide_password=True)
     pairs = []
     for key, value in parsed.query.items():

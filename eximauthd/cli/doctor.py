@@ -17,9 +17,11 @@ import base64
 import grp
 import http.client
 import os
+import re
 import shutil
 import socket
 import stat
+import struct
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -204,17 +206,41 @@ def _group_name(gid: int) -> str:
         return str(gid)
 
 
-def _ask(path: str, line: bytes) -> str:
-    """One request as Exim's ``${readsocket}`` makes it; the answer line."""
+class _UntrustedPeerError(Exception):
+    """The process behind the socket may not be given a password."""
+
+
+def _ask(path: str, line: bytes, *, secret: bool = False) -> str:
+    """One request as Exim's ``${readsocket}`` makes it; the answer line.  With *secret*, the
+    line is sent only to a trusted peer (:func:`_untrusted_peer`)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(SOCKET_TIMEOUT_S)
         conn.connect(path)
+        if secret and (reason := _untrusted_peer(conn, path)):
+            raise _UntrustedPeerError(reason)
         conn.sendall(line)
         conn.shutdown(socket.SHUT_WR)
         data = b""
         while len(data) < 256 and (chunk := conn.recv(256)):
             data += chunk
     return data.decode("ascii", "replace").strip()
+
+
+def _untrusted_peer(conn: socket.socket, path: str) -> str | None:
+    """Why the process serving *conn* may not receive --user's password, or None.
+
+    Anyone who can bind the configured path (the built-in default socket is in the working
+    directory, /tmp say) could answer PING with "yes" and collect the password.  Trusted: root,
+    this user, and the owner of the socket's directory (the service's user for /run/eximauthd),
+    as the kernel reports the peer (SO_PEERCRED), not as the file claims.
+    """
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    directory = os.path.dirname(os.path.abspath(path))
+    if uid in {0, os.geteuid(), os.stat(directory).st_uid}:
+        return None
+    return (f"its process runs as uid {uid}: neither root, you, nor the owner of {directory}; "
+            "the password was not sent")
 
 
 def check_ping(ctx: Context) -> list[CheckResult]:
@@ -239,7 +265,12 @@ def check_auth(ctx: Context) -> list[CheckResult]:
     what = f"AUTH PLAIN {ctx.user} on the socket"
     b64 = [base64.b64encode(v.encode("utf-8")).decode("ascii") for v in (ctx.user, ctx.password)]
     try:
-        answer = _ask(ctx.config.socket.path, f"AUTH PLAIN {b64[0]} {b64[1]} \n".encode())
+        answer = _ask(ctx.config.socket.path, f"AUTH PLAIN {b64[0]} {b64[1]} \n".encode(),
+                      secret=True)
+    except _UntrustedPeerError as exc:
+        return [CheckResult.fail(what, f"not tried: {exc}",
+                                 "socket.path in a directory only the service's user may write "
+                                 "(contrib/eximauthd.tmpfiles.conf)")]
     except OSError as exc:
         return [CheckResult.fail(what, f"no answer: {exc.strerror or exc}", START_FIX)]
     if answer == "yes":
@@ -581,7 +612,8 @@ def _results(check: Check, ctx: Context) -> list[CheckResult]:
 def _host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # [0-9], not isdigit(): "²" is a digit to isdigit() and none to int().
+    if not sep or not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         raise ConfigError(f"--smtp: expected HOST:PORT, got {value[:64]!r}")
     return host, int(port)
 

@@ -141,6 +141,10 @@ def _carry_out(plan: Plan, files: dict[Path, bytes | None], dry_run: bool, done:
         unapply(list(plan.actions), files)
         code = EXIT_CHECK_FAILED if isinstance(exc, CheckFailedError) else EXIT_HOST
         _fail(f"{exc} (rolled back: every file is as it was)", code)
+    except BaseException:
+        # Ctrl-C during the check: the files must not stay installed unchecked.
+        unapply(list(plan.actions), files)
+        raise
     for act in plan.actions:
         click.echo(act.describe())
     click.echo(f"checked: update-exim4.conf -d {plan.etc} and exim4 -bV accept the result")

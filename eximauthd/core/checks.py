@@ -6,6 +6,7 @@ command in :mod:`eximauthd.cli.doctor`) returns these, so the command prints the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -46,10 +47,16 @@ class CheckResult:
     def line(self) -> str:
         """``ok   <what>``, ``warn <what>: <why> (fix: <fix>)``, ``FAIL <what>: <why> (fix: ...)``.
 
-        One line whatever the texts hold: a reply from a server may carry a newline.
+        One line whatever the texts hold: a reply from a server may carry a newline, or an
+        escape sequence meant for the admin's terminal (shown as ``?``).
         """
         text = self.what
         if self.status is not Status.OK:
             text += f": {self.why}" if self.why else ""
             text += f" (fix: {self.fix})" if self.fix else ""
-        return f"{self.status.value:<4} " + " ".join(text.split())
+        text = _CONTROL_RE.sub("?", " ".join(text.split()))
+        return f"{self.status.value:<4} {text}"
+
+
+# C0 (after whitespace is folded), DEL and C1: what a terminal may act on.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -126,7 +126,7 @@ def translate_errors(what: str, where: str | sa.engine.URL = "") -> Iterator[Non
 
 
 def create_engine(url: str, connect_timeout: int = 3, password: str = "", *,
-                  autocommit: bool = False) -> Engine:
+                  autocommit: bool = False, unbounded_io: bool = False) -> Engine:
     """Make an engine with the settings eximauthd needs on either backend.
 
     *password* (``database.password_file``'s) is set on the parsed URL object, never spliced
@@ -140,6 +140,7 @@ def create_engine(url: str, connect_timeout: int = 3, password: str = "", *,
     is retried once on a fresh one instead, by :meth:`Database.run` (reads and idempotent
     statements only).  With *autocommit* every statement is its own transaction, and the
     rollback a checkout would end with is skipped (nothing is open; see :meth:`Database.run`).
+    *unbounded_io* drops MySQL's read and write timeouts, for DDL that may run for minutes.
     """
     # No pool reset either: a Connection ends its own transaction (begin() commits or rolls
     # back, connect() rolls back on close), and a second ROLLBACK at check-in is a round trip
@@ -166,10 +167,11 @@ def create_engine(url: str, connect_timeout: int = 3, password: str = "", *,
         pool_recycle=1800,
         connect_args={
             "connect_timeout": connect_timeout,
+            "charset": "utf8mb4",
+        } | ({} if unbounded_io else {
             "read_timeout": max(connect_timeout, 5),
             "write_timeout": max(connect_timeout, 5),
-            "charset": "utf8mb4",
-        },
+        }),
         **options,
     )
     sa.event.listen(engine, "do_connect", _utf8_password)

@@ -39,7 +39,7 @@ from ..core.addresses import Address
 from ..errors import ConfigError, SchemaMissingError, StorageError
 from ..settings import LegacyConfig
 from .accounts import LegacyAccountStore, legacy_address_columns
-from .engine import MYSQL_DIALECTS, Database, translate_errors
+from .engine import MYSQL_DIALECTS, Database, create_engine, translate_errors
 
 __all__ = [
     "Explain",
@@ -252,8 +252,10 @@ def _ddl_engine(db: Database) -> sa.Engine:
     mid-statement leaves the admin not knowing whether the index exists."""
     if not db.is_mysql:
         return db.primary
-    return sa.create_engine(db.primary.url, hide_parameters=True, connect_args={
-        "connect_timeout": db.config.connect_timeout, "charset": "utf8mb4"})
+    # The service's engine factory, so that it logs in alike (password_file's password sent as
+    # UTF-8: PyMySQL alone encodes it as Latin-1, a traceback for a "€").
+    return create_engine(db.config.url, db.config.connect_timeout, db.config.password,
+                         unbounded_io=True)
 
 
 def legacy_index_warning(db: Database, legacy: LegacyConfig) -> str | None:

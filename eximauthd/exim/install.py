@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
@@ -358,6 +359,10 @@ def read_tree(layout: Layout, etc: Path) -> tuple[dict[Path, bytes | None], str 
 
     :raises HostMismatchError: *etc* is not a directory, or a file cannot be read.
     """
+    if re.search(r"[\x00-\x1f\x7f]", str(etc)):
+        # The path is written into Exim's files (.include lines): a newline would add a line.
+        raise HostMismatchError(f"--etc {str(etc)!r}: holds a control character (rename the "
+                                "directory)")
     try:
         is_dir = etc.is_dir()
     except OSError as exc:
@@ -365,8 +370,17 @@ def read_tree(layout: Layout, etc: Path) -> tuple[dict[Path, bytes | None], str 
     if not is_dir:
         raise HostMismatchError(f"{etc}: no such directory (is exim4 installed? or pass --etc)")
     files: dict[Path, bytes | None] = {}
-    for path in _paths(layout, etc):
+    paths = _paths(layout, etc)
+    for where in sorted({p.parent for p in paths}):
         try:
+            _trusted(where)
+        except FileNotFoundError:
+            pass  # the write names it
+        except OSError as exc:
+            raise HostMismatchError(f"{where}: cannot read: {exc.strerror} (run as root)") from None
+    for path in paths:
+        try:
+            _trusted(path)
             files[path] = path.read_bytes()
         except FileNotFoundError:
             files[path] = None
@@ -380,6 +394,25 @@ def read_tree(layout: Layout, etc: Path) -> tuple[dict[Path, bytes | None], str 
         raise HostMismatchError(f"{etc / _SETTINGS}: cannot read: {exc.strerror} "
                                 "(run as root)") from None
     return files, settings
+
+
+def _trusted(path: Path) -> None:
+    """Refuse what would let another user steer a root run: a symlink (reading it copies its
+    target into a backup or the generated configuration; writing a backup through a dangling
+    one creates the file it names), or a file or directory others may write (a backup planted
+    there would be "restored"; a file read there could be swapped before it is written).
+
+    :raises FileNotFoundError: nothing is at *path*.
+    :raises HostMismatchError: with the fix.
+    """
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        raise HostMismatchError(f"{path}: is a symlink (eximauthd writes only regular files: "
+                                "remove it, or replace it by the file itself)")
+    if info.st_mode & 0o022:
+        raise HostMismatchError(f"{path}: writable by other users than its owner (mode "
+                                f"{stat.S_IMODE(info.st_mode):04o}; chmod go-w {path}, after "
+                                "checking its content)")
 
 
 def _write(path: Path, content: bytes, like: Path | None) -> None:
@@ -472,8 +505,7 @@ def check_config(etc: Path) -> None:
     update, exim = require_tools()
     with tempfile.TemporaryDirectory(prefix="eximauthd-check-") as tmp:
         out = Path(tmp) / "exim4.conf"
-        run = subprocess.run([update, "-d", str(etc), "-o", str(out)],  # noqa: S603 -- fixed argv
-                             capture_output=True, text=True, timeout=120, check=False)
+        run = _tool_run([update, "-d", str(etc), "-o", str(out)], f"update-exim4.conf -d {etc}")
         if run.returncode != 0:
             raise CheckFailedError(f"update-exim4.conf -d {etc} failed: "
                                    f"{_first_line(run.stderr + run.stdout)}")
@@ -481,11 +513,22 @@ def check_config(etc: Path) -> None:
         if (etc.resolve() != DEFAULT_ETC and macros.exists()
                 and not (DEFAULT_ETC / _LOCALMACROS).exists()):
             out.write_bytes(macros.read_bytes() + out.read_bytes())
-        run = subprocess.run([exim, "-C", str(out), "-bV"],  # noqa: S603 -- fixed argv
-                             capture_output=True, text=True, timeout=120, check=False)
+        run = _tool_run([exim, "-C", str(out), "-bV"], "exim4 -bV")
         if run.returncode != 0:
             raise CheckFailedError(f"exim4 -bV refuses the configuration generated from {etc}: "
                                    f"{_first_line(run.stderr + run.stdout)}")
+
+
+def _tool_run(argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
+    # A tool that hangs or cannot start is a failed check (rolled back), not a traceback that
+    # leaves the new files in place.
+    try:
+        return subprocess.run(argv, capture_output=True, text=True,  # noqa: S603 -- fixed argv
+                              timeout=120, check=False, errors="replace")
+    except subprocess.TimeoutExpired:
+        raise CheckFailedError(f"{what} did not finish within 120 s") from None
+    except OSError as exc:
+        raise CheckFailedError(f"{what} could not run: {exc.strerror}") from None
 
 
 def _first_line(text: str) -> str:
@@ -493,4 +536,6 @@ def _first_line(text: str) -> str:
     line and the reason on the next, so the first two lines, without Exim's timestamp."""
     lines = [re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "", line.strip())
              for line in text.splitlines() if line.strip()]
+    # A configuration line quoted back may hold escape sequences meant for the terminal.
+    lines = [re.sub(r"[\x00-\x08\x0a-\x1f\x7f]", "?", line) for line in lines]
     return " ".join(lines[:2])[:400] if lines else "no output"

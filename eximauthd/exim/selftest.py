@@ -12,7 +12,7 @@ What it checks, each a :class:`~eximauthd.core.checks.CheckResult`:
 - AUTH PLAIN and AUTH LOGIN with empty credentials, and with an unknown user and an empty
   password (the seed's hole), are refused;
 - AUTH is not offered before STARTTLS, and is offered after it (certificate not verified: it is
-  the local host);
+  the local host; the real login of ``--user`` to another host needs a valid certificate);
 - with a real login (``--user``): sending as itself to a remote domain is accepted (the control
   that makes the refusals mean something), and a foreign sender, look-alikes of the user's own
   address (the same local part at another domain, the domain as a prefix of another, a Cyrillic
@@ -27,10 +27,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import smtplib
+import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from ..core.checks import CheckResult
 
@@ -38,6 +42,7 @@ __all__ = [
     "Reply",
     "Session",
     "foreign_senders",
+    "is_loopback",
     "judge_auth_advertising",
     "judge_auth_refused",
     "judge_login",
@@ -72,10 +77,11 @@ class Reply:
 # --- judging (pure) ----------------------------------------------------------------------------
 
 def _refusal(what: str, step: str, reply: Reply, fix: str) -> CheckResult:
-    """A reply that was meant to refuse: 5xx passes, 4xx is a warning, else FAIL."""
-    if reply.code >= 500:
+    """A reply that was meant to refuse: 5xx passes, 4xx is a warning, else FAIL (also a code
+    no SMTP server sends, such as 999: that is no refusal)."""
+    if 500 <= reply.code < 600:
         return CheckResult.ok(f"{what}: refused at {step} ({reply.code})")
-    if reply.code >= 400:
+    if 400 <= reply.code < 500:
         return CheckResult.warn(what, f"deferred at {step} ({reply}): no decision was made",
                                 "is eximauthd running and its database up? `eximauthd doctor` "
                                 "without --smtp")
@@ -195,23 +201,39 @@ class Session:
     host: str
     port: int
     source: str | None = None  # the local address to connect from (relay_from_hosts)
-    timeout: float = 30.0
+    timeout: float = 30.0  # each read or write
     user: str = ""
     password: str = field(default="", repr=False)
+    # The whole session: a server that drips a byte within each timeout, or sends reply
+    # lines without end, is cut off here.
+    deadline: float = 120.0
 
     @contextlib.contextmanager
-    def connect(self, *, tls: bool) -> Iterator[smtplib.SMTP]:
+    def connect(self, *, tls: bool, verify: bool = False) -> Iterator[smtplib.SMTP]:
         """An SMTP session after EHLO (and STARTTLS and EHLO again when *tls* and offered:
-        :func:`_in_tls` tells).
+        :func:`_in_tls` tells); *verify*: the server's certificate and name are checked.
 
         Leaving it resets the transaction and quits, whatever happened inside.
         """
         source = (self.source, 0) if self.source else None
-        smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout, source_address=source)
+        smtp = _BoundedSMTP(timeout=self.timeout, source_address=source)
+        # What SMTP(host) sets before connecting, and starttls() names the server by; connect()
+        # is called here so that the watchdog also covers the greeting.
+        smtp._host = self.host
+        watchdog = threading.Timer(self.deadline, _cut_off, (smtp,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            smtp.connect(self.host, self.port)
+        except BaseException:
+            watchdog.cancel()
+            smtp.close()
+            raise
         try:
             smtp.ehlo()
             if tls and smtp.has_extn("starttls"):
-                smtp.starttls(context=_unverified_tls())
+                smtp.starttls(context=ssl.create_default_context() if verify
+                              else _unverified_tls())
                 smtp.ehlo()
             yield smtp
         finally:
@@ -219,7 +241,52 @@ class Session:
                 smtp.rset()
             with contextlib.suppress(OSError, smtplib.SMTPException):
                 smtp.quit()
+            watchdog.cancel()
             smtp.close()
+
+
+# More lines than any EHLO or error reply has; smtplib itself reads them without end.
+MAX_REPLY_LINES = 100
+
+
+class _BoundedSMTP(smtplib.SMTP):
+    """smtplib's client, reading at most :data:`MAX_REPLY_LINES` lines per reply."""
+
+    _host: str  # smtplib's own, untyped
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None and self.sock is not None:
+            self.file = _LineBudget(self.sock.makefile("rb"))
+        if isinstance(self.file, _LineBudget):
+            self.file.left = MAX_REPLY_LINES
+        return super().getreply()
+
+
+class _LineBudget:
+    """A reply's lines, counted; smtplib turns the OSError into SMTPServerDisconnected."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.left = MAX_REPLY_LINES
+
+    def readline(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            raise OSError(f"a reply of more than {MAX_REPLY_LINES} lines")
+        self.left -= 1
+        return self.file.readline(size)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _cut_off(smtp: smtplib.SMTP) -> None:
+    # Shut the connection down under a read that would go on (a drip): the read then ends.
+    # socket.socket's own shutdown, not SSLSocket's, which would drop its TLS state under
+    # the reading thread.
+    sock = smtp.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _unverified_tls() -> ssl.SSLContext:
@@ -229,6 +296,14 @@ def _unverified_tls() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def is_loopback(host: str) -> bool:
+    """Whether *host* is this host by its very name: a loopback address or ``localhost``."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower().rstrip(".") == "localhost"
 
 
 def _in_tls(smtp: smtplib.SMTP) -> bool:
@@ -314,7 +389,9 @@ def _check_empty_logins(session: Session, _recipient: str) -> list[CheckResult]:
 def _check_senders(session: Session, recipient: str) -> list[CheckResult]:
     if not session.user:
         return []
-    with session.connect(tls=True) as smtp:
+    # The real password goes to this host's own MTA over any TLS; to another host only when
+    # its certificate is valid for its name, or anyone on the path could take it.
+    with session.connect(tls=True, verify=not is_loopback(session.host)) as smtp:
         if not _in_tls(smtp):
             # A real password is not sent in clear, not even to test.
             return [CheckResult.warn(f"smtp: AUTH PLAIN as {session.user}",
@@ -345,7 +422,8 @@ def run(session: Session) -> list[CheckResult]:
     for name, check in CHECKS:
         try:
             results.extend(check(session, recipient))
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, smtplib.SMTPException, UnicodeError) as exc:
+            # UnicodeError: a host name IDNA cannot encode ("a..b"), from getaddrinfo.
             results.append(CheckResult.fail(
                 f"smtp {session.host}:{session.port}: {name}",
                 f"{type(exc).__name__}: {exc}"[:200],
