@@ -523,6 +523,9 @@ def check_dovecot_auth(ctx: Context) -> list[CheckResult]:
     try:
         if _dovecot_greeting_problem(conn.greeting()) is not None:
             return []
+        if reason := _untrusted_peer(conn.sock, path):
+            return [CheckResult.fail(f"{what}: not tried", reason,
+                                     "check dovecot_auth.path: who else can bind it?")]
         conn.sock.sendall(f"VERSION\t1\t0\nCPID\t{os.getpid()}\nAUTH\t1\tPLAIN\t"
                           f"service=smtp\tnologin\trip=127.0.0.1\tresp={resp}\n".encode())
         answer = conn.line()
