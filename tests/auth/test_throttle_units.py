@@ -388,3 +388,27 @@ def test_a_throttle_key_readable_by_others_is_reported_with_its_setting(
         f"{path} holds the throttle key (throttle.secret_file) and is readable by every "
         f"local user (mode 0644): chmod o-rwx {path}"]
     assert key.decode() not in caplog.text
+
+
+@pytest.mark.parametrize(("rows", "expected"), [
+    (["alice"], (("alice",),)),
+    (["alice", "bob"], (("alice",), ("bob",))),
+    ([], ()),
+], ids=["one-row", "two-rows", "no-row"])
+def test_the_reservation_carries_the_rows_read_with_the_counts(
+        database: Database, clock: Clock, rows: list[str],
+        expected: tuple[tuple[str], ...]) -> None:
+    """The AUTH path reads the account with the counts (one statement): the rows of *also*
+    come back in the reservation, exactly; without *also* there are none to give (None)."""
+    guard = _throttle(database, clock)
+    names = sa.union_all(*(sa.select(sa.literal(n).label("name")) for n in rows)) \
+        if len(rows) > 1 else sa.select(sa.literal(rows[0]).label("name")) if rows \
+        else sa.select(sa.literal("x").label("name")).where(sa.false())
+    also = sa.select(names.subquery().c.name)
+    refused, reservation = guard.reserve(credentials(ALICE, "pw", HOME),
+                                         also=also)
+    assert refused is None
+    assert reservation.rows == expected
+    refused, reservation = guard.reserve(credentials(ALICE, "pw2", HOME))
+    assert refused is None
+    assert reservation.rows is None
