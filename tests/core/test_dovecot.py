@@ -291,6 +291,8 @@ class TestMalformed:
         (b"AUTH\tx\tPLAIN", "bad-id"),
         (b"AUTH\t1", "wrong-field-count"),
         (b"AUTH\t1\tCRAM-MD5", "unsupported-mechanism"),
+        ("AUTH\t1\tpla\u0131n".encode(), "unsupported-mechanism"),  # dotless i: "PLAIN" upper
+        ("AUTH\t1\tlog\u0131n".encode(), "unsupported-mechanism"),
         (b"AUTH\t1\tPLAIN\trip=not-an-ip", "bad-client-ip"),
         (b"AUTH\t1\tPLAIN\trip=fe80::1%eth0", "bad-client-ip"),
         (b"AUTH\t1\tPLAIN\tresp=AAAA\tresp=AAAA", "repeated-parameter"),
@@ -303,7 +305,8 @@ class TestMalformed:
         (b"USER\t1\talice", "unknown-command"),
         (b"A" * MAX_LINE_BYTES, "too-long"),
     ], ids=["id-0", "id-leading-zero", "id-over-32-bits", "id-negative", "id-text",
-            "no-mech", "cram-md5", "bad-rip", "scoped-rip", "resp-twice", "soh", "nul", "cr",
+            "no-mech", "cram-md5", "plain-dotless-i", "login-dotless-i", "bad-rip",
+            "scoped-rip", "resp-twice", "soh", "nul", "cr",
             "not-utf8", "cont-short", "cancel-short", "unknown", "too-long"])
     def test_closes(self, line: bytes, reason: str) -> None:
         """The reason is named for the log; the session is closed."""
