@@ -32,6 +32,11 @@ def plain(authzid: str, user: str, password: str) -> str:
     return b64(f"{authzid}\0{user}\0{password}")
 
 
+# A PLAIN message whose base64 has "+" and "/", in the URL-safe alphabet ("-", "_").
+_WITH_SLASH_PLUS = plain("", USER, "\u00fb\u00ef\u00bf~>?")
+URLSAFE = _WITH_SLASH_PLUS.replace("+", "-").replace("/", "_")
+
+
 def ready() -> Session:
     """A session past the client's VERSION and CPID, as Exim and Postfix open it."""
     session = Session()
@@ -125,8 +130,12 @@ class TestPlain:
         (plain("", USER, PASSWORD) + "AAAA", "bad-base64"),  # data after padding
         ("AGFA YgBw", "bad-base64"),                        # blank inside
         ("==", "bad-base64"),
+        (plain("\u0430lice@example.test", USER, PASSWORD), "authzid-mismatch"),  # Cyrillic a
+        (plain(USER + " ", USER, PASSWORD), "authzid-mismatch"),
+        (URLSAFE, "bad-base64"),
     ], ids=["authzid-other", "authzid-case", "one-nul", "three-nuls", "rfc4954-empty",
-            "not-base64", "no-padding", "after-padding", "blank", "only-padding"])
+            "not-base64", "no-padding", "after-padding", "blank", "only-padding",
+            "authzid-look-alike", "authzid-trailing-blank", "urlsafe-alphabet"])
     def test_refused_without_a_check(self, resp: str, refused: str) -> None:
         """FAIL for the request, no credential check, the connection stays usable."""
         session = ready()
