@@ -243,7 +243,8 @@ class Session:
         request_id = _request_id(fields[1])
         if request_id in self._open:
             raise ProtocolError("id-in-use")
-        mechanism = fields[2].upper()
+        # ASCII only: str.upper() maps a dotless i (U+0131) to I, "pla\u0131n" to PLAIN.
+        mechanism = fields[2].upper() if fields[2].isascii() else ""
         if mechanism not in MECHANISMS:
             raise ProtocolError("unsupported-mechanism")
         params: dict[str, str] = {}

@@ -54,6 +54,9 @@ IDLE_TIMEOUT_S = 600.0
 READ_TIMEOUT_S = 10.0
 # Requests read ahead of their answers on one connection; beyond this, reading pauses.
 MAX_QUEUED = 8
+# Replies written and not read: Postfix reads each reply before its next request, so this
+# much unread is a client writing requests without reading; it is cut rather than buffered.
+MAX_UNREAD_BYTES = 256 * 1024
 TRANSPORT = "postfix"
 
 
@@ -156,6 +159,12 @@ class PostfixPolicyServer:
             decision = Decision.defer(Reason.INTERNAL_ERROR)
         return policy_action(decision)
 
+    def unread(self) -> None:
+        """Log a client cut for not reading its replies."""
+        self.service.metrics.protocol_errors.labels("postfix-replies-unread").inc()
+        _decisions.warning("bad request", extra=decision_fields(
+            verb="BAD", result="close", reason="replies-unread", via=TRANSPORT))
+
     def _refuse(self, reason: str) -> str:
         self.service.metrics.protocol_errors.labels(f"postfix-{reason}").inc()
         _decisions.warning("bad request", extra=decision_fields(
@@ -222,6 +231,10 @@ class _Connection(asyncio.Protocol):
                 if transport is None or transport.is_closing():
                     return
                 transport.write(format_action(action))
+                if transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
+                    self._owner.unread()
+                    transport.abort()
+                    return
                 self._last_seen = time.monotonic()
                 if self._paused and len(self._queue) < MAX_QUEUED:
                     transport.resume_reading()

@@ -100,7 +100,21 @@ class Service:
         decision = self._decide_now(request)
         if decision is None or self.defenses.delays_failure(request, decision):
             decision = await self._decide_later(request, decision)
-        self._account(request, decision, transport, time.perf_counter() - started)
+        return self._accounted(request, decision, transport, started)
+
+    def _accounted(self, request: Request, decision: Decision, transport: str,
+                   started: float) -> Decision:
+        """*decision*, counted and logged; a defer if that fails.
+
+        A bug in the bookkeeping must not escape: a front end whose check raised would hold
+        its client unanswered (Exim's dovecot driver waits without a timeout), and a decision
+        without its log line is not given.
+        """
+        try:
+            self._account(request, decision, transport, time.perf_counter() - started)
+        except Exception:
+            _log.exception("internal error while logging a %s decision", _VERBS[type(request)])
+            return Decision.defer(Reason.INTERNAL_ERROR)
         return decision
 
     def _decide_now(self, request: Request) -> Decision | None:
@@ -261,8 +275,8 @@ class Service:
             return
         decision = self._decide_now(request)
         if decision is not None and not self.defenses.delays_failure(request, decision):
-            self._account(request, decision, "socket", time.perf_counter() - started)
-            connection.answer(format_reply(decision))
+            connection.answer(format_reply(self._accounted(request, decision, "socket",
+                                                           started)))
             return
         connection.wait()
         task = asyncio.get_running_loop().create_task(
@@ -275,8 +289,7 @@ class Service:
     async def _answer_later(self, connection: _Connection, request: Request,
                             decision: Decision | None, started: float) -> None:
         decision = await self._decide_later(request, decision)
-        self._account(request, decision, "socket", time.perf_counter() - started)
-        connection.answer(format_reply(decision))
+        connection.answer(format_reply(self._accounted(request, decision, "socket", started)))
 
     def _refuse(self, reason: str, size: int) -> bytes:
         """The answer to a request that cannot be read, counted and logged."""

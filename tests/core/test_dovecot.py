@@ -32,6 +32,11 @@ def plain(authzid: str, user: str, password: str) -> str:
     return b64(f"{authzid}\0{user}\0{password}")
 
 
+# A PLAIN message whose base64 has "+" and "/", in the URL-safe alphabet ("-", "_").
+_WITH_SLASH_PLUS = plain("", USER, "\u00fb\u00ef\u00bf~>?")
+URLSAFE = _WITH_SLASH_PLUS.replace("+", "-").replace("/", "_")
+
+
 def ready() -> Session:
     """A session past the client's VERSION and CPID, as Exim and Postfix open it."""
     session = Session()
@@ -125,8 +130,12 @@ class TestPlain:
         (plain("", USER, PASSWORD) + "AAAA", "bad-base64"),  # data after padding
         ("AGFA YgBw", "bad-base64"),                        # blank inside
         ("==", "bad-base64"),
+        (plain("\u0430lice@example.test", USER, PASSWORD), "authzid-mismatch"),  # Cyrillic a
+        (plain(USER + " ", USER, PASSWORD), "authzid-mismatch"),
+        (URLSAFE, "bad-base64"),
     ], ids=["authzid-other", "authzid-case", "one-nul", "three-nuls", "rfc4954-empty",
-            "not-base64", "no-padding", "after-padding", "blank", "only-padding"])
+            "not-base64", "no-padding", "after-padding", "blank", "only-padding",
+            "authzid-look-alike", "authzid-trailing-blank", "urlsafe-alphabet"])
     def test_refused_without_a_check(self, resp: str, refused: str) -> None:
         """FAIL for the request, no credential check, the connection stays usable."""
         session = ready()
@@ -291,6 +300,8 @@ class TestMalformed:
         (b"AUTH\tx\tPLAIN", "bad-id"),
         (b"AUTH\t1", "wrong-field-count"),
         (b"AUTH\t1\tCRAM-MD5", "unsupported-mechanism"),
+        ("AUTH\t1\tpla\u0131n".encode(), "unsupported-mechanism"),  # dotless i: "PLAIN" upper
+        ("AUTH\t1\tlog\u0131n".encode(), "unsupported-mechanism"),
         (b"AUTH\t1\tPLAIN\trip=not-an-ip", "bad-client-ip"),
         (b"AUTH\t1\tPLAIN\trip=fe80::1%eth0", "bad-client-ip"),
         (b"AUTH\t1\tPLAIN\tresp=AAAA\tresp=AAAA", "repeated-parameter"),
@@ -303,7 +314,8 @@ class TestMalformed:
         (b"USER\t1\talice", "unknown-command"),
         (b"A" * MAX_LINE_BYTES, "too-long"),
     ], ids=["id-0", "id-leading-zero", "id-over-32-bits", "id-negative", "id-text",
-            "no-mech", "cram-md5", "bad-rip", "scoped-rip", "resp-twice", "soh", "nul", "cr",
+            "no-mech", "cram-md5", "plain-dotless-i", "login-dotless-i", "bad-rip",
+            "scoped-rip", "resp-twice", "soh", "nul", "cr",
             "not-utf8", "cont-short", "cancel-short", "unknown", "too-long"])
     def test_closes(self, line: bytes, reason: str) -> None:
         """The reason is named for the log; the session is closed."""

@@ -197,6 +197,25 @@ class TestConnections:
         assert results == {i: f"OK\t1\tuser={ALICE}" if i % 2 else "FAIL\t1"
                            for i in range(16)}
 
+    def test_interleaved_login_steps_stay_with_their_id(self, front: Front) -> None:
+        """Two LOGINs open at once, their steps interleaved: each id is checked with its own
+        username and password; OK names its own login (canonical), never the other's; a CONT
+        for a finished or never opened id is FAIL, not a step of another."""
+        with front.connect() as client:
+            assert client.auth(1, "LOGIN", None) == "CONT\t1\tVXNlcm5hbWU6"
+            assert client.auth(2, "LOGIN", None) == "CONT\t2\tVXNlcm5hbWU6"
+            client.send(f"CONT\t2\t{b64('bob@example.test')}\n")
+            assert client.read_line() == "CONT\t2\tUGFzc3dvcmQ6"
+            client.send(f"CONT\t1\t{b64('ALICE@Example.Test')}\n")
+            assert client.read_line() == "CONT\t1\tUGFzc3dvcmQ6"
+            client.send(f"CONT\t2\t{b64('wrong')}\n")
+            assert client.read_line() == "FAIL\t2"
+            client.send(f"CONT\t1\t{b64(PASSWORD)}\n")
+            assert client.read_line() == f"OK\t1\tuser={ALICE}"
+            for stale in (1, 2, 3):  # done, done, never opened
+                client.send(f"CONT\t{stale}\t{b64(PASSWORD)}\n")
+                assert client.read_line() == f"FAIL\t{stale}"
+
     def test_a_protocol_error_closes_only_that_connection(self, front: Front) -> None:
         """Garbage closes its connection without a reply; the next one works."""
         with front.connect() as bad:

@@ -159,6 +159,23 @@ class TestAnswers:
         assert results == {i: [DUNNO_REPLY if i % 2 else REJECT_REPLY] * 5 for i in range(16)}
 
 
+    def test_client_that_never_reads_is_cut(self, front: Front) -> None:
+        """A client that writes requests and never reads its replies is disconnected once
+        the unread replies pass the cap: the server does not buffer them without bound."""
+        count = 100_000  # 2.9 MB of requests, 1.4 MB of replies: far over the cap
+        with front.connect(timeout=30) as client:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                client.send(b"request=smtpd_access_policy\n\n" * count)
+            replies = 0
+            with contextlib.suppress(ConnectionResetError):
+                while client.read_reply() is not None:
+                    replies += 1
+        assert replies < count
+        assert "reason=replies-unread" in front.served.log()
+        with front.connect() as client:  # the others are served as before
+            assert client.ask(policy_request(ALICE, ALICE)) == DUNNO_REPLY
+
+
 @pytest.mark.mariadb
 def test_database_down_defers_never_dunno(mariadb_url: str) -> None:
     """A grant lookup that cannot be made is DEFER_IF_PERMIT, never DUNNO; back: DUNNO."""
