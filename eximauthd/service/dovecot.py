@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING, Any
 from ..core.decision import Decision
 from ..core.dovecot import MAX_LINE_BYTES, Check, Close, Reply, Session, handshake
 from ..core.protocol import AuthRequest
-from ..errors import ConfigError
 from ..settings import DovecotAuthConfig
 from .logs import decision_fields
-from .unixsocket import BACKLOG, bind_unix_socket
+from .unixsocket import open_listeners
 
 if TYPE_CHECKING:
     from .server import Service
@@ -66,22 +65,11 @@ class DovecotAuthServer:
 
     async def start(self) -> None:
         """Listen; :raises ConfigError: the socket or the TCP address cannot be used."""
-        loop = asyncio.get_running_loop()
         config = self.config
-        sock = bind_unix_socket(config.path, int(config.mode, 8), config.group,
-                                key="dovecot_auth")
+        self._servers = await open_listeners(self._connection, path=config.path,
+                                             mode=config.mode, group=config.group,
+                                             listen=config.listen, key="dovecot_auth")
         self._bound_path = config.path
-        self._servers.append(await loop.create_unix_server(self._connection, sock=sock,
-                                                           backlog=BACKLOG))
-        if config.listen:
-            host, _, port = config.listen.rpartition(":")
-            try:
-                self._servers.append(await loop.create_server(
-                    self._connection, host.strip("[]"), int(port), backlog=BACKLOG,
-                    reuse_address=True))
-            except OSError as exc:
-                raise ConfigError(f"dovecot_auth.listen: could not listen on {config.listen}: "
-                                  f"{exc.strerror}") from None
 
     async def stop(self) -> None:
         """Stop listening, let running checks answer, close every connection."""

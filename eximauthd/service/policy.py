@@ -34,10 +34,10 @@ from ..core.policyproto import (
     policy_action,
 )
 from ..core.protocol import RelayRequest, is_valid_transaction, parse_client_ip
-from ..errors import ConfigError, ProtocolError
+from ..errors import ProtocolError
 from ..settings import PostfixPolicyConfig
 from .logs import decision_fields
-from .unixsocket import BACKLOG, bind_unix_socket
+from .unixsocket import open_listeners
 
 if TYPE_CHECKING:
     from .server import Service
@@ -96,22 +96,11 @@ class PostfixPolicyServer:
 
     async def start(self) -> None:
         """Listen; :raises ConfigError: the socket or the TCP address cannot be used."""
-        loop = asyncio.get_running_loop()
         config = self.config
-        sock = bind_unix_socket(config.path, int(config.mode, 8), config.group,
-                                key="postfix_policy")
+        self._servers = await open_listeners(self._connection, path=config.path,
+                                             mode=config.mode, group=config.group,
+                                             listen=config.listen, key="postfix_policy")
         self._bound_path = config.path
-        self._servers.append(await loop.create_unix_server(self._connection, sock=sock,
-                                                           backlog=BACKLOG))
-        if config.listen:
-            host, _, port = config.listen.rpartition(":")
-            try:
-                self._servers.append(await loop.create_server(
-                    self._connection, host.strip("[]"), int(port), backlog=BACKLOG,
-                    reuse_address=True))
-            except OSError as exc:
-                raise ConfigError(f"postfix_policy.listen: could not listen on "
-                                  f"{config.listen}: {exc.strerror}") from None
 
     async def stop(self) -> None:
         """Stop listening, let requests being decided answer, close every connection."""

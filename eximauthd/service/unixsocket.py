@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import grp
 import os
 import socket
 import stat
+from collections.abc import Callable
 
 from ..errors import ConfigError
 
-__all__ = ["BACKLOG", "bind_unix_socket", "prepare_socket_path"]
+__all__ = ["BACKLOG", "bind_unix_socket", "open_listeners", "prepare_socket_path"]
 
 # A burst of Exim processes connects at once; a short backlog turns the burst into refused
 # connections, which Exim reports as temporary failures.  The kernel caps it at somaxconn.
@@ -75,3 +77,28 @@ def bind_unix_socket(path: str, mode: int, group: str, key: str = "socket") -> s
     sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
+
+
+async def open_listeners(factory: Callable[[], asyncio.Protocol], *, path: str, mode: str,
+                         group: str, listen: str, key: str) -> list[asyncio.AbstractServer]:
+    """A front end's listeners: its Unix socket (as :func:`bind_unix_socket` makes it) and,
+    when *listen* is set, its loopback TCP address (``HOST:PORT``, validated by the config).
+
+    :raises ConfigError: the socket or the TCP address cannot be used (``KEY.path``,
+        ``KEY.listen`` named).
+    """
+    loop = asyncio.get_running_loop()
+    sock = bind_unix_socket(path, int(mode, 8), group, key=key)
+    servers: list[asyncio.AbstractServer] = [
+        await loop.create_unix_server(factory, sock=sock, backlog=BACKLOG)]
+    if listen:
+        host, _, port = listen.rpartition(":")
+        try:
+            servers.append(await loop.create_server(factory, host.strip("[]"), int(port),
+                                                    backlog=BACKLOG, reuse_address=True))
+        except OSError as exc:
+            for server in servers:
+                server.close()
+            raise ConfigError(f"{key}.listen: could not listen on {listen}: "
+                              f"{exc.strerror}") from None
+    return servers
