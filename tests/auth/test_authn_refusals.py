@@ -365,6 +365,24 @@ def test_a_refused_upgrade_is_not_tried_again_for_that_account_until_the_back_of
         assert store.find(parse_address(ALICE))[0].password == "{PLAIN}" + PASSWORD
 
 
+@pytest.mark.parametrize(("seconds", "minutes"), [(REHASH_BACKOFF_SECONDS, "10"),
+                                                  (5400.0, "90")])
+def test_the_refused_upgrade_line_tells_the_back_off_in_minutes(
+        database: Database, hasher: CountingHasher, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch, seconds: float, minutes: str) -> None:
+    """The line says when the upgrade is tried next, whatever the back-off is set to."""
+    from eximauthd.auth import authn as module  # noqa: PLC0415
+
+    monkeypatch.setattr(module, "REHASH_BACKOFF_SECONDS", seconds)
+    store = _legacy_accounts(database, ALICE)
+    _refuse_password_changes(database)
+    with caplog.at_level(logging.WARNING, "eximauthd.authn"):
+        assert Authenticator(store, hasher, clock=Clock()).verify(ALICE, PASSWORD) == \
+            Decision.yes()
+    [said] = caplog.messages
+    assert said.endswith(f"; not tried again for {minutes} minutes")
+
+
 def test_the_back_off_of_one_account_does_not_hold_back_another(
         database: Database, hasher: CountingHasher) -> None:
     """Bob's upgrade goes ahead while Alice's is held back."""
