@@ -9,15 +9,16 @@ import logging
 import pytest
 import sqlalchemy as sa
 
-from eximauthd.auth.authn import Authenticator
+from eximauthd.auth.authn import REHASH_BACKOFF_SECONDS, Authenticator
 from eximauthd.auth.cache import AuthCache
-from eximauthd.core.addresses import parse_address
+from eximauthd.core.addresses import Address, parse_address
 from eximauthd.core.decision import Decision, Result
 from eximauthd.core.hashing import Hasher
 from eximauthd.db.accounts import LegacyAccountStore, OwnAccountStore
 from eximauthd.db.engine import Database
+from eximauthd.errors import ValueTooLongError
 
-from ..support import FAST_HASHING, SEED_LEGACY, create_seed_table
+from ..support import FAST_HASHING, SEED_LEGACY, create_seed_table, credentials
 
 PASSWORD = "correct horse"
 ALICE = "alice@example.test"
@@ -276,3 +277,183 @@ def test_a_hash_shaped_row_is_reported_once_per_account_with_the_fix(
     # a, b; c finds the memory full (2) and starts it afresh; a is then new again; c is known.
     assert caplog.messages == [expected.format(u) for u in [*users, "a@example.test"]]
     assert md5_of_secret not in caplog.text
+
+
+@pytest.mark.parametrize(("copies", "expected"), [
+    (1, Decision.yes()),
+    (0, Decision.no("unknown-user")),
+    (2, Decision.no("ambiguous-user")),
+])
+def test_rows_read_with_the_throttle_counts_decide_without_a_second_read(
+        store: OwnAccountStore, hasher: CountingHasher, copies: int,
+        expected: Decision) -> None:
+    """The rows the caller read (with the throttle's counts, in one statement) are what is
+    decided: the account deleted since is not looked up again."""
+    address = parse_address(ALICE)
+    query = store.lookup(address)
+    rows = store.db.run("look up user", lambda conn: conn.execute(query).all())
+    store.delete(address)
+    authn = Authenticator(store, hasher)
+    assert authn.check(credentials(ALICE, PASSWORD), rows=list(rows) * copies) == expected
+    assert authn.check(credentials(ALICE, PASSWORD)) == Decision.no("unknown-user")
+
+
+class Clock:
+    """The monotonic clock the back-off reads, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _refuse_password_changes(database: Database, refuse: bool = True) -> None:
+    """A database that refuses eximauthd's UPDATE (a read-only user or server): a trigger."""
+    with database.primary.begin() as conn:
+        if not refuse:
+            conn.exec_driver_sql("DROP TRIGGER refuse")
+        elif database.is_mysql:
+            conn.exec_driver_sql("CREATE TRIGGER refuse BEFORE UPDATE ON eximauthd_users "
+                                 "FOR EACH ROW SIGNAL SQLSTATE '45000' "
+                                 "SET MESSAGE_TEXT = 'read-only'")
+        else:
+            conn.exec_driver_sql("CREATE TRIGGER refuse BEFORE UPDATE ON eximauthd_users "
+                                 "BEGIN SELECT RAISE(ABORT, 'read-only'); END")
+
+
+def _legacy_accounts(database: Database, *users: str) -> OwnAccountStore:
+    store = OwnAccountStore(database)
+    for user in users:
+        store.add(parse_address(user), "{PLAIN}" + PASSWORD)
+    return store
+
+
+@pytest.mark.parametrize(("elapsed", "retried"), [
+    (0.0, False),
+    (REHASH_BACKOFF_SECONDS - 1, False),
+    (REHASH_BACKOFF_SECONDS, True),
+    (REHASH_BACKOFF_SECONDS + 1, True),
+])
+def test_a_refused_upgrade_is_not_tried_again_for_that_account_until_the_back_off_ends(
+        database: Database, hasher: CountingHasher, caplog: pytest.LogCaptureFixture,
+        elapsed: float, retried: bool) -> None:
+    """A refused write is said once with when it is tried next; until then the same account
+    logs in on its legacy hash without a write or a line; once over, the upgrade is tried
+    (here the database takes it again)."""
+    store = _legacy_accounts(database, ALICE)
+    _refuse_password_changes(database)
+    clock = Clock()
+    authn = Authenticator(store, hasher, clock=clock)
+    with caplog.at_level(logging.DEBUG, "eximauthd.authn"):
+        assert authn.verify(ALICE, PASSWORD) == Decision.yes()
+        [refused] = caplog.records
+        caplog.clear()
+        _refuse_password_changes(database, refuse=False)
+        clock.now += elapsed
+        decision = authn.verify(ALICE, PASSWORD)
+    assert refused.levelno == logging.WARNING
+    assert refused.getMessage().startswith(
+        f"could not upgrade plain password of {ALICE} to argon2id: rehash password: ")
+    assert refused.getMessage().endswith("; not tried again for 10 minutes")
+    if retried:
+        assert decision == Decision.yes("ok-rehashed")
+        assert caplog.messages == [f"upgraded plain password of {ALICE} to argon2id (client -)"]
+    else:
+        assert decision == Decision.yes()
+        assert caplog.messages == []
+        assert store.find(parse_address(ALICE))[0].password == "{PLAIN}" + PASSWORD
+
+
+@pytest.mark.parametrize(("seconds", "minutes"), [(REHASH_BACKOFF_SECONDS, "10"),
+                                                  (5400.0, "90")])
+def test_the_refused_upgrade_line_tells_the_back_off_in_minutes(
+        database: Database, hasher: CountingHasher, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch, seconds: float, minutes: str) -> None:
+    """The line says when the upgrade is tried next, whatever the back-off is set to."""
+    from eximauthd.auth import authn as module  # noqa: PLC0415
+
+    monkeypatch.setattr(module, "REHASH_BACKOFF_SECONDS", seconds)
+    store = _legacy_accounts(database, ALICE)
+    _refuse_password_changes(database)
+    with caplog.at_level(logging.WARNING, "eximauthd.authn"):
+        assert Authenticator(store, hasher, clock=Clock()).verify(ALICE, PASSWORD) == \
+            Decision.yes()
+    [said] = caplog.messages
+    assert said.endswith(f"; not tried again for {minutes} minutes")
+
+
+def test_the_back_off_of_one_account_does_not_hold_back_another(
+        database: Database, hasher: CountingHasher) -> None:
+    """Bob's upgrade goes ahead while Alice's is held back."""
+    bob = "bob@example.test"
+    store = _legacy_accounts(database, ALICE, bob)
+    _refuse_password_changes(database)
+    authn = Authenticator(store, hasher, clock=Clock())
+    assert authn.verify(ALICE, PASSWORD) == Decision.yes()
+    _refuse_password_changes(database, refuse=False)
+    assert [authn.verify(ALICE, PASSWORD), authn.verify(bob, PASSWORD)] == [
+        Decision.yes(), Decision.yes("ok-rehashed")]
+
+
+def test_the_memory_of_backed_off_accounts_is_bounded(
+        database: Database, hasher: CountingHasher, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the bound the memory starts afresh: the accounts held back before are tried
+    again at once, the one that filled it is still held back."""
+    from eximauthd.auth import authn as module  # noqa: PLC0415
+
+    monkeypatch.setattr(module, "_BACKOFF_MAX", 2)
+    users = ["a@example.test", "b@example.test", "c@example.test"]
+    store = _legacy_accounts(database, *users)
+    _refuse_password_changes(database)
+    authn = Authenticator(store, hasher, clock=Clock())
+    assert [authn.verify(user, PASSWORD) for user in users] == [Decision.yes()] * 3
+    _refuse_password_changes(database, refuse=False)
+    assert [authn.verify(user, PASSWORD) for user in users] == [
+        Decision.yes("ok-rehashed"), Decision.yes("ok-rehashed"), Decision.yes()]
+
+
+NARROW = ValueTooLongError("rehash password: the column password_hash of eximauthd_users is "
+                           "too narrow for an argon2id hash")
+
+
+class NarrowColumnStore(OwnAccountStore):
+    """The real store, whose upgrade fails as db.engine reports MySQL error 1406 (a column
+    too narrow for argon2id): SQLite has no column width to refuse with.  Counts the tries."""
+
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        self.tries = 0
+
+    def replace_password(self, address: Address, old: str, new: str) -> bool:
+        self.tries += 1
+        raise NARROW
+
+
+def test_a_too_narrow_column_is_said_once_at_length_then_quietly_and_backed_off(
+        database: Database, hasher: CountingHasher, caplog: pytest.LogCaptureFixture) -> None:
+    """The same for every legacy login until the column is widened: one warning with the fix,
+    then a debug line per account; each account is not tried again until the back-off ends,
+    and the answer stays yes."""
+    bob = "bob@example.test"
+    _legacy_accounts(database, ALICE, bob)
+    store = NarrowColumnStore(database)
+    clock = Clock()
+    authn = Authenticator(store, hasher, clock=clock)
+    said: list[tuple[int, str]] = []
+    with caplog.at_level(logging.DEBUG, "eximauthd.authn"):
+        for user, forward in [(ALICE, 0.0), (bob, 0.0), (ALICE, 0.0),
+                              (ALICE, REHASH_BACKOFF_SECONDS)]:
+            clock.now += forward
+            assert authn.verify(user, PASSWORD) == Decision.yes()
+            said.append((store.tries, " | ".join(caplog.messages)))
+            assert {r.levelno for r in caplog.records} <= {
+                logging.WARNING if store.tries == 1 else logging.DEBUG}
+            caplog.clear()
+    assert said == [
+        (1, f"legacy passwords are not upgraded to argon2id: {NARROW}; logins go on with the "
+            "legacy hashes (said once)"),
+        (2, f"could not upgrade plain password of {bob}: column too narrow"),
+        (2, ""),
+        (3, f"could not upgrade plain password of {ALICE}: column too narrow"),
+    ]
