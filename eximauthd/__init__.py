@@ -32,6 +32,7 @@ from .errors import (
     StorageError,
     UserExistsError,
     UserNotFoundError,
+    ValueTooLongError,
 )
 from .settings import Config, HashingConfig
 
@@ -56,6 +57,7 @@ __all__ = [
     "StorageError",
     "UserExistsError",
     "UserNotFoundError",
+    "ValueTooLongError",
     "VerifyResult",
     "load_config",
     "may_relay",

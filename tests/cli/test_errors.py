@@ -189,8 +189,11 @@ def test_ctrl_c_during_a_long_command_is_exit_130_and_one_line(ws: Workspace) ->
     fifo = ws.dir / "mainlog.fifo"
     if not fifo.exists():
         os.mkfifo(fifo)
+    # As a terminal's foreground command: a background job (a CI runner's shell, say) would
+    # start it with SIGINT ignored, and Python then installs no KeyboardInterrupt at all.
     proc = subprocess.Popen([str(EXIMAUTHD), "audit-log", str(fifo)], env=ws.env, cwd=ws.dir,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509 -- no thread forks here
     # Opening the writing end returns once the command has opened the FIFO: it is running.
     with fifo.open("wb") as writer:
         writer.write(b"2026-01-01 00:00:00 Start queue run: pid=1\n")
