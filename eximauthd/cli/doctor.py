@@ -164,24 +164,31 @@ def check_socket(ctx: Context) -> list[CheckResult]:
                                  "systemd-tmpfiles --create eximauthd.conf (contrib/), or "
                                  "create it and give the socket's group search (x) access")]
     results = [_directory_result(directory, dir_info, sock.group, gid)]
+    # No socket file: no service, which the PING check says, once.
+    return [*results, *_socket_file_results(f"socket {path}", path, sock.mode, sock.group, gid)]
+
+
+def _socket_file_results(what: str, path: str, mode: str, group: str,
+                         gid: int | None) -> list[CheckResult]:
+    """The socket file at *path* against its configured *mode* and *group* (*gid*): one line,
+    or none when there is no file (the service is not running: a later check says so)."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
-        return results  # no service: the PING check says so, once
+        return []
     if not stat.S_ISSOCK(info.st_mode):
-        return [*results, CheckResult.fail(f"socket {path}", "is not a socket",
-                                           "remove the file, then start the service")]
+        return [CheckResult.fail(what, "is not a socket",
+                                 "remove the file, then start the service")]
     problems = []
-    mode = stat.S_IMODE(info.st_mode)
-    if mode != int(sock.mode, 8):
-        problems.append(f"mode {mode:04o}, configured {sock.mode}")
+    found = stat.S_IMODE(info.st_mode)
+    if found != int(mode, 8):
+        problems.append(f"mode {found:04o}, configured {mode}")
     if gid is not None and info.st_gid != gid:
-        problems.append(f"group {_group_name(info.st_gid)}, configured {sock.group}")
+        problems.append(f"group {_group_name(info.st_gid)}, configured {group}")
     if problems:
-        return [*results, CheckResult.fail(f"socket {path}", "; ".join(problems),
-                                           "restart the service (it sets both at start)")]
-    group = _group_name(info.st_gid)
-    return [*results, CheckResult.ok(f"socket {path}: mode {mode:04o}, group {group}")]
+        return [CheckResult.fail(what, "; ".join(problems),
+                                 "restart the service (it sets both at start)")]
+    return [CheckResult.ok(f"{what}: mode {found:04o}, group {_group_name(info.st_gid)}")]
 
 
 def _directory_result(directory: str, info: os.stat_result, group: str,
@@ -392,24 +399,8 @@ def check_dovecot_socket(ctx: Context) -> list[CheckResult]:
     sock = ctx.config.socket
     if (directory, conf.group) == (os.path.dirname(os.path.abspath(sock.path)), sock.group):
         results = []  # check_socket has said it about this directory and group
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return results  # no service: the handshake check says so, once
-    if not stat.S_ISSOCK(info.st_mode):
-        return [*results, CheckResult.fail(what, "is not a socket",
-                                           "remove the file, then start the service")]
-    problems = []
-    mode = stat.S_IMODE(info.st_mode)
-    if mode != int(conf.mode, 8):
-        problems.append(f"mode {mode:04o}, configured {conf.mode}")
-    if gid is not None and info.st_gid != gid:
-        problems.append(f"group {_group_name(info.st_gid)}, configured {conf.group}")
-    if problems:
-        return [*results, CheckResult.fail(what, "; ".join(problems),
-                                           "restart the service (it sets both at start)")]
-    return [*results, CheckResult.ok(f"{what}: mode {mode:04o}, "
-                                     f"group {_group_name(info.st_gid)}")]
+    # No socket file: no service, which the handshake check says, once.
+    return [*results, *_socket_file_results(what, path, conf.mode, conf.group, gid)]
 
 
 def _dovecot_greeting_problem(lines: list[str]) -> str | None:
