@@ -40,13 +40,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
 from ..core.clients import NO_ADDRESS, Client
 from ..core.credentials import Credentials
 from ..core.decision import Decision, Reason
 from ..db.counters import AttemptStore, KnownNetworkStore, Reserved, Subject, utcnow
 from ..db.engine import Database
+from ..db.prepared import Lookup
 from ..errors import ConfigError, StorageError
 from ..files import warn_if_readable_by_others
 from ..settings import ThrottleConfig
@@ -116,20 +115,23 @@ class Throttle:
         return (f"Throttle(window={c.window_seconds}s, ip={c.max_failures_per_ip}, "
                 f"user={c.max_failures_per_user})")
 
-    def reserve(self, credentials: Credentials, also: sa.Select[Any] | None = None,
+    def reserve(self, credentials: Credentials, also: Lookup | None = None,
                 ) -> tuple[Decision | None, Reservation]:
         """Reserve a password check; ``no throttled-ip|throttled-user`` when over a limit.
 
         Call :meth:`settle` with the outcome of the check that follows (not needed when
         refused: a refused request has already taken its reservation back).  The rows of
-        *also* (the account's lookup) are read with the counts, into ``Reservation.rows``.
+        *also* (the account's lookup, for the credentials' address) are read with the counts,
+        into ``Reservation.rows``.
         """
         network, user = credentials.client.counted_as, credentials.user
         subjects = _subjects(None if self._is_exempt(credentials.client) else network, user)
         now = self._clock()
         since = now - dt.timedelta(seconds=self.config.window_seconds)
         tag, nonce = password_tag(self._key, user, credentials.password), secrets.token_hex(16)
-        counts, rows = self.attempts.reserve_and_read(subjects, tag, nonce, now, since, also)
+        counts, rows = self.attempts.reserve_and_read(
+            subjects, tag, nonce, now, since, also,
+            None if also is None else also.values(credentials.address))
         reservation = Reservation(subjects, tag, nonce, tuple(rows) if also is not None else None)
         self._maybe_prune(now, since)
         refused = self._over_limit(counts, network, user, now)

@@ -24,6 +24,7 @@ from ..errors import StorageError, UserExistsError, UserNotFoundError
 from ..settings import Config, LegacyConfig
 from . import tables
 from .engine import Database, caseless, exactly, is_duplicate
+from .prepared import Lookup, Prepared
 
 __all__ = [
     "AccountStore",
@@ -75,8 +76,14 @@ class AccountStore(Protocol):
         """The rows of several addresses at once, by canonical address (absent: no row)."""
         ...
 
+    @property
+    def login(self) -> Lookup:
+        """The query :meth:`find` runs, built once: for a caller that sends it inside another
+        statement, and for :class:`~eximauthd.db.prepared.Prepared`."""
+        ...
+
     def lookup(self, address: Address) -> sa.Select[Any]:
-        """The query :meth:`find` runs, for a caller that sends it inside another statement."""
+        """:attr:`login` with *address*'s values bound (what EXPLAIN looks at)."""
         ...
 
     def records(self, address: Address, rows: Sequence[Sequence[Any]],
@@ -105,14 +112,22 @@ class OwnAccountStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._t = tables.users
+        t = self._t
+        self._login = Lookup(sa.select(t.c.address, t.c.enabled, t.c.password_hash)
+                             .where(t.c.address == sa.bindparam("login0"))
+                             .limit(MAX_CANDIDATES + 1),
+                             lambda address: {"login0": str(address)})
+        self._find = Prepared(self._login.statement)
 
     def __repr__(self) -> str:
         return f"OwnAccountStore({self.db!r})"
 
+    @property
+    def login(self) -> Lookup:
+        return self._login
+
     def lookup(self, address: Address) -> sa.Select[Any]:
-        t = self._t
-        return (sa.select(t.c.address, t.c.enabled, t.c.password_hash)
-                .where(t.c.address == str(address)).limit(MAX_CANDIDATES + 1))
+        return self._login.bound(address)
 
     def records(self, address: Address, rows: Sequence[Sequence[Any]],
                 limit: int = 2) -> list[UserRecord]:
@@ -121,9 +136,9 @@ class OwnAccountStore:
                 if stored_address(stored) == address][:limit]
 
     def find(self, address: Address, limit: int = 2) -> list[UserRecord]:
-        query = self.lookup(address)
+        values = self._login.values(address)
         return self.records(address, self.db.run(
-            "look up user", lambda conn: conn.execute(query).all()), limit)
+            "look up user", lambda conn: self._find.execute(conn, values).all()), limit)
 
     def find_many(self, addresses: Sequence[Address]) -> dict[str, list[UserRecord]]:
         t = self._t
@@ -245,6 +260,14 @@ class LegacyAccountStore:
             columns.append(sa.Column(legacy.enabled_column, sa.String))
         # A detached description of the table: nothing is reflected or created from it.
         self._t = sa.Table(legacy.table, sa.MetaData(), *columns)
+        dialect = db.dialect
+        self._login = Lookup(
+            self._select().where(sa.and_(*(
+                caseless(column, dialect) == sa.bindparam(f"login{i}")
+                for i, column in enumerate(self._address_columns())))).limit(MAX_CANDIDATES + 1),
+            lambda address: {f"login{i}": value
+                             for i, value in enumerate(self._address_values(address))})
+        self._find = Prepared(self._login.statement)
 
     def __repr__(self) -> str:
         return f"LegacyAccountStore(table={self.legacy.table!r}, {self.db!r})"
@@ -300,10 +323,14 @@ class LegacyAccountStore:
             exactly(column, value, dialect)
             for column, value in zip(self._address_columns(), key, strict=True)))
 
+    @property
+    def login(self) -> Lookup:
+        return self._login
+
     def lookup(self, address: Address) -> sa.Select[Any]:
         """The statement :meth:`find` sends for *address* (the AUTH path sends it with the
         throttle's count): what :mod:`~eximauthd.db.legacyindex` EXPLAINs."""
-        return self._select().where(self._match(address)).limit(MAX_CANDIDATES + 1)
+        return self._login.bound(address)
 
     def records(self, address: Address, rows: Sequence[Sequence[Any]],
                 limit: int = 2) -> list[UserRecord]:
@@ -311,9 +338,9 @@ class LegacyAccountStore:
                 if self._identity(r) == address][:limit]
 
     def find(self, address: Address, limit: int = 2) -> list[UserRecord]:
-        query = self.lookup(address)
+        values = self._login.values(address)
         return self.records(address, self.db.run(
-            "look up user", lambda conn: conn.execute(query).all()), limit)
+            "look up user", lambda conn: self._find.execute(conn, values).all()), limit)
 
     def find_many(self, addresses: Sequence[Address]) -> dict[str, list[UserRecord]]:
         wanted = set(addresses)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ from ..core.limits import Limit, RateKey
 from ..errors import StorageError
 from . import tables
 from .engine import Database, exactly
+from .prepared import Lookup, Prepared
 
 __all__ = [
     "AttemptStore",
@@ -124,6 +125,10 @@ class AttemptStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._t = tables.auth_attempts
+        # The request path's statements, built once (see :mod:`.prepared`).
+        self._reserve: dict[int, Prepared] = {}
+        self._count: dict[tuple[int, int | None], Prepared] = {}
+        self._release: dict[tuple[int, bool], Prepared] = {}
 
     def __repr__(self) -> str:
         return f"AttemptStore({self.db!r})"
@@ -138,57 +143,39 @@ class AttemptStore:
         return self.reserve_and_read(subjects, tag, nonce, now, since)[0]
 
     def reserve_and_read(self, subjects: Sequence[Subject], tag: str, nonce: str,
-                         now: dt.datetime, since: dt.datetime, also: sa.Select[Any] | None = None,
+                         now: dt.datetime, since: dt.datetime, also: Lookup | None = None,
+                         also_values: Mapping[str, Any] | None = None,
                          ) -> tuple[dict[Subject, Reserved], list[tuple[Any, ...]]]:
-        """:meth:`reserve`, and the rows of *also* read by the statement that counts.
+        """:meth:`reserve`, and the rows of *also* (with *also_values*) read by the statement
+        that counts.
 
         Two statements in all: the reserving write, then one read of the counts and of *also*
         (the account's row: a request needs it next, and it costs no round trip of its own).
         """
         if not subjects:
             return {}, []
-        _retrying(lambda: self._add(subjects, tag, nonce, now, since))
-        return self._count(subjects, tag, nonce, since, also)
-
-    def _add(self, subjects: Sequence[Subject], tag: str, nonce: str, now: dt.datetime,
-             since: dt.datetime) -> None:
-        def update(t: sa.Table, new: Any) -> list[tuple[Any, Any]]:
-            expired = t.c.attempted_at < since
-            # nonce first: MySQL assigns left to right, and it must see the old attempted_at.
-            return [(t.c.nonce, sa.case((expired, new.nonce), else_=t.c.nonce)),
-                    (t.c.attempted_at, sa.case((expired, new.attempted_at),
-                                               else_=t.c.attempted_at))]
-
-        stmt = _upsert(self.db, self._t, ("scope", "subject", "tag"), update)
-        rows = [{"scope": scope, "subject": subject, "tag": tag, "nonce": nonce,
-                 "attempted_at": now} for scope, subject in sorted(subjects)]
+        values: dict[str, Any] = {"tag": tag, "nonce": nonce}
+        for i, (scope, subject) in enumerate(subjects):
+            values[f"scope{i}"], values[f"subject{i}"] = scope, subject
+        reserve = self._reserving(len(subjects))
         # One multi-row statement (not executemany: PyMySQL cannot batch one whose UPDATE part
         # has parameters), committed by itself (autocommit): the rows must be committed before
         # anyone counts them.  Idempotent (a repeat shares the rows), so a lost connection is
-        # retried.
-        self.db.run("reserve password check", lambda conn: conn.execute(stmt.values(rows)),
-                    primary=True)
-
-    def _count(self, subjects: Sequence[Subject], tag: str, nonce: str, since: dt.datetime,
-               also: sa.Select[Any] | None,
-               ) -> tuple[dict[Subject, Reserved], list[tuple[Any, ...]]]:
-        t = self._t
-        mine = sa.func.coalesce(sa.func.max(sa.case(
-            (sa.and_(t.c.tag == tag, t.c.nonce == nonce), 1), else_=0)), 0)
-        columns: list[Any] = []
-        for i, (scope, subject) in enumerate(subjects):
-            rows = sa.and_(t.c.scope == scope, t.c.subject == subject, t.c.attempted_at >= since)
-            columns += [sa.select(sa.func.count()).where(rows).scalar_subquery().label(f"n{i}"),
-                        sa.select(mine).where(rows).scalar_subquery().label(f"m{i}")]
-        query: sa.Select[Any] = sa.select(*columns)
+        # retried.  Its rows in the subjects' order: the same lock order on every instance.
+        ordered = sorted(range(len(subjects)), key=lambda i: subjects[i])
+        added = {"tag": tag, "nonce": nonce, "now": now, "since": since}
+        for position, i in enumerate(ordered):
+            added[f"scope{position}"], added[f"subject{position}"] = subjects[i]
+        _retrying(lambda: self.db.run("reserve password check",
+                                      lambda conn: reserve.execute(conn, added), primary=True))
+        count = self._counting(len(subjects), also)
+        values["since"] = since
         if also is not None:
-            # One row of counts, joined to the rows of *also* (none: one row of NULLs).
-            counts, extra = query.subquery("counts"), also.subquery("also")
-            query = sa.select(counts, extra).select_from(counts.outerjoin(extra, sa.true()))
+            values.update(also_values or {})
         # The primary, a statement of its own (autocommit): it sees every row committed so
         # far, ours included.
-        read = self.db.run("count password checks", lambda conn: conn.execute(query).all(),
-                           primary=True)
+        read = self.db.run("count password checks",
+                           lambda conn: count.execute(conn, values).all(), primary=True)
         width = 2 * len(subjects)
         found: dict[Subject, Reserved] = {}
         for i, key in enumerate(subjects):
@@ -199,15 +186,73 @@ class AttemptStore:
                       if any(value is not None for value in r[width:])]
         return found, extra_rows
 
+    def _reserving(self, n: int) -> Prepared:
+        prepared = self._reserve.get(n)
+        if prepared is not None:
+            return prepared
+
+        def update(t: sa.Table, new: Any) -> list[tuple[Any, Any]]:
+            expired = t.c.attempted_at < sa.bindparam("since")
+            # nonce first: MySQL assigns left to right, and it must see the old attempted_at.
+            return [(t.c.nonce, sa.case((expired, new.nonce), else_=t.c.nonce)),
+                    (t.c.attempted_at, sa.case((expired, new.attempted_at),
+                                               else_=t.c.attempted_at))]
+
+        stmt = _upsert(self.db, self._t, ("scope", "subject", "tag"), update)
+        rows: list[dict[str, Any]] = [
+            {"scope": sa.bindparam(f"scope{i}"), "subject": sa.bindparam(f"subject{i}"),
+             "tag": sa.bindparam("tag"), "nonce": sa.bindparam("nonce"),
+             "attempted_at": sa.bindparam("now")} for i in range(n)]
+        prepared = self._reserve[n] = Prepared(stmt.values(rows))
+        return prepared
+
+    def _counting(self, n: int, also: Lookup | None) -> Prepared:
+        key = (n, None if also is None else id(also.statement))
+        prepared = self._count.get(key)
+        if prepared is not None:
+            return prepared
+        t = self._t
+        tag: sa.BindParameter[str] = sa.bindparam("tag")
+        nonce: sa.BindParameter[str] = sa.bindparam("nonce")
+        since: sa.BindParameter[dt.datetime] = sa.bindparam("since")
+        mine = sa.func.coalesce(sa.func.max(sa.case(
+            (sa.and_(t.c.tag == tag, t.c.nonce == nonce), 1), else_=0)), 0)
+        columns: list[Any] = []
+        for i in range(n):
+            rows = sa.and_(t.c.scope == sa.bindparam(f"scope{i}"),
+                           t.c.subject == sa.bindparam(f"subject{i}"), t.c.attempted_at >= since)
+            columns += [sa.select(sa.func.count()).where(rows).scalar_subquery().label(f"n{i}"),
+                        sa.select(mine).where(rows).scalar_subquery().label(f"m{i}")]
+        query: sa.Select[Any] = sa.select(*columns)
+        if also is not None:
+            # One row of counts, joined to the rows of *also* (none: one row of NULLs).
+            counts, extra = query.subquery("counts"), also.statement.subquery("also")
+            query = sa.select(counts, extra).select_from(counts.outerjoin(extra, sa.true()))
+        prepared = self._count[key] = Prepared(query)
+        return prepared
+
     def release(self, subjects: Sequence[Subject], tag: str, nonce: str | None = None) -> None:
         """Delete the subjects' rows of *tag* (only those this *nonce* reserved, if given)."""
         if not subjects:
             return
-        t = self._t
-        query = sa.delete(t).where(_any_subject(t, subjects), t.c.tag == tag)
+        key = (len(subjects), nonce is not None)
+        prepared = self._release.get(key)
+        if prepared is None:
+            t = self._t
+            query = sa.delete(t).where(sa.or_(*(
+                sa.and_(t.c.scope == sa.bindparam(f"scope{i}"),
+                        t.c.subject == sa.bindparam(f"subject{i}"))
+                for i in range(len(subjects)))), t.c.tag == sa.bindparam("tag"))
+            if nonce is not None:
+                query = query.where(t.c.nonce == sa.bindparam("nonce"))
+            prepared = self._release[key] = Prepared(query)
+        values: dict[str, Any] = {"tag": tag}
         if nonce is not None:
-            query = query.where(t.c.nonce == nonce)
-        self.db.run("release password check", lambda conn: conn.execute(query), primary=True)
+            values["nonce"] = nonce
+        for i, (scope, subject) in enumerate(subjects):
+            values[f"scope{i}"], values[f"subject{i}"] = scope, subject
+        self.db.run("release password check", lambda conn: prepared.execute(conn, values),
+                    primary=True)
 
     def list(self, since: dt.datetime) -> list[FailureRow]:
         t = self._t
@@ -239,11 +284,6 @@ class AttemptStore:
         t = self._t
         with self.db.write("prune auth failures") as conn:
             return int(conn.execute(sa.delete(t).where(t.c.attempted_at < before)).rowcount)
-
-
-def _any_subject(t: sa.Table, subjects: Sequence[Subject]) -> sa.ColumnElement[bool]:
-    return sa.or_(*(sa.and_(t.c.scope == scope, t.c.subject == subject)
-                    for scope, subject in subjects))
 
 
 class KnownNetworkStore:

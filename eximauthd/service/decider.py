@@ -64,7 +64,7 @@ class Decider:
             if throttle is not None:
                 # The account's row is read by the statement that counts: one round trip less.
                 throttled, reservation = throttle.reserve(
-                    credentials, self.accounts.lookup(credentials.address))
+                    credentials, self.accounts.login)
                 if throttled is not None:
                     return throttled
             decision = self.authn.check(

@@ -27,6 +27,7 @@ from eximauthd.core.decision import Result
 from eximauthd.db import tables
 from eximauthd.db.counters import AttemptStore, KnownNetworkStore
 from eximauthd.db.engine import Database
+from eximauthd.db.prepared import Lookup
 from eximauthd.settings import ThrottleConfig
 
 from ..support import credentials
@@ -406,7 +407,7 @@ def test_the_reservation_carries_the_rows_read_with_the_counts(
         else sa.select(sa.literal("x").label("name")).where(sa.false())
     also = sa.select(names.subquery().c.name)
     refused, reservation = guard.reserve(credentials(ALICE, "pw", HOME),
-                                         also=also)
+                                         also=Lookup(also, lambda _address: {}))
     assert refused is None
     assert reservation.rows == expected
     refused, reservation = guard.reserve(credentials(ALICE, "pw2", HOME))
