@@ -455,6 +455,8 @@ def _validate_abuse(config: Config) -> None:
         # Padded inside the request timeout's budget too (capped at 0.6 of it when applied).
         ("throttle.failure_floor_ms", t.failure_floor_ms, 0, 2000),
         ("throttle.trusted_network_seconds", t.trusted_network_seconds, 0, 90 * 86400),
+        # A success counts against the limits until then: keep it short.
+        ("throttle.release_delay_ms", t.release_delay_ms, 0, 1000),
         ("ratelimit.sync_interval_ms", r.sync_interval_ms, 50, 60_000),
         ("ratelimit.max_staleness_seconds", r.max_staleness_seconds, 1, 3600),
         ("cache.ttl_seconds", c.ttl_seconds, 0, 86400),

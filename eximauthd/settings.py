@@ -364,6 +364,9 @@ class ThrottleConfig:
     # A network a user logged in from successfully within this time is not locked out by
     # failures counted against that user elsewhere (0: no such exemption).
     trusted_network_seconds: int = 604800
+    # A success's reservation is taken back with the other successes of this while, in one
+    # statement (0: each at once, one more statement per login).
+    release_delay_ms: int = 50
     # File holding the key for the digest of wrong passwords ("the same wrong password counts
     # once"); give every instance the same file.  Empty: a random key per process.
     secret_file: str = ""

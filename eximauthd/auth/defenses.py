@@ -265,8 +265,10 @@ class Defenses:
             await self.sync_rates()  # what this instance counted last
 
     def close(self) -> None:
-        """Wait for the sync thread's work to end."""
+        """Wait for the sync thread's work to end; take back the reservations still held."""
         self.sync_thread.shutdown(wait=True)
+        if self.throttle is not None:
+            self.throttle.close()
 
     async def _sync_forever(self) -> None:
         interval = self.config.ratelimit.sync_interval_ms / 1000

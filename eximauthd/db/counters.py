@@ -14,6 +14,7 @@ limits to a look-alike (``boss@muller.test`` / ``boss@müller.test``).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -90,6 +91,9 @@ class Reserved:
 # back whole, so trying it again is safe.
 _MYSQL_DEADLOCK = 1213
 _RESERVE_TRIES = 3
+# The sizes of release_many's statements, in (scope, subject, tag) keys: a success has two
+# (its network and its user), so 64 successes at most per statement.
+_RELEASE_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 _T = TypeVar("_T")
 
 
@@ -129,6 +133,7 @@ class AttemptStore:
         self._reserve: dict[int, Prepared] = {}
         self._count: dict[tuple[int, int | None], Prepared] = {}
         self._release: dict[tuple[int, bool], Prepared] = {}
+        self._release_many: dict[int, Prepared] = {}
 
     def __repr__(self) -> str:
         return f"AttemptStore({self.db!r})"
@@ -253,6 +258,38 @@ class AttemptStore:
             values[f"scope{i}"], values[f"subject{i}"] = scope, subject
         self.db.run("release password check", lambda conn: prepared.execute(conn, values),
                     primary=True)
+
+    def release_many(self, held: Sequence[tuple[Sequence[Subject], str]]) -> None:
+        """Delete the rows of each (subjects, tag) in *held*: the successes of a short while,
+        taken back together, in one statement per :data:`_RELEASE_SIZES` rows at most."""
+        keys = sorted({(scope, subject, tag) for subjects, tag in held
+                       for scope, subject in subjects})
+        while keys:
+            size = next(n for n in _RELEASE_SIZES if n >= min(len(keys), _RELEASE_SIZES[-1]))
+            chunk, keys = keys[:size], keys[size:]
+            # Padded with its last key to one of a few sizes: a handful of statements to
+            # compile, and a repeated key deletes nothing twice.
+            chunk += [chunk[-1]] * (size - len(chunk))
+            prepared = self._releasing(size)
+            values: dict[str, Any] = {}
+            for i, (scope, subject, tag) in enumerate(chunk):
+                values[f"scope{i}"], values[f"subject{i}"], values[f"tag{i}"] = scope, subject, tag
+            # Idempotent: retried after a lost connection, a deadlock or a certification
+            # conflict with another instance's reservation.
+            send = functools.partial(prepared.execute, values=values)
+            _retrying(functools.partial(self.db.run, "release password checks", send,
+                                        primary=True))
+
+    def _releasing(self, size: int) -> Prepared:
+        prepared = self._release_many.get(size)
+        if prepared is None:
+            t = self._t
+            prepared = self._release_many[size] = Prepared(sa.delete(t).where(sa.or_(*(
+                sa.and_(t.c.scope == sa.bindparam(f"scope{i}"),
+                        t.c.subject == sa.bindparam(f"subject{i}"),
+                        t.c.tag == sa.bindparam(f"tag{i}"))
+                for i in range(size)))))
+        return prepared
 
     def list(self, since: dt.datetime) -> list[FailureRow]:
         t = self._t

@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -198,6 +199,7 @@ def test_a_success_takes_back_its_password_counted_earlier_too(database: Databas
     assert _counts(database) == {("ip", "192.0.2.1/32"): 1, ("user", ALICE): 1}
     _, right = guard.reserve(credentials(ALICE, "new-password", HOME))
     guard.settle(right, succeeded=True, credentials=credentials(ALICE, "pw", HOME))
+    guard.flush()
     assert _counts(database) == {}
     assert _known(database, ALICE, "192.0.2.1/32", T0)
 
@@ -212,8 +214,10 @@ def test_a_release_that_fails_is_logged_without_the_password(
     with caplog.at_level(logging.WARNING, logger="eximauthd.throttle"):
         guard.abandon(abandoned)
         guard.settle(succeeded, succeeded=True, credentials=credentials(ALICE, "pw", HOME))
-    message = f"could not release a reserved password check: release password check: {MISSING}"
-    assert _warnings(caplog) == [message, message]
+        guard.flush()
+    assert _warnings(caplog) == [
+        f"could not release a reserved password check: release password check: {MISSING}",
+        f"could not release 1 reserved password checks: release password checks: {MISSING}"]
     # The success is still remembered: the release failing does not stop it.
     assert _known(database, ALICE, "192.0.2.1/32", T0)
 
@@ -277,6 +281,7 @@ def test_a_success_remembers_no_network_when_there_is_none_to_trust(
         guard.settle(reservation, succeeded=True,
                      credentials=credentials(username, "pw", client_ip))
         guard.succeeded(credentials(username, "pw", client_ip))
+        guard.flush()
     assert _known_rows(database) == 0
     assert _warnings(caplog) == []
     assert _counts(database) == {}
@@ -413,3 +418,63 @@ def test_the_reservation_carries_the_rows_read_with_the_counts(
     refused, reservation = guard.reserve(credentials(ALICE, "pw2", HOME))
     assert refused is None
     assert reservation.rows is None
+
+
+def _settled(guard: Throttle, user: str, ip: str) -> None:
+    refused, reservation = guard.reserve(credentials(user, "right", ip))
+    assert refused is None
+    guard.settle(reservation, succeeded=True, credentials=credentials(user, "right", ip))
+
+
+def test_a_success_far_from_the_limits_is_held_until_its_batch_is_flushed(
+        database: Database, clock: Clock) -> None:
+    """Under half of each limit, a success's rows wait for the batch (they count meanwhile,
+    like a check still running); a flush takes every one of them back."""
+    guard = _throttle(database, clock, max_failures_per_ip=10, max_failures_per_user=10,
+                      release_delay_ms=3_600_000)
+    for user in (ALICE, BOB):
+        _settled(guard, user, "192.0.2.1")
+    assert _counts(database) == {("ip", "192.0.2.1/32"): 2, ("user", ALICE): 1,
+                                 ("user", BOB): 1}
+    guard.flush()
+    assert _counts(database) == {}
+
+
+def test_a_success_near_a_limit_is_taken_back_at_once(database: Database,
+                                                      clock: Clock) -> None:
+    """Over half of a limit the rows held for a batch could refuse someone: the success
+    that sees that count takes its own rows back at once."""
+    guard = _throttle(database, clock, max_failures_per_ip=4, max_failures_per_user=10,
+                      release_delay_ms=3_600_000)
+    _settled(guard, ALICE, "192.0.2.1")  # ip count 1 of 4: held
+    _settled(guard, BOB, "192.0.2.1")  # 2 of 4: held
+    _settled(guard, "carol@example.test", "192.0.2.1")  # 3 of 4: at once
+    assert _counts(database) == {("ip", "192.0.2.1/32"): 2, ("user", ALICE): 1,
+                                 ("user", BOB): 1}
+    # However many more log in from there, the held rows never refuse one of them.
+    for i in range(10):
+        _settled(guard, f"user{i}@example.test", "192.0.2.1")
+    assert _counts(database)[("ip", "192.0.2.1/32")] == 2
+
+
+def test_a_batch_is_taken_back_by_itself_soon(database: Database, clock: Clock) -> None:
+    """Nobody flushes: the timer does, release_delay_ms after the first success held."""
+    guard = _throttle(database, clock, release_delay_ms=20)
+    _settled(guard, ALICE, "192.0.2.1")
+    deadline = time.monotonic() + 30  # a liveness bound for a loaded machine, not a timing
+    while _counts(database) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _counts(database) == {}
+
+
+@pytest.mark.parametrize("delay_ms", [0, 3_600_000])
+def test_without_a_delay_or_once_closed_a_success_is_taken_back_at_once(
+        database: Database, clock: Clock, delay_ms: int) -> None:
+    guard = _throttle(database, clock, release_delay_ms=delay_ms)
+    _settled(guard, ALICE, "192.0.2.1")
+    if delay_ms:
+        assert _counts(database) != {}
+        guard.close()  # flushes what it held
+        assert _counts(database) == {}
+    _settled(guard, BOB, "192.0.2.1")
+    assert _counts(database) == {}
