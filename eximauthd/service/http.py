@@ -12,14 +12,17 @@ escapes, a trailing slash) than a prefix test can foresee.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import math
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import falcon
 import falcon.asgi
+import uvicorn
 
 from ..core.decision import Decision, Result
 from ..core.protocol import (
@@ -33,7 +36,7 @@ from ..core.protocol import (
 from ..errors import ConfigError, ProtocolError
 from .metrics import Metrics
 
-__all__ = ["MAX_BODY_BYTES", "BearerToken", "create_app", "parse_json"]
+__all__ = ["MAX_BODY_BYTES", "BearerToken", "QuietServer", "create_app", "parse_json"]
 
 MAX_BODY_BYTES = 16384
 
@@ -263,3 +266,14 @@ def create_app(service: Service, token: str) -> falcon.asgi.App[Any, Any]:
     app.add_route("/v1/auth", Auth(service))
     app.add_route("/v1/relay", Relay(service))
     return app
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the service owns SIGTERM and SIGHUP.
+
+    Here rather than in :mod:`.server`, which imports this module only with HTTP on.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

@@ -34,10 +34,11 @@ import logging
 import resource
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+if TYPE_CHECKING:
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
 __all__ = [
     "HTTP_BACKLOG",
@@ -183,6 +184,26 @@ def guarded_h11(max_connections: int, deadline: float, throttle: Throttled, *,
     most *max_requests* per connection, and each request spends a token of *budget*.
     *on_refused* is told why a connection was cut: ``connections``, ``deadline``, ``budget``.
     """
+    # Imported here, not at the top: `serve` uses the rest of this module with HTTP off too,
+    # and h11 with uvicorn (which loads multiprocessing) would stay in its memory unused.
+    import h11  # noqa: PLC0415
+    from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: PLC0415
+
+    class _GatedConnection(h11.Connection):
+        """h11's server side, handing each complete request to :attr:`on_request` first.
+
+        ``None`` from it drops the request (the connection is being cut): uvicorn sees no event.
+        """
+
+        on_request: Callable[[h11.Request], h11.Request | None] | None = None
+
+        def next_event(self) -> Any:
+            event = super().next_event()
+            if isinstance(event, h11.Request) and self.on_request is not None:
+                admitted = self.on_request(event)
+                return h11.NEED_DATA if admitted is None else admitted
+            return event
+
     answer_within = deadline if response_deadline is None else response_deadline
     bucket = budget if budget is not None else TokenBucket(HTTP_REQUEST_RATE, HTTP_REQUEST_BURST)
 
@@ -282,18 +303,3 @@ def guarded_h11(max_connections: int, deadline: float, throttle: Throttled, *,
 
     return GuardedH11Protocol
 
-
-class _GatedConnection(h11.Connection):
-    """h11's server side, handing each complete request to :attr:`on_request` first.
-
-    ``None`` from it drops the request (the connection is being cut): uvicorn sees no event.
-    """
-
-    on_request: Callable[[h11.Request], h11.Request | None] | None = None
-
-    def next_event(self) -> Any:
-        event = super().next_event()
-        if isinstance(event, h11.Request) and self.on_request is not None:
-            admitted = self.on_request(event)
-            return h11.NEED_DATA if admitted is None else admitted
-        return event

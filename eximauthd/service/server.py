@@ -15,11 +15,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
-
-import uvicorn
 
 from ..core.decision import Decision, Reason, Result
 from ..core.policy import read_relay
@@ -37,7 +35,6 @@ from ..errors import ConfigError, ProtocolError
 from ..settings import Config
 from . import httpguard, secretfile
 from .decider import Decider
-from .http import create_app
 from .logs import log_decision
 from .metrics import Metrics
 from .unixsocket import BACKLOG, bind_unix_socket, prepare_socket_path
@@ -427,6 +424,11 @@ class Service:
 
     async def _start_http(self, token: str,
                           open_files: int) -> tuple[Any, asyncio.Task[None]]:
+        # Falcon and uvicorn only with HTTP on: otherwise they would hold ~5 MiB for nothing.
+        import uvicorn  # noqa: PLC0415
+
+        from .http import QuietServer, create_app  # noqa: PLC0415
+
         host, _, port = self.config.http.listen.rpartition(":")
         # HTTP may hold only part of the descriptors: the rest stay for Exim's socket.
         cap = httpguard.http_connection_cap(open_files)
@@ -440,7 +442,7 @@ class Service:
             budget=httpguard.TokenBucket(httpguard.HTTP_REQUEST_RATE,
                                          httpguard.HTTP_REQUEST_BURST),
             on_refused=lambda reason: refused.labels(reason).inc())
-        server = _QuietServer(uvicorn.Config(
+        server = QuietServer(uvicorn.Config(
             create_app(self, token), host=host.strip("[]"), port=int(port), lifespan="off",
             access_log=False, log_config=None, log_level="warning", http=protocol,
             timeout_keep_alive=int(httpguard.REQUEST_DEADLINE_S),
@@ -460,14 +462,6 @@ class Service:
                                   "(in use by another process? stop it, or change http.listen)")
             await asyncio.sleep(0.01)
         return server, task
-
-
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the service owns SIGTERM and SIGHUP."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 _VERBS: dict[type[Request], str] = {AuthRequest: "AUTH", RelayRequest: "RELAY",
