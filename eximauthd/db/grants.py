@@ -7,14 +7,16 @@ As for accounts (:mod:`eximauthd.db.accounts`), who a row is for is decided in P
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..core.addresses import Address, stored_address
+from ..core.addresses import stored_address
 from ..errors import StorageError, UserExistsError
 from . import tables
 from .engine import Database, is_duplicate
+from .prepared import Prepared
 
 __all__ = ["Grant", "GrantStore"]
 
@@ -33,6 +35,11 @@ class GrantStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._t = tables.grants
+        t = self._t
+        # A RELAY from a sender other than the login's own asks this on every recipient.
+        self._of_user = Prepared(sa.select(t.c.user_address, t.c.sender)
+                                 .where(t.c.user_address == sa.bindparam("user"))
+                                 .order_by(t.c.user_address, t.c.sender))
 
     def add(self, grant: Grant) -> bool:
         """Record *grant* (canonical, as :mod:`eximauthd.cli.grants` builds it); False when it
@@ -74,19 +81,19 @@ class GrantStore:
     def list(self, user: str | None = None) -> list[Grant]:
         """Every grant, or the grants of *user*: only rows whose user is that very account
         under :func:`stored_address`, never a row the collation calls equal."""
-        t = self._t
-        query = sa.select(t.c.user_address, t.c.sender).order_by(t.c.user_address, t.c.sender)
-        owner: Address | None = None
-        if user is not None:
-            owner = stored_address(user)
-            if owner is None:
-                return []
-            query = query.where(t.c.user_address == str(owner))
-        rows = self.db.run("list grants", lambda conn: conn.execute(query).all())
+        if user is None:
+            t = self._t
+            query = sa.select(t.c.user_address, t.c.sender).order_by(t.c.user_address,
+                                                                     t.c.sender)
+            return [Grant(r.user_address, r.sender)
+                    for r in self.db.run("list grants", lambda conn: conn.execute(query).all())]
+        owner = stored_address(user)
         if owner is None:
-            return [Grant(r.user_address, r.sender) for r in rows]
-        return [Grant(str(owner), r.sender) for r in rows
-                if stored_address(r.user_address) == owner]
+            return []
+        values = {"user": str(owner)}
+        rows: list[Any] = self.db.run(
+            "list grants", lambda conn: list(self._of_user.execute(conn, values)))
+        return [Grant(str(owner), row[1]) for row in rows if stored_address(row[0]) == owner]
 
 
 def _grant_sender(sender: str) -> str | None:
