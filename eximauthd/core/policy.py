@@ -20,6 +20,7 @@ what was read (:func:`decide_relay`), with the grants when needed.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -43,10 +44,28 @@ class RelayPolicy:
 
 def _parse(text: str) -> Address | None:
     """The canonical address of *text*, or None when it is not a plain address."""
+    if len(text) > _LONGEST_ADDRESS:
+        return _read_address(text)
+    return _known_address(text)
+
+
+def _read_address(text: str) -> Address | None:
     try:
         return parse_address(text)
     except AddressError:
         return None
+
+
+# RFC 5321's 64-octet local part, "@" and 255-octet domain: longer texts are never addresses.
+_LONGEST_ADDRESS = 320
+# Logins and senders come back request after request: the last two thousand are remembered
+# (Address is immutable), at most about 2 MiB however long they are.
+_known_address = functools.lru_cache(maxsize=2048)(_read_address)
+
+# Decisions are immutable values: the ones every RELAY may return are made once.
+_YES_SAME_ADDRESS = Decision.yes(Reason.SAME_ADDRESS)
+_YES_SAME_DOMAIN = Decision.yes(Reason.SAME_DOMAIN)
+_NO_SENDER_MISMATCH = Decision.no(Reason.SENDER_MISMATCH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +104,9 @@ def read_relay(authenticated_id: str, sender: str, recipient: str,
     envelope = _parse(sender)
     if envelope is None:
         return Decision.no(Reason.MALFORMED_SENDER)
-    if not recipient or not recipient.isprintable() or any(c.isspace() for c in recipient):
+    # Of the characters isprintable() lets through, only the ASCII space is whitespace
+    # (str.isspace), so this refuses what any(c.isspace() for c in recipient) would.
+    if not recipient or " " in recipient or not recipient.isprintable():
         return Decision.no(Reason.MALFORMED_RECIPIENT)
     return Relay(login, envelope, recipient, transaction)
 
@@ -99,16 +120,16 @@ def decide_relay(relay: Relay, grants: Iterable[str], policy: RelayPolicy) -> De
     """
     login, envelope = relay.login, relay.sender
     if envelope == login:
-        return Decision.yes(Reason.SAME_ADDRESS)
+        return _YES_SAME_ADDRESS
     for grant in grants:
         reason = _grant_matches(grant, envelope)
         if reason is not None:
             return Decision.yes(reason)
     if login.domain in policy.strict_domains:
-        return Decision.no(Reason.SENDER_MISMATCH)
+        return _NO_SENDER_MISMATCH
     if envelope.domain == login.domain:
-        return Decision.yes(Reason.SAME_DOMAIN)
-    return Decision.no(Reason.SENDER_MISMATCH)
+        return _YES_SAME_DOMAIN
+    return _NO_SENDER_MISMATCH
 
 
 def may_relay(authenticated_id: str, sender: str, recipient: str, grants: Iterable[str],
