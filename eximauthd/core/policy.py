@@ -20,7 +20,6 @@ what was read (:func:`decide_relay`), with the grants when needed.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -44,23 +43,11 @@ class RelayPolicy:
 
 def _parse(text: str) -> Address | None:
     """The canonical address of *text*, or None when it is not a plain address."""
-    if len(text) > _LONGEST_ADDRESS:
-        return _read_address(text)
-    return _known_address(text)
-
-
-def _read_address(text: str) -> Address | None:
     try:
         return parse_address(text)
     except AddressError:
         return None
 
-
-# RFC 5321's 64-octet local part, "@" and 255-octet domain: longer texts are never addresses.
-_LONGEST_ADDRESS = 320
-# Logins and senders come back request after request: the last two thousand are remembered
-# (Address is immutable), at most about 2 MiB however long they are.
-_known_address = functools.lru_cache(maxsize=2048)(_read_address)
 
 # Decisions are immutable values: the ones every RELAY may return are made once.
 _YES_SAME_ADDRESS = Decision.yes(Reason.SAME_ADDRESS)
