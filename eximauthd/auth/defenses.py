@@ -39,6 +39,10 @@ __all__ = ["Defenses"]
 _log = logging.getLogger("eximauthd.service")
 
 
+# A decision is an immutable value: the one every cache hit answers is made once.
+_CACHED = Decision.yes(Reason.OK_CACHED)
+
+
 def _nothing() -> None:
     pass
 
@@ -99,7 +103,7 @@ class Defenses:
         if self.cache is None or time.monotonic() - self._revalidated_at > self._cache_trust:
             return None
         if self.cache.hit(credentials.user, credentials.password, credentials.client.network):
-            return Decision.yes(Reason.OK_CACHED)
+            return _CACHED
         return None
 
     def forget(self, address: str) -> None:

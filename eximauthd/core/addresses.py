@@ -15,6 +15,7 @@ otherwise log in (and send) as the other.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -48,6 +49,17 @@ def parse_address(text: str) -> Address:
     :raises AddressError: *text* is not ``dot-atom@domain`` within RFC 5321's length limits.
         The message quotes at most the first 64 characters of the input.
     """
+    # Logins and senders come back request after request: the last two thousand addresses
+    # are remembered (an Address is immutable; a refusal is not kept).  Longer texts are never
+    # addresses and are not kept either, so the memo stays under about 2 MiB.
+    return _known(text) if len(text) <= _LONGEST else _parse(text)
+
+
+# RFC 5321: a 64-octet local part, "@" and a 255-octet domain.
+_LONGEST = _MAX_LOCAL + 1 + _MAX_DOMAIN
+
+
+def _parse(text: str) -> Address:
     shown = text[:64]
     if not text.isascii():
         # Also covers lone surrogates (undecodable bytes from the socket), which would make
@@ -63,6 +75,9 @@ def parse_address(text: str) -> Address:
     if not _DOMAIN_RE.fullmatch(domain):
         raise AddressError(f"invalid domain in {shown!r}")
     return Address(local.lower(), domain.lower())
+
+
+_known = functools.lru_cache(maxsize=2048)(_parse)
 
 
 def stored_address(*parts: object) -> Address | None:

@@ -49,6 +49,12 @@ def _parse(text: str) -> Address | None:
         return None
 
 
+# Decisions are immutable values: the ones every RELAY may return are made once.
+_YES_SAME_ADDRESS = Decision.yes(Reason.SAME_ADDRESS)
+_YES_SAME_DOMAIN = Decision.yes(Reason.SAME_DOMAIN)
+_NO_SENDER_MISMATCH = Decision.no(Reason.SENDER_MISMATCH)
+
+
 @dataclass(frozen=True, slots=True)
 class Relay:
     """A RELAY request that passed rules 1 to 3: the login's and the sender's addresses."""
@@ -85,7 +91,9 @@ def read_relay(authenticated_id: str, sender: str, recipient: str,
     envelope = _parse(sender)
     if envelope is None:
         return Decision.no(Reason.MALFORMED_SENDER)
-    if not recipient or not recipient.isprintable() or any(c.isspace() for c in recipient):
+    # Of the characters isprintable() lets through, only the ASCII space is whitespace
+    # (str.isspace), so this refuses what any(c.isspace() for c in recipient) would.
+    if not recipient or " " in recipient or not recipient.isprintable():
         return Decision.no(Reason.MALFORMED_RECIPIENT)
     return Relay(login, envelope, recipient, transaction)
 
@@ -99,16 +107,16 @@ def decide_relay(relay: Relay, grants: Iterable[str], policy: RelayPolicy) -> De
     """
     login, envelope = relay.login, relay.sender
     if envelope == login:
-        return Decision.yes(Reason.SAME_ADDRESS)
+        return _YES_SAME_ADDRESS
     for grant in grants:
         reason = _grant_matches(grant, envelope)
         if reason is not None:
             return Decision.yes(reason)
     if login.domain in policy.strict_domains:
-        return Decision.no(Reason.SENDER_MISMATCH)
+        return _NO_SENDER_MISMATCH
     if envelope.domain == login.domain:
-        return Decision.yes(Reason.SAME_DOMAIN)
-    return Decision.no(Reason.SENDER_MISMATCH)
+        return _YES_SAME_DOMAIN
+    return _NO_SENDER_MISMATCH
 
 
 def may_relay(authenticated_id: str, sender: str, recipient: str, grants: Iterable[str],

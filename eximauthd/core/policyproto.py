@@ -19,6 +19,7 @@ The texts reach the SMTP client: they never carry account state or the reason wo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .decision import Decision, Reason, Result
@@ -103,6 +104,18 @@ class PolicyReader:
         """The requests that *data* completes (one per empty line)."""
         done: list[PolicyRequest | Malformed] = []
         start = 0
+        # Postfix writes each request in one go: a whole, well-formed one is read at once.
+        # Anything else (a request split across reads, a fault, a stray empty line) is read
+        # line by line below, which decides every case the same way with its reason.
+        while not (self._lines or self._partial or self._skipping_line):
+            end = data.find(b"\n\n", start)
+            if end < 0:
+                break
+            request = _whole_request(data[start:end + 1])
+            if request is None:
+                break
+            done.append(request)
+            start = end + 2
         while start < len(data):
             end = data.find(b"\n", start)
             piece = data[start:] if end < 0 else data[start:end]
@@ -177,6 +190,39 @@ class PolicyReader:
         if attributes.get("request") != "smtpd_access_policy":
             return Malformed("not-access-policy")
         return PolicyRequest(attributes)
+
+
+# A request's lines when every one is ``name=value`` with an ASCII name: the one check the
+# line-by-line reading makes of the attributes it skips.
+_WELL_FORMED = re.compile(rb"(?:[^\n=\x80-\xff]+=[^\n]*\n)+")
+_USED_LINE = re.compile(rb"^(" + b"|".join(sorted(n.encode() for n in USED)) + rb")=(.*)$",
+                        re.MULTILINE)
+
+
+def _whole_request(block: bytes) -> PolicyRequest | Malformed | None:
+    """The request of *block* (its lines, each with its newline, without the empty line)
+    when it is well-formed and within every cap; None to read it line by line instead.
+
+    Decides exactly as :meth:`PolicyReader.feed` line by line would, or not at all.
+    """
+    if (len(block) > MAX_LINE_BYTES or block.count(b"\n") > MAX_ATTRIBUTES
+            or not _WELL_FORMED.fullmatch(block)):
+        return None  # long lines, many of them, or a fault: counted and named line by line
+    attributes: dict[str, str] = {}
+    for name, value in _USED_LINE.findall(block):
+        key = name.decode("ascii")
+        if key in attributes:
+            return None
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if not text.isprintable():
+            return None
+        attributes[key] = text
+    if attributes.get("request") != "smtpd_access_policy":
+        return Malformed("not-access-policy")
+    return PolicyRequest(attributes)
 
 
 def policy_action(decision: Decision) -> str:

@@ -87,6 +87,8 @@ class PostfixPolicyServer:
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[_Connection] = set()
         self._bound_path = ""
+        # prometheus_client's labels() is a lock and a lookup per call: looked up once.
+        self._unauthenticated = service.metrics.requests.labels("RELAY", TRANSPORT, "dunno")
 
     @property
     def where(self) -> str:
@@ -122,31 +124,49 @@ class PostfixPolicyServer:
 
     # --- called by the connections ----------------------------------------------------------
 
-    async def answer(self, request: PolicyRequest | Malformed) -> str:
-        """The action for one request; never raises."""
-        if isinstance(request, Malformed):
-            return self._refuse(request.reason)
-        if not request.authenticated:
-            # Not ours to judge: permit_sasl_authenticated does not apply, the rest decides.
-            self.service.metrics.requests.labels("RELAY", TRANSPORT, "dunno").inc()
-            return DUNNO
-        if request.get("protocol_state") != "RCPT":
-            # Only RCPT names one recipient per request; elsewhere a message would not be
-            # counted right.  A misplaced check_policy_service must show, not let mail through.
-            return self._refuse("not-rcpt-state")
+    def answer_now(self, request: PolicyRequest | Malformed) -> str | RelayRequest:
+        """The action for one request when the event loop can decide it (malformed,
+        unauthenticated, the relays the policy settles in memory), else the RELAY for
+        :meth:`answer_later`; never raises."""
         try:
-            client_ip = parse_client_ip(request.get("client_address"))
-        except ProtocolError:
-            client_ip = ""  # "unknown" or the like: only logs and per-IP keys read it
-        relay = RelayRequest(request.get("sasl_username"), request.get("sender"),
-                             request.get("recipient"), client_ip,
-                             instance_transaction(request.get("instance")))
+            if isinstance(request, Malformed):
+                return self._refuse(request.reason)
+            attributes = request.attributes
+            if not attributes.get("sasl_username"):
+                # Not ours to judge: permit_sasl_authenticated does not apply, the rest decides.
+                self._unauthenticated.inc()
+                return DUNNO
+            if attributes.get("protocol_state") != "RCPT":
+                # Only RCPT names one recipient per request; elsewhere a message would not be
+                # counted right.  A misplaced check_policy_service must show, not let mail
+                # through.
+                return self._refuse("not-rcpt-state")
+            try:
+                client_ip = parse_client_ip(attributes.get("client_address", ""))
+            except ProtocolError:
+                client_ip = ""  # "unknown" or the like: only logs and per-IP keys read it
+            relay = RelayRequest(attributes["sasl_username"], attributes.get("sender", ""),
+                                 attributes.get("recipient", ""), client_ip,
+                                 instance_transaction(attributes.get("instance", "")))
+            decision = self.service.decide_now(relay, TRANSPORT)
+        except Exception:  # none expected; if one came, still answer, never DUNNO
+            _log.exception("internal error while deciding a policy request")
+            decision = Decision.defer(Reason.INTERNAL_ERROR)
+        return relay if decision is None else policy_action(decision)
+
+    async def answer_later(self, relay: RelayRequest) -> str:
+        """The action for a RELAY :meth:`answer_now` could not settle; never raises."""
         try:
             decision = await self.service.decide(relay, transport=TRANSPORT)
         except Exception:  # decide() never raises; if it did, still answer, never DUNNO
             _log.exception("internal error while deciding a policy request")
             decision = Decision.defer(Reason.INTERNAL_ERROR)
         return policy_action(decision)
+
+    async def answer(self, request: PolicyRequest | Malformed) -> str:
+        """The action for one request; never raises."""
+        action = self.answer_now(request)
+        return action if isinstance(action, str) else await self.answer_later(action)
 
     def unread(self) -> None:
         """Log a client cut for not reading its replies."""
@@ -167,7 +187,9 @@ class _Connection(asyncio.Protocol):
     def __init__(self, owner: PostfixPolicyServer) -> None:
         self._owner = owner
         self._reader = PolicyReader()
-        self._queue: collections.deque[PolicyRequest | Malformed] = collections.deque()
+        # Requests read and not answered yet; a RELAY is one the loop could not settle.
+        self._queue: collections.deque[PolicyRequest | Malformed | RelayRequest] = (
+            collections.deque())
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_seen = 0.0
@@ -186,7 +208,17 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_seen = time.monotonic()
-        self._queue.extend(self._reader.feed(data))
+        for request in self._reader.feed(data):
+            if self._queue or self.worker is not None:
+                self._queue.append(request)  # answered in order, after those before it
+                continue
+            # With nothing before it, what the loop can decide is answered at once: no task.
+            action = self._owner.answer_now(request)
+            if isinstance(action, str):
+                if not self._send(action):
+                    return
+            else:
+                self._queue.append(action)
         if len(self._queue) >= MAX_QUEUED and not self._paused and self._open:
             assert self._transport is not None
             self._transport.pause_reading()
@@ -212,21 +244,32 @@ class _Connection(asyncio.Protocol):
     def _open(self) -> bool:
         return self._transport is not None and not self._transport.is_closing()
 
+    def _send(self, action: str) -> bool:
+        """Write the reply of *action*; False when the connection is gone or was cut."""
+        transport = self._transport  # the client may have gone while it was decided
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(format_action(action))
+        if transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
+            self._owner.unread()
+            transport.abort()
+            return False
+        self._last_seen = time.monotonic()
+        return True
+
     async def _work(self) -> None:
         try:
             while self._queue and self._open:
-                action = await self._owner.answer(self._queue.popleft())
-                transport = self._transport  # the client may have gone while it was decided
-                if transport is None or transport.is_closing():
+                queued = self._queue.popleft()
+                if isinstance(queued, RelayRequest):
+                    action = await self._owner.answer_later(queued)
+                else:
+                    action = await self._owner.answer(queued)
+                if not self._send(action):
                     return
-                transport.write(format_action(action))
-                if transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
-                    self._owner.unread()
-                    transport.abort()
-                    return
-                self._last_seen = time.monotonic()
                 if self._paused and len(self._queue) < MAX_QUEUED:
-                    transport.resume_reading()
+                    assert self._transport is not None  # _send saw it open
+                    self._transport.resume_reading()
                     self._paused = False
         finally:
             self.worker = None

@@ -99,6 +99,16 @@ class Service:
             decision = await self._decide_later(request, decision)
         return self._accounted(request, decision, transport, started)
 
+    def decide_now(self, request: Request, transport: str) -> Decision | None:
+        """:meth:`decide`'s answer, logged, when the event loop settles it with no worker and
+        no wait (:meth:`_decide_now`); else None, and nothing is logged: call :meth:`decide`.
+        Never raises."""
+        started = time.perf_counter()
+        decision = self._decide_now(request)
+        if decision is None or self.defenses.delays_failure(request, decision):
+            return None
+        return self._accounted(request, decision, transport, started)
+
     def _accounted(self, request: Request, decision: Decision, transport: str,
                    started: float) -> Decision:
         """*decision*, counted and logged; a defer if that fails.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 from hypothesis import given
@@ -126,6 +127,17 @@ def test_malformed_recipient_is_no(recipient: str) -> None:
     """An empty, whitespace or control-character recipient is refused even for one's own address."""
     decision = may_relay("alice@example.test", "alice@example.test", recipient, [], DEFAULT)
     assert (decision.result, decision.reason) == (Result.NO, "malformed-recipient")
+
+
+def test_every_whitespace_character_in_a_recipient_is_refused() -> None:
+    """Every character str.isspace() calls whitespace makes a recipient malformed (the check
+    relies on the ASCII space being the only one str.isprintable() lets through)."""
+    spaces = [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()]
+    assert len(spaces) > 20
+    for space in spaces:
+        decision = may_relay("alice@example.test", "alice@example.test", f"x{space}@r.test", [],
+                             DEFAULT)
+        assert decision.reason == "malformed-recipient", hex(ord(space))
 
 
 @pytest.mark.parametrize("recipient", ["x@remote.test", '"a.b"@remote.test', "postmaster"])

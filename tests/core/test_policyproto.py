@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from eximauthd.core.decision import Decision, Reason
@@ -126,6 +126,22 @@ class TestPolicyReader:
                 if isinstance(item, PolicyRequest):
                     assert item.get("request") == "smtpd_access_policy"
             assert len(reader._partial) <= MAX_LINE_BYTES
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.lists(st.tuples(st.booleans(), st.lists(st.sampled_from([
+        b"request=other\n", b"sender=a@b\n", b"sender=\xff@b\n", b"sender=a\tb\n",
+        b"recipient=r=s@t\n", b"senderx=1\n", b"x=sender=1\n", b"=v\n", b"no equals\n",
+        b"\xffname=x\n", b"name\xc3\xa9=x\n", b"instance=\xc3\xa9\n", b"\n", b"a=b\n" * 60,
+        b"x=" + b"y" * 2000 + b"\n", b"x=" + b"y" * MAX_LINE_BYTES + b"\n", b"sasl_username=\n",
+        b"s", b"instance=i\n", POSTFIX_37]), max_size=6)), max_size=6))
+    @example([(True, [b"a=b\n" * 60, b"a=b\n" * 60])])  # too many attributes, short lines
+    def test_whole_requests_read_as_line_by_line(
+            self, requests: list[tuple[bool, list[bytes]]]) -> None:
+        """Requests arriving whole (read at once when well-formed) give exactly what the same
+        bytes give one at a time (always read line by line)."""
+        data = b"".join((b"request=smtpd_access_policy\n" if header else b"") + b"".join(lines)
+                        + b"\n" for header, lines in requests)
+        assert read_all(data) == read_all(data, chunk=1)
 
     def test_caps_bound_a_request(self) -> None:
         """The caps are consistent: a full request of capped lines exceeds the request cap."""
