@@ -56,11 +56,8 @@ class AuthCache:
 
     def _slot(self, user: str, password: str, network: str | None) -> bytes:
         # Length-prefixed, so ("ab", "c") and ("a", "bc") can never share a slot.
-        u = user.encode("utf-8", "surrogateescape")
-        p = password.encode("utf-8", "surrogateescape")
-        n = (network or "").encode("utf-8", "surrogateescape")
-        message = b"".join((len(u).to_bytes(4, "big"), u, len(p).to_bytes(4, "big"), p,
-                            len(n).to_bytes(4, "big"), n))
+        parts = [p.encode("utf-8", "surrogateescape") for p in (user, password, network or "")]
+        message = b"".join(len(p).to_bytes(4, "big") + p for p in parts)
         # The one-shot form: the same HMAC without building an hmac object.
         return hmac.digest(self._key, message, "sha256")
 

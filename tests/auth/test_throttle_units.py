@@ -13,6 +13,9 @@ import datetime as dt
 import logging
 import os
 import secrets
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -478,3 +481,66 @@ def test_without_a_delay_or_once_closed_a_success_is_taken_back_at_once(
         assert _counts(database) == {}
     _settled(guard, BOB, "192.0.2.1")
     assert _counts(database) == {}
+
+
+def test_the_user_limit_decides_whether_a_success_waits_for_its_batch(
+        database: Database, clock: Clock) -> None:
+    """Each subject against its own limit: far under the network's, over half the user's,
+    the success is taken back at once (the user's two failures stay counted)."""
+    guard = _throttle(database, clock, max_failures_per_ip=100, max_failures_per_user=4,
+                      release_delay_ms=3_600_000)
+    for guess in ("guess-1", "guess-2"):
+        _, failed = guard.reserve(credentials(ALICE, guess, ELSEWHERE))
+        guard.settle(failed, succeeded=False, credentials=credentials(ALICE, guess, ELSEWHERE))
+    _settled(guard, ALICE, HOME)  # user count 3 of 4
+    assert _counts(database) == {("ip", f"{ELSEWHERE}/32"): 2, ("user", ALICE): 2}
+
+
+def test_a_success_taken_back_at_once_also_takes_back_its_earlier_failure(
+        database: Database, clock: Clock) -> None:
+    """Near the limit, the success deletes every row of its password (the failure of the
+    same, then new, password included), not only the row it reserved itself."""
+    guard = _throttle(database, clock, max_failures_per_ip=100, max_failures_per_user=1,
+                      release_delay_ms=3_600_000)
+    _, failed = guard.reserve(credentials(ALICE, "new-password", HOME))
+    guard.settle(failed, succeeded=False, credentials=credentials(ALICE, "pw", HOME))
+    _, right = guard.reserve(credentials(ALICE, "new-password", HOME))
+    assert not right.batched
+    guard.settle(right, succeeded=True, credentials=credentials(ALICE, "pw", HOME))
+    assert _counts(database) == {}
+
+
+def test_without_a_delay_the_release_runs_in_the_settling_thread(
+        database: Database, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    """release_delay_ms = 0: no timer thread; a failed release is reported by settle itself."""
+    guard = _throttle(database, clock, release_delay_ms=0)
+    _, reservation = guard.reserve(credentials(ALICE, "right", HOME))
+    tables.auth_attempts.drop(database.primary)
+    with caplog.at_level(logging.WARNING, logger="eximauthd.throttle"):
+        guard.settle(reservation, succeeded=True, credentials=credentials(ALICE, "right", HOME))
+        threads = {r.threadName for r in caplog.records if r.name == "eximauthd.throttle"}
+    assert threads == {threading.current_thread().name}
+
+
+def test_a_held_batch_does_not_keep_a_process_from_exiting(tmp_path: Path) -> None:
+    """A program that settles a success and exits without close() is not held up by the
+    batch's timer (an hour here): the timer thread is a daemon."""
+    script = f"""
+import datetime as dt
+from eximauthd.auth.throttle import Throttle
+from eximauthd.db import upgrade
+from eximauthd.db.engine import Database
+from eximauthd.settings import DatabaseConfig, ThrottleConfig
+from tests.support import credentials
+db = Database(DatabaseConfig(url="sqlite:///{tmp_path}/t.sqlite3"))
+upgrade.upgrade(db)
+guard = Throttle(ThrottleConfig(release_delay_ms=3_600_000), db, b"k" * 32)
+_, held = guard.reserve(credentials("alice@example.test", "right", "192.0.2.1"))
+assert held.batched
+guard.settle(held, succeeded=True, credentials=credentials("alice@example.test", "right",
+                                                            "192.0.2.1"))
+print("settled", flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[2], check=False)
+    assert (done.returncode, done.stdout) == (0, "settled\n"), done.stderr[-2000:]

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from eximauthd.core import addresses
 from eximauthd.core.addresses import Address, parse_address, stored_address
 from eximauthd.errors import AddressError
 
@@ -168,3 +169,27 @@ def test_a_stored_row_that_is_not_exactly_an_address_names_no_account(
         parts: tuple[object, ...]) -> None:
     """Padding, look-alikes, undecodable bytes, NULLs and "@" inside a column name nobody."""
     assert stored_address(*parts) is None
+
+
+@pytest.mark.parametrize("text", ["Alice@Example.TEST", "alice@example.test", "a@b.c"])
+def test_a_remembered_address_is_the_same_answer_as_a_fresh_one(text: str) -> None:
+    """The memo gives back exactly what parsing gives: twice in a row, and after forgetting."""
+    first = parse_address(text)
+    assert parse_address(text) == first
+    addresses._known.cache_clear()
+    assert parse_address(text) == first
+
+
+def test_a_refused_address_is_refused_every_time() -> None:
+    """A refusal is not remembered as an answer: the second try is refused too."""
+    for _ in range(2):
+        with pytest.raises(AddressError):
+            parse_address("not an address")
+
+
+@pytest.mark.parametrize("length", [321, 322, 5000])
+def test_a_text_longer_than_any_address_is_refused_as_one(length: int) -> None:
+    """Past RFC 5321's 320 octets a text is parsed (and refused) without being remembered."""
+    text = "a" * 64 + "@" + "b" * (length - 65)
+    with pytest.raises(AddressError):
+        parse_address(text)

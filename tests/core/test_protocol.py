@@ -20,6 +20,7 @@ from eximauthd.core.protocol import (
     Request,
     format_reply,
     is_valid_reply,
+    parse_client_ip,
     parse_request,
 )
 from eximauthd.errors import EximauthdError, ProtocolError
@@ -375,3 +376,12 @@ def test_every_formatted_reply_is_valid(result: Result, reason: str) -> None:
     wire = format_reply(Decision(result, reason))
     assert is_valid_reply(wire)
     assert wire.startswith(result.value.encode())
+
+
+@pytest.mark.parametrize("field", ["1" * 46, "2001:db8::" + "1:" * 20 + "1", "x" * 4096])
+def test_a_client_ip_longer_than_any_address_is_refused_as_one(field: str) -> None:
+    """Past 45 characters (the longest IPv6 text) a field is checked without being
+    remembered, and refused like any other bad address."""
+    with pytest.raises(ProtocolError) as refused:
+        parse_client_ip(field)
+    assert refused.value.reason == Reason.BAD_CLIENT_IP
