@@ -241,36 +241,63 @@ class Throttle:
 
 
 class _Releases:
-    """Successes' reservations waiting to be taken back together, at most *delay* later."""
+    """Successes' reservations waiting to be taken back together, at most *delay* later.
+
+    One batch is sent at a time: a DELETE that waits (a row lock, a slow disk) holds one
+    database connection, and the successes of that while wait for the next batch instead of
+    each taking a connection the workers need (a timer thread per *delay* otherwise).  And
+    :meth:`close` waits for a batch already under way, so that shutdown leaves none counted.
+    """
 
     def __init__(self, attempts: AttemptStore, delay: float) -> None:
         self._attempts = attempts
         self._delay = delay
         self._lock = threading.Lock()
+        self._sending = threading.Lock()
         self._pending: list[tuple[tuple[Subject, ...], str]] = []
+        # Set from the first success held until its batch is sent: the successes meanwhile
+        # join the batch after it.
         self._timer: threading.Timer | None = None
         self._closed = False
 
     def add(self, reservation: Reservation) -> None:
+        held = (reservation.subjects, reservation.tag)
         with self._lock:
-            self._pending.append((reservation.subjects, reservation.tag))
-            if self._timer is not None:
-                return
-            if self._closed or self._delay <= 0:
-                timer = None
-            else:
-                timer = self._timer = threading.Timer(self._delay, self.flush)
-                timer.daemon = True
-        if timer is None:
-            self.flush()
+            at_once = self._closed or self._delay <= 0
+            if not at_once:
+                self._pending.append(held)
+                if self._timer is not None:
+                    return
+                timer = self._timer = self._arm()
+        if at_once:
+            self._send([held])
         else:
             timer.start()
 
+    def _arm(self) -> threading.Timer:
+        timer = threading.Timer(self._delay, self._on_timer)
+        timer.daemon = True
+        return timer
+
+    def _on_timer(self) -> None:
+        try:
+            self.flush()
+        finally:
+            # Even after an unexpected error: a timer left set would hold every later success.
+            with self._lock:
+                timer = self._timer = (self._arm() if self._pending and not self._closed
+                                       else None)
+            if timer is not None:
+                timer.start()
+
     def flush(self) -> None:
-        with self._lock:
-            held, self._pending, self._timer = self._pending, [], None
-        if not held:
-            return
+        with self._sending:
+            with self._lock:
+                held, self._pending = self._pending, []
+            if held:
+                self._send(held)
+
+    def _send(self, held: list[tuple[tuple[Subject, ...], str]]) -> None:
         try:
             self._attempts.release_many(held)
         except StorageError as exc:
@@ -279,7 +306,7 @@ class _Releases:
 
     def close(self) -> None:
         with self._lock:
-            self._closed, timer = True, self._timer
+            self._closed, timer, self._timer = True, self._timer, None
         if timer is not None:
             timer.cancel()
         self.flush()
