@@ -6,6 +6,7 @@ successes' own rows."""
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import threading
 
 import pytest
@@ -166,3 +167,125 @@ def test_close_waits_for_the_batch_already_under_way(mariadb_url: str) -> None:
             if thread.is_alive():
                 thread.join()
         database.dispose()
+
+
+def test_the_timer_of_a_held_batch_is_a_daemon(database: Database) -> None:
+    """A held batch never keeps the process alive: its timer thread is a daemon (a process
+    that exits without close() is not held up for release_delay_ms)."""
+    guard = _throttle(database, release_delay_ms=HOUR_MS)
+    before = set(threading.enumerate())
+    try:
+        assert _login(guard, VICTIM, "right")
+        timers = [t for t in set(threading.enumerate()) - before
+                  if isinstance(t, threading.Timer)]
+        assert len(timers) == 1
+        assert timers[0].daemon is True
+    finally:
+        guard.close()
+
+
+def test_a_success_held_while_a_batch_is_sent_goes_with_the_next_one(
+        mariadb_url: str) -> None:
+    """A success that arrives while its predecessors' DELETE waits (a row lock) is not left
+    counted: the timer arms again once that batch is sent, with no further login to wake it
+    and no close()."""
+    from eximauthd.db import upgrade  # noqa: PLC0415
+    from eximauthd.settings import DatabaseConfig  # noqa: PLC0415
+
+    database = Database(DatabaseConfig(url=mariadb_url))
+    upgrade.upgrade(database)
+    guard = _throttle(database, release_delay_ms=1000)
+    try:
+        # The lock must be taken before the first batch's timer fires (1 s): on a machine
+        # too busy for that, the round is played again with other users.
+        for attempt in range(5):
+            first, later = f"first{attempt}@example.test", f"later{attempt}@example.test"
+            with database.primary.connect() as conn, database.primary.connect() as watcher:
+                locker = conn.execution_options(isolation_level="READ COMMITTED")
+                # Reserved before the lock (an INSERT would wait behind the batch's locks),
+                # settled while the batch is being sent.
+                refused, late = guard.reserve(credentials(later, "right", "198.51.100.9"))
+                assert refused is None
+                assert late.batched
+                with locker.begin():
+                    assert _login(guard, first, "right")  # held; the timer fires in 1 s
+                    locker.execute(sa.text(
+                        "SELECT * FROM eximauthd_auth_attempts WHERE scope = 'user' "
+                        "AND subject = :who FOR UPDATE"), {"who": first})
+                    if ("user", first) not in _counts(database):
+                        guard.settle(late, succeeded=True, credentials=credentials(
+                            later, "right", "198.51.100.9"))
+                        guard.flush()
+                        continue  # the batch went before the lock: play again
+                    for _ in range(3000):
+                        if _blocked_deletes(watcher):
+                            break
+                        watcher.execute(sa.text("DO SLEEP(0.01)"))
+                    assert _blocked_deletes(watcher) == 1
+                    guard.settle(late, succeeded=True,
+                                 credentials=credentials(later, "right", "198.51.100.9"))
+            break
+        else:
+            pytest.fail("never took the lock before the batch's timer fired")
+        for _ in range(3000):  # a liveness bound, not a timing: the next batch comes by itself
+            if not _counts(database):
+                break
+            threading.Event().wait(0.01)
+        assert _counts(database) == {}
+    finally:
+        guard.close()
+        database.dispose()
+
+
+def test_a_success_held_while_a_batch_waits_on_sqlite_goes_with_the_next_one(
+        sqlite_url: str) -> None:
+    """The same on SQLite, where another connection's write lock holds the batch's DELETE
+    (its busy timeout is 3 s; the lock is held well under that)."""
+    from eximauthd.db import upgrade  # noqa: PLC0415
+    from eximauthd.settings import DatabaseConfig  # noqa: PLC0415
+
+    database = Database(DatabaseConfig(url=sqlite_url))
+    upgrade.upgrade(database)
+    guard = _throttle(database, release_delay_ms=400)
+    path = sqlite_url.removeprefix("sqlite:///")
+    try:
+        refused, late = guard.reserve(credentials(VICTIM, "right", "198.51.100.9"))
+        assert refused is None
+        assert late.batched
+        assert _login(guard, ATTACKER, "right")  # held; its batch goes in 0.4 s
+        locker = sqlite3.connect(path, isolation_level=None)
+        try:
+            locker.execute("BEGIN IMMEDIATE")  # every other writer waits from here
+            threading.Event().wait(0.8)  # the batch is sent meanwhile, and waits
+            guard.settle(late, succeeded=True,
+                         credentials=credentials(VICTIM, "right", "198.51.100.9"))
+            locker.execute("ROLLBACK")
+        finally:
+            locker.close()
+        for _ in range(3000):  # a liveness bound, not a timing: the next batch comes by itself
+            if not _counts(database):
+                break
+            threading.Event().wait(0.01)
+        assert _counts(database) == {}
+    finally:
+        guard.close()
+        database.dispose()
+
+
+def test_no_timer_is_left_running_once_the_batch_is_sent(database: Database) -> None:
+    """Nothing held, nothing armed: after its batch is taken back, no timer thread of the
+    throttle keeps waking up (one per release_delay_ms, for ever)."""
+    guard = _throttle(database, release_delay_ms=20)
+    before = set(threading.enumerate())
+    try:
+        assert _login(guard, VICTIM, "right")
+        for _ in range(3000):  # a liveness bound, not a timing
+            timers = [t for t in set(threading.enumerate()) - before
+                      if isinstance(t, threading.Timer) and t.is_alive()]
+            if not _counts(database) and not timers:
+                break
+            threading.Event().wait(0.01)
+        assert _counts(database) == {}
+        assert timers == []
+    finally:
+        guard.close()
