@@ -327,7 +327,8 @@ class PolicyConfig:
 class ServiceConfig:
     """Limits of ``eximauthd serve``."""
 
-    # Threads for argon2 and database work; 0 means one per CPU.  argon2-cffi releases the GIL.
+    # Password checks (argon2) at once; 0 means one per CPU.  The service runs twice as many
+    # threads, so that database waits overlap the hashing.  libsodium releases the GIL.
     workers: int = 0
     # Answer "defer" after this long: below Exim's readsocket timeout (EXIMAUTHD_TIMEOUT, 5s),
     # so Exim gets a clean temporary failure instead of a timeout.

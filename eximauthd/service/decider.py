@@ -9,6 +9,8 @@ in its worker threads; the HTTP API and the socket share them, so both give the 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 
 from ..auth.authn import Authenticator
 from ..auth.defenses import Defenses
@@ -44,6 +46,12 @@ class Decider:
         self.defenses = Defenses(config, self.db, self.accounts)
         self.authn = Authenticator(self.accounts, self.hasher, self.defenses.cache)
         self.policy = RelayPolicy(frozenset(config.policy.strict_domains))
+        # At most service.workers password checks at once, however many threads call: argon2
+        # takes a core and memory_cost each.  The database half of an AUTH (the throttle's
+        # reservation and the account's row) is outside it, so that a thread waiting for
+        # MariaDB never keeps a core from hashing (the service runs more threads than this).
+        self.checks = config.service.workers or os.cpu_count() or 1
+        self._checking = threading.BoundedSemaphore(self.checks)
 
     def __repr__(self) -> str:
         return f"Decider({self.db!r})"
@@ -67,8 +75,9 @@ class Decider:
                     credentials, self.accounts.login)
                 if throttled is not None:
                     return throttled
-            decision = self.authn.check(
-                credentials, reservation.rows if reservation is not None else None)
+            with self._checking:
+                decision = self.authn.check(
+                    credentials, reservation.rows if reservation is not None else None)
         except StorageError as exc:
             _log.error("AUTH deferred: %s", exc)
             if throttle is not None and reservation is not None:

@@ -46,10 +46,13 @@ def _cli(served: kit.Served, *args: str, stdin: str = "") -> subprocess.Complete
 
 @pytest.fixture
 def throttled(db_url: str) -> Iterator[kit.Served]:
-    """Three failures lock a network, four a user; rate limits off (not under test here)."""
+    """Three failures lock a network, four a user; rate limits off (not under test here).
+    Successes are taken back at once, so that the counts are exact (a success held for its
+    batch counts like a check still running: tests/auth/test_throttle_batch_attacks.py)."""
     populate(db_url)
     env = {"EXIMAUTHD_THROTTLE_MAX_FAILURES_PER_IP": "3",
            "EXIMAUTHD_THROTTLE_MAX_FAILURES_PER_USER": "4",
+           "EXIMAUTHD_THROTTLE_RELEASE_DELAY_MS": "0",
            "EXIMAUTHD_RATELIMIT_ENABLED": "false"}
     with kit.running(db_url, extra_env=env) as served:
         yield served
