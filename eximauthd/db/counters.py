@@ -129,14 +129,17 @@ class AttemptStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._t = tables.auth_attempts
-        # The request path's statements, built once (see :mod:`.prepared`).
-        self._reserve: dict[int, Prepared] = {}
-        self._count: dict[tuple[int, int | None], Prepared] = {}
-        self._release: dict[tuple[int, bool], Prepared] = {}
-        self._release_many: dict[int, Prepared] = {}
+        # The request path's statements, built once each (see :mod:`.prepared`).
+        self._prepared: dict[tuple[Any, ...], Prepared] = {}
 
     def __repr__(self) -> str:
         return f"AttemptStore({self.db!r})"
+
+    def _statement(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Prepared:
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            prepared = self._prepared[key] = Prepared(build())
+        return prepared
 
     def reserve(self, subjects: Sequence[Subject], tag: str, nonce: str, now: dt.datetime,
                 since: dt.datetime) -> dict[Subject, Reserved]:
@@ -159,24 +162,17 @@ class AttemptStore:
         """
         if not subjects:
             return {}, []
-        values: dict[str, Any] = {"tag": tag, "nonce": nonce}
-        for i, (scope, subject) in enumerate(subjects):
-            values[f"scope{i}"], values[f"subject{i}"] = scope, subject
         reserve = self._reserving(len(subjects))
         # One multi-row statement (not executemany: PyMySQL cannot batch one whose UPDATE part
         # has parameters), committed by itself (autocommit): the rows must be committed before
         # anyone counts them.  Idempotent (a repeat shares the rows), so a lost connection is
         # retried.  Its rows in the subjects' order: the same lock order on every instance.
-        ordered = sorted(range(len(subjects)), key=lambda i: subjects[i])
-        added = {"tag": tag, "nonce": nonce, "now": now, "since": since}
-        for position, i in enumerate(ordered):
-            added[f"scope{position}"], added[f"subject{position}"] = subjects[i]
+        added = _subject_values(sorted(subjects), tag=tag, nonce=nonce, now=now, since=since)
         _retrying(lambda: self.db.run("reserve password check",
                                       lambda conn: reserve.execute(conn, added), primary=True))
         count = self._counting(len(subjects), also)
-        values["since"] = since
-        if also is not None:
-            values.update(also_values or {})
+        values = _subject_values(subjects, tag=tag, nonce=nonce, since=since,
+                                 **((also_values or {}) if also is not None else {}))
         # The primary, a statement of its own (autocommit): it sees every row committed so
         # far, ours included.
         read = self.db.run("count password checks",
@@ -192,10 +188,9 @@ class AttemptStore:
         return found, extra_rows
 
     def _reserving(self, n: int) -> Prepared:
-        prepared = self._reserve.get(n)
-        if prepared is not None:
-            return prepared
+        return self._statement(("reserve", n), lambda: self._reserve_statement(n))
 
+    def _reserve_statement(self, n: int) -> Any:
         def update(t: sa.Table, new: Any) -> list[tuple[Any, Any]]:
             expired = t.c.attempted_at < sa.bindparam("since")
             # nonce first: MySQL assigns left to right, and it must see the old attempted_at.
@@ -208,14 +203,13 @@ class AttemptStore:
             {"scope": sa.bindparam(f"scope{i}"), "subject": sa.bindparam(f"subject{i}"),
              "tag": sa.bindparam("tag"), "nonce": sa.bindparam("nonce"),
              "attempted_at": sa.bindparam("now")} for i in range(n)]
-        prepared = self._reserve[n] = Prepared(stmt.values(rows))
-        return prepared
+        return stmt.values(rows)
 
     def _counting(self, n: int, also: Lookup | None) -> Prepared:
-        key = (n, None if also is None else id(also.statement))
-        prepared = self._count.get(key)
-        if prepared is not None:
-            return prepared
+        return self._statement(("count", n, None if also is None else id(also.statement)),
+                               lambda: self._count_statement(n, also))
+
+    def _count_statement(self, n: int, also: Lookup | None) -> sa.Select[Any]:
         t = self._t
         tag: sa.BindParameter[str] = sa.bindparam("tag")
         nonce: sa.BindParameter[str] = sa.bindparam("nonce")
@@ -233,29 +227,23 @@ class AttemptStore:
             # One row of counts, joined to the rows of *also* (none: one row of NULLs).
             counts, extra = query.subquery("counts"), also.statement.subquery("also")
             query = sa.select(counts, extra).select_from(counts.outerjoin(extra, sa.true()))
-        prepared = self._count[key] = Prepared(query)
-        return prepared
+        return query
 
     def release(self, subjects: Sequence[Subject], tag: str, nonce: str | None = None) -> None:
         """Delete the subjects' rows of *tag* (only those this *nonce* reserved, if given)."""
         if not subjects:
             return
-        key = (len(subjects), nonce is not None)
-        prepared = self._release.get(key)
-        if prepared is None:
-            t = self._t
+        t = self._t
+
+        def build() -> Any:
             query = sa.delete(t).where(sa.or_(*(
                 sa.and_(t.c.scope == sa.bindparam(f"scope{i}"),
                         t.c.subject == sa.bindparam(f"subject{i}"))
                 for i in range(len(subjects)))), t.c.tag == sa.bindparam("tag"))
-            if nonce is not None:
-                query = query.where(t.c.nonce == sa.bindparam("nonce"))
-            prepared = self._release[key] = Prepared(query)
-        values: dict[str, Any] = {"tag": tag}
-        if nonce is not None:
-            values["nonce"] = nonce
-        for i, (scope, subject) in enumerate(subjects):
-            values[f"scope{i}"], values[f"subject{i}"] = scope, subject
+            return query if nonce is None else query.where(t.c.nonce == sa.bindparam("nonce"))
+
+        prepared = self._statement(("release", len(subjects), nonce is not None), build)
+        values = _subject_values(subjects, tag=tag, **({} if nonce is None else {"nonce": nonce}))
         self.db.run("release password check", lambda conn: prepared.execute(conn, values),
                     primary=True)
 
@@ -281,15 +269,12 @@ class AttemptStore:
                                         primary=True))
 
     def _releasing(self, size: int) -> Prepared:
-        prepared = self._release_many.get(size)
-        if prepared is None:
-            t = self._t
-            prepared = self._release_many[size] = Prepared(sa.delete(t).where(sa.or_(*(
-                sa.and_(t.c.scope == sa.bindparam(f"scope{i}"),
-                        t.c.subject == sa.bindparam(f"subject{i}"),
-                        t.c.tag == sa.bindparam(f"tag{i}"))
-                for i in range(size)))))
-        return prepared
+        t = self._t
+        return self._statement(("release many", size), lambda: sa.delete(t).where(sa.or_(*(
+            sa.and_(t.c.scope == sa.bindparam(f"scope{i}"),
+                    t.c.subject == sa.bindparam(f"subject{i}"),
+                    t.c.tag == sa.bindparam(f"tag{i}"))
+            for i in range(size)))))
 
     def list(self, since: dt.datetime) -> list[FailureRow]:
         t = self._t
@@ -321,6 +306,13 @@ class AttemptStore:
         t = self._t
         with self.db.write("prune auth failures") as conn:
             return int(conn.execute(sa.delete(t).where(t.c.attempted_at < before)).rowcount)
+
+
+def _subject_values(subjects: Sequence[Subject], **values: Any) -> dict[str, Any]:
+    """*values* and each subject's ``scope{i}``/``subject{i}``, as the statements name them."""
+    for i, (scope, subject) in enumerate(subjects):
+        values[f"scope{i}"], values[f"subject{i}"] = scope, subject
+    return values
 
 
 class KnownNetworkStore:
