@@ -67,7 +67,7 @@ class Service:
         self.decider = decider or Decider(config)
         self.metrics = metrics or Metrics()
         limits = config.service
-        self.workers = limits.workers or os.cpu_count() or 1
+        self.workers = self.decider.checks
         # Twice as many threads as password checks may run at once (the decider's bound):
         # while one thread waits for MariaDB (an AUTH's reservation, a grant lookup), another
         # hashes on its core (bench/RESULTS.md: 81 -> 91 AUTH/s at m=19456, 2 cores, 8 clients).

@@ -19,7 +19,7 @@ from eximauthd.db.counters import AttemptStore
 from eximauthd.db.engine import Database
 from eximauthd.settings import ThrottleConfig
 
-from ..support import credentials
+from ..support import credentials, wait_for
 
 T0 = dt.datetime(2026, 11, 28, 12, 0, 0)
 KEY = b"throttle-batch-attack-key-0123456789"
@@ -227,10 +227,8 @@ def test_a_success_held_while_a_batch_is_sent_goes_with_the_next_one(
             break
         else:
             pytest.fail("never took the lock before the batch's timer fired")
-        for _ in range(3000):  # a liveness bound, not a timing: the next batch comes by itself
-            if not _counts(database):
-                break
-            threading.Event().wait(0.01)
+        # A liveness bound, not a timing: the next batch comes by itself.
+        wait_for(lambda: not _counts(database), timeout=30)
         assert _counts(database) == {}
     finally:
         guard.close()
@@ -262,10 +260,8 @@ def test_a_success_held_while_a_batch_waits_on_sqlite_goes_with_the_next_one(
             locker.execute("ROLLBACK")
         finally:
             locker.close()
-        for _ in range(3000):  # a liveness bound, not a timing: the next batch comes by itself
-            if not _counts(database):
-                break
-            threading.Event().wait(0.01)
+        # A liveness bound, not a timing: the next batch comes by itself.
+        wait_for(lambda: not _counts(database), timeout=30)
         assert _counts(database) == {}
     finally:
         guard.close()
@@ -279,13 +275,13 @@ def test_no_timer_is_left_running_once_the_batch_is_sent(database: Database) -> 
     before = set(threading.enumerate())
     try:
         assert _login(guard, VICTIM, "right")
-        for _ in range(3000):  # a liveness bound, not a timing
-            timers = [t for t in set(threading.enumerate()) - before
-                      if isinstance(t, threading.Timer) and t.is_alive()]
-            if not _counts(database) and not timers:
-                break
-            threading.Event().wait(0.01)
+
+        def timers() -> list[threading.Thread]:
+            return [t for t in set(threading.enumerate()) - before
+                    if isinstance(t, threading.Timer) and t.is_alive()]
+
+        wait_for(lambda: not _counts(database) and not timers(), timeout=30)  # liveness only
         assert _counts(database) == {}
-        assert timers == []
+        assert timers() == []
     finally:
         guard.close()

@@ -16,7 +16,6 @@ import secrets
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,7 +33,7 @@ from eximauthd.db.engine import Database
 from eximauthd.db.prepared import Lookup
 from eximauthd.settings import ThrottleConfig
 
-from ..support import credentials
+from ..support import credentials, wait_for
 
 T0 = dt.datetime(2026, 11, 28, 12, 0, 0)
 KEY = b"throttle-unit-test-key-0123456789"
@@ -464,9 +463,7 @@ def test_a_batch_is_taken_back_by_itself_soon(database: Database, clock: Clock) 
     """Nobody flushes: the timer does, release_delay_ms after the first success held."""
     guard = _throttle(database, clock, release_delay_ms=20)
     _settled(guard, ALICE, "192.0.2.1")
-    deadline = time.monotonic() + 30  # a liveness bound for a loaded machine, not a timing
-    while _counts(database) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: not _counts(database), timeout=30)  # liveness on a loaded machine
     assert _counts(database) == {}
 
 
