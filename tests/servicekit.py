@@ -36,11 +36,22 @@ def relay_line(user: str, sender: str, rcpt: str, ip: str = "192.0.2.10") -> byt
     return f"RELAY {b64(user)} {b64(sender)} {b64(rcpt)} {ip}\n".encode()
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port free now and not handed out before in this run.
+
+    The kernel may give the same ephemeral port to two binds in a row once the first socket
+    is closed, so a test that asks for two ports (HTTP and a front end) could get one twice.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def ask(path: str, data: bytes, *, shutdown: bool = True, timeout: float = 10.0) -> bytes:

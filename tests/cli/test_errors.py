@@ -20,6 +20,7 @@ from eximauthd.cli import app
 from eximauthd.db.engine import Database
 from eximauthd.settings import DatabaseConfig
 
+from ..servicekit import free_port
 from ..support import FAST_HASHING_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,13 +103,6 @@ class Workspace:
     closed: int  # a loopback port nothing listens on
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _run(ws: Workspace, args: list[str], env: dict[str, str] | None = None,
          stdin: bytes = b"", prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([*prefix, str(EXIMAUTHD), *args], input=stdin, capture_output=True,
@@ -131,10 +125,10 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
         env |= FAST_HASHING_ENV | {
             "EXIMAUTHD_DATABASE_URL": f"sqlite:///{tmp}/db.sqlite3",
             "EXIMAUTHD_SOCKET_PATH": f"{tmp}/eximauthd.sock",
-            "EXIMAUTHD_HTTP_LISTEN": f"127.0.0.1:{_free_port()}",
+            "EXIMAUTHD_HTTP_LISTEN": f"127.0.0.1:{free_port()}",
             "EXIMAUTHD_HTTP_TOKEN_FILE": f"{tmp}/http.token",
         }
-        space = Workspace(tmp, env, busy.getsockname()[1], _free_port())
+        space = Workspace(tmp, env, busy.getsockname()[1], free_port())
         for args, stdin in ((["db", "upgrade"], b""),
                             (["user", "add", "alice@example.test", "--password-stdin"], b"pw\n"),
                             (["grant", "add", "alice@example.test", "@example.org"], b"")):
