@@ -10,7 +10,8 @@ the table reports each server's median over the rounds and the ratio of the medi
 eximauthd runs on SQLite with the default worker pool and the per-user rate limiter on (limits
 set so high that nothing is deferred: the counting is part of the cost).  Two request kinds:
 the login's own address (decided without the database, as most mail is) and a sender the
-login holds a grant for (one grant lookup in a worker thread per request).
+login holds a grant for: with the defaults one grant lookup in a worker thread per request;
+a second eximauthd with ``[policy] grant_cache_seconds = 10`` answers it from memory.
 
     .venv/bin/python bench/bench_policy.py [--quick]     # about 2 minutes, 40 s with --quick
 
@@ -106,9 +107,12 @@ def _drive(path: str, seconds: float, request: bytes) -> float:
     return float(run.stdout)
 
 
-def _start_eximauthd(base: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_eximauthd(base: Path, name: str,
+                     extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     from tests.support import FAST_HASHING_ENV, populate  # noqa: PLC0415
 
+    base = base / name
+    base.mkdir()
     url = f"sqlite:///{base / 'bench.sqlite3'}"
     populate(url)  # alice, with a grant for @partner.test
     path = str(base / "policy.sock")
@@ -121,7 +125,7 @@ def _start_eximauthd(base: Path) -> tuple[subprocess.Popen[bytes], str]:
         "EXIMAUTHD_POSTFIX_POLICY_PATH": path,
         "EXIMAUTHD_RATELIMIT_RECIPIENTS": "99999999/1h",
         "EXIMAUTHD_RATELIMIT_MESSAGES": "99999999/1h",
-    }
+    } | extra
     log = (base / "eximauthd.log").open("ab")
     process = subprocess.Popen([sys.executable, "-m", "eximauthd", "serve"], env=env, cwd=base,
                                stdout=log, stderr=log)
@@ -140,17 +144,22 @@ def main() -> None:
                             stdout=subprocess.DEVNULL)
     started = [bare]
     try:
-        eximauthd, path = _start_eximauthd(base)
+        eximauthd, path = _start_eximauthd(base, "defaults", {})
         started.append(eximauthd)
+        remembering, cached_path = _start_eximauthd(
+            base, "grant-cache", {"EXIMAUTHD_POLICY_GRANT_CACHE_SECONDS": "10"})
+        started.append(remembering)
         _wait_socket(bare_path, bare)
-        kinds = {"own address": policy_request(ALICE, ALICE),
-                 "granted sender": policy_request(ALICE, "sales@partner.test")}
+        own, granted = policy_request(ALICE, ALICE), policy_request(ALICE, "sales@partner.test")
+        kinds = {"own address": (path, own), "granted sender": (path, granted),
+                 "granted sender, grant_cache_seconds = 10": (cached_path, granted)}
         results: dict[str, list[float]] = {"bare": []} | {kind: [] for kind in kinds}
-        _drive(path, 2, kinds["own address"])  # warm up: the limiter's first sync, the pools
+        for warm in (path, cached_path):  # the limiter's first sync, the pools
+            _drive(warm, 2, own)
         for number in range(rounds):
-            results["bare"].append(_drive(bare_path, seconds, kinds["own address"]))
-            for kind, request in kinds.items():
-                results[kind].append(_drive(path, seconds, request))
+            results["bare"].append(_drive(bare_path, seconds, own))
+            for kind, (where, request) in kinds.items():
+                results[kind].append(_drive(where, seconds, request))
             print(f"round {number + 1}/{rounds}: " + ", ".join(
                 f"{k} {v[-1]:.0f}/s" for k, v in results.items()), file=sys.stderr)
     finally:

@@ -415,6 +415,7 @@ def _validate_hashing(h: HashingConfig) -> None:
 
 
 def _validate_policy(policy: PolicyConfig) -> None:
+    _in_ranges([("policy.grant_cache_seconds", policy.grant_cache_seconds, 0, 3600)])
     for domain in policy.strict_domains:
         if not _is_lower_case_domain(domain):
             raise ConfigError(

@@ -321,6 +321,11 @@ class PolicyConfig:
     # Domains whose users may relay only with their own address as envelope sender (as
     # Postfix's reject_authenticated_sender_login_mismatch); send-as grants still apply.
     strict_domains: tuple[str, ...] = ()
+    # A login's send-as grants are remembered this long, only to allow: a sender they do not
+    # allow is looked up again before it is refused.  Off by default, as the AUTH cache is:
+    # a removed grant may still be honoured for this long on a host the removal's FORGET did
+    # not reach (another MX), where by default a removal holds at the next RCPT everywhere.
+    grant_cache_seconds: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from ..core.addresses import parse_address
 from ..db.grants import Grant, GrantStore
 from ..errors import UserExistsError, UserNotFoundError
 from .app import State, cli, pass_state, print_table
-from .users import require_account
+from .users import require_account, tell_service
 
 
 @cli.group()
@@ -53,6 +53,7 @@ def grant_remove(state: State, user_id: str, sender: str) -> None:
     g = _grant(user_id, sender)
     if not GrantStore(state.db).remove(g):
         raise UserNotFoundError(f"no such grant: {g.user} -> {g.sender}")
+    tell_service(state, g.user)  # its remembered grants end now, not at their expiry
     click.echo(f"removed: {g.user} may no longer send as {g.sender}")
 
 

@@ -54,7 +54,7 @@ def user_passwd(state: State, address: str, password_stdin: bool) -> None:
     parsed = parse_address(address)
     password = read_password(password_stdin, confirm=True, prompt="New password")
     state.accounts.set_password(parsed, state.hasher.hash(password))
-    _tell_service(state, str(parsed))
+    tell_service(state, str(parsed))
     click.echo(f"password changed for {parsed}")
 
 
@@ -65,7 +65,7 @@ def user_disable(state: State, address: str) -> None:
     """Refuse logins for an account (its password is kept)."""
     parsed = parse_address(address)
     state.accounts.set_enabled(parsed, False)
-    _tell_service(state, str(parsed))
+    tell_service(state, str(parsed))
     click.echo(f"disabled {parsed}")
 
 
@@ -86,15 +86,16 @@ def user_delete(state: State, address: str) -> None:
     """Delete an account."""
     parsed = parse_address(address)
     state.accounts.delete(parsed)
-    _tell_service(state, str(parsed))
+    tell_service(state, str(parsed))
     click.echo(f"deleted {parsed}")
 
 
-def _tell_service(state: State, address: str) -> None:
-    """Have the local service forget its cached logins of *address* (``FORGET``).
+def tell_service(state: State, address: str) -> None:
+    """Have the local service forget its cached logins and grants of *address* (``FORGET``).
 
     Best effort: without a running service there is nothing cached here; services on other
-    hosts drop the entries at their next revalidation (``cache.revalidate_seconds``).
+    hosts drop the logins at their next revalidation (``cache.revalidate_seconds``) and the
+    grants when they expire (``policy.grant_cache_seconds``).
     """
     line = f"FORGET {base64.b64encode(address.encode()).decode()}\n".encode()
     try:

@@ -8,13 +8,15 @@ in its worker threads; the HTTP API and the socket share them, so both give the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 
 from ..auth.authn import Authenticator
 from ..auth.defenses import Defenses
-from ..core.addresses import Address
+from ..auth.grantcache import GrantCache
+from ..core.addresses import Address, parse_address
 from ..core.credentials import Credentials
 from ..core.decision import Decision, Reason, Result
 from ..core.hashing import Hasher
@@ -22,7 +24,7 @@ from ..core.policy import Relay, RelayPolicy, decide_relay
 from ..db.accounts import make_account_store
 from ..db.engine import Database
 from ..db.grants import GrantStore
-from ..errors import StorageError
+from ..errors import AddressError, StorageError
 from ..settings import Config
 
 __all__ = ["Decider"]
@@ -42,6 +44,7 @@ class Decider:
         self.hasher = Hasher(config.hashing, password_scheme=config.legacy.password_scheme)
         self.accounts = make_account_store(config, self.db)
         self.grants = GrantStore(self.db)
+        self.grant_cache = GrantCache(config.policy.grant_cache_seconds)
         # Throttle, cache, rate limiter, failure floor: the service reaches them here too.
         self.defenses = Defenses(config, self.db, self.accounts)
         self.authn = Authenticator(self.accounts, self.hasher, self.defenses.cache)
@@ -57,8 +60,11 @@ class Decider:
         return f"Decider({self.db!r})"
 
     def forget(self, address: str) -> Decision:
-        """Drop the cached successes of *address* (``FORGET``); always ``yes``."""
+        """Drop the cached successes and grants of *address* (``FORGET``); always ``yes``."""
         self.defenses.forget(address)
+        # Nothing can be remembered under a malformed address.
+        with contextlib.suppress(AddressError):
+            self.grant_cache.forget(str(parse_address(address)))
         return Decision.yes(Reason.FORGOTTEN)
 
     def auth(self, credentials: Credentials) -> Decision:
@@ -89,23 +95,35 @@ class Decider:
         return decision
 
     def relay_without_storage(self, relay: Relay) -> Decision | None:
-        """The relay decision when the pure policy settles it, else None (grants needed).
+        """The relay decision when the pure policy or the remembered grants settle it, else
+        None (grants must be read).
 
-        Cheap and free of I/O, so the service may call it on its event loop.
+        Cheap and free of I/O, so the service may call it on its event loop.  Remembered
+        grants only ever allow: a refusal waits for :meth:`relay_with_grants`.
         """
         first = decide_relay(relay, (), self.policy)
-        return None if first.reason is Reason.SENDER_MISMATCH else first
+        if first.reason is not Reason.SENDER_MISMATCH:
+            return first
+        remembered = self.grant_cache.get(str(relay.login))
+        if remembered:
+            granted = decide_relay(relay, remembered, self.policy)
+            if granted.result is Result.YES:
+                return granted
+        return None
 
     def relay_with_grants(self, relay: Relay) -> Decision:
         """The relay decision for a sender the policy alone refused: read the id's grants.
 
         Call it only after :meth:`relay_without_storage` returned None.
         """
+        login = str(relay.login)
+        generation = self.grant_cache.generation()
         try:
-            grants = [g.sender for g in self.grants.list(str(relay.login))]
+            grants = tuple(g.sender for g in self.grants.list(login))
         except StorageError as exc:
             _log.error("RELAY deferred: %s", exc)
             return Decision.defer(Reason.DATABASE_UNAVAILABLE)
+        self.grant_cache.put(login, grants, generation)
         return decide_relay(relay, grants, self.policy)
 
     def ping(self) -> Decision:
