@@ -94,15 +94,14 @@ class DecisionFormatter(logging.Formatter):
         if fields is None:
             line = f"{record.levelname.lower()} {record.name}: {record.getMessage()}"
         else:
-            parts = []
-            for key, value in fields.items():
-                text = value if type(value) is str else str(value)
-                # clean()'s own fast case inline: this runs for every field of every decision.
-                if not (text and len(text) <= _MAX_VALUE and text.isprintable()
-                        and " " not in text and '"' not in text):
-                    text = clean(text)
-                parts.append(f"{key}={text}")
-            line = " ".join(parts)
+            texts = [v if type(v) is str else str(v) for v in fields.values()]
+            # Every field at once in the common case (all printable, no space, no quote, none
+            # empty or long: then clean() would give each back as it is); else field by field.
+            joined = "".join(texts)
+            if not (joined.isprintable() and " " not in joined and '"' not in joined
+                    and all(texts) and max(map(len, texts), default=0) <= _MAX_VALUE):
+                texts = [clean(text) for text in texts]
+            line = " ".join([f"{key}={text}" for key, text in zip(fields, texts, strict=True)])
         if not self.timestamps:
             return line
         return f"{self._stamp(record.created)} {line}"
@@ -172,6 +171,9 @@ def configure_logging(fmt: str = "text", path: str | None = None,
         old.close()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    # No line shows the thread, the process or its name: the lookups a record makes for them
+    # (the current thread, multiprocessing's process name) are a sixth of a decision line.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # Our own access log is the decision line; uvicorn's would only repeat it.
     logging.getLogger("uvicorn.access").disabled = True
     # Alembic narrates every schema check at INFO; only its warnings matter to an operator.
