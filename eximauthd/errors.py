@@ -17,6 +17,7 @@ __all__ = [
     "HashingError",
     "ProtocolError",
     "SchemaMissingError",
+    "SchemaRevisionError",
     "StorageError",
     "UserExistsError",
     "UserNotFoundError",
@@ -57,6 +58,11 @@ class ValueTooLongError(StorageError):
 
 class SchemaMissingError(StorageError):
     """eximauthd's tables (or the configured legacy table) do not exist."""
+
+
+class SchemaRevisionError(StorageError):
+    """The database answers, but the schema revision it records cannot be used (several
+    rows in the version table: hand-edited, or not eximauthd's)."""
 
 
 class ColumnTooNarrowError(EximauthdError):

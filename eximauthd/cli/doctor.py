@@ -35,7 +35,7 @@ from ..config import load_config
 from ..core.checks import CheckResult
 from ..db import legacyindex, upgrade
 from ..db.engine import Database, translate_errors
-from ..errors import ConfigError, EximauthdError
+from ..errors import ConfigError, EximauthdError, SchemaRevisionError
 from ..settings import Config, mask_url
 from .app import EXIT_NO, EXIT_OK, State, cli, pass_state, password_from_stdin
 
@@ -85,6 +85,11 @@ def check_database(ctx: Context) -> list[CheckResult]:
     db = Database(ctx.config.database)
     try:
         current = upgrade.current_revision(db)
+    except SchemaRevisionError as exc:
+        # It answered: the server and the URL are fine, the version table is not.
+        db.dispose()
+        return [CheckResult.fail(f"{what}: schema", str(exc),
+                                 "keep only the row of the revision the schema is at")]
     except EximauthdError as exc:
         db.dispose()
         return [CheckResult.fail(what, f"unreachable: {exc}",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from ..errors import StorageError
+from ..errors import SchemaRevisionError, StorageError
 from .engine import Database, translate_errors
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def current_revision(db: Database) -> str | None:
         # Never taken for HEAD, and said in one line (Alembic would raise a CommandError, a
         # traceback for the operator).  repr(): values read from the database, shown inert.
         shown = ", ".join(repr(str(r)) for r in sorted(rows, key=str)[:5])
-        raise StorageError(
+        raise SchemaRevisionError(
             f"{VERSION_TABLE} records {len(rows)} schema revisions ({shown}), eximauthd keeps "
             "exactly one: leave only the revision the schema is really at, then run "
             "`eximauthd db upgrade`")

@@ -120,6 +120,30 @@ def test_database_problems_fail_with_the_fix(workdir: Path, setup: str, expected
     assert path.exists() is (setup == "no-tables")  # the doctor never creates the file
 
 
+def test_a_version_table_with_several_revisions_is_a_schema_failure_not_unreachable(
+        workdir: Path) -> None:
+    """The database answers: the doctor must not send the admin to check the URL or the
+    server, but to the version table."""
+    path = workdir / "accounts.sqlite3"
+    db = Database(DatabaseConfig(url=f"sqlite:///{path}"))
+    try:
+        upgrade.upgrade(db)
+        with db.primary.begin() as conn:
+            conn.execute(sa.insert(sa.table(upgrade.VERSION_TABLE, sa.column("version_num")))
+                         .values(version_num="0003"))
+    finally:
+        db.dispose()
+    env = {"PATH": "/usr/bin:/bin", "EXIMAUTHD_DATABASE_URL": f"sqlite:///{path}",
+           "EXIMAUTHD_HTTP_LISTEN": f"127.0.0.1:{kit.free_port()}"}
+    lines, run = doctor(env, "--exim-config", str(workdir / "exim.conf"), cwd=workdir)
+    assert run.returncode == 1
+    [failed] = [line for line in lines if line.startswith("FAIL") and "database" in line]
+    assert ": schema: " in failed
+    assert "records 2 schema revisions ('0003', '0004')" in failed
+    assert "unreachable" not in failed
+    assert "server runs" not in failed
+
+
 @pytest.mark.mariadb
 @pytest.mark.parametrize(("width", "enabled", "status", "says"), [
     (40, "smtp", "FAIL", "VARCHAR(40) is too narrow for the"),
