@@ -63,6 +63,8 @@ DEFAULT_CONFIG_PATH = "/etc/eximauthd/eximauthd.toml"
 ENV_PREFIX = "EXIMAUTHD_"
 # More than any database password; a larger file is not a password file.
 MAX_PASSWORD_FILE_BYTES = 1024
+# [hashing] verify_with: the libraries that verify argon2id, or "auto" (serve measures both).
+VERIFY_WITH = ("auto", "libsodium", "argon2-cffi")
 # Variables with the prefix that are not settings.
 _ENV_NOT_SETTINGS = frozenset({"EXIMAUTHD_CONFIG"})
 
@@ -412,6 +414,9 @@ def _validate_hashing(h: HashingConfig) -> None:
         ("hashing.max_time_cost", h.max_time_cost, 1, 1000),
         ("hashing.max_parallelism", h.max_parallelism, 1, 255),
     ])
+    if h.verify_with not in VERIFY_WITH:
+        raise ConfigError(f"hashing.verify_with: expected one of {', '.join(VERIFY_WITH)}, "
+                          f"got {h.verify_with[:20]!r}")
 
 
 def _validate_policy(policy: PolicyConfig) -> None:

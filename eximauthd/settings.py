@@ -185,6 +185,11 @@ class HashingConfig:
     dovecot_prefix: bool = False
     # Accept stored plaintext (bare or {PLAIN}/{CLEARTEXT}) until it is migrated.
     allow_plaintext: bool = True
+    # Which library verifies argon2id: "libsodium" (PyNaCl's wheels: AVX2/AVX-512 kernels, but
+    # a fresh memory mapping, page-faulted in, for every hash), "argon2-cffi" (its memory is
+    # reused from the allocator; as fast as libsodium's kernels only when argon2-cffi-bindings
+    # was built for this CPU), or "auto": `serve` times both at start and keeps the faster.
+    verify_with: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,6 +163,8 @@ class TestEnvironment:
      "throttle.exempt_networks: 'webmail' is not a network"),
     ("[throttle]\nrelease_delay_ms = 1001\n", {},
      "throttle.release_delay_ms: 1001 is outside 0..1000"),
+    ("[hashing]\nverify_with = 'nacl'\n", {},
+     "hashing.verify_with: expected one of auto, libsodium, argon2-cffi, got 'nacl'"),
     ("[policy]\ngrant_cache_seconds = 3601\n", {},
      "policy.grant_cache_seconds: 3601 is outside 0..3600"),
     ("", {"EXIMAUTHD_POLICY_GRANT_CACHE_SECONDS": "-1"},

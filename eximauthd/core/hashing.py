@@ -31,7 +31,9 @@ bare value a hash of that scheme, and ``plain`` makes every bare value plaintext
 argon2id goes through libsodium (:mod:`~eximauthd.core.sodium`, faster kernels) where it
 gives argon2-cffi's answer: verification of the values of :func:`~eximauthd.core.sodium.verifies`'s
 shape, hashing when the configured parameters are what libsodium writes (p=1, 16-byte salt,
-32-byte tag).  argon2-cffi does the rest: argon2i, other shapes, every refusal's reason.
+32-byte tag).  argon2-cffi does the rest: argon2i, other shapes, every refusal's reason; and
+all verification under ``[hashing] verify_with = "argon2-cffi"`` (faster when its bindings
+were built for this CPU: libsodium maps fresh memory for every hash).
 
 This module owns the argon2id side and the reading of a stored value's scheme; the shape rule
 is :mod:`~eximauthd.core.shapes`, the legacy verifiers and their ceilings
@@ -217,6 +219,8 @@ class Hasher:
         c = self.config
         self._sodium_hash = sodium.hashes(c.memory_cost, c.time_cost, c.parallelism,
                                           c.salt_len, c.hash_len)
+        # "auto" is libsodium here: `serve` measures and names the faster one in its config.
+        self._sodium_verify = c.verify_with != "argon2-cffi"
         # Verified when the user does not exist, so that "no such user" costs what "wrong
         # password" costs: made and checked as a real hash of these parameters is, by the
         # same library.  Random, so it can never match.
@@ -326,7 +330,7 @@ class Hasher:
     def _check_argon2(self, body: str, password: str) -> None:
         """Return if *password* matches *body*, raise argon2-cffi's VerifyMismatchError if not
         (or its other errors for a value it cannot read).  Costs not checked here."""
-        if sodium.verifies(body):
+        if self._sodium_verify and sodium.verifies(body):
             if not sodium.verify_argon2id(body, password):
                 raise VerifyMismatchError("libsodium: no match")
             return

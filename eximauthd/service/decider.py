@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from ..auth.authn import Authenticator
 from ..auth.defenses import Defenses
@@ -26,6 +27,7 @@ from ..db.engine import Database
 from ..db.grants import GrantStore
 from ..errors import AddressError, StorageError
 from ..settings import Config
+from .verifier import faster, time_verifiers
 
 __all__ = ["Decider"]
 
@@ -41,7 +43,23 @@ class Decider:
     def __init__(self, config: Config, db: Database | None = None) -> None:
         self.config = config
         self.db = db or Database(config.database)
-        self.hasher = Hasher(config.hashing, password_scheme=config.legacy.password_scheme)
+        # At most service.workers password checks at once, however many threads call: argon2
+        # takes a core and memory_cost each.  They run on these threads only, so that no more
+        # threads than this ever hold argon2's memory (argon2-cffi's is kept by the allocator
+        # of the thread that used it, for the next hash).  The database half of an AUTH (the
+        # throttle's reservation and the account's row) runs before, on the service's own
+        # threads, so that a thread waiting for MariaDB never keeps a core from hashing.
+        self.checks = config.service.workers or os.cpu_count() or 1
+        self._hashing = ThreadPoolExecutor(self.checks, thread_name_prefix="eximauthd-argon2")
+        hashing = config.hashing
+        if hashing.verify_with == "auto":
+            # Measured on the threads that will hash, so the measuring keeps no memory of its own.
+            seconds = self._hashing.submit(time_verifiers, hashing).result()
+            hashing = replace(hashing, verify_with=faster(seconds))
+            _log.info("argon2id verified with %s (%s at m=%d t=%d p=%d)", hashing.verify_with,
+                      ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in seconds.items()),
+                      hashing.memory_cost, hashing.time_cost, hashing.parallelism)
+        self.hasher = Hasher(hashing, password_scheme=config.legacy.password_scheme)
         self.accounts = make_account_store(config, self.db)
         self.grants = GrantStore(self.db)
         self.grant_cache = GrantCache(config.policy.grant_cache_seconds)
@@ -49,12 +67,6 @@ class Decider:
         self.defenses = Defenses(config, self.db, self.accounts)
         self.authn = Authenticator(self.accounts, self.hasher, self.defenses.cache)
         self.policy = RelayPolicy(frozenset(config.policy.strict_domains))
-        # At most service.workers password checks at once, however many threads call: argon2
-        # takes a core and memory_cost each.  The database half of an AUTH (the throttle's
-        # reservation and the account's row) is outside it, so that a thread waiting for
-        # MariaDB never keeps a core from hashing (the service runs more threads than this).
-        self.checks = config.service.workers or os.cpu_count() or 1
-        self._checking = threading.BoundedSemaphore(self.checks)
 
     def __repr__(self) -> str:
         return f"Decider({self.db!r})"
@@ -81,9 +93,9 @@ class Decider:
                     credentials, self.accounts.login)
                 if throttled is not None:
                     return throttled
-            with self._checking:
-                decision = self.authn.check(
-                    credentials, reservation.rows if reservation is not None else None)
+            rows = reservation.rows if reservation is not None else None
+            decision = self._hashing.submit(
+                lambda: self.authn.check(credentials, rows)).result()
         except StorageError as exc:
             _log.error("AUTH deferred: %s", exc)
             if throttle is not None and reservation is not None:
@@ -137,6 +149,7 @@ class Decider:
         return Decision.yes(Reason.READY)
 
     def close(self) -> None:
+        self._hashing.shutdown(wait=True)
         self.defenses.close()
         self.db.dispose()
 

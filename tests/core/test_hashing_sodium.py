@@ -393,3 +393,49 @@ def test_canonical_base64_is_accepted_whatever_its_last_character() -> None:
                                           type=argon2.Type.ID).decode()
     assert stored.split("$")[4].endswith("X")
     assert sodium.verifies(stored)
+
+
+# --- [hashing] verify_with ------------------------------------------------------------------
+
+@pytest.fixture
+def sodium_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every libsodium verification from now on (the real one runs: a spy, not a stand-in)."""
+    calls: list[str] = []
+    real = sodium.verify_argon2id
+
+    def spy(encoded: str, password: str) -> bool:
+        calls.append(encoded)
+        return real(encoded, password)
+
+    monkeypatch.setattr(sodium, "verify_argon2id", spy)
+    return calls
+
+
+@pytest.mark.parametrize("verify_with", ["auto", "libsodium"])
+def test_libsodium_verifies_what_it_can_unless_told_otherwise(
+        sodium_calls: list[str], verify_with: str) -> None:
+    """"auto" outside the service (the CLI, the library) is libsodium, as before it existed."""
+    hasher = Hasher(replace(FAST_HASHING, verify_with=verify_with))
+    stored = _cffi(PASSWORD, 8, 1, 1)
+    assert hasher.verify(stored, PASSWORD).matched
+    assert not hasher.verify(stored, WRONG).matched
+    assert sodium_calls == [stored, stored]
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda pw: _cffi(pw, 8, 1, 1), id="sodium-shaped"),
+    pytest.param(lambda pw: _libsodium(pw, 8, 2), id="written-by-libsodium"),
+    pytest.param(lambda pw: _cffi(pw, 16, 2, 2, 16, 8), id="argon2-cffi-shaped"),
+    pytest.param(lambda pw: ARGON2ID_PREFIX + _cffi(pw, 8, 1, 1), id="dovecot-prefix"),
+])
+def test_verify_with_argon2_cffi_gives_the_same_answers_without_libsodium(
+        sodium_calls: list[str], make: Callable[[str], str]) -> None:
+    stored = make(PASSWORD)
+    reference = Hasher(FAST_HASHING)
+    sodium_calls.clear()
+    hasher = Hasher(replace(FAST_HASHING, verify_with="argon2-cffi"))
+    for password in (PASSWORD, WRONG, "", "\x00", PASSWORD + "\x00"):
+        assert hasher.verify(stored, password) == reference.verify(stored, password)
+    assert hasher.verify(stored, PASSWORD).matched
+    assert len(sodium_calls) == (5 if sodium.verifies(stored.removeprefix(ARGON2ID_PREFIX))
+                                 else 0)  # the reference's calls only
