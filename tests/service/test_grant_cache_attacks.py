@@ -35,7 +35,15 @@ from eximauthd.service.logs import DecisionFormatter, clean
 from eximauthd.settings import Config, PolicyConfig
 
 from .. import servicekit as kit
-from ..support import ALICE, FAST_HASHING_ENV, config_for, decide_relay, populate
+from ..support import (
+    ALICE,
+    FAST_HASHING_ENV,
+    config_for,
+    create_mariadb_database,
+    decide_relay,
+    drop_mariadb_database,
+    populate,
+)
 
 GRANTED = RelayRequest(ALICE, "boss@partner.test", "x@remote.test", "")
 PARTNER = Grant(ALICE, "@partner.test")
@@ -89,8 +97,8 @@ def test_a_lookup_that_read_before_grant_remove_does_not_store_the_removed_grant
     then `grant remove` committed and its FORGET reached the loop, then the worker put."""
     real_list = decider.grants.list
 
-    def read_then_removed(user: str | None = None) -> list[Grant]:
-        rows = real_list(user)  # the old grants, @partner.test among them
+    def read_then_removed(user: str | None = None, *, primary: bool = False) -> list[Grant]:
+        rows = real_list(user, primary=primary)  # the old grants, @partner.test among them
         assert GrantStore(decider.db).remove(PARTNER)
         decider.forget(ALICE)
         return rows
@@ -326,3 +334,42 @@ def test_non_string_values_are_cleaned_like_their_text(value: object) -> None:
     line = _line({"verb": "RELAY", "user": value, "result": "no"})
     assert line == f"verb=RELAY user={clean(str(value))} result=no"
     assert line.isprintable()
+
+
+# --- 4. a read replica behind the primary ------------------------------------------------------
+
+@pytest.fixture
+def replica_url(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A second database of the same backend, standing for a replica (its replication is
+    whatever the test does to it by hand)."""
+    if db_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'replica.sqlite3'}"
+        return
+    admin: Any = request.getfixturevalue("mariadb_admin")
+    name = create_mariadb_database(admin)
+    yield db_url.rsplit("/", 1)[0] + "/" + name
+    drop_mariadb_database(admin, name)
+
+
+def test_a_lagging_replica_cannot_pin_a_removed_grant_for_the_whole_ttl(
+        db_url: str, replica_url: str) -> None:
+    """`grant remove` commits on the primary and FORGETs; the replica has not applied it yet.
+    Without the cache the grant would relay only while the replica lags.  The RELAY after the
+    FORGET read the lagging replica and remembered the removed grant for grant_cache_seconds:
+    an hour of a removed grant, long after the replica caught up."""
+    populate(db_url)
+    populate(replica_url)
+    config = _config(db_url, 3600)
+    decider = Decider(replace(config, database=replace(config.database,
+                                                       replica_url=replica_url)))
+    replica = Database(config_for(replica_url).database)
+    try:
+        assert _yes(decide_relay(decider, GRANTED))
+        assert GrantStore(decider.db).remove(PARTNER)  # the primary
+        decider.forget(ALICE)
+        decide_relay(decider, GRANTED)  # a RELAY while the replica still lags
+        assert GrantStore(replica).remove(PARTNER)  # the replica catches up
+        assert decide_relay(decider, GRANTED) == Decision.no(Reason.SENDER_MISMATCH)
+    finally:
+        replica.dispose()
+        decider.close()
