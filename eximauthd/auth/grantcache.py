@@ -61,7 +61,9 @@ class GrantCache:
 
     def put(self, login: str, grants: tuple[str, ...], generation: int) -> None:
         """Remember *grants* of *login*, unless a :meth:`forget` came since *generation*."""
-        if self.ttl <= 0:
+        # No room at all (max_entries 0) is "remember nothing", as a ttl of 0 is: the eviction
+        # below would otherwise take the first entry of an empty dict (StopIteration).
+        if self.ttl <= 0 or self.max_entries <= 0:
             return
         with self._lock:
             if generation != self._forgotten:

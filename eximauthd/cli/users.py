@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import socket
+import time
 
 import click
 
@@ -90,23 +91,53 @@ def user_delete(state: State, address: str) -> None:
     click.echo(f"deleted {parsed}")
 
 
-def tell_service(state: State, address: str) -> None:
-    """Have the local service forget its cached logins and grants of *address* (``FORGET``).
+def tell_service(state: State, address: str) -> bool:
+    """Have the local service forget its cached logins and grants of *address* (``FORGET``);
+    True when it confirmed (answered ``yes``).
 
     Best effort: without a running service there is nothing cached here; services on other
     hosts drop the logins at their next revalidation (``cache.revalidate_seconds``) and the
-    grants when they expire (``policy.grant_cache_seconds``).
+    grants when they expire (``policy.grant_cache_seconds``).  A listener at the socket that
+    does not answer ``yes`` in time (a wedged service, or something else at that path) is
+    warned about: the change is made, but a service may go on using what it remembered.
     """
+    path = state.config.socket.path
     line = f"FORGET {base64.b64encode(address.encode()).decode()}\n".encode()
+    deadline = time.monotonic() + _FORGET_TIMEOUT
+    reply = b""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(2.0)
-            sock.connect(state.config.socket.path)
+            sock.settimeout(_FORGET_TIMEOUT)
+            sock.connect(path)
             sock.sendall(line)
-            sock.recv(64)
-    except OSError:
-        logging.getLogger("eximauthd.cli").info("no service at %s to notify",
-                                                state.config.socket.path)
+            # One overall deadline, not one per read: a listener that trickles a byte at a
+            # time must not hold the command for long.
+            while b"\n" not in reply and len(reply) < 64:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = sock.recv(64 - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+    except (FileNotFoundError, ConnectionRefusedError):
+        logging.getLogger("eximauthd.cli").info("no service at %s to notify", path)
+        return False
+    except OSError as exc:
+        reason = "no answer in time" if isinstance(exc, TimeoutError) else (
+            exc.strerror or type(exc).__name__)
+    else:
+        if reply == b"yes\n":
+            return True
+        # The reply itself is not shown: whatever is at the socket chose it.
+        reason = "no answer" if not reply else "not the answer of an eximauthd service"
+    logging.getLogger("eximauthd.cli").warning(
+        "the service at %s did not confirm FORGET of %s (%s): it may go on using its cached "
+        "logins of it for up to %d s and its remembered grants for up to %d s", path, address,
+        reason, state.config.cache.revalidate_seconds, state.config.policy.grant_cache_seconds)
+    return False
+
+
+# Connect, send and the whole answer: a wedged listener costs the command at most this long.
+_FORGET_TIMEOUT = 2.0
 
 
 @user.command("list")

@@ -78,9 +78,10 @@ class GrantStore:
                 if want[0] is not None and want[1] is not None
                 and (stored_address(r.user_address), _grant_sender(r.sender)) == want]
 
-    def list(self, user: str | None = None) -> list[Grant]:
+    def list(self, user: str | None = None, *, primary: bool = False) -> list[Grant]:
         """Every grant, or the grants of *user*: only rows whose user is that very account
-        under :func:`stored_address`, never a row the collation calls equal."""
+        under :func:`stored_address`, never a row the collation calls equal.  *primary*: read
+        *user*'s grants from the primary even when a replica serves reads."""
         if user is None:
             t = self._t
             query = sa.select(t.c.user_address, t.c.sender).order_by(t.c.user_address,
@@ -92,7 +93,8 @@ class GrantStore:
             return []
         values = {"user": str(owner)}
         rows: list[Any] = self.db.run(
-            "list grants", lambda conn: list(self._of_user.execute(conn, values)))
+            "list grants", lambda conn: list(self._of_user.execute(conn, values)),
+            primary=primary)
         return [Grant(str(owner), row[1]) for row in rows if stored_address(row[0]) == owner]
 
 

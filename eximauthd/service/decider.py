@@ -130,8 +130,13 @@ class Decider:
         """
         login = str(relay.login)
         generation = self.grant_cache.generation()
+        # What is remembered is read from the primary: a replica that has not yet applied a
+        # `grant remove` would otherwise have the removed grant remembered for the whole TTL,
+        # long after the replica caught up (without the cache it lasts only the lag).  Cheap:
+        # with the cache on, only a login's first granted RELAY per TTL and refusals come here.
         try:
-            grants = tuple(g.sender for g in self.grants.list(login))
+            grants = tuple(g.sender for g in self.grants.list(
+                login, primary=self.grant_cache.ttl > 0))
         except StorageError as exc:
             _log.error("RELAY deferred: %s", exc)
             return Decision.defer(Reason.DATABASE_UNAVAILABLE)
