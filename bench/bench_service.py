@@ -1289,12 +1289,18 @@ def calibrate(groups: Sequence[Group], meter: Meter) -> None:
             variant.own_queries = round(min(counts), 1) if counts else 0.0
 
 
+def _bindings_build() -> str:
+    """"stock wheel" (manylinux, SSE2 kernels) or "built on this host" (docs/passwords.md)."""
+    wheel = metadata.distribution("argon2-cffi-bindings").read_text("WHEEL") or ""
+    return "stock wheel" if "manylinux" in wheel else "built on this host"
+
+
 def report_header(setup: Setup, mode: str, out: list[str]) -> None:
     now = datetime.datetime.now().astimezone()
     out.append(f"eximauthd service benchmark ({mode}), {now:%Y-%m-%d %H:%M %Z}")
     out.append(f"  nproc={NCPU}  clients={CONCURRENCY}  python {platform.python_version()}  "
                f"argon2-cffi {metadata.version('argon2-cffi')} "
-               f"(bindings {metadata.version('argon2-cffi-bindings')})")
+               f"(bindings {metadata.version('argon2-cffi-bindings')}, {_bindings_build()})")
     out.append(f"  {setup.sodium_text}")
     version = dovecot_version() if setup.dovecot else "-- " + setup.dovecot_problem
     out.append(f"  dovecot {version}; MariaDB {setup.db.admin.get_server_info()}")
@@ -1327,6 +1333,17 @@ def report_memory(setup: Setup, out: list[str]) -> None:
             hwm = status_kib(pid, "VmHWM") or 0
             name = cmd.strip().replace("dovecot-eximauthd-bench/", "")[:34]
             out.append(f"  {'dovecot':<10} {name:<34} {hwm / 1024:8.1f} MiB")
+    # [hashing] verify_with = "auto": which library each service timed faster at its start.
+    chosen = []
+    for server in setup.servers.values():
+        with contextlib.suppress(OSError):
+            for line in server.logfile.read_text("utf-8", "replace").splitlines():
+                if "argon2id verified with" in line:
+                    chosen.append(f"  {server.name:<10} {line.split('argon2id ', 1)[1]}")
+    if chosen:
+        out.append("")
+        out.append("ARGON2ID LIBRARY chosen by each service at start (verify_with = auto)")
+        out.extend(chosen)
 
 
 def run(settings: Settings, with_dovecot: bool, mode: str, socket_only: bool = False,
