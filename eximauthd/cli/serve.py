@@ -79,6 +79,8 @@ def serve(state: State, log_format: str | None, log_file: str | None, syslog: bo
     frontends = [f for f in (dovecot, policy) if f is not None]
 
     def ready() -> None:
+        # Said once everything listens: a mistake found while starting stays the only line.
+        log.info("%s", service.decider.verifier_line)
         http = f"http://{config.http.listen}" if config.http.enabled else "disabled"
         also = f" dovecot={dovecot.where}" if dovecot is not None else ""
         also += f" postfix-policy={policy.where}" if policy is not None else ""

@@ -52,13 +52,12 @@ class Decider:
         self.checks = config.service.workers or os.cpu_count() or 1
         self._hashing = ThreadPoolExecutor(self.checks, thread_name_prefix="eximauthd-argon2")
         hashing = config.hashing
+        # verify_with "auto": the CPU time each library took, measured here (else empty).
+        self.verifier_seconds: dict[str, float] = {}
         if hashing.verify_with == "auto":
             # Measured on the threads that will hash, so the measuring keeps no memory of its own.
-            seconds = self._hashing.submit(time_verifiers, hashing).result()
-            hashing = replace(hashing, verify_with=faster(seconds))
-            _log.info("argon2id verified with %s (%s at m=%d t=%d p=%d)", hashing.verify_with,
-                      ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in seconds.items()),
-                      hashing.memory_cost, hashing.time_cost, hashing.parallelism)
+            self.verifier_seconds = self._hashing.submit(time_verifiers, hashing).result()
+            hashing = replace(hashing, verify_with=faster(self.verifier_seconds))
         self.hasher = Hasher(hashing, password_scheme=config.legacy.password_scheme)
         self.accounts = make_account_store(config, self.db)
         self.grants = GrantStore(self.db)
@@ -70,6 +69,16 @@ class Decider:
 
     def __repr__(self) -> str:
         return f"Decider({self.db!r})"
+
+    @property
+    def verifier_line(self) -> str:
+        """Which library verifies argon2id and, when "auto" chose it, what each one took."""
+        c = self.hasher.config
+        if not self.verifier_seconds:
+            return f"argon2id verified with {c.verify_with} (as configured)"
+        took = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in self.verifier_seconds.items())
+        return (f"argon2id verified with {c.verify_with} ({took} of CPU at m={c.memory_cost} "
+                f"t={c.time_cost} p={c.parallelism})")
 
     def forget(self, address: str) -> Decision:
         """Drop the cached successes and grants of *address* (``FORGET``); always ``yes``."""

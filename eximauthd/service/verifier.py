@@ -5,8 +5,9 @@ AVX2/AVX-512 kernels at run time but maps fresh memory for every hash and faults
 page (a third of a 19 MiB hash's time goes to the kernel), while argon2-cffi's libargon2 reuses
 memory from the allocator and, from the stock wheels, runs SSE2 kernels at about half the speed;
 built for this CPU (docs/passwords.md) it beats libsodium by half.  So the service measures:
-a few verifications of one hash with the configured parameters, each library in turn, the least
-CPU time of each.  Both give the same answers (tests/core/test_hashing_sodium.py); the choice is speed only.
+a few verifications of one hash with the configured parameters, each library in turn, the
+least CPU time of each.  Both give the same answers (tests/core/test_hashing_sodium.py): the
+choice is one of speed only.
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ real Decider; the clock is scripted where the choice itself is under test (no ti
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -83,29 +82,27 @@ def decider_for(db_url: str) -> Iterator[object]:
         decider.close()
 
 
-def test_auto_is_settled_at_start_and_logged_with_both_times(
-        decider_for: object, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="eximauthd.decider"):
-        decider = decider_for(replace(FAST_HASHING, verify_with="auto"))  # type: ignore[operator]
-    assert decider.hasher.config.verify_with in LIBRARIES
-    [line] = [r.getMessage() for r in caplog.records if "verified with" in r.getMessage()]
-    assert line.startswith(f"argon2id verified with {decider.hasher.config.verify_with} (")
-    assert "libsodium " in line
-    assert "argon2-cffi " in line
-    assert f"m={FAST_HASHING.memory_cost} t={FAST_HASHING.time_cost}" in line
+def test_auto_is_settled_at_start_with_both_times(decider_for: object) -> None:
+    decider = decider_for(replace(FAST_HASHING, verify_with="auto"))  # type: ignore[operator]
+    chosen = decider.hasher.config.verify_with
+    assert chosen in LIBRARIES
+    assert set(decider.verifier_seconds) == set(LIBRARIES)
+    assert chosen == faster(decider.verifier_seconds)
+    line = decider.verifier_line
+    assert line.startswith(f"argon2id verified with {chosen} (libsodium ")
+    assert f" ms of CPU at m={FAST_HASHING.memory_cost} t={FAST_HASHING.time_cost} p=1)" in line
 
 
 @pytest.mark.parametrize("verify_with", ["libsodium", "argon2-cffi"])
 def test_a_named_library_is_used_as_named_and_not_timed(
-        decider_for: object, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
-        verify_with: str) -> None:
+        decider_for: object, monkeypatch: pytest.MonkeyPatch, verify_with: str) -> None:
     calls: list[str] = []
     real = sodium.verify_argon2id
     monkeypatch.setattr(sodium, "verify_argon2id",
                         lambda encoded, password: calls.append(encoded) or real(encoded, password))
-    with caplog.at_level(logging.INFO, logger="eximauthd.decider"):
-        decider = decider_for(replace(FAST_HASHING, verify_with=verify_with))  # type: ignore[operator]
-    assert not [r for r in caplog.records if "verified with" in r.getMessage()]
+    decider = decider_for(replace(FAST_HASHING, verify_with=verify_with))  # type: ignore[operator]
+    assert decider.verifier_seconds == {}
+    assert decider.verifier_line == f"argon2id verified with {verify_with} (as configured)"
     assert decider.hasher.config.verify_with == verify_with
     answer = decide_auth(decider, AuthRequest("PLAIN", ALICE, PASSWORD, "192.0.2.7"))
     assert answer.result is Result.YES
@@ -132,3 +129,16 @@ def test_password_checks_run_on_the_argon2_threads_only(decider_for: object) -> 
     assert names
     assert all(name.startswith("eximauthd-argon2") for name in names)
     assert len(names) <= 2
+
+
+def test_serve_says_which_library_it_chose_once_it_listens(sqlite_url: str) -> None:
+    from .. import servicekit as kit  # noqa: PLC0415
+
+    populate(sqlite_url)
+    with kit.running(sqlite_url) as served:
+        lines = served.log().splitlines()
+    [chosen] = [i for i, line in enumerate(lines) if "argon2id verified with " in line]
+    [serving] = [i for i, line in enumerate(lines) if " serving socket=" in line]
+    assert chosen == serving - 1
+    assert " info eximauthd.serve: argon2id verified with " in lines[chosen]
+    assert " ms of CPU at m=8 t=1 p=1)" in lines[chosen]
