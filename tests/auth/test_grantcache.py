@@ -130,3 +130,10 @@ def test_a_cache_of_one_entry_keeps_the_last_login() -> None:
     cache.put("bob@example.test", (), cache.generation())
     assert cache.get(ALICE) is None
     assert cache.get("bob@example.test") == ()
+
+
+def test_a_cache_with_no_room_remembers_nothing_and_does_not_raise() -> None:
+    cache = GrantCache(10, max_entries=0, clock=Clock())
+    cache.put(ALICE, GRANTS, cache.generation())
+    assert cache.get(ALICE) is None
+    assert repr(cache) == "GrantCache(ttl=10, entries=0)"
