@@ -171,9 +171,6 @@ def configure_logging(fmt: str = "text", path: str | None = None,
         old.close()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    # No line shows the thread, the process or its name: the lookups a record makes for them
-    # (the current thread, multiprocessing's process name) are a sixth of a decision line.
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # Our own access log is the decision line; uvicorn's would only repeat it.
     logging.getLogger("uvicorn.access").disabled = True
     # Alembic narrates every schema check at INFO; only its warnings matter to an operator.
