@@ -27,7 +27,7 @@ from ..core.ratelimit import RateLimiter, SyncBatch
 from ..db.accounts import AccountStore
 from ..db.counters import LimitStore, RateStore
 from ..db.engine import Database
-from ..errors import AddressError, StorageError
+from ..errors import StorageError
 from ..settings import Config
 from .cache import AuthCache
 from .padding import FailureFloor
@@ -106,12 +106,10 @@ class Defenses:
             return _CACHED
         return None
 
-    def forget(self, address: str) -> None:
-        """Drop the cached successes of *address*."""
+    def forget(self, login: str) -> None:
+        """Drop the cached successes of *login* (a canonical address, as the cache keys it)."""
         if self.cache is not None:
-            # Nothing can be cached under a malformed address.
-            with contextlib.suppress(AddressError):
-                self.cache.forget(str(parse_address(address)))
+            self.cache.forget(login)
 
     def revalidate_cache(self) -> int:
         """Re-read every cached user's row; drop entries whose account changed.

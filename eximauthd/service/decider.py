@@ -82,10 +82,11 @@ class Decider:
 
     def forget(self, address: str) -> Decision:
         """Drop the cached successes and grants of *address* (``FORGET``); always ``yes``."""
-        self.defenses.forget(address)
-        # Nothing can be remembered under a malformed address.
+        # Nothing is cached or remembered under a malformed address.
         with contextlib.suppress(AddressError):
-            self.grant_cache.forget(str(parse_address(address)))
+            login = str(parse_address(address))
+            self.defenses.forget(login)
+            self.grant_cache.forget(login)
         return Decision.yes(Reason.FORGOTTEN)
 
     def auth(self, credentials: Credentials) -> Decision:
