@@ -138,6 +138,21 @@ def populate(db_url: str) -> None:
     GrantStore(db).add(Grant("alice@example.test", "@partner.test"))
     db.dispose()
 
+class Clock:
+    """A settable clock for the pure parts (never for the services: they run in real time)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def engines(db: Database) -> set[sa.Engine]:
+    """Every engine a request may use: the transactional one and its autocommit twins."""
+    return {db.primary, db.replica, db.auto_primary, db.auto_replica}
+
+
 def wait_for(predicate: object, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,16 +7,10 @@ import pytest
 
 from eximauthd.auth.grantcache import GrantCache
 
+from ..support import Clock
+
 ALICE = "alice@example.test"
 GRANTS = ("@partner.test", "sales@example.org")
-
-
-class Clock:
-    def __init__(self, now: float = 100.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_grants_put_are_remembered_until_the_ttl_ends() -> None:

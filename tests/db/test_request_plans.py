@@ -33,6 +33,7 @@ from ..support import (
     create_seed_table,
     decide_auth,
     decide_relay,
+    engines,
 )
 
 IP = "192.0.2.10"
@@ -84,14 +85,9 @@ def _record(db: Database) -> tuple[Recorded, Any]:
                 "SELECT", "UPDATE", "DELETE"}:
             recorded.append((statement, parameters))
 
-    for engine in _engines(db):
+    for engine in engines(db):
         sa.event.listen(engine, "before_cursor_execute", listen)
     return recorded, listen
-
-
-def _engines(db: Database) -> set[sa.Engine]:
-    """Every engine a request may use: the transactional one and its autocommit twins."""
-    return {db.primary, db.replica, db.auto_primary, db.auto_replica}
 
 
 def _requests(decider: Decider) -> None:
@@ -117,7 +113,7 @@ def test_every_statement_of_a_request_can_use_an_index(decider: Decider) -> None
     db = decider.db
     recorded, listen = _record(db)
     _requests(decider)
-    for engine in _engines(db):
+    for engine in engines(db):
         sa.event.remove(engine, "before_cursor_execute", listen)
     tables_seen = set()
     assert len(recorded) >= 4, recorded

@@ -25,20 +25,12 @@ from eximauthd.service.decider import Decider
 from eximauthd.settings import Config, PolicyConfig
 
 from .. import servicekit as kit
-from ..support import ALICE, config_for, decide_relay, populate
+from ..support import ALICE, Clock, config_for, decide_relay, engines, populate
 
 GRANTED = RelayRequest(ALICE, "boss@partner.test", "x@remote.test", "")
 NOT_GRANTED = RelayRequest(ALICE, "boss@elsewhere.test", "x@remote.test", "")
 PARTNER = Grant(ALICE, "@partner.test")
 ELSEWHERE = Grant(ALICE, "@elsewhere.test")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _config(db_url: str, seconds: int) -> Config:
@@ -68,12 +60,11 @@ def statements(decider: Decider) -> Iterator[list[str]]:
     def listen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
         sent.append(statement)
 
-    engines = {decider.db.primary, decider.db.replica, decider.db.auto_primary,
-               decider.db.auto_replica}
-    for engine in engines:
+    used = engines(decider.db)
+    for engine in used:
         sa.event.listen(engine, "before_cursor_execute", listen)
     yield sent
-    for engine in engines:
+    for engine in used:
         sa.event.remove(engine, "before_cursor_execute", listen)
 
 

@@ -10,15 +10,7 @@ import pytest
 from eximauthd.service.logs import decision_fields
 from eximauthd.service.quiet import RepeatFilter
 
-
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from ..support import Clock
 
 
 class Lines(logging.Handler):
