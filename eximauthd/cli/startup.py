@@ -92,8 +92,12 @@ def wait_for_database(problem: Callable[[], str | None], *,
         _log.info("database ready after %.0fs", clock() - started)
 
 
-class Stopped(Exception):
-    """SIGTERM or SIGINT arrived while :func:`stoppable` was in force."""
+class Stopped(BaseException):
+    """SIGTERM or SIGINT arrived while :func:`stoppable` was in force.
+
+    A BaseException, as KeyboardInterrupt is: the signal may land anywhere, and code that
+    catches Exception there (logging's handlers do, around every write) must not swallow it.
+    """
 
 
 @contextlib.contextmanager

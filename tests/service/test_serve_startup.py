@@ -6,6 +6,7 @@ port (which fails at once).  Waits are loops with timeouts; nothing asserts a du
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -211,6 +212,31 @@ def test_waiting_logs_once_a_minute_and_backs_off(caplog: pytest.LogCaptureFixtu
                                 4 * startup.FIRST_DELAY_S]
     assert max(clock.sleeps) == startup.MAX_DELAY_S
     assert caplog.records[-1].getMessage().startswith("database ready after ")
+
+
+def test_a_stop_that_lands_while_a_line_is_written_still_stops() -> None:
+    """SIGTERM inside a log handler's write: the wait ends with Stopped, not a logging error.
+
+    logging's handlers catch every Exception of their stream (and print "--- Logging error
+    ---"); a stop that landed there would be swallowed and the wait would go on.
+    """
+
+    class Tripping(io.StringIO):
+        def write(self, text: str) -> int:
+            signal.raise_signal(signal.SIGTERM)
+            return super().write(text)
+
+    clock = _Clock()
+    handler = logging.StreamHandler(Tripping())
+    logger = logging.getLogger("eximauthd.serve")
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(startup.Stopped), startup.stoppable():
+            startup.wait_for_database(lambda: "cannot connect" if clock.now < 600 else None,
+                                      clock=clock, sleep=clock.sleep)
+    finally:
+        logger.removeHandler(handler)
+    assert clock.sleeps == []  # stopped at the first line, before any retry
 
 
 def test_a_ready_database_is_not_waited_for(caplog: pytest.LogCaptureFixture) -> None:
