@@ -32,6 +32,7 @@ from .core.addresses import parse_address
 from .core.limits import KINDS, parse_limits
 from .errors import AddressError, ConfigError
 from .settings import (
+    ARGON2_VERIFIERS,
     INTEGER_RE,
     LEGACY_PASSWORD_SCHEMES,
     LOADED,
@@ -64,7 +65,7 @@ ENV_PREFIX = "EXIMAUTHD_"
 # More than any database password; a larger file is not a password file.
 MAX_PASSWORD_FILE_BYTES = 1024
 # [hashing] verify_with: the libraries that verify argon2id, or "auto" (serve measures both).
-VERIFY_WITH = ("auto", "libsodium", "argon2-cffi")
+VERIFY_WITH = ("auto", *ARGON2_VERIFIERS)
 # Variables with the prefix that are not settings.
 _ENV_NOT_SETTINGS = frozenset({"EXIMAUTHD_CONFIG"})
 

@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError
 from .errors import ConfigError
 
 __all__ = [
+    "ARGON2_VERIFIERS",
     "DEFAULT_TOKEN_FILE",
     "LEGACY_PASSWORD_SCHEMES",
     "LOADED",
@@ -190,6 +191,11 @@ class HashingConfig:
     # reused from the allocator; as fast as libsodium's kernels only when argon2-cffi-bindings
     # was built for this CPU), or "auto": `serve` times both at start and keeps the faster.
     verify_with: str = "auto"
+
+
+# The libraries that may verify argon2id, as hashing.verify_with names them (or "auto": serve
+# times these, in this order, and on a tie keeps the first: the one tested by default).
+ARGON2_VERIFIERS = ("libsodium", "argon2-cffi")
 
 
 @dataclass(frozen=True, slots=True)
